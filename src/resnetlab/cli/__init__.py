@@ -1,0 +1,85 @@
+"""Command-line entry point: ``resnetlab <command> ...``.
+
+Each subcommand lives in its own module of this package and defines
+``register(subparsers)`` which adds its parser and sets ``func`` to a callable
+``run(args) -> int``. Modules are discovered automatically, so adding a command
+is adding a file. Commands are thin: parse, call the library, print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+import traceback
+
+from resnetlab import __version__
+
+log = logging.getLogger("resnetlab")
+
+
+def _discover(subparsers) -> None:
+    pkg = sys.modules[__name__]
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnetlab",
+        description="Build, train, evaluate, compare and explain ResNet image classifiers.",
+    )
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _discover(sub)
+    return parser
+
+
+def setup_logging(debug: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("resnetlab")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # --debug may come after the subcommand too.
+    debug = "--debug" in argv or os.environ.get("RESNETLAB_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    args = parser.parse_args(argv)
+    args.debug = debug
+    setup_logging(debug=debug, quiet=getattr(args, "quiet", False))
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # one line for users, the traceback with --debug
+        if debug:
+            traceback.print_exc()
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""``resnetlab models [PATTERN] [--json]``: the registered models."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list the registered models with parameters and FLOPs")
+    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'resnet*' or 'cifar'")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from resnetlab.models.profile import describe_models
+
+    rows = describe_models(args.pattern)
+    if args.json:
+        print(json.dumps([{k: r[k] for k in ("name", "params", "flops", "input_size")} for r in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"no model matches {args.pattern!r}")
+        return 1
+    print(f"{'name':<28} {'params':>12} {'GFLOPs':>9}  input      description")
+    for r in rows:
+        size = "x".join(str(s) for s in r["input_size"])
+        print(f"{r['name']:<28} {r['params']:>12,} {r['flops'] / 1e9:>9.3f}  {size:<10} {r['description']}")
+    return 0

@@ -1,0 +1,81 @@
+"""Model registry: ``@register_model``, ``create_model(name, **kwargs)``, ``list_models(pattern)``.
+
+Builders are a few lines of arguments to the one :class:`~resnetlab.models.resnet.ResNet`
+trunk. Each records its default input size, used by ``resnetlab models`` for FLOPs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from resnetlab.errors import unknown_name
+
+__all__ = ["register_model", "create_model", "list_models", "model_info", "ModelInfo"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    input_size: tuple[int, int, int]  # (C, H, W) the model is meant for
+    family: str
+    doc: str
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(input_size: tuple[int, int, int], family: str):
+    """Decorator that registers a builder under its function name."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        doc = inspect.getdoc(fn) or ""
+        _REGISTRY[fn.__name__] = ModelInfo(fn.__name__, fn, tuple(input_size), family, doc.splitlines()[0] if doc else "")
+        return fn
+
+    return deco
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, optionally filtered by a shell-style pattern (``"resnet*"``)."""
+    names = sorted(_REGISTRY, key=_natural_key)
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern) or (not any(c in pattern for c in "*?[") and pattern in n)]
+    return names
+
+
+def _natural_key(name: str):
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def model_info(name: str) -> ModelInfo:
+    if name not in _REGISTRY:
+        raise ValueError(unknown_name("model", name, _REGISTRY))
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models`.
+        **kwargs: options of the trunk (``num_classes``, ``in_channels``, ``norm``, ``shortcut``,
+            ``stem``, ``width``, ``act``, ``dropout``, ``head``, ``zero_init_residual``, ...).
+
+    Example:
+        >>> import resnetlab
+        >>> m = resnetlab.create_model("resnet20", num_classes=10, norm="gn")
+    """
+    info = model_info(name)
+    model = info.builder(**kwargs)
+    model.arch = name  # type: ignore[attr-defined]
+    model.arch_args = dict(kwargs)  # type: ignore[attr-defined]
+    model.default_input_size = info.input_size  # type: ignore[attr-defined]
+    return model

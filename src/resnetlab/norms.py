@@ -1,0 +1,285 @@
+"""Normalization layers, written from scratch with tensor operations.
+
+The mission asks for these to be hand-written (report 001 compares its own BatchNorm
+with PyTorch's), so none of them calls ``F.batch_norm`` / ``F.group_norm`` /
+``F.layer_norm`` / ``F.instance_norm``. The native layers stay selectable under
+``*-torch`` names and are the fast default.
+
+Every layer is resolved from one map through :func:`get_norm_layer`, which returns a
+callable taking a channel count, so a normalization study changes one string and no
+block code (timm's ``get_norm_layer``).
+
+Names:
+
+========== ==========================================================================
+``bn``      BatchNorm2d (running statistics with momentum; eval mode uses them)
+``in``      InstanceNorm2d with affine parameters (no running statistics)
+``bin``     Batch-Instance Norm (Nam & Kim, 2018): ``rho * BN + (1 - rho) * IN``
+``ln``      LayerNorm over (C, H, W) with per-channel affine parameters
+``gn``      GroupNorm (``groups``, default 32 lowered to a divisor of C)
+``none``    identity
+``bn-torch`` ``gn-torch`` ``in-torch`` ``ln-torch``  the native PyTorch layers
+========== ==========================================================================
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from resnetlab.errors import unknown_name
+
+__all__ = [
+    "BatchNorm2d",
+    "InstanceNorm2d",
+    "BatchInstanceNorm2d",
+    "LayerNorm2d",
+    "GroupNorm",
+    "NORM_NAMES",
+    "get_norm_layer",
+    "default_groups",
+]
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    # x: (B, C, H, W); weight, bias: (C,)
+    if weight is not None:
+        x = x * weight.view(1, -1, 1, 1)
+    if bias is not None:
+        x = x + bias.view(1, -1, 1, 1)
+    return x
+
+
+class BatchNorm2d(nn.Module):
+    """Batch normalization (Ioffe & Szegedy, 2015), written by hand.
+
+    Same parameter and buffer names as ``torch.nn.BatchNorm2d`` (``weight``, ``bias``,
+    ``running_mean``, ``running_var``, ``num_batches_tracked``) so torchvision state dicts
+    load unchanged. Training normalizes with the biased batch variance and updates the
+    running variance with the unbiased one, exactly as PyTorch does.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def batch_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and normalizing variance; updates running stats in training."""
+        if self.training:
+            n = x.numel() // x.shape[1]
+            if n <= 1:
+                raise ValueError(
+                    f"BatchNorm needs more than 1 value per channel in training, got input of shape "
+                    f"{tuple(x.shape)}; use a batch size > 1 or another norm (gn, ln, in)"
+                )
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+            return mean, var
+        return self.running_mean, self.running_var
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        mean, var = self.batch_stats(x)
+        x = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
+        return _affine(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+
+def _instance_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)  # (B, C, 1, 1)
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
+class InstanceNorm2d(nn.Module):
+    """Instance normalization (Ulyanov et al., 2016) with affine parameters, by hand.
+
+    Statistics are always those of the instance, in training and in eval, matching
+    ``nn.InstanceNorm2d(affine=True, track_running_stats=False)``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _affine(_instance_normalize(x, self.eps), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class BatchInstanceNorm2d(BatchNorm2d):
+    """Batch-Instance Normalization (Nam & Kim, NeurIPS 2018), by hand.
+
+    ``y = (rho * x_bn + (1 - rho) * x_in) * weight + bias`` with a learnable gate ``rho``
+    per channel. ``rho`` is clamped to [0, 1] after every optimizer step (as in the paper)
+    through :meth:`clamp_`; the forward pass also clamps, so it is never used outside the
+    range. Batch statistics follow :class:`BatchNorm2d` (running stats in eval mode).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, rho_init: float = 1.0):
+        super().__init__(num_features, eps=eps, momentum=momentum, affine=True)
+        self.rho = nn.Parameter(torch.full((num_features,), float(rho_init)))
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.rho.clamp_(0.0, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, var = self.batch_stats(x)
+        x_bn = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
+        x_in = _instance_normalize(x, self.eps)
+        rho = self.rho.clamp(0.0, 1.0).view(1, -1, 1, 1)
+        return _affine(rho * x_bn + (1 - rho) * x_in, self.weight, self.bias)
+
+
+class LayerNorm2d(nn.Module):
+    """Layer normalization over (C, H, W) of each sample (Ba et al., 2016), by hand.
+
+    Statistics over all of a sample's features; the affine parameters are per channel
+    (as in GroupNorm with one group), so the layer works at any input size.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)  # (B, 1, 1, 1)
+        return _affine((x - mean) * torch.rsqrt(var + self.eps), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class GroupNorm(nn.Module):
+    """Group normalization (Wu & He, 2018), by hand. Same parameter names as ``nn.GroupNorm``."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        if num_groups < 1 or num_channels % num_groups != 0:
+            raise ValueError(
+                f"groups={num_groups} must be >= 1 and divide the channel count {num_channels} "
+                f"(divisors: {_divisors(num_channels)})"
+            )
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = x.reshape(b, self.num_groups, c // self.num_groups * h * w)  # (B, G, C/G*H*W)
+        var, mean = torch.var_mean(g, dim=2, keepdim=True, correction=0)
+        g = (g - mean) * torch.rsqrt(var + self.eps)
+        return _affine(g.reshape(b, c, h, w), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def default_groups(channels: int, groups: int = 32) -> int:
+    """The largest divisor of ``channels`` that is at most ``groups`` (GroupNorm's default)."""
+    return max(d for d in _divisors(channels) if d <= max(1, groups))
+
+
+class _GroupNormFactory:
+    """Picklable ``channels -> GroupNorm`` callable."""
+
+    def __init__(self, cls, groups: int | None):
+        self.cls = cls
+        self.groups = groups
+
+    def __call__(self, channels: int) -> nn.Module:
+        groups = default_groups(channels) if self.groups is None else self.groups
+        return self.cls(groups, channels)
+
+
+_NORMS: dict[str, Callable[..., nn.Module]] = {
+    "bn": BatchNorm2d,
+    "in": InstanceNorm2d,
+    "bin": BatchInstanceNorm2d,
+    "ln": LayerNorm2d,
+    "gn": GroupNorm,
+    "none": nn.Identity,
+    "bn-torch": nn.BatchNorm2d,
+    "gn-torch": nn.GroupNorm,
+    "in-torch": functools.partial(nn.InstanceNorm2d, affine=True),
+    "ln-torch": None,  # GroupNorm with one group == LayerNorm over (C, H, W) with per-channel affine
+}
+
+NORM_NAMES: tuple[str, ...] = tuple(_NORMS)
+
+
+def get_norm_layer(name: str = "bn-torch", groups: int | None = None) -> Callable[[int], nn.Module]:
+    """Resolve a norm name to a callable that takes a channel count and returns the layer.
+
+    Args:
+        name: one of :data:`NORM_NAMES`.
+        groups: GroupNorm groups (``gn`` / ``gn-torch``); ``None`` picks the largest divisor
+            of the channel count that is at most 32.
+
+    Example:
+        >>> layer = get_norm_layer("gn", groups=8)(64)
+        >>> layer(torch.randn(2, 64, 4, 4)).shape
+        torch.Size([2, 64, 4, 4])
+    """
+    key = str(name).lower()
+    if key not in _NORMS:
+        raise ValueError(unknown_name("norm", name, NORM_NAMES))
+    if groups is not None and (not isinstance(groups, int) or groups < 1):
+        raise ValueError(f"groups must be a positive integer, got {groups!r}")
+    if key == "gn":
+        return _GroupNormFactory(GroupNorm, groups)
+    if key == "gn-torch":
+        return _GroupNormFactory(nn.GroupNorm, groups)
+    if key == "ln-torch":
+        return _GroupNormFactory(nn.GroupNorm, 1)
+    if key == "none":
+        return lambda channels: nn.Identity()
+    return _NORMS[key]
+
+
+def clamp_bin_gates(model: nn.Module) -> None:
+    """Keep every Batch-Instance Norm gate in [0, 1]; call after each optimizer step."""
+    for m in model.modules():
+        if isinstance(m, BatchInstanceNorm2d):
+            m.clamp_()
+
+
+def is_norm(module: nn.Module) -> bool:
+    """True for any normalization layer this module knows (scratch or native)."""
+    native = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)
+    return isinstance(module, native + (BatchNorm2d, InstanceNorm2d, LayerNorm2d, GroupNorm))
+
