@@ -1,0 +1,282 @@
+"""Checkpoints: atomic folders of safetensors weights, JSON metadata and resumable state.
+
+A checkpoint is a folder::
+
+    model.safetensors    weights (safetensors: loading can never execute code)
+    meta.json            arch, arch_args, classes, mean, std, input_size, config, metrics, ...
+    trainer_state.pt     optimizer / scheduler / RNG / epoch / step (resume only; loaded with
+                         ``torch.load(weights_only=True)``, which refuses pickled code)
+
+Folders are written to a temporary sibling, flushed, and renamed into place; the previous
+``last`` is kept as ``last.prev`` until the new one is complete, so a crash at any point
+leaves at least one good checkpoint (nanoGPT keeps ``model_args`` in its checkpoints for
+the same reason: a model can be rebuilt from the file alone).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnetlab.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "resnetlab-checkpoint/1"
+WEIGHTS = "model.safetensors"
+META = "meta.json"
+STATE = "trainer_state.pt"
+
+__all__ = [
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_meta",
+    "load_trainer_state",
+    "resolve_checkpoint",
+    "resume_candidates",
+    "library_versions",
+    "build_model_from_meta",
+]
+
+
+def library_versions() -> dict[str, str]:
+    import torchvision
+
+    from resnetlab import __version__
+
+    return {
+        "resnetlab": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    model = getattr(model, "module", model)  # DDP / compile wrappers
+    model = getattr(model, "_orig_mod", model)
+    # safetensors refuses shared or non-contiguous storage: give each tensor its own copy.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: nn.Module,
+    meta: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
+    keep_previous: bool = True,
+) -> Path:
+    """Atomically write a checkpoint folder.
+
+    Args:
+        directory: the final folder, e.g. ``runs/x/checkpoints/last``.
+        model: the model whose ``state_dict`` is saved.
+        meta: JSON-serializable metadata (``arch``, ``arch_args``, ``classes``, ...).
+        trainer_state: optional resumable state (tensors, numbers, lists, dicts only).
+        keep_previous: keep the replaced folder as ``<name>.prev`` (resume falls back to it).
+
+    Raises:
+        CheckpointError: the folder cannot be written (read-only, disk full); whatever was
+            saved before stays in place.
+    """
+    from safetensors.torch import save as st_save
+
+    directory = Path(directory)
+    parent = directory.parent
+    meta = {"format": FORMAT, "versions": library_versions(), **meta}
+    tmp: Path | None = None
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+        _write_file(tmp / WEIGHTS, st_save(_state_dict_for_save(model), metadata={"format": FORMAT}))
+        _write_file(tmp / META, json.dumps(meta, indent=2, default=_json_default).encode())
+        if trainer_state is not None:
+            with open(tmp / STATE, "wb") as f:
+                torch.save(trainer_state, f)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        prev = parent / f"{directory.name}.prev"
+        if directory.exists():
+            if prev.exists():
+                shutil.rmtree(prev)
+            os.replace(directory, prev)
+        os.replace(tmp, directory)
+        tmp = None
+        _fsync_dir(parent)
+        if prev.exists() and not keep_previous:
+            shutil.rmtree(prev, ignore_errors=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {directory}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def _json_default(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
+    """A run folder, a checkpoint folder or a ``.safetensors`` file -> the checkpoint folder.
+
+    For a run folder, ``which`` picks ``best`` (falling back to ``last``) or ``last``.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"checkpoint or run folder not found: {p}")
+    if p.is_file():
+        if p.suffix == ".safetensors" and (p.parent / META).exists():
+            return p.parent
+        raise CheckpointError(
+            f"{p} is not a resnetlab checkpoint (expected a run folder, a checkpoint folder with "
+            f"{WEIGHTS} and {META}, or a {WEIGHTS} file next to {META})"
+        )
+    if (p / META).exists() or (p / WEIGHTS).exists():
+        return p
+    ckdir = p / "checkpoints"
+    order = [which, "last" if which == "best" else "best", f"{which}.prev"]
+    for name in order:
+        if (ckdir / name / META).exists():
+            return ckdir / name
+    raise CheckpointError(f"no checkpoint in {p} (looked for {', '.join(str(ckdir / n) for n in order)})")
+
+
+def load_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / META
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint metadata missing: {path}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint metadata is not valid JSON: {path}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path} is not a resnetlab checkpoint (format {found!r}, expected {FORMAT!r})")
+    for key in ("arch", "arch_args"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint metadata {path} lacks {key!r}")
+    return meta
+
+
+def load_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory) / WEIGHTS
+    if not path.exists():
+        raise CheckpointError(f"checkpoint weights missing: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint weights are corrupt or truncated: {path} ({exc})") from exc
+
+
+def load_trainer_state(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / STATE
+    if not path.exists():
+        raise CheckpointError(f"no resumable trainer state in {directory} ({STATE} missing)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError for crafted files, EOF for truncated ones
+        raise CheckpointError(f"trainer state is corrupt or unsafe, refused: {path} ({type(exc).__name__})") from exc
+
+
+def build_model_from_meta(meta: dict[str, Any]) -> nn.Module:
+    from resnetlab.models import create_model
+
+    try:
+        return create_model(meta["arch"], **meta["arch_args"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot rebuild model {meta.get('arch')!r} from checkpoint: {exc}") from exc
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatching keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if shape:
+            k = shape[0]
+            parts.append(f"shape mismatch at {k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        if missing:
+            parts.append(f"missing keys {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:3]}")
+        raise CheckpointError(f"weights in {source} do not fit the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes") or [str(i) for i in range(self.model.num_classes)])
+
+
+def load_checkpoint(path: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint (run folder, checkpoint folder or weights file) into a model in eval mode.
+
+    Example:
+        >>> ckpt = load_checkpoint("runs/demo")          # doctest: +SKIP
+        >>> ckpt.model(torch.zeros(1, *ckpt.meta["input_size"]))  # doctest: +SKIP
+    """
+    directory = resolve_checkpoint(path, which)
+    meta = load_meta(directory)
+    model = build_model_from_meta(meta)
+    load_state_dict_checked(model, load_weights(directory), str(directory / WEIGHTS))
+    model.to(device).eval()
+    return Checkpoint(model=model, meta=meta, path=directory)
+
+
+def resume_candidates(run_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint folders a resume may use, newest first."""
+    ck = Path(run_dir) / "checkpoints"
+    return [ck / n for n in ("last", "last.prev") if (ck / n).is_dir()]
