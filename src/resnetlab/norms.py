@@ -223,6 +223,13 @@ class _GroupNormFactory:
 
     def __call__(self, channels: int) -> nn.Module:
         groups = default_groups(channels) if self.groups is None else self.groups
+        # Checked here so the native nn.GroupNorm ("gn-torch") fails with the same one-line
+        # message naming the argument as the scratch layer, not torch's own wording.
+        if channels % groups != 0:
+            raise ValueError(
+                f"groups={groups} must be >= 1 and divide the channel count {channels} "
+                f"(divisors: {_divisors(channels)})"
+            )
         return self.cls(groups, channels)
 
 

@@ -1,0 +1,326 @@
+"""The from-scratch normalization layers against PyTorch's own, and get_norm_layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import max_abs_diff
+from torch import nn
+
+from resnetlab import norms
+from resnetlab.norms import (
+    BatchInstanceNorm2d,
+    BatchNorm2d,
+    GroupNorm,
+    InstanceNorm2d,
+    LayerNorm2d,
+    clamp_bin_gates,
+    default_groups,
+    get_norm_layer,
+)
+
+TOL = 1e-5
+# (B, C, H, W): several batch sizes, odd spatial sizes, a 1x1 map with a batch > 1.
+SHAPES = [(2, 4, 5, 5), (8, 6, 3, 7), (3, 12, 1, 1), (16, 8, 4, 4)]
+
+
+def _pair(kind: str, channels: int, groups: int = 1):
+    """A (scratch, reference) pair with the same random affine parameters, in float64."""
+    if kind == "bn":
+        ours, ref = BatchNorm2d(channels), nn.BatchNorm2d(channels)
+    elif kind == "in":
+        ours, ref = InstanceNorm2d(channels), nn.InstanceNorm2d(channels, affine=True)
+    elif kind == "ln":
+        # LayerNorm over (C, H, W) with per-channel affine is GroupNorm with one group.
+        ours, ref = LayerNorm2d(channels), nn.GroupNorm(1, channels)
+    elif kind == "gn":
+        ours, ref = GroupNorm(groups, channels), nn.GroupNorm(groups, channels)
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    ours, ref = ours.double(), ref.double()
+    with torch.no_grad():
+        w = torch.rand(channels, dtype=torch.float64) + 0.5
+        b = torch.randn(channels, dtype=torch.float64)
+        for m in (ours, ref):
+            m.weight.copy_(w)
+            m.bias.copy_(b)
+    return ours, ref
+
+
+def _forward_backward(module: nn.Module, x: torch.Tensor, upstream: torch.Tensor):
+    x = x.clone().requires_grad_(True)
+    y = module(x)
+    (y * upstream).sum().backward()
+    return y.detach(), x.grad.detach(), module.weight.grad.detach(), module.bias.grad.detach()
+
+
+def _assert_same(ours: nn.Module, ref: nn.Module, x: torch.Tensor) -> None:
+    upstream = torch.randn_like(x)
+    got = _forward_backward(ours, x, upstream)
+    want = _forward_backward(ref, x, upstream)
+    for label, a, b in zip(("output", "grad input", "grad weight", "grad bias"), got, want):
+        assert a.shape == b.shape, label
+        assert max_abs_diff(a, b) < TOL, f"{label} differs by {max_abs_diff(a, b):.2e}"
+
+
+# --- match the torch counterparts ------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("kind", ["bn", "in", "ln", "gn"])
+def test_scratch_norm_matches_torch_train_mode(kind, shape):
+    b, c, h, w = shape
+    if kind == "in" and h * w == 1:
+        pytest.skip("instance norm of a 1x1 map is undefined in torch too")
+    groups = 2 if c % 2 == 0 else 1
+    ours, ref = _pair(kind, c, groups)
+    x = torch.randn(shape, dtype=torch.float64) * 3 + 1.5  # off-centre, not unit scale
+    _assert_same(ours.train(), ref.train(), x)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("kind", ["bn", "in", "ln", "gn"])
+def test_scratch_norm_matches_torch_eval_mode(kind, shape):
+    b, c, h, w = shape
+    if kind == "in" and h * w == 1:
+        pytest.skip("instance norm of a 1x1 map is undefined in torch too")
+    ours, ref = _pair(kind, c, groups=2 if c % 2 == 0 else 1)
+    # Train a few steps first so BN's running statistics are not the (0, 1) defaults.
+    for _ in range(3):
+        x = torch.randn(shape, dtype=torch.float64) * 2 + 0.7
+        ours.train()(x)
+        ref.train()(x)
+    x = torch.randn(shape, dtype=torch.float64) * 2 + 0.7
+    _assert_same(ours.eval(), ref.eval(), x)
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 4), (5, 7, 2, 3), (4, 5, 1, 1)], ids=str)
+def test_batchnorm_running_stats_match_torch(shape, momentum):
+    ours = BatchNorm2d(shape[1], momentum=momentum).double()
+    ref = nn.BatchNorm2d(shape[1], momentum=momentum).double()
+    for step in range(4):
+        x = torch.randn(shape, dtype=torch.float64) * (step + 1) + step
+        ours(x)
+        ref(x)
+        # Running variance uses the unbiased estimate, the normalization the biased one.
+        assert max_abs_diff(ours.running_mean, ref.running_mean) < TOL
+        assert max_abs_diff(ours.running_var, ref.running_var) < TOL
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 4
+    # Eval mode must not touch the running statistics.
+    before = ours.running_mean.clone()
+    ours.eval()(torch.randn(shape, dtype=torch.float64) + 10)
+    assert torch.equal(ours.running_mean, before)
+
+
+def test_batchnorm_state_dict_names_match_torch():
+    assert set(BatchNorm2d(4).state_dict()) == set(nn.BatchNorm2d(4).state_dict())
+    BatchNorm2d(4).load_state_dict(nn.BatchNorm2d(4).state_dict(), strict=True)
+    GroupNorm(2, 4).load_state_dict(nn.GroupNorm(2, 4).state_dict(), strict=True)
+
+
+def test_float32_layers_match_torch():
+    """The default dtype is float32; the match holds there too (to float32 precision)."""
+    x = torch.randn(4, 8, 6, 6) * 2 + 1
+    for ours, ref in [
+        (BatchNorm2d(8), nn.BatchNorm2d(8)),
+        (InstanceNorm2d(8), nn.InstanceNorm2d(8, affine=True)),
+        (LayerNorm2d(8), nn.GroupNorm(1, 8)),
+        (GroupNorm(4, 8), nn.GroupNorm(4, 8)),
+    ]:
+        assert max_abs_diff(ours(x), ref(x)) < 1e-5, type(ours).__name__
+
+
+def test_layernorm2d_equals_nn_layernorm_without_affine():
+    """Statistics over (C, H, W) of each sample, as nn.LayerNorm([C, H, W]) computes them."""
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    ours = LayerNorm2d(5).double()
+    ref = nn.LayerNorm([5, 4, 6], elementwise_affine=False).double()
+    assert max_abs_diff(ours(x), ref(x)) < TOL
+
+
+# --- Batch-Instance Norm ---------------------------------------------------------------
+
+
+def _bin_with_rho(channels: int, rho: float) -> BatchInstanceNorm2d:
+    m = BatchInstanceNorm2d(channels).double()
+    with torch.no_grad():
+        m.rho.fill_(rho)
+        m.weight.copy_(torch.rand(channels, dtype=torch.float64) + 0.5)
+        m.bias.copy_(torch.randn(channels, dtype=torch.float64))
+    return m
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("shape", [(4, 6, 5, 5), (2, 3, 8, 4)], ids=str)
+def test_bin_equals_bn_at_rho_one(shape, mode):
+    bin_ = _bin_with_rho(shape[1], 1.0)
+    bn = nn.BatchNorm2d(shape[1]).double()
+    with torch.no_grad():
+        bn.weight.copy_(bin_.weight)
+        bn.bias.copy_(bin_.bias)
+    for _ in range(2):  # populate running stats
+        x = torch.randn(shape, dtype=torch.float64) + 1
+        bin_.train()(x)
+        bn.train()(x)
+    assert max_abs_diff(bin_.running_var, bn.running_var) < TOL
+    x = torch.randn(shape, dtype=torch.float64) * 2 - 1
+    bin_.train(mode == "train")
+    bn.train(mode == "train")
+    up = torch.randn(shape, dtype=torch.float64)
+    got = _forward_backward(bin_, x, up)
+    want = _forward_backward(bn, x, up)
+    for a, b in zip(got, want):
+        assert max_abs_diff(a, b) < TOL
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_bin_equals_in_at_rho_zero(mode):
+    shape = (4, 6, 5, 5)
+    bin_ = _bin_with_rho(6, 0.0).train(mode == "train")
+    inn = nn.InstanceNorm2d(6, affine=True).double()
+    with torch.no_grad():
+        inn.weight.copy_(bin_.weight)
+        inn.bias.copy_(bin_.bias)
+    x = torch.randn(shape, dtype=torch.float64) * 3 + 2
+    up = torch.randn(shape, dtype=torch.float64)
+    got = _forward_backward(bin_, x, up)
+    want = _forward_backward(inn, x, up)
+    for a, b in zip(got, want):
+        assert max_abs_diff(a, b) < TOL
+
+
+def test_bin_mixes_linearly_between_bn_and_in():
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64) + 0.3
+    m = _bin_with_rho(3, 0.3)
+    m0, m1 = _bin_with_rho(3, 0.0), _bin_with_rho(3, 1.0)
+    for mm in (m0, m1):
+        with torch.no_grad():
+            mm.weight.copy_(m.weight)
+            mm.bias.copy_(m.bias)
+    expected = 0.3 * m1(x) + 0.7 * m0(x)
+    assert max_abs_diff(m(x), expected) < TOL
+    assert max_abs_diff(m0(x), m1(x)) > 0.01  # the two ends really differ
+
+
+def test_bin_gate_stays_in_unit_interval_after_optimizer_step():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), BatchInstanceNorm2d(4), nn.Conv2d(4, 4, 1), BatchInstanceNorm2d(4))
+    with torch.no_grad():
+        model[1].rho.fill_(0.95)
+        model[3].rho.fill_(0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=100.0)
+    x = torch.randn(4, 3, 8, 8)
+    # A loss whose gradient pushes rho of layer 1 up and of layer 3 down, far out of [0, 1].
+    loss = -model[1].rho.sum() + model[3].rho.sum() + model(x).sum() * 0
+    loss.backward()
+    opt.step()
+    assert model[1].rho.max() > 1 and model[3].rho.min() < 0  # the step did push it out
+    # Forward never uses a gate outside [0, 1]: rho = 50 behaves exactly like rho = 1.
+    bin_ = model[1].eval()
+    ref = _bin_with_rho(4, 1.0).float().eval()
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(ref, name).copy_(getattr(bin_, name))
+    h = torch.randn(2, 4, 5, 5)
+    assert max_abs_diff(bin_(h), ref(h)) < 1e-6
+    clamp_bin_gates(model)
+    assert model[1].rho.min() >= 0 and model[1].rho.max() <= 1
+    assert model[3].rho.min() >= 0 and model[3].rho.max() <= 1
+    assert torch.all(model[1].rho == 1) and torch.all(model[3].rho == 0)
+
+
+def test_bin_gate_gets_a_gradient():
+    m = _bin_with_rho(3, 0.5)
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64) * 2 + 1
+    (m(x) * torch.randn_like(x)).sum().backward()
+    assert m.rho.grad is not None and m.rho.grad.abs().min() > 0
+
+
+# --- errors and get_norm_layer -----------------------------------------------------------
+
+
+def test_batchnorm_one_value_per_channel_raises_clear_error():
+    for cls in (BatchNorm2d, BatchInstanceNorm2d):
+        m = cls(4).train()
+        with pytest.raises(ValueError, match=r"batch size > 1") as err:
+            m(torch.randn(1, 4, 1, 1))
+        assert "(1, 4, 1, 1)" in str(err.value) and "\n" not in str(err.value)
+        m.eval()(torch.randn(1, 4, 1, 1))  # eval mode uses running stats: fine
+
+
+def test_get_norm_layer_unknown_name_names_closest():
+    with pytest.raises(ValueError) as err:
+        get_norm_layer("bnn")
+    msg = str(err.value)
+    assert "'bnn'" in msg and "did you mean" in msg and "'bn'" in msg
+    assert "allowed" in msg and "gn-torch" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("name", ["gn", "gn-torch"])
+def test_get_norm_layer_groups_must_divide_channels(name):
+    with pytest.raises(ValueError, match=r"groups=5.*16"):
+        get_norm_layer(name, groups=5)(16)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "4"])
+def test_get_norm_layer_groups_must_be_positive_int(bad):
+    with pytest.raises(ValueError, match="groups"):
+        get_norm_layer("gn", groups=bad)
+
+
+@pytest.mark.parametrize("channels,expected", [(64, 32), (16, 16), (48, 24), (24, 24), (100, 25), (7, 7), (3, 3), (66, 22)])
+def test_default_groups_picks_largest_divisor_up_to_32(channels, expected):
+    assert default_groups(channels) == expected
+    layer = get_norm_layer("gn")(channels)
+    assert layer.num_groups == expected and channels % layer.num_groups == 0
+    assert get_norm_layer("gn-torch")(channels).num_groups == expected
+
+
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("bn", BatchNorm2d),
+        ("in", InstanceNorm2d),
+        ("bin", BatchInstanceNorm2d),
+        ("ln", LayerNorm2d),
+        ("gn", GroupNorm),
+        ("none", nn.Identity),
+        ("bn-torch", nn.BatchNorm2d),
+        ("gn-torch", nn.GroupNorm),
+        ("in-torch", nn.InstanceNorm2d),
+        ("ln-torch", nn.GroupNorm),
+        ("BN", BatchNorm2d),
+    ],
+)
+def test_get_norm_layer_resolves_every_name(name, cls):
+    layer = get_norm_layer(name)(8)
+    assert type(layer) is cls
+    x = torch.randn(2, 8, 3, 3)
+    assert layer(x).shape == x.shape
+    if name == "ln-torch":
+        assert layer.num_groups == 1
+    if name == "in-torch":
+        assert layer.affine and layer.weight.shape == (8,)
+    assert norms.is_norm(layer) == (name != "none")
+
+
+def test_norm_names_cover_the_issue():
+    assert set(norms.NORM_NAMES) == {"bn", "in", "bin", "ln", "gn", "none", "bn-torch", "gn-torch", "in-torch", "ln-torch"}
+
+
+def test_scratch_layers_do_not_call_the_functional_norms(monkeypatch):
+    """The scratch layers are written with tensor ops, not F.*_norm."""
+    import torch.nn.functional as F
+
+    def forbidden(*a, **k):
+        raise AssertionError("functional norm called")
+
+    for fn in ("batch_norm", "group_norm", "layer_norm", "instance_norm"):
+        monkeypatch.setattr(F, fn, forbidden)
+    x = torch.randn(2, 8, 4, 4)
+    for name in ("bn", "in", "bin", "ln", "gn"):
+        layer = get_norm_layer(name)(8)
+        layer.train()(x)
+        layer.eval()(x)
+    with pytest.raises(AssertionError):  # the guard itself works
+        get_norm_layer("bn-torch")(8)(x)
