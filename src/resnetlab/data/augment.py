@@ -1,0 +1,386 @@
+"""Augmentations by name, applied to whole batches with per-sample random parameters.
+
+A spec (config key ``augment``, CLI ``--aug``) is a list whose items are a name (``"flip"``),
+a name with parameters (``"crop:padding=4"``, ``"color-jitter:brightness=0.4,hue=0"``,
+``"random-resized-crop:scale=(0.5,1.0)"``) or a one-key mapping
+(``{"crop": {"padding": 4}}``). A single string may hold several items separated by ``;``
+or spaces (``"crop:padding=4; flip"``).
+
+Every augmentation is a ``kornia.augmentation`` module working on float batches in ``[0, 1]``
+of shape ``(B, C, H, W)``; kornia draws each sample's parameters from the global torch RNG,
+which the loader reseeds per step (see :mod:`resnetlab.data.loader`). Nothing here is written
+by hand except the parameter parsing: kornia covers every operation, salt-and-pepper included
+(``RandomSaltAndPepperNoise``).
+
+Names and parameters (defaults in brackets):
+
+=====================  ==========================================================================
+``crop``               random crop after padding: ``padding`` [4] px, ``size`` [image size],
+                       ``padding_mode`` [constant | reflect | replicate], ``p`` [1.0]
+``flip``               horizontal flip: ``p`` [0.5]
+``rotation``           random rotation in ``[-degrees, degrees]``: ``degrees`` [15], ``p`` [0.5]
+``color-jitter``       ``brightness`` [0.2], ``contrast`` [0.2], ``saturation`` [0.2, RGB only],
+                       ``hue`` [0.05, RGB only], ``p`` [1.0]
+``random-resized-crop``  ``size`` [image size], ``scale`` [(0.08, 1.0)], ``ratio`` [(0.75, 1.333)]
+``resize``             ``size`` (required; an int resizes the shorter side) — deterministic
+``center-crop``        ``size`` (required) — deterministic
+``cutout``             one square hole of ``size`` [half the image side] px: ``p`` [1.0],
+                       ``value`` [0.0]
+``erasing``            random erasing: ``scale`` [(0.02, 0.33)], ``ratio`` [(0.3, 3.3)],
+                       ``value`` [0.0], ``p`` [0.5]
+``blur``               gaussian blur: ``kernel`` [3, odd], ``sigma`` [(0.1, 2.0)], ``p`` [0.5]
+``salt-pepper``        per-pixel salt/pepper with probability ``amount`` [0.05];
+                       ``salt_vs_pepper`` [0.5], ``p`` [0.5]
+=====================  ==========================================================================
+
+Evaluation uses only the deterministic items (``resize``, ``center-crop``), in spec order.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnetlab.errors import DataError, unknown_name
+
+log = logging.getLogger(__name__)
+
+# name -> {param: default}; ``None`` means "required" or "derived from the image size".
+_PARAMS: dict[str, dict[str, Any]] = {
+    "crop": {"padding": 4, "size": None, "padding_mode": "constant", "p": 1.0},
+    "flip": {"p": 0.5},
+    "rotation": {"degrees": 15.0, "p": 0.5},
+    "color-jitter": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05, "p": 1.0},
+    "random-resized-crop": {"size": None, "scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)},
+    "resize": {"size": None},
+    "center-crop": {"size": None},
+    "cutout": {"size": None, "value": 0.0, "p": 1.0},
+    "erasing": {"scale": (0.02, 0.33), "ratio": (0.3, 3.3), "value": 0.0, "p": 0.5},
+    "blur": {"kernel": 3, "sigma": (0.1, 2.0), "p": 0.5},
+    "salt-pepper": {"amount": 0.05, "salt_vs_pepper": 0.5, "p": 0.5},
+}
+_ALIASES = {
+    "hflip": "flip", "horizontal-flip": "flip", "random-crop": "crop", "rotate": "rotation",
+    "colorjitter": "color-jitter", "color_jitter": "color-jitter", "rrc": "random-resized-crop",
+    "random_resized_crop": "random-resized-crop", "center_crop": "center-crop",
+    "centercrop": "center-crop", "random-erasing": "erasing", "gaussian-blur": "blur",
+    "salt-and-pepper": "salt-pepper", "salt_pepper": "salt-pepper", "saltpepper": "salt-pepper",
+}
+AUGMENT_NAMES: tuple[str, ...] = tuple(_PARAMS)
+DETERMINISTIC = frozenset({"resize", "center-crop"})
+_REQUIRED = {"resize": ("size",), "center-crop": ("size",)}
+_PADDING_MODES = ("constant", "reflect", "replicate")
+
+
+@dataclass(frozen=True)
+class AugmentItem:
+    """One parsed augmentation: a canonical name and its full parameter dict (defaults filled)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        given = ",".join(f"{k}={_fmt(v)}" for k, v in self.params.items() if v != _PARAMS[self.name][k])
+        return f"{self.name}:{given}" if given else self.name
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (tuple, list)):
+        return "(" + ",".join(_fmt(x) for x in v) + ")"
+    return str(v)
+
+
+def _split_top(text: str, seps: str) -> list[str]:
+    """Split on any char of ``seps`` that is not inside brackets (tuples hold commas)."""
+    out, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        if ch in seps and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [s.strip() for s in out if s.strip()]
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word such as ``reflect``
+
+
+def _canonical(name: str) -> str:
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in _PARAMS:
+        raise DataError(unknown_name("augmentation", name, AUGMENT_NAMES))
+    return key
+
+
+def _number(name: str, key: str, v: Any, lo: float | None = None, hi: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise DataError(f"augmentation {name!r}: {key}={v!r} is not a number")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise DataError(f"augmentation {name!r}: {key}={v!r} is out of range (allowed: {rng})")
+    return float(v)
+
+
+def _range(name: str, key: str, v: Any, lo: float, hi: float | None) -> tuple[float, float]:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = (v, v)
+    if not isinstance(v, (tuple, list)) or len(v) != 2:
+        raise DataError(f"augmentation {name!r}: {key}={v!r} must be a number or a pair (a,b)")
+    a, b = (_number(name, key, x, lo, hi) for x in v)
+    if a > b:
+        raise DataError(f"augmentation {name!r}: {key}={v!r} has min > max")
+    return (a, b)
+
+
+def _size(name: str, v: Any) -> int | tuple[int, int] | None:
+    if v is None:
+        return None
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) and x > 0 for x in v):
+        return (int(v[0]), int(v[1]))
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return int(v)
+    raise DataError(f"augmentation {name!r}: size={v!r} must be a positive int or a pair (h,w)")
+
+
+def _validate(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Check parameters that do not depend on the image size; return them normalized."""
+    p = dict(params)
+    if "p" in p:
+        p["p"] = _number(name, "p", p["p"], 0.0, 1.0)
+    if "size" in p:
+        p["size"] = _size(name, p["size"])
+    for key in _REQUIRED.get(name, ()):
+        if p[key] is None:
+            raise DataError(f"augmentation {name!r} needs {key}=..., e.g. '{name}:{key}=224'")
+    if name == "crop":
+        if isinstance(p["padding"], bool) or not isinstance(p["padding"], int) or p["padding"] < 0:
+            raise DataError(f"augmentation 'crop': padding={p['padding']!r} must be an int >= 0")
+        if p["padding_mode"] not in _PADDING_MODES:
+            raise DataError(f"augmentation 'crop': padding_mode={p['padding_mode']!r} (allowed: {', '.join(_PADDING_MODES)})")
+    elif name == "rotation":
+        p["degrees"] = _number(name, "degrees", p["degrees"], 0.0, 180.0)
+    elif name == "color-jitter":
+        for key in ("brightness", "contrast", "saturation"):
+            p[key] = _number(name, key, p[key], 0.0, None)
+        p["hue"] = _number(name, "hue", p["hue"], 0.0, 0.5)
+    elif name in ("random-resized-crop", "erasing"):
+        p["scale"] = _range(name, "scale", p["scale"], 1e-6, 1.0)
+        p["ratio"] = _range(name, "ratio", p["ratio"], 1e-6, None)
+    elif name == "cutout":
+        if p["size"] is not None and not isinstance(p["size"], int):
+            raise DataError(f"augmentation 'cutout': size={p['size']!r} must be one int (a square hole)")
+    elif name == "blur":
+        k = p["kernel"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise DataError(f"augmentation 'blur': kernel={k!r} must be an odd int >= 1")
+        p["sigma"] = _range(name, "sigma", p["sigma"], 1e-6, None)
+    elif name == "salt-pepper":
+        p["amount"] = _number(name, "amount", p["amount"], 0.0, 1.0)
+        p["salt_vs_pepper"] = _number(name, "salt_vs_pepper", p["salt_vs_pepper"], 0.0, 1.0)
+    if "value" in p:
+        p["value"] = _number(name, "value", p["value"])
+    return p
+
+
+def _item(name: str, given: Mapping[str, Any]) -> AugmentItem:
+    key = _canonical(name)
+    defaults = _PARAMS[key]
+    for k in given:
+        if k not in defaults:
+            raise DataError(
+                f"augmentation {key!r} has no parameter {k!r}{did_you_mean_param(k, defaults)} "
+                f"(allowed: {', '.join(defaults)})"
+            )
+    return AugmentItem(key, _validate(key, {**defaults, **dict(given)}))
+
+
+def did_you_mean_param(value: str, allowed: Mapping[str, Any]) -> str:
+    from resnetlab.errors import did_you_mean
+
+    return did_you_mean(value, list(allowed))
+
+
+def _parse_string_item(text: str) -> AugmentItem:
+    name, _, rest = text.partition(":")
+    given: dict[str, Any] = {}
+    for part in _split_top(rest, ","):
+        k, eq, v = part.partition("=")
+        if not eq or not k.strip():
+            raise DataError(f"augmentation {name.strip()!r}: bad parameter {part!r} (write key=value, e.g. 'crop:padding=4')")
+        given[k.strip()] = _literal(v.strip())
+    return _item(name, given)
+
+
+def parse_augment(spec: str | Sequence[Any] | AugmentItem | None) -> list[AugmentItem]:
+    """Parse an augmentation spec into validated :class:`AugmentItem` s.
+
+    Args:
+        spec: ``None`` / ``[]`` (no augmentation), a string (items separated by ``;`` or spaces),
+            or a list of strings, one-key mappings ``{name: {param: value}}`` or ``AugmentItem`` s.
+
+    Returns:
+        The items in order, every parameter filled with its default when not given.
+
+    Raises:
+        DataError: unknown name, unknown parameter or a value out of range (one line).
+
+    Example:
+        >>> [str(a) for a in parse_augment(["crop:padding=2", {"flip": {"p": 1.0}}])]
+        ['crop:padding=2', 'flip:p=1.0']
+    """
+    if spec is None:
+        return []
+    if isinstance(spec, (str, AugmentItem, Mapping)):
+        spec = [spec]
+    items: list[AugmentItem] = []
+    for entry in spec:
+        if isinstance(entry, AugmentItem):
+            items.append(_item(entry.name, entry.params))
+        elif isinstance(entry, str):
+            items.extend(_parse_string_item(t) for t in _split_top(entry, "; \t\n"))
+        elif isinstance(entry, Mapping):
+            if len(entry) != 1:
+                raise DataError(f"augmentation mapping {dict(entry)!r} must have exactly one key, e.g. {{'crop': {{'padding': 4}}}}")
+            (name, params), = entry.items()
+            params = {} if params is None else params
+            if not isinstance(params, Mapping):
+                raise DataError(f"augmentation {name!r}: parameters must be a mapping, got {params!r}")
+            items.append(_item(name, params))
+        else:
+            raise DataError(f"augmentation spec item {entry!r} must be a name, 'name:k=v' or a mapping")
+    return items
+
+
+def _hw(size: int | tuple[int, int], shape_hw: tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, tuple):
+        return size
+    return (size, size)
+
+
+def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, tuple[int, int, int]]:
+    """Build the kornia module for one item at input ``shape`` (C, H, W); return it and its output shape."""
+    import kornia.augmentation as K
+
+    c, h, w = shape
+    p = item.params
+    name = item.name
+    if name == "crop":
+        th, tw = _hw(p["size"], (h, w)) if p["size"] is not None else (h, w)
+        if th > h or tw > w:
+            raise DataError(f"augmentation 'crop': size={p['size']!r} is larger than the image {h}x{w} (allowed: <= image size)")
+        mod = K.RandomCrop((th, tw), padding=p["padding"] or None, padding_mode=p["padding_mode"], p=p["p"])
+        return mod, (c, th, tw)
+    if name == "flip":
+        return K.RandomHorizontalFlip(p=p["p"]), shape
+    if name == "rotation":
+        return K.RandomRotation(degrees=p["degrees"], p=p["p"]), shape
+    if name == "color-jitter":
+        if c == 1 and (p["saturation"] or p["hue"]):
+            # Saturation and hue do not exist for one channel: only brightness/contrast apply.
+            if (p["saturation"], p["hue"]) != (_PARAMS[name]["saturation"], _PARAMS[name]["hue"]):
+                raise DataError("augmentation 'color-jitter': saturation/hue need RGB images; grayscale allows brightness and contrast only")
+            mod = K.ColorJitter(brightness=p["brightness"], contrast=p["contrast"], p=p["p"])
+        else:
+            mod = K.ColorJitter(p["brightness"], p["contrast"], p["saturation"], p["hue"], p=p["p"])
+        return mod, shape
+    if name == "random-resized-crop":
+        th, tw = _hw(p["size"], (h, w)) if p["size"] is not None else (h, w)
+        return K.RandomResizedCrop((th, tw), scale=p["scale"], ratio=p["ratio"]), (c, th, tw)
+    if name == "resize":
+        size = p["size"]
+        if isinstance(size, int):  # shorter side -> size, aspect kept
+            th, tw = (size, round(w * size / h)) if h <= w else (round(h * size / w), size)
+        else:
+            th, tw = size
+        return K.Resize((th, tw), antialias=True), (c, th, tw)
+    if name == "center-crop":
+        th, tw = _hw(p["size"], (h, w))
+        if th > h or tw > w:
+            raise DataError(f"augmentation 'center-crop': size={p['size']!r} is larger than the image {h}x{w} (allowed: <= image size)")
+        return K.CenterCrop((th, tw)), (c, th, tw)
+    if name == "cutout":
+        side = p["size"] if p["size"] is not None else max(1, min(h, w) // 2)
+        if side > min(h, w):
+            raise DataError(f"augmentation 'cutout': size={side} is larger than the image {h}x{w}")
+        frac = side * side / (h * w)
+        return K.RandomErasing(scale=(frac, frac), ratio=(1.0, 1.0), value=p["value"], p=p["p"]), shape
+    if name == "erasing":
+        return K.RandomErasing(scale=p["scale"], ratio=p["ratio"], value=p["value"], p=p["p"]), shape
+    if name == "blur":
+        if p["kernel"] > min(h, w):
+            raise DataError(f"augmentation 'blur': kernel={p['kernel']} is larger than the image {h}x{w}")
+        return K.RandomGaussianBlur((p["kernel"], p["kernel"]), sigma=p["sigma"], p=p["p"]), shape
+    if name == "salt-pepper":
+        if c not in (1, 3):
+            raise DataError(f"augmentation 'salt-pepper' needs 1 or 3 channels, got {c}")
+        return K.RandomSaltAndPepperNoise(amount=p["amount"], salt_vs_pepper=p["salt_vs_pepper"], p=p["p"]), shape
+    raise AssertionError(name)  # pragma: no cover - _canonical guards this
+
+
+class BatchAugment(nn.Module):
+    """A chain of batch augmentations on float images in ``[0, 1]``; ``(B, C, H, W) -> (B, C, H', W')``.
+
+    Attributes:
+        items: the parsed spec it was built from.
+        in_shape / out_shape: ``(C, H, W)`` before and after.
+    """
+
+    def __init__(self, items: list[AugmentItem], in_shape: tuple[int, int, int]):
+        super().__init__()
+        self.items = list(items)
+        self.in_shape = tuple(in_shape)
+        mods, shape = [], tuple(in_shape)
+        for item in self.items:
+            mod, shape = _module(item, shape)
+            mods.append(mod)
+        self.ops = nn.ModuleList(mods)
+        self.out_shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) float in [0, 1]
+        for op in self.ops:
+            x = op(x)
+        return x
+
+
+def build_augment(spec: Any, image_shape: Sequence[int], train: bool = True) -> BatchAugment:
+    """Build the batch augmentation for images of ``image_shape`` (C, H, W).
+
+    Args:
+        spec: anything :func:`parse_augment` accepts.
+        image_shape: ``(C, H, W)`` of the uint8 images the loader holds.
+        train: ``False`` keeps only the deterministic items (resize, center-crop) for evaluation.
+
+    Raises:
+        DataError: a parameter that does not fit the image (crop larger than the image, ...).
+
+    Example:
+        >>> aug = build_augment("crop:padding=4 flip", (3, 32, 32))
+        >>> aug(torch.rand(8, 3, 32, 32)).shape
+        torch.Size([8, 3, 32, 32])
+    """
+    items = parse_augment(spec)
+    if not train:
+        items = [i for i in items if i.name in DETERMINISTIC]
+    return BatchAugment(items, tuple(int(s) for s in image_shape))
+
+
+def output_shape(spec: Any, image_shape: Sequence[int], train: bool = False) -> tuple[int, int, int]:
+    """The ``(C, H, W)`` the loader yields for ``spec`` (eval by default: the model's input size)."""
+    return build_augment(spec, image_shape, train=train).out_shape
+

@@ -1,0 +1,623 @@
+"""Datasets by name: train / val / test splits as uint8 tensors (or file lists for big folders).
+
+Names (see :data:`DATASET_NAMES`):
+
+- ``cifar10``, ``cifar100``: torchvision's on-disk pickle format (``cifar-10-batches-py/``,
+  ``cifar-100-python/``) under the data root; ``download=True`` fetches them with torchvision.
+- ``fashion-mnist``, ``mnist``: IDX files (raw or ``.gz``) in ``<root>/<name>/``, torchvision's
+  ``<root>/FashionMNIST/raw`` / ``<root>/MNIST/raw``, ``<root>`` itself, or (Fashion-MNIST)
+  ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
+- ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, no download); a fixed stratified
+  20 % test split (seed 0, independent of the run's seed).
+- ``imagefolder:PATH``: one sub-folder per class; ``train/``, ``val/``, ``test/`` sub-folders when
+  present, otherwise a stratified split (20 % test, fixed seed 0). Images are resized to cover
+  ``image_size`` (default 224) and center-cropped. Bad files are skipped with one warning.
+  Folders larger than ``stream_threshold_gb`` as uint8 stream from disk (see loader.py).
+- ``synthetic[:CxHxW[:CLASSES[:N]]]``: deterministic class-dependent random images, default
+  ``synthetic:3x32x32:10:2000`` (N training images plus N/5 test images).
+
+The data root is ``root`` if given, else ``$RESNETLAB_DATA``, else ``~/.cache/resnetlab``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import pickle
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnetlab.errors import DataError, unknown_name
+from resnetlab.data.images import image_mode, is_gray_mode, read_image, resize_cover
+
+log = logging.getLogger(__name__)
+
+DATASET_NAMES: tuple[str, ...] = ("cifar10", "cifar100", "fashion-mnist", "mnist", "digits", "imagefolder", "synthetic")
+SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+_TEST_FRACTION = 0.2  # held-out test share for datasets that ship without a test split
+_SPLIT_SEED = 0  # fixed so the test split never depends on the run's seed
+
+
+# ---------------------------------------------------------------------------------------------
+# Containers
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ImageSet:
+    """One split: uint8 images in memory, or image files decoded on the fly.
+
+    Attributes:
+        targets: int64 ``(N,)`` class indices.
+        images: uint8 ``(N, C, H, W)`` or ``None`` when streaming from ``paths``.
+        paths: source files (image folders) or ``None``.
+        image_shape: ``(C, H, W)`` of every item.
+        classes: class names (shared by all splits).
+        cache: optional path of a memory-mapped cache of the resized images (streaming only).
+    """
+
+    targets: torch.Tensor
+    image_shape: tuple[int, int, int]
+    classes: list[str]
+    images: torch.Tensor | None = None
+    paths: list[str] | None = None
+    cache: str | None = None
+
+    def __post_init__(self) -> None:
+        self.targets = torch.as_tensor(self.targets, dtype=torch.int64)
+        if self.images is None and self.paths is None:
+            raise ValueError("ImageSet needs images or paths")
+        n = len(self.targets)
+        if self.images is not None and len(self.images) != n:
+            raise ValueError(f"ImageSet: {len(self.images)} images but {n} targets")
+        if self.paths is not None and len(self.paths) != n:
+            raise ValueError(f"ImageSet: {len(self.paths)} paths but {n} targets")
+        if n and (int(self.targets.min()) < 0 or int(self.targets.max()) >= len(self.classes)):
+            raise DataError(
+                f"labels out of range: found {int(self.targets.min())}..{int(self.targets.max())} "
+                f"(allowed: 0..{len(self.classes) - 1} for {len(self.classes)} classes)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    @property
+    def nbytes(self) -> int:
+        c, h, w = self.image_shape
+        return len(self) * c * h * w
+
+    def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> ImageSet:
+        """A new ImageSet with the given items (in that order)."""
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        return ImageSet(
+            targets=self.targets[idx],
+            image_shape=self.image_shape,
+            classes=self.classes,
+            images=None if self.images is None else self.images[idx],
+            paths=None if self.paths is None else [self.paths[int(i)] for i in idx],
+            cache=None,  # a cache is indexed by the parent's order; a subset re-decodes
+        )
+
+    def get(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """uint8 ``(len(indices), C, H, W)``; decodes files when streaming (bad files -> zeros)."""
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        if self.images is not None:
+            return self.images[idx]
+        c, h, w = self.image_shape
+        out = torch.zeros((len(idx), c, h, w), dtype=torch.uint8)
+        for j, i in enumerate(idx.tolist()):
+            try:
+                out[j] = read_image(self.paths[i], channels=c, size=(h, w))
+            except (OSError, RuntimeError, ValueError):
+                log.warning("could not decode %s; using a blank image", self.paths[i])
+        return out
+
+
+@dataclass
+class DatasetSplits:
+    """What :func:`load_dataset` returns. ``mean`` / ``std`` are per channel, in [0, 1] units,
+    computed on the training split only."""
+
+    name: str
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    classes: list[str]
+    image_shape: tuple[int, int, int]
+    mean: list[float]
+    std: list[float]
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: ``root`` if given, else ``$RESNETLAB_DATA``, else ``~/.cache/resnetlab``."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("RESNETLAB_DATA")
+    return Path(env).expanduser() if env else Path("~/.cache/resnetlab").expanduser()
+
+
+def _check_root(root: Path, explicit: bool) -> None:
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data root {str(root)!r} is not a directory")
+    if explicit and not root.exists():
+        raise DataError(f"data root {str(root)!r} does not exist (create it or pass an existing --data-root)")
+    if root.exists() and not os.access(root, os.R_OK | os.X_OK):
+        raise DataError(f"data root {str(root)!r} is not readable")
+
+
+def stratified_split(
+    targets: torch.Tensor | np.ndarray, held: float | int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (kept, held-out) with class proportions preserved (scikit-learn).
+
+    Args:
+        targets: class index per item.
+        held: fraction in (0, 1) or a count of items to hold out.
+        seed: the split's seed.
+
+    Returns:
+        Two sorted int64 index arrays.
+
+    Example:
+        >>> keep, val = stratified_split(np.repeat(np.arange(2), 10), 0.2, seed=0)
+        >>> len(keep), len(val)
+        (16, 4)
+    """
+    from sklearn.model_selection import train_test_split
+
+    y = np.asarray(targets)
+    idx = np.arange(len(y))
+    try:
+        keep, out = train_test_split(idx, test_size=held, random_state=seed, stratify=y, shuffle=True)
+    except ValueError as exc:
+        raise DataError(f"cannot make a stratified split of {len(y)} items holding out {held!r}: {exc}") from None
+    return np.sort(keep), np.sort(out)
+
+
+def _channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of uint8 images in [0, 1] units (float64 accumulation, chunked)."""
+    c = images.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    n = 0
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].to(torch.float64).div_(255.0)
+        s += x.sum(dim=(0, 2, 3))
+        s2 += x.square().sum(dim=(0, 2, 3))
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    if n == 0:
+        return [0.0] * c, [1.0] * c
+    mean = s / n
+    std = (s2 / n - mean.square()).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def cache_file_for(imageset: ImageSet, folder: str | os.PathLike, split: str) -> str:
+    """Path of the memory-mapped cache for ``imageset`` in ``folder``; the name hashes the file
+    list and the image shape, so a changed folder or size gets a fresh cache."""
+    digest = hashlib.sha1(("\n".join(imageset.paths or []) + repr(imageset.image_shape)).encode()).hexdigest()[:12]
+    c, h, w = imageset.image_shape
+    return str(Path(folder) / f"{split}-{c}x{h}x{w}-{digest}.u8")
+
+
+def _resize_all(images: torch.Tensor, size: tuple[int, int], chunk: int = 4096) -> torch.Tensor:
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return torch.cat([resize_cover(images[i : i + chunk], size) for i in range(0, len(images), chunk)])
+
+
+def _size_arg(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, int) and not isinstance(image_size, bool) and image_size > 0:
+        return (image_size, image_size)
+    if isinstance(image_size, (tuple, list)) and len(image_size) == 2 and all(isinstance(s, int) and s > 0 for s in image_size):
+        return (int(image_size[0]), int(image_size[1]))
+    raise DataError(f"image_size={image_size!r} must be a positive int or a pair (h, w)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers: each returns (train, val or None, test, classes) as in-memory or streaming ImageSets
+# ---------------------------------------------------------------------------------------------
+def _unpickle(path: Path) -> dict:
+    # The CIFAR archives are Python pickles (torchvision reads them the same way); only load
+    # files from a data root you trust.
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _read_cifar(root: Path, name: str, download: bool):
+    folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+    base = root / folder
+    if not base.is_dir() and download:
+        import torchvision
+
+        root.mkdir(parents=True, exist_ok=True)
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        log.info("downloading %s to %s", name, root)
+        cls(str(root), train=True, download=True)
+    if not base.is_dir():
+        raise DataError(
+            f"{name} not found: expected {str(base)!r} (torchvision's python-pickle format); "
+            f"pass download=True / --download, or copy the extracted archive there"
+        )
+    if name == "cifar10":
+        train_files = [base / f"data_batch_{i}" for i in range(1, 6)]
+        test_files, meta_file, label_key, names_key = [base / "test_batch"], base / "batches.meta", "labels", "label_names"
+    else:
+        train_files, test_files = [base / "train"], [base / "test"]
+        meta_file, label_key, names_key = base / "meta", "fine_labels", "fine_label_names"
+    for f in [*train_files, *test_files, meta_file]:
+        if not f.is_file():
+            raise DataError(f"{name}: missing file {str(f)!r} (expected torchvision's {folder}/ layout)")
+
+    def read(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for f in files:
+            d = _unpickle(f)
+            try:
+                xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(d[label_key], dtype=np.int64))
+            except (KeyError, ValueError) as exc:
+                raise DataError(f"{name}: {str(f)!r} is not in the CIFAR pickle format ({exc})") from None
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+    classes = list(_unpickle(meta_file)[names_key])
+    (xtr, ytr), (xte, yte) = read(train_files), read(test_files)
+    shape = (3, 32, 32)
+    return ImageSet(ytr, shape, classes, images=xtr), None, ImageSet(yte, shape, classes, images=xte), classes
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse one IDX file (raw or gzip). Written by hand: torchvision's reader needs raw files
+    in its own folder layout, and the format is a 4-byte magic, big-endian dims, then bytes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{str(path)!r} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    count = int(np.prod(dims))
+    if len(data) - offset != count:
+        raise DataError(f"{str(path)!r}: IDX header says {dims} but holds {len(data) - offset} bytes")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find_idx(dirs: list[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for cand in (d / stem, d / f"{stem}.gz"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def _read_mnist(root: Path, name: str, download: bool):
+    tv_folder = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
+    dirs = [root / name, root / tv_folder / "raw", root]
+    if name == "fashion-mnist":
+        dirs.append(Path(SYSTEM_FASHION_MNIST))
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    found = [_find_idx(dirs, s) for s in stems]
+    if None in found and download:
+        import torchvision
+
+        root.mkdir(parents=True, exist_ok=True)
+        cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
+        log.info("downloading %s to %s", name, root)
+        cls(str(root), train=True, download=True)
+        found = [_find_idx(dirs, s) for s in stems]
+    if None in found:
+        missing = stems[found.index(None)]
+        hint = " or install the Debian package dataset-fashion-mnist" if name == "fashion-mnist" else ""
+        raise DataError(
+            f"{name} not found: no {missing}[.gz] in {', '.join(str(d) for d in dirs)}; "
+            f"pass download=True / --download{hint}"
+        )
+    xtr, ytr, xte, yte = (_read_idx(p) for p in found)
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise DataError(f"{name}: image and label counts differ ({len(xtr)}/{len(ytr)}, {len(xte)}/{len(yte)})")
+    classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
+    h, w = xtr.shape[1:]
+    shape = (1, h, w)
+    to_t = lambda a: torch.from_numpy(a.copy()).unsqueeze(1)  # noqa: E731  (N, 1, H, W)
+    tr = ImageSet(torch.from_numpy(ytr.astype(np.int64)), shape, classes, images=to_t(xtr))
+    te = ImageSet(torch.from_numpy(yte.astype(np.int64)), shape, classes, images=to_t(xte))
+    return tr, None, te, classes
+
+
+def _read_digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # Pixel values are 0..16; scale to the uint8 range all loaders share.
+    x = torch.from_numpy(np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    classes = [str(i) for i in range(10)]
+    keep, test = stratified_split(y.numpy(), _TEST_FRACTION, _SPLIT_SEED)
+    full = ImageSet(y, (1, 8, 8), classes, images=x)
+    return full.subset(keep), None, full.subset(test), classes
+
+
+_SYNTH_RE = re.compile(r"^(\d+)x(\d+)x(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def parse_synthetic(spec: str) -> tuple[tuple[int, int, int], int, int]:
+    """``"3x32x32:10:2000"`` -> ((3, 32, 32), 10 classes, 2000 training images)."""
+    if not spec:
+        return (3, 32, 32), 10, 2000
+    m = _SYNTH_RE.match(spec)
+    if not m:
+        raise DataError(f"synthetic spec {spec!r} is malformed (allowed: 'synthetic[:CxHxW[:CLASSES[:N]]]', e.g. 'synthetic:3x32x32:10:2000')")
+    c, h, w = (int(m.group(i)) for i in (1, 2, 3))
+    k = int(m.group(4) or 10)
+    n = int(m.group(5) or 2000)
+    if c not in (1, 3) or h < 1 or w < 1 or k < 2 or n < k:
+        raise DataError(f"synthetic spec {spec!r}: need C in (1, 3), H, W >= 1, CLASSES >= 2 and N >= CLASSES")
+    return (c, h, w), k, n
+
+
+def _read_synthetic(spec: str):
+    shape, k, n = parse_synthetic(spec)
+    n_test = max(k, n // 5)
+    # Fixed generator: the dataset is the same for every run and seed. Each class has a smooth
+    # random prototype; images are prototype + noise, so a model can learn them.
+    g = torch.Generator().manual_seed(1234)
+    c, h, w = shape
+    coarse = torch.rand((k, c, max(1, h // 4), max(1, w // 4)), generator=g)
+    protos = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+
+    def make(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(count) % k
+        y = y[torch.randperm(count, generator=g)]
+        x = torch.empty((count, c, h, w), dtype=torch.uint8)
+        for i in range(0, count, 8192):  # chunked to bound float memory at 50k x 3x32x32
+            yy = y[i : i + 8192]
+            noise = torch.rand((len(yy), c, h, w), generator=g)
+            x[i : i + 8192] = (0.6 * protos[yy] + 0.4 * noise).mul_(255).round_().to(torch.uint8)
+        return x, y
+
+    classes = [f"class_{i}" for i in range(k)]
+    (xtr, ytr), (xte, yte) = make(n), make(n_test)
+    return ImageSet(ytr, shape, classes, images=xtr), None, ImageSet(yte, shape, classes, images=xte), classes
+
+
+def _list_class_files(folder: Path) -> dict[str, list[str]]:
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    out = {}
+    for c in classes:
+        files = sorted(
+            str(p) for p in (folder / c).rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
+        out[c] = files
+    return out
+
+
+def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: float, workers: int):
+    base = Path(path).expanduser()
+    if not base.is_dir():
+        raise DataError(f"image folder {path!r} does not exist or is not a directory")
+    if not os.access(base, os.R_OK | os.X_OK):
+        raise DataError(f"image folder {path!r} is not readable")
+    split_dirs = {s: base / s for s in ("train", "val", "test") if (base / s).is_dir()}
+    if "train" in split_dirs:
+        listing = {s: _list_class_files(d) for s, d in split_dirs.items()}
+    else:
+        listing = {"all": _list_class_files(base)}
+    main = listing.get("train", listing.get("all"))
+    classes = sorted(main)
+    if not classes:
+        raise DataError(f"image folder {path!r} has no class sub-folders (expected PATH/<class>/<image files>)")
+    if len(classes) < 2:
+        raise DataError(f"image folder {path!r} has a single class {classes[0]!r}; classification needs at least 2 class folders")
+    empty = [c for c in classes if not main[c]]
+    if empty:
+        raise DataError(f"image folder {path!r}: empty class folder(s) {', '.join(empty)} (every class needs images)")
+    for split, lst in listing.items():
+        extra = sorted(set(lst) - set(classes))
+        if extra:
+            raise DataError(f"image folder {path!r}: {split}/ has classes {extra} that train/ lacks")
+
+    # Header pass (cheap): drops non-images and empty files, and decides gray vs RGB.
+    entries = {s: [(f, classes.index(c)) for c in sorted(lst) for f in lst[c]] for s, lst in listing.items()}
+    skipped: list[str] = []
+    gray = True
+    valid: dict[str, list[tuple[str, int]]] = {}
+    for split, items in entries.items():
+        keep = []
+        for f, y in items:
+            try:
+                mode = image_mode(f)
+            except Exception:  # Pillow raises several types for non-images; all mean "skip"
+                skipped.append(f)
+                continue
+            gray = gray and is_gray_mode(mode)
+            keep.append((f, y))
+        valid[split] = keep
+    channels = 1 if gray else 3
+    shape = (channels, size[0], size[1])
+    n_total = sum(len(v) for v in valid.values())
+    streaming = n_total * channels * size[0] * size[1] > stream_threshold_gb * 1e9
+
+    sets: dict[str, ImageSet] = {}
+    for split, items in valid.items():
+        paths = [f for f, _ in items]
+        ys = [y for _, y in items]
+        if streaming:
+            sets[split] = ImageSet(torch.tensor(ys, dtype=torch.int64), shape, classes, paths=paths)
+            continue
+        # Full decode now (threads: the decoders release the GIL); failures are skipped.
+        def load(f: str) -> torch.Tensor | None:
+            try:
+                return read_image(f, channels=channels, size=size)
+            except Exception:  # corrupt or truncated: reported once below
+                return None
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            imgs = list(pool.map(load, paths))
+        ok = [i for i, im in enumerate(imgs) if im is not None]
+        skipped.extend(paths[i] for i, im in enumerate(imgs) if im is None)
+        x = torch.stack([imgs[i] for i in ok]) if ok else torch.zeros((0, *shape), dtype=torch.uint8)
+        sets[split] = ImageSet(torch.tensor([ys[i] for i in ok], dtype=torch.int64), shape, classes,
+                               images=x, paths=[paths[i] for i in ok])
+    if skipped:
+        shown = ", ".join(skipped[:20]) + (f", ... ({len(skipped) - 20} more)" if len(skipped) > 20 else "")
+        log.warning("skipped %d unreadable file(s) in %s: %s", len(skipped), path, shown)
+    main_set = sets.get("train", sets.get("all"))
+    counts = torch.bincount(main_set.targets, minlength=len(classes))
+    if int(counts.min()) == 0:
+        bad = [classes[i] for i in range(len(classes)) if counts[i] == 0]
+        raise DataError(f"image folder {path!r}: class folder(s) {', '.join(bad)} have no readable images")
+    if streaming:
+        log.info("image folder %s: %.2f GB as uint8 > %.2f GB, streaming from disk", path, n_total * np.prod(shape) / 1e9, stream_threshold_gb)
+    if "train" in sets:
+        train, val, test = sets["train"], sets.get("val"), sets.get("test")
+        if test is None:
+            keep, held = stratified_split(train.targets.numpy(), _TEST_FRACTION, _SPLIT_SEED)
+            train, test = train.subset(keep), train.subset(held)
+            log.info("image folder %s has no test/: holding out %d%% of train/ as test (seed %d)", path, int(_TEST_FRACTION * 100), _SPLIT_SEED)
+    else:
+        full = sets["all"]
+        keep, held = stratified_split(full.targets.numpy(), _TEST_FRACTION, _SPLIT_SEED)
+        train, val, test = full.subset(keep), None, full.subset(held)
+    return train, val, test, classes, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+def load_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    image_size: int | Sequence[int] | None = None,
+    val_fraction: float = 0.1,
+    subset: int | float | None = None,
+    seed: int = 0,
+    download: bool = False,
+    *,
+    stream_threshold_gb: float = 2.0,
+    cache: str | os.PathLike | bool | None = None,
+    workers: int | None = None,
+) -> DatasetSplits:
+    """Load a dataset by name as train / val / test splits.
+
+    Args:
+        name: one of :data:`DATASET_NAMES`; ``imagefolder:PATH`` and ``synthetic:CxHxW:K:N`` take
+            an argument after the colon.
+        root: data root (default ``$RESNETLAB_DATA`` or ``~/.cache/resnetlab``).
+        image_size: resize to this (int or (h, w)); image folders default to 224, other datasets
+            keep their native size.
+        val_fraction: share of the training pool held out for validation (stratified, seeded by
+            ``seed``); 0 gives an empty val split. Ignored when an image folder has ``val/``.
+        subset: keep only this many (int) or this share (float in (0, 1]) of the training pool,
+            stratified, before the validation hold-out; the test split is never reduced.
+        seed: seed of the subset and validation splits.
+        download: fetch CIFAR / MNIST / Fashion-MNIST with torchvision when missing.
+        stream_threshold_gb: image folders larger than this as uint8 stream from disk.
+        cache: streaming only: a folder (or ``True`` for ``PATH/.resnetlab-cache``) for a
+            memory-mapped cache of the resized images, filled during the first epoch.
+        workers: decode threads for image folders (default: CPU count).
+
+    Returns:
+        :class:`DatasetSplits` with ``mean`` / ``std`` from the training split.
+
+    Raises:
+        DataError: unknown name, missing files, bad root, bad folder, labels out of range.
+
+    Example:
+        >>> s = load_dataset("digits", val_fraction=0.1, seed=0)
+        >>> s.image_shape, len(s.classes), len(s.test)
+        ((1, 8, 8), 10, 360)
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(unknown_name("dataset", str(name), DATASET_NAMES))
+    key, _, arg = name.strip().partition(":")
+    key = key.lower().replace("_", "-")
+    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}.get(key, key)
+    if key not in DATASET_NAMES:
+        raise DataError(unknown_name("dataset", name, DATASET_NAMES))
+    if not (0.0 <= float(val_fraction) < 1.0):
+        raise DataError(f"val_fraction={val_fraction!r} is out of range (allowed: 0 <= val_fraction < 1)")
+    size = _size_arg(image_size)
+    skipped: list[str] = []
+    if key in ("cifar10", "cifar100", "fashion-mnist", "mnist"):
+        r = data_root(root)
+        _check_root(r, explicit=root is not None and not download)
+        reader = _read_cifar if key.startswith("cifar") else _read_mnist
+        train, val, test, classes = reader(r, key, download)
+    elif key == "digits":
+        train, val, test, classes = _read_digits()
+    elif key == "synthetic":
+        train, val, test, classes = _read_synthetic(arg)
+    else:
+        if not arg:
+            raise DataError("imagefolder needs a path: 'imagefolder:PATH'")
+        train, val, test, classes, skipped = _read_imagefolder(
+            arg, size or (224, 224), stream_threshold_gb, workers or os.cpu_count() or 1
+        )
+
+    # Resize in-memory datasets once, here, so every epoch reads ready-sized uint8.
+    if size is not None and train.in_memory and tuple(train.image_shape[1:]) != size:
+        c = train.image_shape[0]
+        parts = [train, val, test]
+        train, val, test = (
+            None if s is None else ImageSet(s.targets, (c, *size), classes, images=_resize_all(s.images, size), paths=s.paths)
+            for s in parts
+        )
+
+    if subset is not None:
+        n = len(train)
+        if isinstance(subset, bool) or not isinstance(subset, (int, float)):
+            raise DataError(f"subset={subset!r} must be an int count or a fraction in (0, 1]")
+        if isinstance(subset, float) and not (0.0 < subset <= 1.0):
+            raise DataError(f"subset={subset!r} is out of range (allowed: a fraction in (0, 1] or a count)")
+        count = int(subset) if isinstance(subset, int) else int(round(subset * n))
+        if isinstance(subset, int) and not (1 <= subset <= n):
+            raise DataError(f"subset={subset} is out of range (allowed: 1..{n}, the training pool size)")
+        if count < n:
+            _, keep = stratified_split(train.targets.numpy(), count, seed)
+            train = train.subset(keep)
+
+    if val is None:
+        if val_fraction > 0:
+            keep, held = stratified_split(train.targets.numpy(), float(val_fraction), seed)
+            train, val = train.subset(keep), train.subset(held)
+        else:
+            val = train.subset([])
+
+    if cache and not train.in_memory:
+        cache_dir = Path(arg).expanduser() / ".resnetlab-cache" if isinstance(cache, bool) else Path(cache)
+        for split, s in (("train", train), ("val", val), ("test", test)):
+            s.cache = cache_file_for(s, cache_dir, split)
+
+    if train.in_memory:
+        mean, std = _channel_stats(train.images)
+    else:
+        # Streaming: estimate from up to 2,000 evenly spaced training images.
+        pick = np.linspace(0, len(train) - 1, num=min(2000, len(train))).astype(np.int64)
+        mean, std = _channel_stats(train.get(pick))
+    log.info(
+        "dataset %s: %d train / %d val / %d test, %d classes, shape %s",
+        name, len(train), len(val), len(test), len(classes), "x".join(map(str, train.image_shape)),
+    )
+    return DatasetSplits(name, train, val, test, list(classes), tuple(train.image_shape), mean, std, skipped)

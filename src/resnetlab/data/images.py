@@ -1,0 +1,174 @@
+"""Reading image files into uint8 tensors, and the evaluation preprocessing.
+
+Decoding goes through ``torchvision.io`` (libjpeg-turbo / libpng, no PIL object per image);
+formats it cannot decode (BMP, TIFF, ...) fall back to Pillow. Both raise on truncated or
+corrupt files, which callers turn into "skipped" entries instead of crashes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+
+from resnetlab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+def _hw(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = (int(s) for s in size)
+    return (h, w)
+
+
+def image_mode(path: str | os.PathLike) -> str:
+    """The Pillow mode of an image file from its header only (cheap; raises if not an image)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.mode
+
+
+def is_gray_mode(mode: str) -> bool:
+    """True for Pillow modes that carry one intensity channel (with or without alpha)."""
+    return mode in _GRAY_MODES
+
+
+def _decode(path: str, channels: int) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    try:
+        return decode_image(read_file(path), mode=mode)
+    except RuntimeError:
+        pass  # not a format torchvision decodes (or broken): let Pillow try, it raises if broken
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()  # raises OSError on truncated data
+        im = im.convert("L" if channels == 1 else "RGB")
+        arr = np.asarray(im, dtype=np.uint8)
+    t = torch.from_numpy(arr.copy())
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def resize_cover(img: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """Resize (antialiased) so the image covers ``size`` and center-crop to it; aspect is kept.
+
+    Args:
+        img: uint8 ``(C, H, W)`` or ``(B, C, H, W)``.
+        size: an int (square) or ``(h, w)``.
+
+    Example:
+        >>> resize_cover(torch.zeros(3, 40, 80, dtype=torch.uint8), 32).shape
+        torch.Size([3, 32, 32])
+    """
+    from torchvision.transforms.v2 import functional as F
+
+    th, tw = _hw(size)
+    h, w = img.shape[-2:]
+    if (h, w) == (th, tw):
+        return img
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    img = F.resize(img, [nh, nw], antialias=True)
+    return F.center_crop(img, [th, tw])
+
+
+def read_image(path: str | os.PathLike, channels: int = 3, size: int | Sequence[int] | None = None) -> torch.Tensor:
+    """Decode one image file to uint8 ``(channels, H, W)``, optionally resized to cover ``size``.
+
+    Grayscale, palette, RGBA and CMYK files are converted to ``channels`` (1 or 3).
+
+    Raises:
+        RuntimeError / OSError: the file is not a readable image (corrupt, truncated, empty).
+
+    Example:
+        >>> read_image("cat.jpg", channels=3, size=224).shape  # doctest: +SKIP
+        torch.Size([3, 224, 224])
+    """
+    if channels not in (1, 3):
+        raise DataError(f"channels={channels!r} is not supported (allowed: 1, 3)")
+    img = _decode(os.fspath(path), channels)
+    return resize_cover(img, size) if size is not None else img
+
+
+def load_images(paths: Sequence[str | os.PathLike], size: int | Sequence[int], channels: int = 3) -> torch.Tensor:
+    """Load image files for prediction as one uint8 batch ``(N, channels, h, w)``.
+
+    Each image is resized to cover ``size`` and center-cropped (the same geometry the image-folder
+    datasets use). Files whose channel count differs from ``channels`` are converted with a logged
+    notice (e.g. a grayscale photo fed to an RGB model).
+
+    Args:
+        paths: image files.
+        size: the model's input ``(h, w)`` or an int for a square.
+        channels: 1 (grayscale) or 3 (RGB).
+
+    Raises:
+        DataError: a file that is missing or not a readable image (names it).
+
+    Example:
+        >>> x = load_images(["a.png", "b.jpg"], size=32, channels=3)  # doctest: +SKIP
+        >>> preprocess(x, mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26]).shape  # doctest: +SKIP
+        torch.Size([2, 3, 32, 32])
+    """
+    out = []
+    for p in paths:
+        p = os.fspath(p)
+        if not os.path.isfile(p):
+            raise DataError(f"image file {p!r} does not exist")
+        try:
+            mode = image_mode(p)
+            img = read_image(p, channels=channels, size=size)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise DataError(f"cannot read image {p!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        src = 1 if is_gray_mode(mode) else (3 if mode in ("RGB", "YCbCr", "P") else None)
+        if src != channels:
+            log.info("%s: converted %s image to %d channel(s)", p, mode, channels)
+        out.append(img)
+    if not out:
+        raise DataError("no image files given")
+    return torch.stack(out)
+
+
+def preprocess(
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+) -> torch.Tensor:
+    """Evaluation preprocessing: uint8 ``(B, C, H, W)`` -> normalized float batch.
+
+    Args:
+        images: uint8 batch (or float in [0, 1]).
+        mean, std: per-channel statistics in [0, 1] units (from the training split).
+        device, dtype: where and in what precision the result lives.
+        channels_last: return NHWC memory format (faster convolutions).
+
+    Example:
+        >>> preprocess(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8), [0.5], [0.5]).flatten().tolist()
+        [1.0, 1.0, 1.0, 1.0]
+    """
+    if images.ndim != 4:
+        raise DataError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    c = images.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise DataError(f"mean/std have {len(mean)}/{len(std)} values but the images have {c} channels")
+    x = images.to(device=device) if device is not None else images
+    x = x.to(torch.float32)
+    if images.dtype == torch.uint8:
+        x = x.div_(255.0)
+    m = torch.tensor(list(mean), dtype=torch.float32, device=x.device).view(1, c, 1, 1)
+    s = torch.tensor(list(std), dtype=torch.float32, device=x.device).view(1, c, 1, 1)
+    x = x.sub_(m).div_(s).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
