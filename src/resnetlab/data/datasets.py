@@ -242,7 +242,11 @@ def _unpickle(path: Path) -> dict:
     # The CIFAR archives are Python pickles (torchvision reads them the same way); only load
     # files from a data root you trust.
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+        d = pickle.load(f, encoding="latin1")
+    if not isinstance(d, dict):
+        raise DataError(f"{str(path)!r} is not a CIFAR pickle (expected a dict)")
+    # Python-2 pickles load with str keys under latin1; others may carry bytes keys.
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
 def _read_cifar(root: Path, name: str, download: bool):
@@ -281,7 +285,7 @@ def _read_cifar(root: Path, name: str, download: bool):
                 raise DataError(f"{name}: {str(f)!r} is not in the CIFAR pickle format ({exc})") from None
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
-    classes = list(_unpickle(meta_file)[names_key])
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _unpickle(meta_file)[names_key]]
     (xtr, ytr), (xte, yte) = read(train_files), read(test_files)
     shape = (3, 32, 32)
     return ImageSet(ytr, shape, classes, images=xtr), None, ImageSet(yte, shape, classes, images=xte), classes
@@ -382,20 +386,18 @@ def _read_synthetic(spec: str):
     n_test = max(k, n // 5)
     # Fixed generator: the dataset is the same for every run and seed. Each class has a smooth
     # random prototype; images are prototype + noise, so a model can learn them.
-    g = torch.Generator().manual_seed(1234)
+    rng = np.random.default_rng(1234)
     c, h, w = shape
-    coarse = torch.rand((k, c, max(1, h // 4), max(1, w // 4)), generator=g)
-    protos = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    coarse = torch.from_numpy(rng.random((k, c, max(1, h // 4), max(1, w // 4)), dtype=np.float32))
+    smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    # uint8 arithmetic only (fast at 50k images): prototype in 0..128 plus noise in 0..127.
+    protos = (smooth * 128).round().to(torch.uint8).numpy()
 
     def make(count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = torch.arange(count) % k
-        y = y[torch.randperm(count, generator=g)]
-        x = torch.empty((count, c, h, w), dtype=torch.uint8)
-        for i in range(0, count, 8192):  # chunked to bound float memory at 50k x 3x32x32
-            yy = y[i : i + 8192]
-            noise = torch.rand((len(yy), c, h, w), generator=g)
-            x[i : i + 8192] = (0.6 * protos[yy] + 0.4 * noise).mul_(255).round_().to(torch.uint8)
-        return x, y
+        y = rng.permutation(np.arange(count) % k)
+        noise = np.frombuffer(rng.bytes(count * c * h * w), dtype=np.uint8).reshape(count, c, h, w) >> 1
+        x = protos[y] + noise
+        return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
     classes = [f"class_{i}" for i in range(k)]
     (xtr, ytr), (xte, yte) = make(n), make(n_test)
@@ -529,7 +531,7 @@ def load_dataset(
             keep their native size.
         val_fraction: share of the training pool held out for validation (stratified, seeded by
             ``seed``); 0 gives an empty val split. Ignored when an image folder has ``val/``.
-        subset: keep only this many (int) or this share (float in (0, 1]) of the training pool,
+        subset: keep only this many (int, or a whole float > 1) or this share (float in (0, 1]) of the training pool,
             stratified, before the validation hold-out; the test split is never reduced.
         seed: seed of the subset and validation splits.
         download: fetch CIFAR / MNIST / Fashion-MNIST with torchvision when missing.
@@ -589,6 +591,8 @@ def load_dataset(
         n = len(train)
         if isinstance(subset, bool) or not isinstance(subset, (int, float)):
             raise DataError(f"subset={subset!r} must be an int count or a fraction in (0, 1]")
+        if isinstance(subset, float) and subset > 1.0 and subset.is_integer():
+            subset = int(subset)  # "--subset 500" arrives as 500.0 from a float-typed flag
         if isinstance(subset, float) and not (0.0 < subset <= 1.0):
             raise DataError(f"subset={subset!r} is out of range (allowed: a fraction in (0, 1] or a count)")
         count = int(subset) if isinstance(subset, int) else int(round(subset * n))

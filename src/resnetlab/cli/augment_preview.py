@@ -1,0 +1,29 @@
+"""``resnetlab augment-preview --data NAME --aug SPEC --out FILE.png``: what each augmentation does."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "augment-preview",
+        help="grid of sample images: originals, one column per augmentation, and all of them together",
+    )
+    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH, synthetic")
+    p.add_argument("--data-root", help="folder holding the datasets")
+    p.add_argument("--image-size", type=int, help="resize images to this square size")
+    p.add_argument("--aug", action="append", required=True, metavar="SPEC",
+                   help="augmentation(s), e.g. 'crop:padding=4' or 'crop flip' (repeatable)")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="FILE.png", help="where to write the grid")
+    p.add_argument("--n", type=int, default=6, help="number of sample images (rows)")
+    p.add_argument("--seed", type=int, default=0, help="picks the samples and the random parameters")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from resnetlab.data import load_dataset
+    from resnetlab.data.preview import augment_preview
+
+    splits = load_dataset(args.data, root=args.data_root, image_size=args.image_size, val_fraction=0.0)
+    path = augment_preview(splits, args.aug, args.out, n=args.n, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
