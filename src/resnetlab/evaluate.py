@@ -1,0 +1,332 @@
+"""Evaluate a checkpoint on a dataset split: metrics files, confusion matrices, predictions.
+
+``collect_outputs`` runs a model over a loader (the trainer uses it for per-epoch validation
+too); ``evaluate`` rebuilds the checkpoint's dataset, computes
+:func:`resnetlab.metrics.classification_metrics` and writes, under ``<run>/eval/<split>/``::
+
+    metrics.json                      every metric, plus split, checkpoint and dataset
+    per_class.csv                     class, precision, recall, f1, support
+    confusion_matrix.csv / .json      counts (rows = true class, columns = predicted)
+    confusion_matrix_normalized.csv   row-normalized (each true class sums to 1)
+    confusion_matrix.png              heat map of the counts (colour = row-normalized share)
+    predictions.csv                   index, target, prediction, confidence[, path]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import inspect
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnetlab.errors import CheckpointError, ResnetlabError
+from resnetlab.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["collect_outputs", "evaluate", "SPLITS", "run_dir_of", "load_splits_for", "resolve_device", "plot_confusion_matrix"]
+
+SPLITS = ("test", "val", "train")
+
+
+def collect_outputs(
+    model: nn.Module,
+    loader,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+    tta_flip: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``model`` over one pass of ``loader`` and return its outputs, on the CPU.
+
+    Batches stay on ``device`` and are concatenated there, with a single device-to-host copy
+    at the end, so a GPU never waits on a per-batch sync. The model is put in eval mode and
+    restored to its previous mode afterwards (the trainer calls this every epoch).
+
+    Args:
+        model: the classifier.
+        loader: a :func:`resnetlab.data.build_loader` loader (``iter_epoch(0)`` yields
+            ``(x, y, idx)``), or any iterable of such triples.
+        device: where the model runs; default: the device of the model's parameters.
+        amp_dtype: run the forward pass under ``torch.autocast`` with this dtype
+            (e.g. ``torch.bfloat16``); logits are returned as float32 either way.
+        tta_flip: average the logits of each image and its horizontal mirror.
+
+    Returns:
+        ``(logits (N, K) float32, targets (N,) int64, indices (N,) int64)``.
+
+    Example:
+        >>> logits, y, idx = collect_outputs(model, build_loader(splits.val, train=False))  # doctest: +SKIP
+    """
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    batches = loader.iter_epoch(0) if hasattr(loader, "iter_epoch") else iter(loader)
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    )
+    logits: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    indices: list[torch.Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast:
+            for x, y, idx in batches:
+                # no-ops when the loader already put the batch on the device
+                x = x.to(device, non_blocking=True)
+                out = model(x).float()
+                if tta_flip:
+                    out = (out + model(torch.flip(x, dims=(3,))).float()) / 2
+                logits.append(out)
+                targets.append(torch.as_tensor(y).to(device, non_blocking=True))
+                indices.append(torch.as_tensor(idx).to(device, non_blocking=True))
+    finally:
+        model.train(was_training)
+    if not logits:
+        k = int(getattr(model, "num_classes", 0))
+        return torch.empty(0, k), torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
+    return (
+        torch.cat(logits).cpu(),
+        torch.cat(targets).to("cpu", torch.int64),
+        torch.cat(indices).to("cpu", torch.int64),
+    )
+
+
+# -- dataset of a checkpoint ------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> the first CUDA device when there is one, else the CPU; other names as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} is not available here (allowed: auto, cpu)")
+    return dev
+
+
+def run_dir_of(checkpoint_path: str | os.PathLike) -> Path | None:
+    """The run folder of a checkpoint folder ``<run>/checkpoints/<which>``, or None."""
+    p = Path(checkpoint_path)
+    if p.parent.name == "checkpoints":
+        return p.parent.parent
+    return None
+
+
+def _data_config(meta: dict[str, Any]) -> dict[str, Any]:
+    config = meta.get("config") or {}
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict) or not data.get("name"):
+        raise CheckpointError(
+            "checkpoint metadata has no data section (config.data.name); evaluate needs it to rebuild the dataset"
+        )
+    return data
+
+
+def load_splits_for(meta: dict[str, Any], data_root: str | os.PathLike | None = None):
+    """Rebuild the dataset a checkpoint was trained on, from ``meta["config"]["data"]``.
+
+    Only keys that :func:`resnetlab.data.load_dataset` accepts are passed (a config's data
+    section may hold loader options too); ``data_root`` replaces the recorded root.
+
+    Example:
+        >>> splits = load_splits_for(load_checkpoint("runs/demo").meta)  # doctest: +SKIP
+    """
+    from resnetlab.data import load_dataset
+
+    data = dict(_data_config(meta))
+    config = meta.get("config") or {}
+    accepted = set(inspect.signature(load_dataset).parameters)
+    kwargs = {k: v for k, v in data.items() if k in accepted and k != "name"}
+    # The trainer seeds the validation split with the run's seed; the same seed rebuilds it.
+    if "seed" in accepted and "seed" not in data and "seed" in config:
+        kwargs["seed"] = int(config["seed"])
+    subset = kwargs.get("subset")
+    if isinstance(subset, float) and subset > 1 and subset.is_integer():
+        kwargs["subset"] = int(subset)  # the config stores counts as floats (> 1 means a count)
+    if data_root is not None:
+        kwargs["root"] = str(data_root)
+    if "image_size" in accepted and kwargs.get("image_size") is None and meta.get("input_size"):
+        kwargs["image_size"] = tuple(meta["input_size"][1:])
+    log.debug("rebuilding dataset %s with %s", data["name"], kwargs)
+    return load_dataset(data["name"], **kwargs)
+
+
+def _check_classes(ckpt_classes: Sequence[str], data_classes: Sequence[str], name: str) -> None:
+    if list(ckpt_classes) != list(data_classes):
+        raise CheckpointError(
+            f"checkpoint classes ({len(ckpt_classes)}: {', '.join(map(str, ckpt_classes[:5]))}"
+            f"{', ...' if len(ckpt_classes) > 5 else ''}) do not match dataset {name!r} "
+            f"({len(data_classes)}: {', '.join(map(str, data_classes[:5]))}{', ...' if len(data_classes) > 5 else ''})"
+        )
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+def plot_confusion_matrix(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str = "Confusion matrix"):
+    """A heat map of a confusion matrix as a matplotlib Figure (Agg, no pyplot state).
+
+    Colour is the row-normalized share so rare classes are as readable as common ones; cell
+    text is the count (omitted above 30 classes, where it would not fit).
+
+    Example:
+        >>> fig = plot_confusion_matrix([[5, 1], [0, 4]], ["cat", "dog"]); fig.savefig("cm.png")  # doctest: +SKIP
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    counts = np.asarray(cm, dtype=np.int64)
+    k = len(classes)
+    side = min(max(4.0, 0.45 * k + 2.0), 24.0)
+    fig = Figure(figsize=(side + 1.0, side), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    rows = counts.sum(1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=np.float64), where=rows > 0)
+    # Display colours by share; the text shows the counts.
+    disp = ConfusionMatrixDisplay(share, display_labels=list(classes))
+    disp.plot(ax=ax, cmap="Blues", include_values=False, colorbar=True, xticks_rotation="vertical" if k > 6 else "horizontal")
+    disp.im_.set_clim(0.0, 1.0)
+    fig.axes[-1].set_ylabel("share of the true class")
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8 if k > 12 else 10,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _write_csv(path: Path, header: Sequence[str], rows) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def write_eval_files(out: Path, metrics: dict, classes: Sequence[str], logits: torch.Tensor, targets: torch.Tensor,
+                     indices: torch.Tensor, paths: Sequence[str] | None, extra: dict | None = None) -> dict[str, Path]:
+    """Write the evaluation files of one split into ``out``; returns their paths by name."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        name: out / name
+        for name in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.json",
+                     "confusion_matrix_normalized.csv", "confusion_matrix.png", "predictions.csv")
+    }
+    cm = metrics["confusion_matrix"]
+    cmn = metrics["confusion_matrix_normalized"]
+    _write_csv(files["per_class.csv"], ["class", "precision", "recall", "f1", "support"],
+               ([r["class"], _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), r["support"]] for r in metrics["per_class"]))
+    _write_csv(files["confusion_matrix.csv"], ["true\\predicted", *classes], ([c, *row] for c, row in zip(classes, cm)))
+    _write_csv(files["confusion_matrix_normalized.csv"], ["true\\predicted", *classes],
+               ([c, *map(_fmt, row)] for c, row in zip(classes, cmn)))
+    files["confusion_matrix.json"].write_text(
+        json.dumps({"classes": list(classes), "rows": "true", "columns": "predicted", "counts": cm, "normalized": cmn}, indent=1)
+    )
+    fig = plot_confusion_matrix(cm, classes, title=f"Confusion matrix ({extra.get('split', '') if extra else ''})".replace(" ()", ""))
+    fig.savefig(files["confusion_matrix.png"])
+
+    probs = torch.softmax(logits.double(), dim=1)
+    conf, pred = probs.max(1)
+    header = ["index", "target", "prediction", "confidence"] + (["path"] if paths is not None else [])
+    rows = []
+    for i in range(len(targets)):
+        row = [int(indices[i]), int(targets[i]), int(pred[i]), f"{float(conf[i]):.6f}"]
+        if paths is not None:
+            row.append(str(paths[int(indices[i])]))
+        rows.append(row)
+    _write_csv(files["predictions.csv"], header, rows)
+
+    payload = {**(extra or {}), **metrics, "predictions": str(files["predictions.csv"])}
+    files["metrics.json"].write_text(json.dumps(payload, indent=2))
+    return files
+
+
+# -- evaluate ---------------------------------------------------------------------------
+
+
+def evaluate(
+    checkpoint_or_run,
+    split: str = "test",
+    out_dir: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    which: str = "best",
+    splits=None,
+) -> dict:
+    """Evaluate a checkpoint on one split of its dataset and write the result files.
+
+    Args:
+        checkpoint_or_run: a run folder, a checkpoint folder / weights file, or a loaded
+            :class:`resnetlab.checkpoint.Checkpoint`.
+        split: ``"test"``, ``"val"`` or ``"train"``.
+        out_dir: where the files go; default ``<run>/eval/<split>/`` (``<checkpoint>/eval/<split>``
+            for a checkpoint outside a run folder).
+        data_root: dataset root, replacing the one recorded in the checkpoint's config.
+        batch_size: images per forward pass.
+        device: where the model runs (``"auto"``: CUDA when available, else CPU).
+        which: ``"best"`` or ``"last"`` checkpoint of a run folder.
+        splits: an already loaded :class:`DatasetSplits` to use instead of rebuilding it.
+
+    Returns:
+        The metrics dict of :func:`resnetlab.metrics.classification_metrics` plus
+        ``"predictions"`` (path of predictions.csv), ``"out_dir"``, ``"split"`` and ``"checkpoint"``.
+
+    Example:
+        >>> m = evaluate("runs/demo", split="test")  # doctest: +SKIP
+        >>> round(m["accuracy"], 3), m["predictions"]  # doctest: +SKIP
+    """
+    from resnetlab.checkpoint import Checkpoint, load_checkpoint
+    from resnetlab.data import build_loader
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    device = resolve_device(device)
+    ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
+    meta = ckpt.meta
+    tta_flip = bool(((meta.get("config") or {}).get("train") or {}).get("tta_flip", False))
+    model = ckpt.model.to(device)
+    if splits is None:
+        splits = load_splits_for(meta, data_root)
+    data_name = (meta.get("config") or {}).get("data", {}).get("name", "?")
+    _check_classes(ckpt.classes, splits.classes, data_name)
+    imageset = getattr(splits, split)
+    if imageset is None or len(imageset) == 0:
+        raise ResnetlabError(f"dataset {data_name!r} has no {split!r} split to evaluate (try --split test)")
+    mean = meta.get("mean") or list(splits.mean)
+    std = meta.get("std") or list(splits.std)
+    loader = build_loader(imageset, batch_size=batch_size, train=False, mean=mean, std=std, device=device)
+    # Same preprocessing as the trainer's validation: no augmentation, the checkpoint's mean/std.
+    logits, targets, indices = collect_outputs(model, loader, device, tta_flip=tta_flip)
+    metrics = classification_metrics(logits, targets, ckpt.classes, kind="logits")
+
+    if out_dir is None:
+        run = run_dir_of(ckpt.path)
+        out = (run if run is not None else ckpt.path) / "eval" / split
+    else:
+        out = Path(out_dir)
+    extra = {"split": split, "checkpoint": str(ckpt.path), "dataset": data_name, "classes": list(ckpt.classes)}
+    try:
+        write_eval_files(out, metrics, ckpt.classes, logits, targets, indices, getattr(imageset, "paths", None), extra)
+    except OSError as exc:
+        raise ResnetlabError(f"cannot write evaluation results to {out}: {exc.strerror or exc}") from exc
+    log.info("%s accuracy %.4f on %d images -> %s", split, metrics["accuracy"], metrics["num_samples"], out)
+    return {**metrics, "predictions": str(out / "predictions.csv"), "out_dir": str(out), **extra}

@@ -1,0 +1,168 @@
+"""Top-k predictions for image files, with the checkpoint's own preprocessing.
+
+Size, channel count and mean/std come from the checkpoint metadata (``input_size``, ``mean``,
+``std``), so any photo or PNG can be classified: it is decoded, converted to the model's
+channels, resized to cover the input size and center-cropped, then normalized.
+
+Backends turn a checkpoint into a function from a normalized float batch to logits. Only
+``"torch"`` exists here; another (ONNX Runtime, issue 7) is one more entry in ``BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from resnetlab.errors import DataError, unknown_name
+
+log = logging.getLogger(__name__)
+
+__all__ = ["predict", "collect_image_files", "BACKENDS", "register_backend", "IMAGE_EXTENSIONS"]
+
+# Extensions picked up when walking a directory (files named explicitly may have any name).
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+# A backend factory: (checkpoint source, loaded meta or None, device) -> run(x) -> logits.
+Runner = Callable[[torch.Tensor], torch.Tensor]
+BackendFactory = Callable[..., tuple[Runner, dict]]
+BACKENDS: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str):
+    """Register a backend factory ``f(checkpoint_or_run, device, which) -> (run, meta)``.
+
+    ``run`` maps a normalized float32 batch (B, C, H, W) on ``device`` to logits (B, K);
+    ``meta`` is the checkpoint metadata (``classes``, ``input_size``, ``mean``, ``std``).
+
+    Example:
+        >>> @register_backend("onnx")  # doctest: +SKIP
+        ... def _onnx(source, device, which): ...
+    """
+
+    def deco(fn: BackendFactory) -> BackendFactory:
+        BACKENDS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_backend("torch")
+def _torch_backend(source, device: torch.device, which: str = "best") -> tuple[Runner, dict]:
+    from resnetlab.checkpoint import Checkpoint, load_checkpoint
+
+    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source, which=which, device=device)
+    model = ckpt.model.to(device).eval()
+    meta = dict(ckpt.meta)
+    meta.setdefault("classes", ckpt.classes)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x).float()
+
+    return run, meta
+
+
+def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and directories into a sorted, de-duplicated list of image files.
+
+    Directories are walked recursively and keep files with an image extension
+    (:data:`IMAGE_EXTENSIONS`); files given explicitly are kept whatever their name and are
+    checked when decoded.
+
+    Raises:
+        DataError: a path that does not exist, or a directory with no image files.
+
+    Example:
+        >>> collect_image_files(["photos/", "cat.jpg"])  # doctest: +SKIP
+    """
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise DataError(
+                    f"no image files in directory {str(p)!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                )
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"image file or directory {str(p)!r} does not exist")
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def predict(
+    checkpoint_or_run,
+    inputs: Sequence[str | os.PathLike],
+    top_k: int = 5,
+    batch_size: int = 64,
+    backend: str = "torch",
+    device: str | torch.device = "cpu",
+    which: str = "best",
+) -> list[dict]:
+    """Classify image files with a checkpoint and return the top-k classes of each.
+
+    Args:
+        checkpoint_or_run: a run folder, a checkpoint folder / weights file, or a loaded
+            :class:`resnetlab.checkpoint.Checkpoint` (torch backend).
+        inputs: image files and/or directories (walked recursively for image files).
+        top_k: classes per image (clipped to the number of classes).
+        batch_size: images per forward pass (files are decoded batch by batch).
+        backend: a name from :data:`BACKENDS` (``"torch"``).
+        device: where the model runs.
+        which: ``"best"`` or ``"last"`` checkpoint of a run folder.
+
+    Returns:
+        One ``{"path": str, "top": [{"class": name, "index": i, "prob": p}, ...]}`` per image,
+        in input order, classes by decreasing probability.
+
+    Raises:
+        DataError: a missing path or a file that is not a readable image (one line naming it).
+
+    Example:
+        >>> predict("runs/demo", ["digit.png"], top_k=3)[0]["top"][0]["class"]  # doctest: +SKIP
+        '7'
+    """
+    from resnetlab.data.images import load_images, preprocess
+
+    if backend not in BACKENDS:
+        raise ValueError(unknown_name("backend", backend, BACKENDS))
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    files = collect_image_files(inputs)
+    if not files:
+        raise DataError("no image files given to predict")
+    device = torch.device(device)
+    run, meta = BACKENDS[backend](checkpoint_or_run, device, which)
+    classes = [str(c) for c in meta["classes"]]
+    c, h, w = (int(v) for v in meta["input_size"])
+    k = min(top_k, len(classes))
+    results: list[dict] = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        images = load_images(chunk, size=(h, w), channels=c)  # uint8 (B, C, H, W)
+        x = preprocess(images, meta["mean"], meta["std"], device=device)
+        probs = torch.softmax(run(x).double(), dim=1).cpu()
+        top_p, top_i = probs.topk(k, dim=1)
+        for path, ps, idx in zip(chunk, top_p.tolist(), top_i.tolist()):
+            results.append(
+                {"path": str(path), "top": [{"class": classes[i], "index": int(i), "prob": float(p)} for p, i in zip(ps, idx)]}
+            )
+    log.debug("predicted %d images with %s backend", len(results), backend)
+    return results
