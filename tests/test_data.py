@@ -1,0 +1,337 @@
+"""Datasets by name: on-disk formats, image folders, splits, subsets, errors."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnetlab.data import DATASET_NAMES, build_loader, load_dataset, load_images, preprocess, stratified_split
+from resnetlab.errors import DataError
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures writing the exact on-disk formats
+# ---------------------------------------------------------------------------------------------
+def _pickle(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def write_cifar10(root: Path, per_batch: int = 20, test: int = 30, bad_label: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    xs, ys = [], []
+    for i in range(1, 6):
+        x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        y = [int(v) for v in np.arange(per_batch) % 10]
+        if bad_label and i == 3:
+            y[0] = 10
+        _pickle(base / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "labels": y, "data": x,
+                                            "filenames": [f"img_{i}_{j}.png" for j in range(per_batch)]})
+        xs.append(x)
+        ys += y
+    xt = rng.integers(0, 256, (test, 3072), dtype=np.uint8)
+    _pickle(base / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": [int(v) for v in np.arange(test) % 10], "data": xt})
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    _pickle(base / "batches.meta", {"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072})
+    return np.concatenate(xs), np.array(ys)
+
+
+def write_cifar100(root: Path, train: int = 300, test: int = 100) -> None:
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for split, n in (("train", train), ("test", test)):
+        _pickle(base / split, {"filenames": [f"{j}.png" for j in range(n)], "batch_label": split,
+                               "fine_labels": [int(v) for v in np.arange(n) % 100],
+                               "coarse_labels": [int(v) for v in np.arange(n) % 20],
+                               "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)})
+    _pickle(base / "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
+                            "coarse_label_names": [f"coarse{i}" for i in range(20)]})
+
+
+def _idx(path: Path, arr: np.ndarray) -> None:
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def write_mnist(root: Path, n_train: int = 200, n_test: int = 50) -> np.ndarray:
+    d = root / "mnist"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    xtr = rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
+    _idx(d / "train-images-idx3-ubyte.gz", xtr)
+    _idx(d / "train-labels-idx1-ubyte.gz", np.arange(n_train) % 10)
+    _idx(d / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8))
+    _idx(d / "t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10)
+    return xtr
+
+
+def _save(path: Path, arr: np.ndarray, mode: str | None = None, fmt: str | None = None) -> None:
+    im = Image.fromarray(arr)
+    if mode:
+        im = im.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, fmt)
+
+
+def write_imagefolder(root: Path, classes=("cat", "dog", "owl"), per_class: int = 10, size=(20, 24)) -> list[str]:
+    """RGB JPEG/PNG images, plus grayscale, RGBA and CMYK ones and four bad files."""
+    rng = np.random.default_rng(3)
+    for ci, c in enumerate(classes):
+        for j in range(per_class):
+            arr = np.full((*size, 3), 40 * ci, dtype=np.uint8) + rng.integers(0, 30, (*size, 3), dtype=np.uint8)
+            _save(root / c / f"{j:03d}.{'png' if j % 2 else 'jpg'}", arr)
+    _save(root / "cat" / "gray.png", rng.integers(0, 256, size, dtype=np.uint8))
+    _save(root / "dog" / "rgba.png", rng.integers(0, 256, (*size, 4), dtype=np.uint8))
+    _save(root / "owl" / "cmyk.jpg", rng.integers(0, 256, (*size, 3), dtype=np.uint8), mode="CMYK")
+    _save(root / "owl" / "odd.bmp", rng.integers(0, 256, (*size, 3), dtype=np.uint8))  # torchvision can't: Pillow does
+    bad = [root / "cat" / "corrupt.jpg", root / "dog" / "empty.png", root / "owl" / "notes.txt", root / "cat" / "truncated.jpg"]
+    bad[0].write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg" * 10)
+    bad[1].write_bytes(b"")
+    bad[2].write_text("not an image\n")
+    full = root / "cat" / "000.jpg"
+    bad[3].write_bytes(full.read_bytes()[:-40])  # header intact, scan data cut short
+    return sorted(str(b) for b in bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR / MNIST formats
+# ---------------------------------------------------------------------------------------------
+def test_cifar10_on_disk_format(tmp_path):
+    x, y = write_cifar10(tmp_path)
+    s = load_dataset("cifar10", root=tmp_path, val_fraction=0.0)
+    assert s.classes[:3] == ["airplane", "automobile", "bird"] and s.num_classes == 10
+    assert s.image_shape == (3, 32, 32)
+    assert len(s.train) == 100 and len(s.test) == 30 and len(s.val) == 0
+    # Row-major (3, 32, 32) decoding of the 3072-byte rows, batches in order 1..5.
+    assert torch.equal(s.train.images, torch.from_numpy(x.reshape(-1, 3, 32, 32)))
+    assert s.train.targets.tolist() == y.tolist()
+    ref = torch.from_numpy(x.reshape(-1, 3, 32, 32)).double().div(255)
+    assert np.allclose(s.mean, ref.mean(dim=(0, 2, 3)).tolist(), atol=1e-9)
+    assert np.allclose(s.std, ref.transpose(0, 1).reshape(3, -1).std(dim=1, unbiased=False).tolist(), atol=1e-9)
+
+
+def test_cifar100_on_disk_format_and_env_root(tmp_path, monkeypatch):
+    write_cifar100(tmp_path)
+    monkeypatch.setenv("RESNETLAB_DATA", str(tmp_path))
+    s = load_dataset("cifar100", val_fraction=0.0)
+    assert s.num_classes == 100 and s.classes[7] == "fine7"
+    assert len(s.train) == 300 and len(s.test) == 100
+    assert torch.bincount(s.train.targets).tolist() == [3] * 100
+
+
+def test_cifar_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("cifar10", root=tmp_path / "nope")
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        load_dataset("cifar10", root=tmp_path)
+    write_cifar10(tmp_path, bad_label=True)
+    with pytest.raises(DataError, match="labels out of range"):
+        load_dataset("cifar10", root=tmp_path)
+
+
+def test_mnist_gz_idx(tmp_path):
+    x = write_mnist(tmp_path)
+    s = load_dataset("mnist", root=tmp_path, val_fraction=0.0)
+    assert s.image_shape == (1, 28, 28) and len(s.train) == 200 and len(s.test) == 50
+    assert torch.equal(s.train.images[:, 0], torch.from_numpy(x))
+    assert s.classes == [str(i) for i in range(10)]
+
+
+@pytest.mark.skipif(not os.path.isdir(FMNIST), reason=f"{FMNIST} absent (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_real_files(tmp_path):
+    s = load_dataset("fashion-mnist", root=tmp_path, val_fraction=0.1, seed=0)
+    assert len(s.train) + len(s.val) == 60_000 and len(s.test) == 10_000
+    assert len(s.val) == 6_000 and s.num_classes == 10 and s.classes[9] == "Ankle boot"
+    # Stratified hold-out: exactly 600 per class (the train pool has 6,000 of each).
+    assert torch.bincount(s.val.targets).tolist() == [600] * 10
+    assert torch.bincount(s.test.targets).tolist() == [1000] * 10
+    assert 0.27 < s.mean[0] < 0.30 and 0.34 < s.std[0] < 0.37  # the published statistics
+
+
+# ---------------------------------------------------------------------------------------------
+# digits, synthetic, splits, subset
+# ---------------------------------------------------------------------------------------------
+def test_digits_fixed_test_split_and_stratified_val():
+    a = load_dataset("digits", val_fraction=0.2, seed=0)
+    b = load_dataset("digits", val_fraction=0.2, seed=1)
+    assert a.image_shape == (1, 8, 8) and len(a.test) == 360 and a.num_classes == 10
+    assert int(a.train.images.max()) == 255
+    # The test split does not depend on the seed; the validation split does.
+    assert torch.equal(a.test.images, b.test.images)
+    assert not torch.equal(a.val.targets, b.val.targets) or not torch.equal(a.val.images, b.val.images)
+    pool = torch.bincount(torch.cat([a.train.targets, a.val.targets]), minlength=10).double()
+    val = torch.bincount(a.val.targets, minlength=10).double()
+    assert torch.all((val - 0.2 * pool).abs() <= 1.0), (val, pool)
+    assert len(a.val) == round(0.2 * (len(a.train) + len(a.val)) + 0.5) or abs(len(a.val) - 0.2 * pool.sum()) <= 1
+
+
+def test_subset_count_and_fraction_stratified():
+    s = load_dataset("synthetic:3x16x16:10:1000", subset=200, val_fraction=0.1, seed=3)
+    assert len(s.train) + len(s.val) == 200
+    assert torch.bincount(torch.cat([s.train.targets, s.val.targets])).tolist() == [20] * 10
+    f = load_dataset("synthetic:3x16x16:10:1000", subset=0.5, val_fraction=0.0)
+    assert len(f.train) == 500 and torch.bincount(f.train.targets).tolist() == [50] * 10
+    assert len(load_dataset("synthetic:3x16x16:10:1000", subset=300.0, val_fraction=0).train) == 300
+    assert len(f.test) == 200  # never reduced
+    with pytest.raises(DataError, match="subset"):
+        load_dataset("synthetic:3x16x16:10:1000", subset=5000)
+    with pytest.raises(DataError, match="subset"):
+        load_dataset("synthetic:3x16x16:10:1000", subset=-0.5)
+
+
+def test_stratified_split_proportions():
+    y = np.repeat(np.arange(4), [100, 50, 30, 20])
+    keep, held = stratified_split(y, 0.1, seed=0)
+    assert np.bincount(y[held]).tolist() == [10, 5, 3, 2]
+    assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == 200
+
+
+def test_synthetic_deterministic_and_configurable():
+    a = load_dataset("synthetic:1x12x10:4:100", val_fraction=0)
+    b = load_dataset("synthetic:1x12x10:4:100", val_fraction=0)
+    assert a.image_shape == (1, 12, 10) and a.num_classes == 4 and len(a.train) == 100 and len(a.test) == 20
+    assert torch.equal(a.train.images, b.train.images)
+    # Classes differ on average (a learnable signal), images within a class vary.
+    means = torch.stack([a.train.images[a.train.targets == k].float().mean(0) for k in range(4)])
+    assert (means[0] - means[1]).abs().mean() > 5
+    with pytest.raises(DataError, match="synthetic"):
+        load_dataset("synthetic:3x32")
+
+
+def test_resize_on_load():
+    s = load_dataset("digits", image_size=16, val_fraction=0.1)
+    assert s.image_shape == (1, 16, 16) and s.train.images.shape[1:] == (1, 16, 16)
+    assert s.test.images.shape[1:] == (1, 16, 16) and s.val.images.shape[1:] == (1, 16, 16)
+
+
+def test_unknown_dataset_and_bad_args():
+    with pytest.raises(DataError, match="did you mean 'cifar10'"):
+        load_dataset("cifar-1O")
+    with pytest.raises(DataError, match="val_fraction"):
+        load_dataset("digits", val_fraction=1.5)
+    with pytest.raises(DataError, match="image_size"):
+        load_dataset("digits", image_size=0)
+    assert set(DATASET_NAMES) >= {"cifar10", "cifar100", "fashion-mnist", "mnist", "digits", "imagefolder", "synthetic"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders
+# ---------------------------------------------------------------------------------------------
+def test_imagefolder_skips_bad_files_with_one_warning(tmp_path, caplog):
+    bad = write_imagefolder(tmp_path / "imgs")
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        s = load_dataset(f"imagefolder:{tmp_path / 'imgs'}", image_size=16, val_fraction=0.0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped 4" in warnings[0].getMessage()
+    for b in bad:
+        assert b in warnings[0].getMessage()
+    assert sorted(s.skipped) == bad
+    assert s.classes == ["cat", "dog", "owl"] and s.image_shape == (3, 16, 16)
+    # 34 readable images (30 + gray, RGBA, CMYK, BMP), 20 % held out as test, stratified.
+    assert len(s.train) + len(s.test) == 34 and len(s.test) == 7
+    assert s.train.paths is not None and all(Path(p).exists() for p in s.train.paths)
+    # Grayscale was converted to 3 equal channels.
+    gi = s.train.paths.index(str(tmp_path / "imgs" / "cat" / "gray.png")) if str(tmp_path / "imgs" / "cat" / "gray.png") in s.train.paths else None
+    if gi is not None:
+        g = s.train.images[gi].int()
+        assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
+    # Class brightness survives the resize: owl (80 + noise) is brighter than cat (0 + noise).
+    means = [s.train.images[s.train.targets == k].float().mean().item() for k in range(3)]
+    assert means[0] < means[1] < means[2]
+
+
+def test_imagefolder_train_val_test_subfolders_and_gray(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        for c in ("a", "b"):
+            for j in range(n):
+                _save(tmp_path / split / c / f"{j}.png", rng.integers(0, 256, (10, 10), dtype=np.uint8))
+    s = load_dataset(f"imagefolder:{tmp_path}", image_size=8, val_fraction=0.5)
+    assert (len(s.train), len(s.val), len(s.test)) == (12, 4, 6)  # val/ wins over val_fraction
+    assert s.image_shape == (1, 8, 8)  # every image grayscale -> one channel
+
+
+def test_imagefolder_errors(tmp_path):
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    _save(tmp_path / "one" / "only" / "x.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError, match="single class"):
+        load_dataset(f"imagefolder:{tmp_path / 'one'}")
+    (tmp_path / "two" / "a").mkdir(parents=True)
+    (tmp_path / "two" / "b").mkdir(parents=True)
+    _save(tmp_path / "two" / "a" / "x.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError, match="empty class folder.*b"):
+        load_dataset(f"imagefolder:{tmp_path / 'two'}")
+    (tmp_path / "two" / "b" / "junk.txt").write_text("x")
+    with pytest.raises(DataError, match="no readable images"):
+        load_dataset(f"imagefolder:{tmp_path / 'two'}")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(DataError, match="no class sub-folders"):
+        load_dataset(f"imagefolder:{tmp_path / 'none'}")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(f"imagefolder:{tmp_path / 'missing'}")
+
+
+def test_imagefolder_streaming_with_cache_matches_in_memory(tmp_path, caplog):
+    write_imagefolder(tmp_path / "imgs", per_class=8)
+    name = f"imagefolder:{tmp_path / 'imgs'}"
+    mem = load_dataset(name, image_size=12, val_fraction=0.0)
+    big = load_dataset(name, image_size=12, val_fraction=0.0, stream_threshold_gb=1e-9, cache=tmp_path / "cache")
+    assert not big.train.in_memory and big.train.cache and big.train.images is None
+    # The header pass cannot see truncation: the truncated JPEG is still listed while streaming.
+    assert len(big.train) + len(big.test) == len(mem.train) + len(mem.test) + 1
+    ref = {p: mem.train.images[i] for i, p in enumerate(mem.train.paths)}
+    ref.update({p: mem.test.images[i] for i, p in enumerate(mem.test.paths)})
+    trunc_in_train = any(p.endswith("truncated.jpg") for p in big.train.paths)
+    for epoch in range(2):  # epoch 0 fills the memory-mapped cache (2 worker processes), epoch 1 reads it
+        dl = build_loader(big.train, batch_size=8, train=False, num_workers=2)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="resnetlab"):
+            seen = 0
+            for x, y, idx in dl.iter_epoch(epoch):
+                assert x.shape[1:] == (3, 12, 12)
+                for k, i in enumerate(idx.tolist()):
+                    assert torch.equal((x[k] * 255).round().to(torch.uint8), ref[big.train.paths[i]]), big.train.paths[i]
+                    assert int(y[k]) == int(big.train.targets[i])
+                seen += len(idx)
+        assert seen == len(big.train) - int(trunc_in_train)
+        warned = [r.getMessage() for r in caplog.records if "truncated.jpg" in r.getMessage()]
+        assert len(warned) == int(trunc_in_train and epoch == 0) or (trunc_in_train and epoch == 1 and len(warned) <= 1)
+    flags = np.fromfile(big.train.cache + ".done", dtype=np.uint8)
+    assert int(flags.sum()) == seen  # every decodable training image was cached
+
+
+# ---------------------------------------------------------------------------------------------
+# Predict helpers
+# ---------------------------------------------------------------------------------------------
+def test_load_images_converts_channels_and_preprocess(tmp_path, caplog):
+    _save(tmp_path / "g.png", np.full((10, 20), 200, np.uint8))
+    _save(tmp_path / "c.jpg", np.full((30, 30, 3), 100, np.uint8))
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        x = load_images([tmp_path / "g.png", tmp_path / "c.jpg"], size=8, channels=3)
+    assert x.shape == (2, 3, 8, 8) and x.dtype == torch.uint8
+    assert int(x[0].min()) == 200 and int(x[0].max()) == 200
+    assert any("converted L image to 3 channel" in r.getMessage() for r in caplog.records)
+    y = preprocess(x, mean=[0.5] * 3, std=[0.25] * 3)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y[0], torch.full((3, 8, 8), (200 / 255 - 0.5) / 0.25))
+    with pytest.raises(DataError, match="does not exist"):
+        load_images([tmp_path / "nope.png"], size=8)
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    with pytest.raises(DataError, match="cannot read image"):
+        load_images([tmp_path / "bad.jpg"], size=8)
+    with pytest.raises(DataError, match="channels"):
+        preprocess(x, mean=[0.5], std=[0.5])
