@@ -283,13 +283,36 @@ def test_param_groups_counts_and_lrs():
     assert by["body"]["weight_decay"] == 5e-4 and by["body_no_decay"]["weight_decay"] == 0.0
     total = sum(len(g["params"]) for g in groups)
     assert total == len(list(model.parameters()))
-    # no exclusion: two groups; frozen params left out
+    # no exclusion: two groups; frozen params left out on request
     freeze(model, "layer2")
-    groups = param_groups(model, lr=0.1, weight_decay=5e-4, exclude_norm_bias=False)
+    groups = param_groups(model, lr=0.1, weight_decay=5e-4, exclude_norm_bias=False, trainable_only=True)
     assert [g["name"] for g in groups] == ["head", "body"]
     assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters() if p.requires_grad])
     assert all(g["weight_decay"] == 5e-4 for g in groups)
     torch.optim.SGD(groups, lr=0.1)  # accepted by an optimizer as is
+
+
+def test_head_only_then_unfreeze_trains_the_body_with_one_optimizer():
+    """fastai's fine_tune: the optimizer is built while the body is frozen; after unfreezing the body
+    must train (at body_lr_mult), and while frozen nothing in it may move (not even weight decay)."""
+    model = create_model("resnet8", num_classes=3, norm="gn")
+    freeze_all_but_head(model)
+    opt = torch.optim.SGD(param_groups(model, lr=0.1, weight_decay=0.1, body_lr_mult=0.5), lr=0.1, momentum=0.9)
+    x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 3, (6,))
+    body0 = model.layer2[0].conv1.weight.detach().clone()
+    head0 = model.fc.weight.detach().clone()
+    for _ in range(2):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert torch.equal(model.layer2[0].conv1.weight, body0)
+    assert not torch.equal(model.fc.weight, head0)
+    unfreeze(model)
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert not torch.equal(model.layer2[0].conv1.weight, body0)
+    assert {g["name"]: g["lr"] for g in opt.param_groups}["body"] == pytest.approx(0.05)
 
 
 def test_param_groups_errors():

@@ -500,12 +500,19 @@ def param_groups(
     weight_decay: float,
     body_lr_mult: float = 1.0,
     exclude_norm_bias: bool = True,
+    trainable_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Optimizer parameter groups: head at ``lr``, body at ``lr * body_lr_mult``.
 
     With ``exclude_norm_bias``, norm-layer parameters and biases get ``weight_decay=0`` (decaying
-    a BatchNorm scale only fights the normalization). Frozen parameters are left out; empty groups
-    are dropped. Each group has a ``name``: ``head``, ``head_no_decay``, ``body``, ``body_no_decay``.
+    a BatchNorm scale only fights the normalization). Empty groups are dropped. Each group has a
+    ``name``: ``head``, ``head_no_decay``, ``body``, ``body_no_decay``.
+
+    Frozen parameters are kept in their groups by default: PyTorch's optimizers skip a parameter
+    whose ``.grad`` is None (no update, no weight decay, no momentum buffer), so while frozen it
+    stays exactly as it is, and a fine-tune schedule that unfreezes the body later (head only for
+    N epochs, then everything) finds it in the optimizer already. ``trainable_only=True`` leaves
+    them out, for an optimizer built after the final freeze.
 
     Args:
         model: the model; the head is ``model.fc``.
@@ -513,6 +520,7 @@ def param_groups(
         weight_decay: L2 / decoupled weight decay for the decayed groups.
         body_lr_mult: factor on ``lr`` for everything but the head (fine-tuning uses < 1).
         exclude_norm_bias: no weight decay on norm parameters and biases.
+        trainable_only: leave out parameters with ``requires_grad=False``.
 
     Example:
         >>> from resnetlab import create_model
@@ -530,7 +538,7 @@ def param_groups(
     no_decay = _no_decay_names(model) if exclude_norm_bias else set()
     buckets: dict[str, list[nn.Parameter]] = {"head": [], "head_no_decay": [], "body": [], "body_no_decay": []}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if trainable_only and not p.requires_grad:
             continue
         part = "head" if _is_head_key(name) else "body"
         buckets[part + ("_no_decay" if name in no_decay else "")].append(p)
@@ -544,6 +552,6 @@ def param_groups(
             "lr": float(lr) * (1.0 if name.startswith("head") else float(body_lr_mult)),
             "weight_decay": 0.0 if name.endswith("no_decay") else float(weight_decay),
         })
-    if not groups:
+    if not any(p.requires_grad for g in groups for p in g["params"]):
         raise ValueError("no trainable parameters: every parameter is frozen")
     return groups
