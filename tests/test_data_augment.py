@@ -1,0 +1,182 @@
+"""Augmentations by name: parsing, errors, and what each one does to a batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from resnetlab.data import AUGMENT_NAMES, build_augment, parse_augment
+from resnetlab.data.augment import output_shape
+from resnetlab.errors import DataError
+
+
+def _batch(n: int = 16, c: int = 3, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand((n, c, h, w), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------
+def test_spec_forms_agree():
+    a = parse_augment(["crop:padding=2,padding_mode=reflect", "flip"])
+    b = parse_augment("crop:padding=2,padding_mode=reflect; flip")
+    c = parse_augment([{"crop": {"padding": 2, "padding_mode": "reflect"}}, {"flip": None}])
+    assert a == b == c
+    assert a[0].params == {"padding": 2, "size": None, "padding_mode": "reflect", "p": 1.0}
+    assert a[1].params == {"p": 0.5}
+    assert parse_augment(None) == [] and parse_augment([]) == []
+    rrc = parse_augment("random-resized-crop:scale=(0.5,1.0),ratio=[1,1],size=24")[0]
+    assert rrc.params["scale"] == (0.5, 1.0) and rrc.params["ratio"] == (1.0, 1.0) and rrc.params["size"] == 24
+    assert parse_augment("hflip")[0].name == "flip"  # alias
+    assert str(parse_augment("crop:padding=2")[0]) == "crop:padding=2"
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("flp", r"unknown augmentation 'flp'; did you mean 'flip'\?.*allowed: blur"),
+        ("flip:p=-0.1", r"p=-0.1 is out of range \(allowed: \[0.0, 1.0\]\)"),
+        ("flip:p=1.5", "out of range"),
+        ("crop:pad=4", r"no parameter 'pad'.*allowed: padding, size, padding_mode, p"),
+        ("crop:padding=-1", "padding=-1 must be an int >= 0"),
+        ("crop:padding_mode=wrap", "allowed: constant, reflect, replicate"),
+        ("rotation:degrees=-5", "degrees=-5"),
+        ("color-jitter:hue=0.7", "hue=0.7"),
+        ("random-resized-crop:scale=(0.9,0.1)", "min > max"),
+        ("blur:kernel=4", "odd int"),
+        ("salt-pepper:amount=2", "amount=2"),
+        ("resize", "needs size"),
+        ("center-crop:size=-3", "size=-3"),
+        ("flip:p", "key=value"),
+        ({"crop": 4}, "must be a mapping"),
+        ({"crop": {}, "flip": {}}, "exactly one key"),
+    ],
+)
+def test_bad_specs_raise_one_line(spec, match):
+    with pytest.raises(DataError, match=match) as err:
+        parse_augment(spec)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("crop:size=40", "larger than the image 32x32"),
+        ("center-crop:size=33", "larger than the image"),
+        ("cutout:size=40", "larger than the image"),
+        ("blur:kernel=41", "larger than the image"),
+    ],
+)
+def test_params_that_do_not_fit_the_image(spec, match):
+    with pytest.raises(DataError, match=match):
+        build_augment(spec, (3, 32, 32))
+
+
+def test_grayscale_color_jitter_allows_only_brightness_contrast():
+    aug = build_augment("color-jitter", (1, 8, 8))  # defaults: saturation/hue dropped for gray
+    assert aug(_batch(4, 1, 8, 8)).shape == (4, 1, 8, 8)
+    with pytest.raises(DataError, match="grayscale allows brightness and contrast only"):
+        build_augment("color-jitter:saturation=0.5", (1, 8, 8))
+
+
+# ---------------------------------------------------------------------------------------------
+# Behaviour of each augmentation
+# ---------------------------------------------------------------------------------------------
+def test_every_name_builds_and_keeps_batch_size():
+    for name in AUGMENT_NAMES:
+        spec = f"{name}:size=16" if name in ("resize", "center-crop") else name
+        x = _batch(5)
+        y = build_augment(spec, (3, 32, 32))(x)
+        assert y.shape[:2] == (5, 3) and torch.isfinite(y).all(), name
+
+
+def test_flip_p1_equals_torch_flip_and_p0_is_identity():
+    x = _batch()
+    assert torch.equal(build_augment("flip:p=1", (3, 32, 32))(x), torch.flip(x, dims=[-1]))
+    assert torch.equal(build_augment("flip:p=0", (3, 32, 32))(x), x)
+    torch.manual_seed(0)
+    y = build_augment("flip", (3, 32, 32))(_batch(200))
+    flipped = sum(bool(torch.equal(y[i], torch.flip(_batch(200)[i], dims=[-1]))) for i in range(200))
+    assert 70 < flipped < 130  # per-sample coin flips at p=0.5
+
+
+def test_crop_is_a_shifted_window_of_the_padded_image():
+    x = _batch(12)
+    y = build_augment("crop:padding=4", (3, 32, 32))(x)
+    assert y.shape == x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    offsets = set()
+    for i in range(len(x)):
+        hits = [(dy, dx) for dy in range(9) for dx in range(9) if torch.allclose(padded[i, :, dy : dy + 32, dx : dx + 32], y[i])]
+        assert hits, f"sample {i} is not a window of the padded image"
+        offsets.add(hits[0])
+    assert len(offsets) > 3  # per-sample offsets, not one for the batch
+    assert torch.equal(build_augment("crop:padding=0", (3, 32, 32))(x), x)  # no padding, full size: identity
+    assert build_augment("crop:padding=2,size=24", (3, 32, 32))(x).shape == (12, 3, 24, 24)
+
+
+def test_rotation_respects_degrees_and_p():
+    x = _batch(8)
+    assert torch.allclose(build_augment("rotation:degrees=0,p=1", (3, 32, 32))(x), x, atol=1e-5)
+    assert torch.equal(build_augment("rotation:degrees=45,p=0", (3, 32, 32))(x), x)
+    y = build_augment("rotation:degrees=45,p=1", (3, 32, 32))(x)
+    assert (y - x).abs().mean() > 0.05
+    # A rotated image keeps its centre pixel (rotation about the centre) for odd sizes.
+    z = _batch(4, 1, 33, 33)
+    assert torch.allclose(build_augment("rotation:degrees=90,p=1", (1, 33, 33))(z)[..., 16, 16], z[..., 16, 16], atol=1e-4)
+
+
+def test_color_jitter_brightness_moves_the_mean_per_sample():
+    x = torch.full((64, 3, 8, 8), 0.5)
+    y = build_augment("color-jitter:brightness=0.4,contrast=0,saturation=0,hue=0", (3, 8, 8))(x)
+    factors = y.mean(dim=(1, 2, 3)) / 0.5
+    assert factors.min() >= 0.6 - 1e-4 and factors.max() <= 1.4 + 1e-4
+    assert factors.std() > 0.1  # different factor per sample
+    assert torch.equal(build_augment("color-jitter:brightness=0,contrast=0,saturation=0,hue=0", (3, 8, 8))(x), x)
+
+
+def test_resize_center_crop_and_random_resized_crop_shapes():
+    x = _batch(4, 3, 32, 48)
+    assert build_augment("resize:size=16", (3, 32, 48))(x).shape == (4, 3, 16, 24)  # shorter side
+    assert build_augment("resize:size=(10,12)", (3, 32, 48))(x).shape == (4, 3, 10, 12)
+    cc = build_augment("center-crop:size=24", (3, 32, 48))(x)
+    assert torch.allclose(cc, x[:, :, 4:28, 12:36])
+    assert build_augment("random-resized-crop:size=20", (3, 32, 48))(x).shape == (4, 3, 20, 20)
+    assert output_shape("resize:size=16 center-crop:size=12 flip", (3, 32, 48)) == (3, 12, 12)
+
+
+def test_cutout_erases_one_square_of_the_given_size():
+    x = torch.ones(10, 3, 32, 32)
+    y = build_augment("cutout:size=8", (3, 32, 32))(x)
+    zeros = (y == 0).all(dim=1).sum(dim=(1, 2))  # erased in every channel
+    assert zeros.tolist() == [64] * 10
+    assert torch.equal(build_augment("cutout:size=8,p=0", (3, 32, 32))(x), x)
+    v = build_augment("erasing:scale=(0.1,0.1),ratio=(1,1),value=0.5,p=1", (3, 32, 32))(x)
+    assert ((v == 0.5).all(dim=1).sum(dim=(1, 2)).float().mean() - 0.1 * 1024).abs() < 20
+
+
+def test_blur_smooths_noise_and_keeps_mean():
+    x = _batch(8)
+    y = build_augment("blur:kernel=5,sigma=(1.5,1.5),p=1", (3, 32, 32))(x)
+    assert y.std() < 0.6 * x.std()
+    assert abs(y.mean() - x.mean()) < 0.01
+
+
+def test_salt_pepper_fraction_matches_amount():
+    x = torch.full((32, 3, 32, 32), 0.5)
+    y = build_augment("salt-pepper:amount=0.1,salt_vs_pepper=0.5,p=1", (3, 32, 32))(x)
+    changed = (y != 0.5).all(dim=1)  # a hit pixel is rewritten in every channel
+    frac = changed.float().mean().item()
+    assert 0.085 < frac < 0.115
+    vals = y.permute(1, 0, 2, 3)[:, changed]
+    assert set(vals.unique().tolist()) <= {0.0, 1.0}
+    salt = (vals[0] == 1).float().mean().item()
+    assert 0.4 < salt < 0.6
+    assert torch.equal(build_augment("salt-pepper:amount=0.1,p=0", (3, 32, 32))(x), x)
+
+
+def test_eval_mode_keeps_only_deterministic_items():
+    aug = build_augment("crop flip resize:size=16 center-crop:size=12 salt-pepper", (3, 32, 32), train=False)
+    assert [i.name for i in aug.items] == ["resize", "center-crop"]
+    x = _batch(4)
+    assert torch.equal(aug(x), aug(x)) and aug(x).shape == (4, 3, 12, 12)
