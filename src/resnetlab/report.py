@@ -1,0 +1,562 @@
+"""The run report: ``report.html`` (self-contained) and ``report.md`` from a run folder.
+
+Sections, in order: run summary, configuration, model (parameters, FLOPs), training curves
+(loss, accuracy, learning rate; the test accuracy marked after the last epoch), final metrics,
+confusion matrix, per-class table, misclassified test images, then any extra sections.
+
+Everything is read back from the run folder (``config.yaml``, ``metrics.csv``, the best
+checkpoint's ``meta.json``, ``eval/test/``), so ``resnetlab report RUN_DIR`` can rebuild the
+report at any time. Figures are drawn with matplotlib's Agg canvas (no display, no pyplot
+state), saved as PNG under ``<run>/report_files/`` for the Markdown and embedded as base64
+``data:`` URIs in the HTML so it can be mailed or archived as one file.
+
+Extra sections (the explain feature adds Grad-CAM galleries this way) come from the
+``extra_sections`` argument, a list of ``(title, html, md)``, and from files
+``<run>/report_sections/<name>.html`` / ``<name>.md``. Images referenced by relative path in
+such HTML are inlined as ``data:`` URIs too.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["build_report", "read_metrics_csv", "read_extra_sections", "REPORT_FILES"]
+
+REPORT_FILES = "report_files"
+SECTIONS_DIR = "report_sections"
+MAX_MISCLASSIFIED = 32  # images in the grid of mistakes (most confident first)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #ddd;padding-bottom:.3em} h2{margin-top:2em;border-bottom:1px solid #eee}
+table{border-collapse:collapse;margin:.5em 0;font-size:14px} th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}
+th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto} .muted{color:#777} code{background:#f5f5f5;padding:0 3px}
+"""
+
+
+# -- reading the run folder ---------------------------------------------------------------
+
+
+def _num(v: str | None) -> float | None:
+    if v is None or v.strip() == "":
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
+    """Rows of ``metrics.csv`` with numbers parsed (empty cells -> None); [] if absent.
+
+    Example:
+        >>> rows = read_metrics_csv("runs/demo/metrics.csv")  # doctest: +SKIP
+        >>> rows[-1]["val_acc"]  # doctest: +SKIP
+    """
+    p = Path(path)
+    if not p.is_file():
+        return []
+    with open(p, newline="") as f:
+        return [{k: _num(v) for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_config(run: Path, meta: dict | None) -> dict:
+    import yaml
+
+    p = run / "config.yaml"
+    if p.is_file():
+        try:
+            cfg = yaml.safe_load(p.read_text())
+            if isinstance(cfg, dict):
+                return cfg
+        except (OSError, yaml.YAMLError) as exc:
+            log.warning("cannot read %s (%s); using the checkpoint's config", p, exc)
+    return dict((meta or {}).get("config") or {})
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.extend(_flatten(v, key + "."))
+        else:
+            out.append((key, v))
+    return out
+
+
+def _config_defaults() -> dict:
+    try:
+        from resnetlab.config import Config
+
+        return dict(_flatten(Config().model_dump(mode="json")))
+    except Exception:  # an older / foreign config: just show no defaults
+        return {}
+
+
+# -- figures ------------------------------------------------------------------------------
+
+
+class _Figure:
+    """A PNG rendered once, written for the Markdown and embedded in the HTML."""
+
+    def __init__(self, name: str, png: bytes, alt: str):
+        self.name, self.png, self.alt = name, png, alt
+
+    def html(self) -> str:
+        b64 = base64.b64encode(self.png).decode("ascii")
+        return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(self.alt)}">'
+
+    def md(self) -> str:
+        return f"![{self.alt}]({REPORT_FILES}/{self.name})"
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _curves_figure(rows: list[dict], test: dict | None) -> bytes:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(13, 3.8), dpi=100)
+    axes = fig.subplots(1, 3)
+    epochs = [r.get("epoch") for r in rows]
+
+    def series(key: str, scale: float = 1.0):
+        pts = [(e, r.get(key)) for e, r in zip(epochs, rows) if e is not None and r.get(key) is not None]
+        return [p[0] for p in pts], [p[1] * scale for p in pts]
+
+    for ax, key, title, scale in ((axes[0], "loss", "Loss", 1.0), (axes[1], "acc", "Accuracy (%)", 100.0)):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            x, y = series(f"{split}_{key}", scale)
+            if x:
+                ax.plot(x, y, style, markersize=3, label=split)
+        if test is not None and epochs and epochs[-1] is not None:
+            value = test.get("loss") if key == "loss" else test.get("accuracy")
+            if value is not None:
+                ax.plot([epochs[-1]], [value * scale], "r*", markersize=12, label=f"test ({value * scale:.4g})")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    x, y = series("lr")
+    axes[2].plot(x, y, "-", color="tab:green")
+    axes[2].set_title("Learning rate (end of epoch)")
+    axes[2].set_xlabel("epoch")
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _misclassified_figure(images, titles: list[str]) -> bytes:
+    """A grid of uint8 (N, C, H, W) images with one title each."""
+    from matplotlib.figure import Figure
+
+    n = len(titles)
+    cols = min(8, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(1.9 * cols, 2.4 * rows), dpi=100)
+    for i in range(n):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        img = images[i]
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(titles[i], fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# -- tables -------------------------------------------------------------------------------
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) if not isinstance(x, str) else x for x in v) + "]"
+    return str(v)
+
+
+class _Table:
+    def __init__(self, header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] | None = None):
+        self.header, self.rows = list(header), [list(r) for r in rows]
+        self.numeric = list(numeric) if numeric else [False] * len(header)
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
+        body = []
+        for row in self.rows:
+            cells = "".join(
+                f'<td{" class=num" if num else ""}>{html.escape(_fmt(v))}</td>' for v, num in zip(row, self.numeric)
+            )
+            body.append(f"<tr>{cells}</tr>")
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+    def md(self) -> str:
+        def cell(v: Any) -> str:
+            return _fmt(v).replace("|", "\\|").replace("\n", " ")
+
+        lines = ["| " + " | ".join(self.header) + " |", "|" + "|".join("---:" if n else "---" for n in self.numeric) + "|"]
+        lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+class _Section:
+    """One report section: a title and a list of parts (text, tables, figures, raw html/md)."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.parts: list[tuple[str, Any]] = []
+
+    def text(self, s: str) -> _Section:
+        self.parts.append(("text", s))
+        return self
+
+    def add(self, obj: _Table | _Figure) -> _Section:
+        self.parts.append(("obj", obj))
+        return self
+
+    def raw(self, html_text: str, md_text: str) -> _Section:
+        self.parts.append(("raw", (html_text, md_text)))
+        return self
+
+    def html(self) -> str:
+        out = [f"<h2>{html.escape(self.title)}</h2>"]
+        for kind, p in self.parts:
+            out.append(f"<p>{html.escape(p)}</p>" if kind == "text" else p[0] if kind == "raw" else p.html())
+        return "\n".join(out)
+
+    def md(self) -> str:
+        out = [f"## {self.title}"]
+        for kind, p in self.parts:
+            out.append(p if kind == "text" else p[1] if kind == "raw" else p.md())
+        return "\n\n".join(out)
+
+
+# -- extra sections -----------------------------------------------------------------------
+
+_SRC_RE = re.compile(r'(<img\b[^>]*?\bsrc\s*=\s*)(["\'])(?!data:|https?:|/)([^"\']+)\2', re.IGNORECASE)
+
+
+def _inline_images(html_text: str, base: Path) -> str:
+    """Replace ``<img src="relative.png">`` by a data URI so the report stays one file.
+
+    Written by hand (a regex over ``img src``): no library inlines images into an HTML
+    fragment, and the fragments come from our own explain module.
+    """
+    import mimetypes
+
+    def sub(m: re.Match) -> str:
+        path = (base / m.group(3)).resolve()
+        if not path.is_file():
+            log.warning("report section image %s not found", path)
+            return m.group(0)
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"{m.group(1)}{m.group(2)}data:{mime};base64,{data}{m.group(2)}"
+
+    return _SRC_RE.sub(sub, html_text)
+
+
+def _title_from_stem(stem: str) -> str:
+    words = re.sub(r"^\d+[-_ ]*", "", stem).replace("_", " ").replace("-", " ").strip()
+    return (words[:1].upper() + words[1:]) if words else stem
+
+
+def read_extra_sections(run_dir: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """Sections from ``<run>/report_sections/<name>.html`` and/or ``<name>.md``, sorted by name.
+
+    The title comes from the name (``10-grad_cam`` -> ``Grad cam``) unless the Markdown starts
+    with a ``# Title`` line. An HTML-only section gets a pointer in the Markdown; a Markdown-only
+    one is shown preformatted in the HTML.
+
+    Example:
+        >>> read_extra_sections("runs/demo")  # doctest: +SKIP
+        [('Grad-CAM', '<img src=...>', '![...](...)')]
+    """
+    folder = Path(run_dir) / SECTIONS_DIR
+    if not folder.is_dir():
+        return []
+    stems = sorted({p.stem for p in folder.iterdir() if p.suffix in (".html", ".md") and p.is_file()})
+    out = []
+    for stem in stems:
+        h, m = folder / f"{stem}.html", folder / f"{stem}.md"
+        md_text = m.read_text() if m.is_file() else ""
+        title = _title_from_stem(stem)
+        if md_text.startswith("# "):
+            first, _, rest = md_text.partition("\n")
+            title, md_text = first[2:].strip(), rest.lstrip("\n")
+        html_text = h.read_text() if h.is_file() else f"<pre>{html.escape(md_text)}</pre>"
+        html_text = _inline_images(html_text, folder)
+        if not m.is_file():
+            md_text = f"See this section in report.html ({SECTIONS_DIR}/{stem}.html)."
+        out.append((title, html_text, md_text))
+    return out
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def _model_section(meta: dict) -> _Section:
+    import torch
+
+    from resnetlab.checkpoint import build_model_from_meta
+    from resnetlab.models.profile import count_flops, count_params
+
+    sec = _Section("Model")
+    input_size = tuple(int(v) for v in meta.get("input_size") or ())
+    # Built on the meta device: counting costs no memory or compute, whatever the depth.
+    with torch.device("meta"):
+        model = build_model_from_meta(meta)
+    params = count_params(model)
+    flops = count_flops(model, input_size) if len(input_size) == 3 else None
+    args = meta.get("arch_args") or {}
+    rows = [
+        ("architecture", meta.get("arch")),
+        ("parameters", params),
+        ("forward FLOPs / image", flops),
+        ("GFLOPs / image", None if flops is None else flops / 1e9),
+        ("input size (C, H, W)", list(input_size)),
+        ("classes", len(meta.get("classes") or [])),
+        *((f"arch_args.{k}", v) for k, v in sorted(args.items())),
+    ]
+    return sec.add(_Table(["", "value"], rows, numeric=[False, True]))
+
+
+def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str]) -> tuple[_Section, _Figure | None]:
+    sec = _Section("Misclassified test images")
+    with open(pred_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    wrong = [r for r in rows if r["target"] != r["prediction"]]
+    if not wrong:
+        return sec.text(f"No test image is misclassified ({len(rows)} images)."), None
+    wrong.sort(key=lambda r: -float(r["confidence"]))
+    shown = wrong[:MAX_MISCLASSIFIED]
+    sec.text(
+        f"{len(wrong)} of {len(rows)} test images are misclassified; the {len(shown)} most confident mistakes "
+        "(true -> predicted, confidence):"
+    )
+    if meta is None:
+        return sec.text("(images unavailable: no checkpoint metadata to rebuild the dataset)"), None
+    try:
+        from resnetlab.evaluate import load_splits_for
+
+        splits = load_splits_for(meta)
+        images = splits.test.get([int(r["index"]) for r in shown])
+    except Exception as exc:  # a dataset that moved or needs a download: the report still builds
+        log.warning("misclassified examples skipped: cannot load the dataset (%s)", str(exc).splitlines()[0])
+        return sec.text(f"(images unavailable: {str(exc).splitlines()[0]})"), None
+
+    def name(i: str) -> str:
+        k = int(i)
+        return classes[k] if 0 <= k < len(classes) else i
+
+    titles = [f"{name(r['target'])} -> {name(r['prediction'])}\n{float(r['confidence']):.2f}" for r in shown]
+    fig = _Figure("misclassified.png", _misclassified_figure(images, titles), "misclassified test images")
+    return sec.add(fig), fig
+
+
+def build_report(
+    run_dir: str | os.PathLike,
+    extra_sections: Sequence[tuple[str, str, str]] | None = None,
+    split: str = "test",
+) -> tuple[Path, Path]:
+    """Write ``report.html`` (self-contained) and ``report.md`` into a run folder.
+
+    Args:
+        run_dir: the run folder.
+        extra_sections: ``(title, html, md)`` sections appended after the built-in ones, before
+            those read from ``<run>/report_sections/``.
+        split: the evaluated split whose ``eval/<split>/`` results the report shows.
+
+    Returns:
+        ``(html_path, md_path)``.
+
+    Raises:
+        ResnetlabError: ``run_dir`` is not a run folder (no config.yaml, metrics.csv or
+            checkpoints), or it is not writable.
+
+    Example:
+        >>> html_path, md_path = build_report("runs/demo")  # doctest: +SKIP
+    """
+    from resnetlab.checkpoint import load_meta, resolve_checkpoint
+    from resnetlab.errors import CheckpointError, ResnetlabError
+    from resnetlab.evaluate import plot_confusion_matrix
+
+    run = Path(run_dir).expanduser()
+    if not run.is_dir():
+        raise ResnetlabError(f"run folder not found: {run}")
+    if not any((run / n).exists() for n in ("config.yaml", "metrics.csv", "checkpoints")):
+        raise ResnetlabError(f"{run} is not a run folder (no config.yaml, metrics.csv or checkpoints/)")
+
+    meta = None
+    try:
+        meta = load_meta(resolve_checkpoint(run, "best"))
+    except CheckpointError as exc:
+        log.warning("report without model details: %s", exc)
+    config = _read_config(run, meta)
+    rows = read_metrics_csv(run / "metrics.csv")
+    eval_dir = run / "eval" / split
+    test = _read_json(eval_dir / "metrics.json")
+    classes = [str(c) for c in ((test or {}).get("classes") or (meta or {}).get("classes") or [])]
+    name = config.get("name") or run.name
+
+    figures: list[_Figure] = []
+    sections: list[_Section] = []
+
+    # summary
+    s = _Section("Summary")
+    best = max((r for r in rows if r.get("val_acc") is not None), key=lambda r: r["val_acc"], default=None)
+    train_time = sum(r.get("epoch_time_s") or 0.0 for r in rows)
+    summary = [
+        ("run", name),
+        ("dataset", (config.get("data") or {}).get("name")),
+        ("model", (config.get("model") or {}).get("name") or (meta or {}).get("arch")),
+        ("epochs run", len(rows)),
+        ("best val accuracy", None if best is None else f"{best['val_acc']:.4f} (epoch {int(best['epoch'] or 0)})"),
+        (f"{split} accuracy", None if test is None else test.get("accuracy")),
+        ("training time (s)", round(train_time, 1) if rows else None),
+        ("median images/s", None if not rows else sorted(r.get("images_per_s") or 0.0 for r in rows)[len(rows) // 2]),
+    ]
+    sections.append(s.add(_Table(["", "value"], summary, numeric=[False, True])))
+
+    # configuration
+    s = _Section("Configuration")
+    if config:
+        import yaml
+
+        defaults = _config_defaults()
+        flat = _flatten(config)
+        changed = [(k, v, defaults[k]) for k, v in flat if k in defaults and defaults[k] != v]
+        if changed:
+            s.text("Settings that differ from the defaults:")
+            s.add(_Table(["key", "value", "default"], changed))
+        else:
+            s.text("All settings are the defaults.")
+        full = yaml.safe_dump(config, sort_keys=False)
+        s.raw(
+            f"<details><summary>Full resolved config (config.yaml)</summary><pre>{html.escape(full)}</pre></details>",
+            f"<details><summary>Full resolved config (config.yaml)</summary>\n\n```yaml\n{full}```\n\n</details>",
+        )
+    else:
+        s.text("No config.yaml in the run folder.")
+    sections.append(s)
+
+    # model
+    if meta is not None:
+        try:
+            sections.append(_model_section(meta))
+        except Exception as exc:  # profiling must never stop the report
+            log.warning("model summary skipped: %s", str(exc).splitlines()[0])
+            sections.append(_Section("Model").text(f"(unavailable: {str(exc).splitlines()[0]})"))
+
+    # curves
+    s = _Section("Training curves")
+    if rows:
+        fig = _Figure("curves.png", _curves_figure(rows, test), "training curves: loss, accuracy, learning rate")
+        figures.append(fig)
+        s.text(f"Per epoch, from metrics.csv; the star marks the {split} result of the best checkpoint." if test else
+               "Per epoch, from metrics.csv.")
+        s.add(fig)
+    else:
+        s.text("No metrics.csv in the run folder.")
+    sections.append(s)
+
+    # final metrics, confusion matrix, per class, misclassified
+    if test is not None:
+        s = _Section(f"Final metrics ({split} split)")
+        keys = [("accuracy", "accuracy"), ("top5_accuracy", "top-5 accuracy"), ("loss", "loss (cross-entropy)"),
+                ("precision_macro", "precision (macro)"), ("recall_macro", "recall (macro)"), ("f1_macro", "F1 (macro)"),
+                ("precision_micro", "precision (micro)"), ("recall_micro", "recall (micro)"), ("f1_micro", "F1 (micro)"),
+                ("f1_weighted", "F1 (weighted)"), ("num_samples", "images")]
+        s.add(_Table(["metric", "value"], [(label, test.get(k)) for k, label in keys], numeric=[False, True]))
+        sections.append(s)
+
+        s = _Section("Confusion matrix")
+        cm = test.get("confusion_matrix")
+        if cm:
+            png = _png(plot_confusion_matrix(cm, classes, title=f"Confusion matrix ({split})"))
+            fig = _Figure("confusion_matrix.png", png, "confusion matrix heat map")
+            figures.append(fig)
+            s.text("Rows are true classes, columns predicted; numbers are counts, colour is the share of the true class.")
+            s.add(fig)
+        sections.append(s)
+
+        s = _Section("Per-class metrics")
+        per = test.get("per_class") or []
+        s.add(_Table(["class", "precision", "recall", "f1", "support"],
+                     [(r["class"], r["precision"], r["recall"], r["f1"], r["support"]) for r in per],
+                     numeric=[False, True, True, True, True]))
+        sections.append(s)
+
+        pred_path = eval_dir / "predictions.csv"
+        if pred_path.is_file():
+            sec, fig = _misclassified_section(meta, pred_path, classes)
+            if fig is not None:
+                figures.append(fig)
+            sections.append(sec)
+    else:
+        sections.append(
+            _Section("Evaluation").text(f"Not evaluated on the {split} split yet: run `resnetlab evaluate {run}`.")
+        )
+
+    for title, h, m in [*(extra_sections or []), *read_extra_sections(run)]:
+        sections.append(_Section(title).raw(h, m))
+
+    # write
+    html_path, md_path = run / "report.html", run / "report.md"
+    title = f"resnetlab report: {name}"
+    body = "\n".join(sec.html() for sec in sections)
+    doc = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
+    md = f"# {title}\n\n" + "\n\n".join(sec.md() for sec in sections) + "\n"
+    try:
+        files_dir = run / REPORT_FILES
+        files_dir.mkdir(exist_ok=True)
+        for fig in figures:
+            (files_dir / fig.name).write_bytes(fig.png)
+        html_path.write_text(doc, encoding="utf-8")
+        md_path.write_text(md, encoding="utf-8")
+    except OSError as exc:
+        raise ResnetlabError(f"cannot write the report into {run}: {exc.strerror or exc}") from exc
+    log.info("report written: %s", html_path)
+    return html_path, md_path
