@@ -1,0 +1,225 @@
+"""evaluate / collect_outputs and `resnetlab evaluate`, on a really trained run and on image folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from _eval_runs import fresh_checkpoint_run, make_image_folder, trained_run
+
+from resnetlab.checkpoint import load_checkpoint
+from resnetlab.cli import main
+from resnetlab.cli.evaluate import JSON_KEYS
+from resnetlab.data import load_dataset
+from resnetlab.data.images import preprocess
+from resnetlab.errors import CheckpointError
+from resnetlab.evaluate import collect_outputs, evaluate
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+@pytest.fixture
+def run(tmp_path):
+    return trained_run(tmp_path)
+
+
+# -- collect_outputs -----------------------------------------------------------------------
+
+
+class _ListLoader:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def iter_epoch(self, epoch, start_step=0):
+        assert epoch == 0
+        yield from self.batches
+
+
+def test_collect_outputs_matches_forward_and_restores_mode():
+    from resnetlab.models import create_model
+
+    model = create_model("resnet8", num_classes=4, in_channels=3).train()
+    x = torch.randn(10, 3, 8, 8)
+    y = torch.arange(10) % 4
+    loader = _ListLoader([(x[:4], y[:4], torch.arange(4)), (x[4:], y[4:], torch.arange(4, 10))])
+    logits, targets, idx = collect_outputs(model, loader, "cpu")
+    assert model.training  # restored
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(logits, expected)
+    assert targets.tolist() == y.tolist() and idx.tolist() == list(range(10))
+    assert not logits.requires_grad and logits.dtype == torch.float32
+
+    flip, _, _ = collect_outputs(model, loader, "cpu", tta_flip=True)
+    with torch.no_grad():
+        expected_flip = (model(x) + model(x.flip(3))) / 2
+    torch.testing.assert_close(flip, expected_flip)
+    assert not torch.allclose(flip, logits)
+
+    bf, _, _ = collect_outputs(model, loader, "cpu", amp_dtype=torch.bfloat16)
+    assert bf.dtype == torch.float32
+    torch.testing.assert_close(bf, expected, atol=0.1, rtol=0.05)
+
+
+# -- evaluate on the trained digits run ----------------------------------------------------
+
+
+def test_evaluate_files_agree_with_an_independent_forward_pass(run):
+    m = evaluate(run, split="test", device="cpu")
+    out = run / "eval" / "test"
+    assert m["predictions"] == str(out / "predictions.csv")
+    # the trainer reached a useful model, so the numbers below are not about a constant predictor
+    assert m["accuracy"] > 0.8 and m["num_samples"] == 360
+
+    # recompute from scratch: dataset + checkpoint mean/std + model, without the loader
+    ckpt = load_checkpoint(run)
+    splits = load_dataset("digits", seed=0)
+    x = preprocess(splits.test.images, ckpt.meta["mean"], ckpt.meta["std"])
+    with torch.no_grad():
+        probs = torch.softmax(ckpt.model(x).double(), 1)
+    pred = probs.argmax(1)
+    assert m["accuracy"] == pytest.approx(float((pred == splits.test.targets).double().mean()))
+    assert m["loss"] == pytest.approx(float(torch.nn.functional.nll_loss(probs.log(), splits.test.targets)), rel=1e-4)
+
+    rows = _read_csv(out / "predictions.csv")
+    assert rows[0] == ["index", "target", "prediction", "confidence"]  # no path column for digits
+    body = np.array(rows[1:], dtype=float)
+    assert body.shape == (360, 4)
+    order = body[:, 0].astype(int)
+    assert sorted(order.tolist()) == list(range(360))
+    assert (body[:, 1].astype(int) == splits.test.targets.numpy()[order]).all()
+    assert (body[:, 2].astype(int) == pred.numpy()[order]).all()
+    np.testing.assert_allclose(body[:, 3], probs.max(1).values.numpy()[order], atol=1e-6)
+    assert (body[:, 1] == body[:, 2]).mean() == pytest.approx(m["accuracy"])
+
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["accuracy"] == m["accuracy"] and saved["split"] == "test" and saved["dataset"] == "digits"
+    cm = np.array(saved["confusion_matrix"])
+    assert cm.sum() == 360 and np.trace(cm) == round(m["accuracy"] * 360)
+    assert cm.sum(1).tolist() == np.bincount(splits.test.targets.numpy(), minlength=10).tolist()
+
+    cm_csv = _read_csv(out / "confusion_matrix.csv")
+    assert cm_csv[0] == ["true\\predicted", *splits.classes]
+    assert np.array([r[1:] for r in cm_csv[1:]], dtype=int).tolist() == cm.tolist()
+    cmn = np.array([r[1:] for r in _read_csv(out / "confusion_matrix_normalized.csv")[1:]], dtype=float)
+    np.testing.assert_allclose(cmn, cm / cm.sum(1, keepdims=True), atol=1e-5)
+    cm_json = json.loads((out / "confusion_matrix.json").read_text())
+    assert cm_json["counts"] == cm.tolist() and cm_json["classes"] == splits.classes
+
+    per = _read_csv(out / "per_class.csv")
+    assert per[0] == ["class", "precision", "recall", "f1", "support"]
+    assert [int(r[4]) for r in per[1:]] == cm.sum(1).tolist()
+    assert float(per[1][2]) == pytest.approx(cm[0, 0] / cm[0].sum(), abs=1e-5)  # recall of class 0
+
+    png = (out / "confusion_matrix.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_evaluate_val_split_and_out_dir(run, tmp_path):
+    m = evaluate(run, split="val", out_dir=tmp_path / "elsewhere", device="cpu")
+    assert m["num_samples"] == 144  # digits: 10 % of 1437 held out, seeded like the trainer
+    assert (tmp_path / "elsewhere" / "metrics.json").is_file()
+    assert not (run / "eval" / "val").exists()
+    # validation accuracy of the best checkpoint is the one the trainer logged for its epoch
+    best_val = max(float(r["val_acc"]) for r in csv.DictReader(open(run / "metrics.csv")))
+    assert m["accuracy"] == pytest.approx(best_val, abs=1e-5)
+
+
+def test_cli_evaluate_json_prints_one_object(run, capsys):
+    assert main(["evaluate", str(run), "--json", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    obj = json.loads(out)  # exactly one JSON document on stdout
+    assert list(obj) == list(JSON_KEYS)
+    assert obj["top5_accuracy"] >= obj["accuracy"]  # 10 classes: top-5 is reported
+    assert len(obj["confusion_matrix"]) == 10 and len(obj["per_class"]) == 10
+    assert obj["predictions"].endswith("eval/test/predictions.csv")
+
+
+def test_cli_evaluate_summary(run, capsys):
+    assert main(["evaluate", str(run / "checkpoints" / "best"), "--split", "train", "--out", str(run / "tr")]) == 0
+    out = capsys.readouterr().out
+    assert "train split of digits: 1293 images" in out
+    assert (run / "tr" / "predictions.csv").is_file()
+
+
+# -- image folders: the path column ------------------------------------------------------
+
+
+def test_image_folder_predictions_have_paths_and_data_root_moves(tmp_path):
+    folder = make_image_folder(tmp_path / "shapes")
+    run = fresh_checkpoint_run(tmp_path, {"name": f"imagefolder:{folder}", "image_size": 16})
+    m = evaluate(run, device="cpu")
+    rows = list(csv.DictReader(open(m["predictions"])))
+    assert list(rows[0]) == ["index", "target", "prediction", "confidence", "path"]
+    assert len(rows) == m["num_samples"] == 6  # 20 % of 30 images, stratified
+    for r in rows:
+        assert r["path"].startswith(str(folder)) and r["path"].endswith(".png")
+        # the target is the class folder the file lives in
+        assert ["circle", "square", "stripes"][int(r["target"])] in r["path"]
+
+    # a dataset that moved away: one line naming the path the checkpoint recorded
+    folder.rename(tmp_path / "moved")
+    with pytest.raises(ValueError, match="shapes") as exc:
+        evaluate(run, device="cpu")
+    assert "\n" not in str(exc.value)
+
+
+# -- bad input: one line, exit code 2 -----------------------------------------------------
+
+
+def _cli_error(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    return lines[0]
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    msg = _cli_error(capsys, ["evaluate", str(tmp_path / "nope")])
+    assert "not found" in msg and "nope" in msg
+
+
+def test_truncated_weights(run, capsys):
+    w = run / "checkpoints" / "best" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    msg = _cli_error(capsys, ["evaluate", str(run)])
+    assert "corrupt or truncated" in msg and "model.safetensors" in msg
+
+
+def test_foreign_meta_json(run, capsys):
+    (run / "checkpoints" / "best" / "meta.json").write_text(json.dumps({"format": "keras-h5/2", "layers": []}))
+    msg = _cli_error(capsys, ["evaluate", str(run)])
+    assert "not a resnetlab checkpoint" in msg and "keras-h5/2" in msg
+
+
+def test_checkpoint_of_other_classes(tmp_path):
+    run = fresh_checkpoint_run(tmp_path, {"name": "digits"})
+    meta_path = run / "checkpoints" / "best" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["data"]["name"] = "synthetic:1x8x8:3:60"  # 3 classes, but the model has 10
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"checkpoint classes \(10: .*do not match dataset 'synthetic"):
+        evaluate(run, device="cpu")
+
+
+def test_bad_split_and_batch_size(run):
+    with pytest.raises(ValueError, match="split must be one of test, val, train, got 'dev'"):
+        evaluate(run, split="dev")
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        evaluate(run, batch_size=0)
+
+
+def test_unwritable_output(run, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the output folder should be
+    msg = _cli_error(capsys, ["evaluate", str(run), "--out", str(blocker / "sub")])
+    assert "cannot write evaluation results" in msg
