@@ -1,0 +1,68 @@
+"""``resnetlab bench``: training / inference images/s and the share of the matmul roof."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure training and inference images/s against the machine's matmul GFLOP/s",
+        description="Synthetic-data throughput of a model: training (fwd+bwd+SGD) and inference "
+        "(eager and BN-folded) images/s, the measured fp32 matmul GFLOP/s and the fraction of it "
+        "the training step reaches (3 x forward FLOPs per image).",
+    )
+    p.add_argument("--model", default="resnet20", help="registered model name (default: resnet20)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step (default: 128)")
+    p.add_argument("--input-size", default="3x32x32", help="CxHxW (default: 3x32x32)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per window (default: 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
+    p.add_argument("--repeats", type=int, default=3, help="timed windows, the best counts (default: 3)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="NHWC training and optimized inference (default: on)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--matmul-size", type=int, default=2048, help="side of the roof matmul (default: 2048)")
+    p.add_argument("--norm", default=None, help="norm layer for the model (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from resnetlab.bench import run_bench
+
+    model_args = {"norm": args.norm} if args.norm else None
+    r = run_bench(
+        model=args.model,
+        batch_size=args.batch_size,
+        input_size=args.input_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        device=args.device,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        threads=args.threads,
+        matmul_size=args.matmul_size,
+        model_args=model_args,
+    )
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    size = "x".join(str(s) for s in r["input_size"])
+    print(f"model            {r['model']}  batch {r['batch_size']}  input {size}  device {r['device']}  threads {r['threads']}")
+    print(f"model FLOPs      {r['model_gflops_per_image']:.4f} GFLOP/image forward (x3 for a training step)")
+    print(f"matmul roof      {r['matmul_gflops']:.1f} GFLOP/s (fp32, {args.matmul_size}x{args.matmul_size})")
+    print(f"training         {r['train_images_per_s']:.1f} images/s = {r['train_gflops']:.1f} GFLOP/s "
+          f"= {100 * r['train_roof_fraction']:.1f}% of the roof")
+    print(f"inference eager  {r['infer_eager_images_per_s']:.1f} images/s")
+    print(f"inference folded {r['infer_optimized_images_per_s']:.1f} images/s ({r['infer_speedup']:.2f}x eager; "
+          f"BN folded{', channels_last' if r['channels_last'] else ''})")
+    return 0
