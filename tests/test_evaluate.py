@@ -152,7 +152,7 @@ def test_cli_evaluate_summary(run, capsys):
 # -- image folders: the path column ------------------------------------------------------
 
 
-def test_image_folder_predictions_have_paths_and_data_root_moves(tmp_path):
+def test_image_folder_predictions_have_paths(tmp_path):
     folder = make_image_folder(tmp_path / "shapes")
     run = fresh_checkpoint_run(tmp_path, {"name": f"imagefolder:{folder}", "image_size": 16})
     m = evaluate(run, device="cpu")
@@ -223,3 +223,17 @@ def test_unwritable_output(run, tmp_path, capsys):
     blocker.write_text("x")  # a file where the output folder should be
     msg = _cli_error(capsys, ["evaluate", str(run), "--out", str(blocker / "sub")])
     assert "cannot write evaluation results" in msg
+
+
+def test_data_root_replaces_the_recorded_root(tmp_path, capsys):
+    from test_data import write_mnist  # the data tests' writer of real IDX files
+
+    write_mnist(tmp_path / "old", n_train=100, n_test=30)
+    run = fresh_checkpoint_run(tmp_path, {"name": "mnist", "root": str(tmp_path / "old")})
+    (tmp_path / "old").rename(tmp_path / "new")
+    msg = _cli_error(capsys, ["evaluate", str(run)])
+    assert "old" in msg  # names the recorded root that is gone
+    assert main(["evaluate", str(run), "--data-root", str(tmp_path / "new"), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["per_class"]) == 10
+    rows = list(csv.DictReader(open(run / "eval" / "test" / "predictions.csv")))
+    assert len(rows) == 30
