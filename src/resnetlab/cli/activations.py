@@ -1,0 +1,24 @@
+"""``resnetlab activations CHECKPOINT_OR_RUN IMAGE``: feature-map grids for each named stage."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("activations", help="feature maps of each stage (stem, layer1, ...) for one image")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="a run folder or checkpoint folder")
+    p.add_argument("image", metavar="IMAGE", help="an image file (resized and converted to the model's input)")
+    p.add_argument("--out", default=None, help="PNG to write (default <run>/explain/activations_<image>.png)")
+    p.add_argument("--layers", nargs="+", default=None, help="stages to show (default: all)")
+    p.add_argument("--channels", type=int, default=16, help="most active channels shown per stage (default 16)")
+    p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from resnetlab.explain import activation_maps
+
+    path = activation_maps(args.checkpoint, args.image, out=args.out, layers=args.layers,
+                           max_channels=args.channels, device=args.device, which=args.which)
+    print(path)
+    return 0

@@ -1,0 +1,40 @@
+"""``resnetlab explain CHECKPOINT_OR_RUN``: Grad-CAM & co galleries, confused pairs, top losses."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    from resnetlab.explain import METHODS
+
+    p = sub.add_parser("explain", help="galleries of correct / incorrect predictions with attribution heat maps")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="a run folder or checkpoint folder")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to explain (default test)")
+    p.add_argument("--method", default="gradcam", choices=list(METHODS), help="attribution method (default gradcam)")
+    p.add_argument("--layer", default=None, help="stage for the CAM methods: stem, layer1, ... (default: the last stage)")
+    p.add_argument("--n", type=int, default=4, help="images per gallery row and per confused pair (default 4)")
+    p.add_argument("--pairs", type=int, default=5, help="most-confused class pairs to show (default 5)")
+    p.add_argument("--top-loss", type=int, default=12, help="highest-loss examples to show (default 12)")
+    p.add_argument("--out", default=None, help="output folder (default <run>/explain)")
+    p.add_argument("--data-root", default=None, help="dataset root, replacing the one recorded in the checkpoint")
+    p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from resnetlab.explain import explain
+
+    s = explain(
+        args.checkpoint, split=args.split, method=args.method, layer=args.layer, n_per_class=args.n,
+        out_dir=args.out, data_root=args.data_root, n_pairs=args.pairs, n_top_loss=args.top_loss,
+        batch_size=args.batch_size, device=args.device, which=args.which,
+    )
+    where = f" @ {s['layer']}" if s["layer"] else ""
+    print(f"{s['method']}{where}: {s['num_images']} {s['split']} images, accuracy {s['accuracy']:.4f}, "
+          f"{s['num_explained']} explained")
+    for p in s["confused_pairs"]:
+        print(f"  confused: {p['true_name']} -> {p['pred_name']}: {p['count']} ({p['share_of_true']:.1%} of {p['true_name']})")
+    print(f"summary: {s['files']['summary']}")
+    print(f"report section: {s['files']['html']}")
+    return 0

@@ -1,0 +1,609 @@
+"""Explanations: where a model looks (Grad-CAM & co), galleries, activation maps.
+
+The attribution methods come from libraries: Grad-CAM, Grad-CAM++ and Score-CAM from the
+``grad-cam`` package (pytorch_grad_cam), saliency and integrated gradients from captum. This
+module is the glue: picking the layer by stage name, batching, choosing which images to show
+(confident hits, confident mistakes, most-confused pairs, top losses), drawing the galleries and
+writing a report section.
+
+Speed: predictions for the whole split come from one batched pass (the evaluation loader);
+attribution maps are then computed, also in batches, only for the images that are shown, so a
+10,000-image test split is explained in well under a minute on two CPU cores for Grad-CAM.
+
+Files written by :func:`explain` (``<run>/explain/`` and ``<run>/report_sections/``)::
+
+    explain/summary.json                 method, layer, accuracy, galleries, confused pairs, top losses
+    explain/gallery_<k>_<class>.png      per class: correct row(s) and incorrect row(s) with overlays
+    explain/confused_pairs.png           the most-confused (true, predicted) pairs with examples
+    explain/top_losses.png               the highest-loss examples, CAM of the predicted and the true class
+    report_sections/explain.html         a section for report.html (images embedded)
+    report_sections/explain.md           a section for report.md (images linked, run-relative)
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import json
+import logging
+import os
+import re
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetlab.errors import ResnetlabError, unknown_name
+
+log = logging.getLogger(__name__)
+
+__all__ = ["METHODS", "CAM_METHODS", "attribution_maps", "explain", "activation_maps", "overlay"]
+
+CAM_METHODS = ("gradcam", "gradcam++", "scorecam")
+METHODS = CAM_METHODS + ("saliency", "integrated-gradients")
+_ALIASES = {"grad-cam": "gradcam", "gradcampp": "gradcam++", "grad-cam++": "gradcam++", "score-cam": "scorecam",
+            "ig": "integrated-gradients", "integrated_gradients": "integrated-gradients"}
+
+
+def _method(name: str) -> str:
+    key = _ALIASES.get(str(name).lower(), str(name).lower())
+    if key not in METHODS:
+        raise ValueError(unknown_name("explanation method", name, METHODS))
+    return key
+
+
+def default_layer(model: nn.Module) -> str:
+    """The last stage (``layer4`` on ImageNet ResNets, ``layer3`` on the CIFAR family)."""
+    return list(model.stages())[-1]
+
+
+@contextlib.contextmanager
+def _quiet_scorecam():
+    # pytorch_grad_cam's ScoreCAM draws a tqdm bar per image; swap its module-level reference for
+    # a pass-through while we run (only that module's name is touched, not tqdm itself).
+    from pytorch_grad_cam import score_cam
+
+    saved = score_cam.tqdm
+    score_cam.tqdm = types.SimpleNamespace(tqdm=lambda it, *a, **k: it)
+    try:
+        yield
+    finally:
+        score_cam.tqdm = saved
+
+
+def _normalize_maps(maps: torch.Tensor) -> np.ndarray:
+    """(B, H, W) non-negative -> each map scaled to [0, 1] (an all-zero map stays zero)."""
+    flat = maps.flatten(1)
+    lo = flat.min(1).values.view(-1, 1, 1)
+    hi = flat.max(1).values.view(-1, 1, 1)
+    return ((maps - lo) / (hi - lo).clamp_min(1e-12)).clamp_(0, 1).cpu().numpy().astype(np.float32)
+
+
+def attribution_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    targets: Sequence[int] | torch.Tensor,
+    method: str = "gradcam",
+    layer: str | None = None,
+    batch_size: int = 64,
+    ig_steps: int = 32,
+    baseline: torch.Tensor | None = None,
+) -> np.ndarray:
+    """Attribution heat maps for a batch, one per image, for the given target classes.
+
+    Args:
+        model: a resnetlab model (put in eval mode here).
+        x: normalized input ``(N, C, H, W)`` on the model's device.
+        targets: the class to explain for each image (usually the predicted one).
+        method: ``gradcam``, ``gradcam++``, ``scorecam`` (grad-cam package), ``saliency`` or
+            ``integrated-gradients`` (captum).
+        layer: stage name for the CAM methods (``stem``, ``layer1`` ...; default the last stage);
+            saliency and integrated gradients work on the input and ignore it.
+        batch_size: images per forward/backward pass.
+        ig_steps: integration steps of integrated gradients.
+        baseline: integrated-gradients baseline, broadcastable to ``x`` (default: zeros, which in
+            normalized units is the mean image).
+
+    Returns:
+        float32 ``(N, H, W)`` maps, each scaled to [0, 1].
+
+    Raises:
+        ValueError: unknown method or layer (lists the valid ones), targets of the wrong length.
+
+    Example:
+        >>> from resnetlab import create_model
+        >>> m = create_model("resnet8", num_classes=3)
+        >>> attribution_maps(m, torch.randn(2, 3, 16, 16), [0, 2]).shape
+        (2, 16, 16)
+    """
+    method = _method(method)
+    targets = [int(t) for t in torch.as_tensor(targets).flatten().tolist()]
+    if len(targets) != len(x):
+        raise ValueError(f"targets has {len(targets)} entries for {len(x)} images")
+    if layer is not None or method in CAM_METHODS:
+        layer = layer or default_layer(model)
+        stage = model.get_stage(layer)  # ValueError listing the stages for an unknown name
+    was_training = model.training
+    model.eval()
+    out: list[np.ndarray] = []
+    try:
+        for i in range(0, len(x), batch_size):
+            xb, tb = x[i:i + batch_size], targets[i:i + batch_size]
+            if method in CAM_METHODS:
+                out.append(_cam_batch(model, stage, xb, tb, method))
+            else:
+                out.append(_captum_batch(model, xb, tb, method, ig_steps, baseline))
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros((0, *x.shape[-2:]), dtype=np.float32)
+    return np.concatenate(out)
+
+
+def _cam_batch(model: nn.Module, stage: nn.Module, xb: torch.Tensor, tb: list[int], method: str) -> np.ndarray:
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM}[method]
+    quiet = _quiet_scorecam() if method == "scorecam" else contextlib.nullcontext()
+    # contiguous NCHW: the library upsamples and multiplies activations with the input.
+    xb = xb.contiguous()
+    with quiet, cls(model=model, target_layers=[stage]) as cam:
+        if method == "scorecam":
+            cam.batch_size = 128  # masked copies per forward pass (the library's default is 16)
+        maps = cam(input_tensor=xb, targets=[ClassifierOutputTarget(t) for t in tb])
+    return np.clip(np.asarray(maps, dtype=np.float32), 0.0, 1.0)
+
+
+def _captum_batch(model, xb, tb, method, ig_steps, baseline) -> np.ndarray:
+    from captum.attr import IntegratedGradients, Saliency
+
+    xb = xb.detach().clone().contiguous().requires_grad_(True)
+    target = torch.as_tensor(tb, device=xb.device)
+    if method == "saliency":
+        attr = Saliency(model).attribute(xb, target=target, abs=True)
+        maps = attr.amax(1)  # strongest channel gradient per pixel (Simonyan et al., 2014)
+    else:
+        base = torch.zeros_like(xb) if baseline is None else torch.as_tensor(baseline, device=xb.device).expand_as(xb)
+        attr = IntegratedGradients(model).attribute(
+            xb, baselines=base, target=target, n_steps=ig_steps, internal_batch_size=max(len(xb), 1) * 8
+        )
+        maps = attr.sum(1).abs()  # signed contributions summed over channels; magnitude shown
+    return _normalize_maps(maps.detach().float())
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_rgb(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    """uint8 (C, H, W) -> float32 (H, W, 3) in [0, 1]."""
+    a = torch.as_tensor(img).float().div(255.0).clamp(0, 1)
+    if a.shape[0] == 1:
+        a = a.expand(3, -1, -1)
+    return a[:3].permute(1, 2, 0).numpy().astype(np.float32)
+
+
+def overlay(image: torch.Tensor | np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Heat map over the image (pytorch_grad_cam's ``show_cam_on_image``): float (H, W, 3) in [0, 1].
+
+    Example:
+        >>> overlay(torch.zeros(1, 4, 4, dtype=torch.uint8), np.ones((4, 4), np.float32)).shape
+        (4, 4, 3)
+    """
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    rgb = _to_rgb(image)
+    return show_cam_on_image(rgb, np.clip(heatmap, 0, 1), use_rgb=True, image_weight=1.0 - alpha).astype(np.float32) / 255.0
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _draw_grid(cells: list[list[dict[str, Any] | None]], path: Path, title: str, cell_in: float = 1.6) -> Path:
+    """A grid of cells; each cell ``{"image": (H, W, 3) float, "title": str, "color": str}``."""
+    plt = _plt()
+    rows = max(1, len(cells))
+    cols = max(1, max((len(r) for r in cells), default=1))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell_in, rows * cell_in + 0.5), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            cell = cells[r][c] if r < len(cells) and c < len(cells[r]) else None
+            if cell is None:
+                continue
+            ax.imshow(cell["image"], interpolation="nearest")
+            ax.set_title(cell["title"], fontsize=7, color=cell.get("color", "black"))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower() or "class"
+
+
+# ---------------------------------------------------------------------------------------------
+# explain()
+# ---------------------------------------------------------------------------------------------
+
+
+def _select(pred: torch.Tensor, target: torch.Tensor, conf: torch.Tensor, loss: torch.Tensor, k: int,
+            n_per_class: int, n_pairs: int, n_top_loss: int) -> dict[str, Any]:
+    """Which dataset positions to show. Confident hits and confident mistakes per class, the most
+    confused (true, pred) pairs with their most confident examples, and the top losses."""
+    galleries = []
+    for c in range(k):
+        hit = torch.nonzero((target == c) & (pred == c)).flatten()
+        miss = torch.nonzero((target == c) & (pred != c)).flatten()
+        hit = hit[torch.argsort(conf[hit], descending=True)][:n_per_class]
+        miss = miss[torch.argsort(conf[miss], descending=True)][:n_per_class]
+        galleries.append({"class": c, "correct": hit.tolist(), "incorrect": miss.tolist(),
+                          "n_correct": int(((target == c) & (pred == c)).sum()),
+                          "n_incorrect": int(((target == c) & (pred != c)).sum())})
+    cm = torch.zeros(k, k, dtype=torch.int64)
+    cm.index_put_((target, pred), torch.ones_like(target), accumulate=True)
+    off = cm.clone()
+    off.fill_diagonal_(0)
+    pairs = []
+    order = torch.argsort(off.flatten(), descending=True)
+    for flat in order[:n_pairs].tolist():
+        t, p = divmod(flat, k)
+        count = int(off[t, p])
+        if count == 0:
+            break
+        members = torch.nonzero((target == t) & (pred == p)).flatten()
+        members = members[torch.argsort(conf[members], descending=True)][:n_per_class]
+        pairs.append({"true": t, "pred": p, "count": count, "share_of_true": count / max(1, int(cm[t].sum())),
+                      "examples": members.tolist()})
+    top = torch.argsort(loss, descending=True)[:n_top_loss].tolist()
+    return {"galleries": galleries, "pairs": pairs, "top_loss": top, "confusion": cm}
+
+
+def explain(
+    checkpoint_or_run,
+    split: str = "test",
+    method: str = "gradcam",
+    layer: str | None = None,
+    n_per_class: int = 4,
+    out_dir: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+    *,
+    n_pairs: int = 5,
+    n_top_loss: int = 12,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    which: str = "best",
+    splits=None,
+) -> dict[str, Any]:
+    """Explain a checkpoint's predictions on a split: galleries, confused pairs, top losses.
+
+    Args:
+        checkpoint_or_run: a run folder, a checkpoint folder, or a loaded ``Checkpoint``.
+        split: ``test``, ``val`` or ``train``.
+        method: one of :data:`METHODS`.
+        layer: the stage the CAM methods look at (default: the last stage of the model).
+        n_per_class: images per gallery row (correct / incorrect), and per confused pair.
+        out_dir: default ``<run>/explain`` (the report section goes to ``<run>/report_sections``,
+            next to ``out_dir``).
+        data_root: dataset root, replacing the recorded one.
+        n_pairs: how many most-confused class pairs to show.
+        n_top_loss: how many highest-loss examples to show.
+        batch_size: images per forward (and attribution) pass.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        which: ``best`` or ``last`` checkpoint of a run folder.
+        splits: an already loaded ``DatasetSplits`` (skips rebuilding the dataset).
+
+    Returns:
+        The summary (also written to ``summary.json``): accuracy, galleries with dataset indices,
+        true/pred labels and confidences, confused pairs, top losses, and the written ``files``.
+
+    Raises:
+        ValueError: unknown method, layer or split; ``n_per_class`` < 1.
+
+    Example:
+        >>> s = explain("runs/demo", method="gradcam++", n_per_class=3)  # doctest: +SKIP
+        >>> s["files"]["html"]                                           # doctest: +SKIP
+        'runs/demo/report_sections/explain.html'
+    """
+    from resnetlab.checkpoint import Checkpoint, load_checkpoint
+    from resnetlab.data import build_loader
+    from resnetlab.data.images import preprocess
+    from resnetlab.evaluate import SPLITS, _check_classes, collect_outputs, load_splits_for, resolve_device, run_dir_of
+
+    method = _method(method)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    for name, v in (("n_per_class", n_per_class), ("n_pairs", n_pairs), ("n_top_loss", n_top_loss), ("batch_size", batch_size)):
+        if not isinstance(v, int) or v < (1 if name in ("n_per_class", "batch_size") else 0):
+            raise ValueError(f"{name} must be an integer >= {1 if name in ('n_per_class', 'batch_size') else 0}, got {v!r}")
+    device = resolve_device(device)
+    ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
+    model, meta = ckpt.model.to(device), ckpt.meta
+    layer = layer or default_layer(model)
+    model.get_stage(layer)  # fail on an unknown layer before any work
+    if method not in CAM_METHODS:
+        log.info("%s works on the input pixels; layer %s is not used", method, layer)
+    if splits is None:
+        splits = load_splits_for(meta, data_root)
+    data_name = (meta.get("config") or {}).get("data", {}).get("name", "?")
+    _check_classes(ckpt.classes, splits.classes, data_name)
+    imageset = getattr(splits, split)
+    if imageset is None or len(imageset) == 0:
+        raise ResnetlabError(f"dataset {data_name!r} has no {split!r} split to explain (try --split test)")
+    classes = list(ckpt.classes)
+    mean = meta.get("mean") or list(splits.mean)
+    std = meta.get("std") or list(splits.std)
+
+    # 1. predictions for the whole split, one batched pass
+    loader = build_loader(imageset, batch_size=batch_size, train=False, mean=mean, std=std, device=device)
+    logits, targets, positions = collect_outputs(model, loader, device)
+    order = torch.argsort(positions)  # dataset order, whatever the loader did
+    logits, targets = logits[order], targets[order]
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    loss = F.cross_entropy(logits, targets, reduction="none")
+    acc = float((pred == targets).float().mean())
+    sel = _select(pred, targets, conf, loss, len(classes), n_per_class, n_pairs, n_top_loss)
+
+    # 2. attribution maps only for what is shown, batched; the true-class map too for mistakes
+    wanted = sorted({i for g in sel["galleries"] for i in g["correct"] + g["incorrect"]}
+                    | {i for p in sel["pairs"] for i in p["examples"]} | set(sel["top_loss"]))
+    wrong = [i for i in wanted if int(pred[i]) != int(targets[i])]
+    raw = imageset.get(torch.as_tensor(wanted, dtype=torch.int64)) if wanted else None
+    maps_pred: dict[int, np.ndarray] = {}
+    maps_true: dict[int, np.ndarray] = {}
+    if wanted:
+        x = preprocess(raw, mean, std, device=device, channels_last=False)
+        m = attribution_maps(model, x, pred[wanted], method, layer, batch_size=min(batch_size, 64))
+        maps_pred = dict(zip(wanted, m))
+        if wrong:
+            pos = {i: j for j, i in enumerate(wanted)}
+            xw = x[[pos[i] for i in wrong]]
+            maps_true = dict(zip(wrong, attribution_maps(model, xw, targets[wrong], method, layer, batch_size=min(batch_size, 64))))
+    images = {i: raw[j] for j, i in enumerate(wanted)} if wanted else {}
+
+    # 3. files
+    run = run_dir_of(ckpt.path)
+    base = run if run is not None else ckpt.path
+    out = Path(out_dir) if out_dir is not None else base / "explain"
+    sections = out.parent / "report_sections"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        sections.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResnetlabError(f"cannot write explanations to {out}: {exc.strerror or exc}") from exc
+
+    def item(i: int) -> dict[str, Any]:
+        return {"index": int(i), "true": int(targets[i]), "pred": int(pred[i]), "true_name": classes[int(targets[i])],
+                "pred_name": classes[int(pred[i])], "confidence": round(float(conf[i]), 4), "loss": round(float(loss[i]), 4)}
+
+    def cell(i: int, which_map: str = "pred") -> dict[str, Any]:
+        hm = maps_pred[i] if which_map == "pred" else maps_true[i]
+        ok = int(pred[i]) == int(targets[i])
+        label = f"{classes[int(targets[i])]}→{classes[int(pred[i])]}" if not ok else classes[int(pred[i])]
+        title = f"{_short(label)} {float(conf[i]):.2f}" + ("" if which_map == "pred" else " [true]")
+        return {"image": overlay(images[i], hm), "title": title, "color": "green" if ok else "red"}
+
+    files: dict[str, Any] = {"galleries": []}
+    for g in sel["galleries"]:
+        c = g["class"]
+        rows = [[{"image": _to_rgb(images[i]), "title": f"#{i}", "color": "gray"} for i in g["correct"]],
+                [cell(i) for i in g["correct"]],
+                [{"image": _to_rgb(images[i]), "title": f"#{i}", "color": "gray"} for i in g["incorrect"]],
+                [cell(i) for i in g["incorrect"]]]
+        rows = [r if r else [None] for r in rows]
+        p = _draw_grid(rows, out / f"gallery_{c:03d}_{_slug(classes[c])}.png",
+                       f"{classes[c]}: correct ({g['n_correct']}) top, incorrect ({g['n_incorrect']}) bottom; {method} @ {layer if method in CAM_METHODS else 'input'}")
+        files["galleries"].append(str(p))
+        g["class_name"] = classes[c]
+        g["correct"] = [item(i) for i in g["correct"]]
+        g["incorrect"] = [item(i) for i in g["incorrect"]]
+    if sel["pairs"]:
+        rows = [[cell(i) for i in p["examples"]] + [cell(i, "true") for i in p["examples"]] for p in sel["pairs"]]
+        files["confused_pairs"] = str(_draw_grid(rows, out / "confused_pairs.png",
+                                                 "most confused pairs (true→pred): CAM of the prediction, then of the true class"))
+    for p in sel["pairs"]:
+        p["true_name"], p["pred_name"] = classes[p["true"]], classes[p["pred"]]
+        p["examples"] = [item(i) for i in p["examples"]]
+    if sel["top_loss"]:
+        cols = 6
+        flat = []
+        for i in sel["top_loss"]:
+            flat.append(cell(i))
+            if i in maps_true:
+                flat.append(cell(i, "true"))
+        rows = [flat[r:r + cols] for r in range(0, len(flat), cols)]
+        files["top_losses"] = str(_draw_grid(rows, out / "top_losses.png", "highest-loss examples (true→pred confidence)"))
+
+    summary = {
+        "checkpoint": str(ckpt.path), "split": split, "dataset": data_name, "method": method,
+        "layer": layer if method in CAM_METHODS else None, "num_images": int(len(targets)), "accuracy": acc,
+        "classes": classes, "galleries": sel["galleries"], "confused_pairs": sel["pairs"],
+        "top_losses": [item(i) for i in sel["top_loss"]], "num_explained": len(wanted),
+    }
+    files["summary"] = str(out / "summary.json")
+    files["html"] = str(sections / "explain.html")
+    files["md"] = str(sections / "explain.md")
+    summary["files"] = files
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _write_sections(summary, out, sections, base)
+    log.info("explained %d of %d %s images (%s) -> %s", len(wanted), len(targets), split, method, out)
+    return summary
+
+
+def _short(text: str, n: int = 18) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _rel(path: str | Path, base: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def _write_sections(summary: dict[str, Any], out: Path, sections: Path, base: Path) -> None:
+    """HTML (images embedded, for the self-contained report.html) and Markdown (run-relative links)."""
+    files = summary["files"]
+    method = summary["method"] + (f" @ {summary['layer']}" if summary["layer"] else "")
+    head = (f"Explanations of {summary['num_images']} {summary['split']} images with {method} "
+            f"(accuracy {summary['accuracy']:.4f}); maps shown for the predicted class, and for the true class of mistakes.")
+    pairs = summary["confused_pairs"]
+    figures = ([("Most confused pairs", files["confused_pairs"])] if "confused_pairs" in files else []) + \
+              ([("Highest losses", files["top_losses"])] if "top_losses" in files else []) + \
+              [(f"Class {g['class_name']}", p) for g, p in zip(summary["galleries"], files["galleries"])]
+
+    md = ["## Explanations", "", head, ""]
+    if pairs:
+        md += ["| true | predicted | count | share of true class |", "|---|---|---:|---:|"]
+        md += [f"| {p['true_name']} | {p['pred_name']} | {p['count']} | {p['share_of_true']:.3f} |" for p in pairs]
+        md.append("")
+    for title, p in figures:
+        md += [f"### {title}", "", f"![{title}]({_rel(p, base)})", ""]
+    (sections / "explain.md").write_text("\n".join(md))
+
+    h = ['<section id="explanations">', "<h2>Explanations</h2>", f"<p>{html.escape(head)}</p>"]
+    if pairs:
+        h.append("<table><tr><th>true</th><th>predicted</th><th>count</th><th>share of true class</th></tr>")
+        h += [f"<tr><td>{html.escape(p['true_name'])}</td><td>{html.escape(p['pred_name'])}</td>"
+              f"<td>{p['count']}</td><td>{p['share_of_true']:.3f}</td></tr>" for p in pairs]
+        h.append("</table>")
+    for title, p in figures:
+        data = base64.b64encode(Path(p).read_bytes()).decode()
+        h.append(f"<h3>{html.escape(title)}</h3><img alt=\"{html.escape(title)}\" src=\"data:image/png;base64,{data}\">")
+    h.append("</section>")
+    (sections / "explain.html").write_text("\n".join(h))
+
+
+# ---------------------------------------------------------------------------------------------
+# activation maps
+# ---------------------------------------------------------------------------------------------
+
+
+def stage_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Outputs of the named stages for input ``x``, captured with forward hooks.
+
+    Example:
+        >>> from resnetlab import create_model
+        >>> acts = stage_activations(create_model("resnet8"), torch.randn(1, 3, 16, 16))
+        >>> {k: tuple(v.shape) for k, v in acts.items()}
+        {'stem': (1, 16, 16, 16), 'layer1': (1, 16, 16, 16), 'layer2': (1, 32, 8, 8), 'layer3': (1, 64, 4, 4)}
+    """
+    names = list(layers) if layers else list(model.stages())
+    modules = {n: model.get_stage(n) for n in names}  # ValueError lists the stages
+    captured: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda _m, _i, o, n=n: captured.__setitem__(n, o.detach().clone()))
+               for n, m in modules.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hd in handles:
+            hd.remove()
+        model.train(was_training)
+    return {n: captured[n] for n in names}
+
+
+def activation_maps(
+    checkpoint_or_run,
+    image_path: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    layers: Sequence[str] | None = None,
+    max_channels: int = 16,
+    device: str | torch.device = "cpu",
+    which: str = "best",
+) -> Path:
+    """Feature-map grids for each named stage of a checkpoint, for one image.
+
+    Each row is a stage (``stem``, ``layer1`` ...): the input image, then the ``max_channels``
+    most active channels (highest mean activation), each scaled to its own range.
+
+    Args:
+        checkpoint_or_run: a run folder, checkpoint folder, or loaded ``Checkpoint``.
+        image_path: an image file; resized to the model's input and converted to its channel
+            count (with a logged notice when the file has another one).
+        out: the PNG to write; default ``<run>/explain/activations_<image stem>.png``.
+        layers: stage names (default: all of ``model.stages()``).
+        max_channels: channels shown per stage.
+        device: where the model runs.
+        which: ``best`` or ``last`` checkpoint of a run folder.
+
+    Returns:
+        The written PNG's path.
+
+    Raises:
+        ValueError: an unknown layer (lists the valid ones).
+        DataError: the image cannot be read.
+
+    Example:
+        >>> activation_maps("runs/demo", "shoe.png", layers=["layer1", "layer3"])  # doctest: +SKIP
+        PosixPath('runs/demo/explain/activations_shoe.png')
+    """
+    from resnetlab.checkpoint import Checkpoint, load_checkpoint
+    from resnetlab.data.images import load_images, preprocess
+    from resnetlab.evaluate import resolve_device, run_dir_of
+
+    if not isinstance(max_channels, int) or max_channels < 1:
+        raise ValueError(f"max_channels must be an integer >= 1, got {max_channels!r}")
+    device = resolve_device(device)
+    ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
+    model, meta = ckpt.model.to(device), ckpt.meta
+    if layers:
+        for n in layers:
+            model.get_stage(n)  # fail before reading the image
+    c, h, w = (int(v) for v in meta["input_size"])
+    raw = load_images([image_path], size=(h, w), channels=c)  # logs a notice when it converts channels
+    x = preprocess(raw, meta["mean"], meta["std"], device=device, channels_last=False)
+    acts = stage_activations(model, x, layers)
+    with torch.no_grad():
+        probs = model(x).softmax(1)[0]
+    conf, pred = probs.max(0)
+
+    plt = _plt()
+    cols = 1 + min(max_channels, max(a.shape[1] for a in acts.values()))
+    fig, axes = plt.subplots(len(acts), cols, figsize=(cols * 1.1, len(acts) * 1.2 + 0.6), squeeze=False)
+    for r, (name, a) in enumerate(acts.items()):
+        fmap = a[0].float().cpu()  # (C, H', W')
+        top = torch.argsort(fmap.flatten(1).mean(1), descending=True)[:max_channels].tolist()
+        for col in range(cols):
+            axes[r][col].axis("off")
+        axes[r][0].imshow(_to_rgb(raw[0]), interpolation="nearest")
+        axes[r][0].set_title(f"{name}\n{tuple(fmap.shape)}", fontsize=6)
+        for j, ch in enumerate(top):
+            axes[r][j + 1].imshow(fmap[ch].numpy(), cmap="viridis", interpolation="nearest")
+            axes[r][j + 1].set_title(f"ch {ch}", fontsize=5)
+    classes = ckpt.classes
+    fig.suptitle(f"{Path(image_path).name}: predicted {classes[int(pred)]} ({float(conf):.2f})", fontsize=8)
+    fig.tight_layout()
+    if out is None:
+        run = run_dir_of(ckpt.path)
+        out = (run if run is not None else ckpt.path) / "explain" / f"activations_{_slug(Path(image_path).stem)}.png"
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+    except OSError as exc:
+        raise ResnetlabError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(fig)
+    log.info("activation maps of %s (%d stages) -> %s", image_path, len(acts), out)
+    return out
