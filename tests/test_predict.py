@@ -1,0 +1,169 @@
+"""predict() and `resnetlab predict`: preprocessing from the checkpoint, top-k, directories, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from _eval_runs import fresh_checkpoint_run, make_image_folder, trained_run
+from PIL import Image
+
+from resnetlab.cli import main
+from resnetlab.errors import DataError
+from resnetlab.evaluate import evaluate
+from resnetlab.predict import BACKENDS, collect_image_files, predict, register_backend
+
+
+@pytest.fixture
+def shapes_run(tmp_path):
+    folder = make_image_folder(tmp_path / "shapes")
+    return fresh_checkpoint_run(tmp_path, {"name": f"imagefolder:{folder}", "image_size": 16}), folder
+
+
+def test_predict_matches_evaluate_on_the_same_files(shapes_run):
+    """Preprocessing from the metadata reproduces the dataset pipeline: same classes, same probabilities."""
+    run, _ = shapes_run
+    m = evaluate(run, device="cpu")
+    rows = list(csv.DictReader(open(m["predictions"])))
+    results = predict(run, [r["path"] for r in rows], top_k=3)
+    assert [r["path"] for r in results] == [r["path"] for r in rows]
+    for row, res in zip(rows, results):
+        assert res["top"][0]["index"] == int(row["prediction"])
+        assert res["top"][0]["prob"] == pytest.approx(float(row["confidence"]), abs=1e-5)
+        probs = [t["prob"] for t in res["top"]]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0)  # 3 classes: all of them
+        assert {t["class"] for t in res["top"]} == {"circle", "square", "stripes"}
+
+
+def test_any_photo_size_and_mode_is_resized_and_converted(tmp_path):
+    run = trained_run(tmp_path)  # grayscale 8x8 digits model
+    ims = tmp_path / "photos"
+    ims.mkdir()
+    big = np.zeros((120, 90, 3), np.uint8)
+    big[20:100, 40:50] = 255  # a bright vertical bar, a "1"-ish stroke
+    Image.fromarray(big).save(ims / "bar.jpg")
+    Image.fromarray(big).convert("RGBA").save(ims / "bar_rgba.png")
+    Image.fromarray(big[:, :, 0]).save(ims / "bar_gray.png")
+    (ims / "notes.txt").write_text("not an image")  # skipped when walking a directory
+    results = predict(run, [ims], top_k=20)
+    assert [r["path"].rsplit("/", 1)[1] for r in results] == ["bar.jpg", "bar_gray.png", "bar_rgba.png"]
+    for r in results:
+        assert len(r["top"]) == 10  # clipped to the number of classes
+        assert sum(t["prob"] for t in r["top"]) == pytest.approx(1.0)
+    # the same picture in three encodings gets the same answer
+    assert len({r["top"][0]["class"] for r in results}) == 1
+    assert results[1]["top"][0]["prob"] == pytest.approx(results[2]["top"][0]["prob"], abs=1e-6)
+
+
+def test_predict_uses_the_checkpoint_mean_std(tmp_path):
+    """A digit from the test set is classified as evaluate classifies it; a wrong std changes it."""
+    run = trained_run(tmp_path)
+    from resnetlab.data import load_dataset
+
+    test = load_dataset("digits", seed=0).test
+    paths = []
+    for i in range(12):
+        p = tmp_path / f"d{i}.png"
+        Image.fromarray(test.images[i, 0].numpy()).save(p)  # lossless: same pixels as the dataset
+        paths.append(p)
+    res = predict(run, paths, top_k=1)
+    m = evaluate(run, out_dir=tmp_path / "ev", device="cpu")
+    rows = {int(r["index"]): r for r in csv.DictReader(open(m["predictions"]))}
+    for i, r in enumerate(res):
+        assert r["top"][0]["index"] == int(rows[i]["prediction"])
+        assert r["top"][0]["prob"] == pytest.approx(float(rows[i]["confidence"]), abs=1e-5)
+
+    meta_path = run / "checkpoints" / "best" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["std"] = [s * 10 for s in meta["std"]]
+    meta_path.write_text(json.dumps(meta))
+    changed = predict(run, paths, top_k=1)
+    assert [r["top"][0]["prob"] for r in changed] != pytest.approx([r["top"][0]["prob"] for r in res], abs=1e-3)
+
+
+def test_batches_give_the_same_answer(shapes_run):
+    run, folder = shapes_run
+    a = predict(run, [folder], batch_size=64)
+    b = predict(run, [folder], batch_size=4)
+    assert len(a) == 30
+    for ra, rb in zip(a, b):
+        assert ra["path"] == rb["path"]
+        assert [t["index"] for t in ra["top"]] == [t["index"] for t in rb["top"]]
+        np.testing.assert_allclose([t["prob"] for t in ra["top"]], [t["prob"] for t in rb["top"]], atol=1e-6)
+
+
+def test_backend_registry_is_the_extension_point(shapes_run, monkeypatch):
+    """A new backend (ONNX later) is one registered factory; predict routes through it."""
+    run, folder = shapes_run
+    calls = []
+
+    def fake(source, device, which):
+        torch_run, meta = BACKENDS["torch"](source, device, which)
+
+        def run_batch(x):
+            calls.append(tuple(x.shape))
+            return torch.zeros(x.shape[0], 3).index_fill_(1, torch.tensor([2]), 5.0)  # always "stripes"
+
+        return run_batch, meta
+
+    monkeypatch.setitem(BACKENDS, "fake", fake)
+    res = predict(run, [folder / "circle"], backend="fake", top_k=1)
+    assert calls == [(10, 3, 16, 16)]  # preprocessing happened before the backend
+    assert {r["top"][0]["class"] for r in res} == {"stripes"}
+    with pytest.raises(ValueError, match=r"unknown backend 'onnxx'.*allowed: .*torch"):
+        predict(run, [folder], backend="onnxx")
+    assert register_backend("x")(fake) is fake and BACKENDS.pop("x") is fake
+
+
+def test_collect_image_files(tmp_path):
+    folder = make_image_folder(tmp_path / "f", per_class=2)
+    (folder / "readme.txt").write_text("x")
+    files = collect_image_files([folder, folder / "circle" / "circle_00.png"])
+    assert len(files) == 6  # the explicit duplicate is dropped, the txt is skipped
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files in directory"):
+        collect_image_files([tmp_path / "empty"])
+    with pytest.raises(DataError, match="does not exist"):
+        collect_image_files([tmp_path / "nothing-here"])
+
+
+def test_cli_predict_text_and_json(shapes_run, capsys):
+    run, folder = shapes_run
+    img = folder / "square" / "square_00.png"
+    assert main(["predict", str(run), str(img), "--top-k", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(img) and len(out) == 3 and out[1].strip().endswith(("circle", "square", "stripes"))
+    assert main(["predict", str(run), str(img), str(folder / "circle"), "--top-k", "1", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data) == 11 and all(len(r["top"]) == 1 for r in data)
+    assert set(data[0]["top"][0]) == {"class", "index", "prob"}
+
+
+def _cli_error(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err
+    return lines[0]
+
+
+def test_bad_inputs_are_one_line_errors(shapes_run, tmp_path, capsys):
+    run, folder = shapes_run
+    bogus = tmp_path / "photo.png"
+    bogus.write_text("this is text, not a PNG")
+    msg = _cli_error(capsys, ["predict", str(run), str(folder / "circle" / "circle_00.png"), str(bogus)])
+    assert "cannot read image" in msg and "photo.png" in msg
+    msg = _cli_error(capsys, ["predict", str(run), str(tmp_path / "missing.jpg")])
+    assert "does not exist" in msg and "missing.jpg" in msg
+    msg = _cli_error(capsys, ["predict", str(tmp_path / "no-run"), str(bogus)])
+    assert "not found" in msg
+    msg = _cli_error(capsys, ["predict", str(run), str(bogus), "--top-k", "0"])
+    assert "top_k must be an integer >= 1, got 0" in msg
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    msg = _cli_error(capsys, ["predict", str(run), str(empty)])
+    assert "no image files in directory" in msg
