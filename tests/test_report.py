@@ -1,0 +1,122 @@
+"""build_report / `resnetlab report`: contents of report.html and report.md."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+
+import pytest
+from _eval_runs import fresh_checkpoint_run, trained_run
+
+from resnetlab.cli import main
+from resnetlab.errors import ResnetlabError
+from resnetlab.report import build_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _imgs(html_text: str) -> list[str]:
+    return re.findall(r'<img [^>]*src="([^"]+)"', html_text)
+
+
+def test_report_of_a_trained_run(tmp_path):
+    run = trained_run(tmp_path)
+    html_path, md_path = build_report(run)
+    page, md = html_path.read_text(), md_path.read_text()
+    test = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+
+    for title in ("Summary", "Configuration", "Model", "Training curves", "Final metrics (test split)",
+                  "Confusion matrix", "Per-class metrics", "Misclassified test images"):
+        assert f"<h2>{title}</h2>" in page and f"## {title}" in md
+
+    # self-contained: every image is an embedded PNG, no file or network reference
+    srcs = _imgs(page)
+    assert len(srcs) == 3  # curves, confusion matrix, misclassified grid
+    for s in srcs:
+        assert s.startswith("data:image/png;base64,")
+        assert base64.b64decode(s.split(",", 1)[1])[:8] == PNG
+    # the Markdown references the same figures as files
+    refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert refs == ["report_files/curves.png", "report_files/confusion_matrix.png", "report_files/misclassified.png"]
+    for r in refs:
+        assert (run / r).read_bytes()[:8] == PNG
+
+    # numbers come from the run's files
+    assert f"| accuracy | {test['accuracy']:.4g} |" in md
+    assert f"| F1 (macro) | {test['f1_macro']:.4g} |" in md
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    best = max(rows, key=lambda r: float(r["val_acc"]))
+    assert f"| best val accuracy | {float(best['val_acc']):.4f} (epoch {best['epoch']}) |" in md
+    assert f"| epochs run | {len(rows)} |" in md
+    for pc in test["per_class"]:
+        assert f"| {pc['class']} | {pc['precision']:.4g} | {pc['recall']:.4g} | {pc['f1']:.4g} | {pc['support']} |" in md
+    # model summary: the profile of resnet8 at 1x8x8
+    from resnetlab.models import create_model
+    from resnetlab.models.profile import count_flops, count_params
+
+    model = create_model("resnet8", num_classes=10, in_channels=1)
+    assert f"| parameters | {count_params(model):,} |" in md
+    assert f"| forward FLOPs / image | {count_flops(model, (1, 8, 8)):,} |" in md
+    # config summary: what the test recipe changed from the defaults
+    assert "| model.name | resnet8 | resnet20 |" in md and "| train.epochs | 2 | 10 |" in md
+    # misclassified count matches predictions.csv
+    preds = list(csv.DictReader(open(run / "eval" / "test" / "predictions.csv")))
+    wrong = sum(r["target"] != r["prediction"] for r in preds)
+    assert f"{wrong} of {len(preds)} test images are misclassified" in md
+
+
+def test_cli_report_rebuilds_and_extra_sections(tmp_path, capsys):
+    run = trained_run(tmp_path)
+    (run / "report.html").unlink()
+    sec = run / "report_sections"
+    sec.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (7, 5), (255, 0, 0)).save(sec / "cam.png")
+    (sec / "20-grad_cam.html").write_text('<p>maps</p><img src="cam.png" alt="cam">')
+    (sec / "20-grad_cam.md").write_text("# Grad-CAM gallery\n\n![cam](report_sections/cam.png)\n")
+    (sec / "30-notes.md").write_text("plain *markdown* note")
+    assert main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == str(run / "report.html")
+    page, md = (run / "report.html").read_text(), (run / "report.md").read_text()
+    assert "<h2>Grad-CAM gallery</h2>" in page and "## Grad-CAM gallery" in md
+    assert "<h2>Notes</h2>" in page and "<pre>plain *markdown* note</pre>" in page
+    assert md.index("## Grad-CAM gallery") < md.index("## Notes")
+    # the section's relative image was inlined, so the HTML stays one file
+    srcs = _imgs(page)
+    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert base64.b64decode(srcs[3].split(",", 1)[1]) == (sec / "cam.png").read_bytes()
+    assert 'src="cam.png"' not in page
+
+    html_path, md_path = build_report(run, extra_sections=[("From code", "<p>hello html</p>", "hello md")])
+    assert "<h2>From code</h2>\n<p>hello html</p>" in html_path.read_text()
+    assert "## From code\n\nhello md" in md_path.read_text()
+
+
+def test_report_without_training_or_evaluation(tmp_path):
+    """A run folder from a saved checkpoint and a hand-written metrics.csv (no val in epoch 2)."""
+    rows = [
+        {"epoch": 1, "step": 5, "lr": 0.1, "train_loss": 2.0, "train_acc": 0.3, "val_loss": 1.8, "val_acc": 0.4,
+         "epoch_time_s": 1.5, "images_per_s": 100},
+        {"epoch": 2, "step": 10, "lr": 0.05, "train_loss": 1.0, "train_acc": 0.6, "epoch_time_s": 1.0, "images_per_s": 300},
+        {"epoch": 3, "step": 15, "lr": 0.0, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.9, "val_acc": 0.7,
+         "epoch_time_s": 2.0, "images_per_s": 200},
+    ]
+    run = fresh_checkpoint_run(tmp_path, {"name": "digits"}, metrics_rows=rows)
+    html_path, md_path = build_report(run)
+    md = md_path.read_text()
+    assert "| best val accuracy | 0.7000 (epoch 3) |" in md
+    assert "| training time (s) | 4.5 |" in md and "| median images/s | 200 |" in md
+    assert "Not evaluated on the test split yet" in md
+    assert "## Confusion matrix" not in md
+    assert len(_imgs(html_path.read_text())) == 1  # the curves only
+
+
+def test_report_bad_run_folder(tmp_path, capsys):
+    with pytest.raises(ResnetlabError, match="run folder not found"):
+        build_report(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
