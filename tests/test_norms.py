@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import max_abs_diff
 from torch import nn
 
@@ -229,11 +230,33 @@ def test_bin_gate_stays_in_unit_interval_after_optimizer_step():
     assert torch.all(model[1].rho == 1) and torch.all(model[3].rho == 0)
 
 
-def test_bin_gate_gets_a_gradient():
-    m = _bin_with_rho(3, 0.5)
+@pytest.mark.parametrize("rho", [0.0, 0.5, 1.0, 1.5])
+def test_bin_gate_gets_a_gradient_also_at_the_bounds(rho):
+    """rho starts at 1 (the paper's init): a zero gradient there would freeze BIN at BN."""
+    m = _bin_with_rho(3, rho)
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64) * 2 + 1
-    (m(x) * torch.randn_like(x)).sum().backward()
-    assert m.rho.grad is not None and m.rho.grad.abs().min() > 0
+    up = torch.randn_like(x)
+    (m(x) * up).sum().backward()
+    # d out / d rho = weight * (x_bn - x_in), whatever rho is.
+    x_bn = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / (x.var(dim=(0, 2, 3), keepdim=True, unbiased=False) + m.eps).sqrt()
+    x_in = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.var(dim=(2, 3), keepdim=True, unbiased=False) + m.eps).sqrt()
+    expected = (up * m.weight.view(1, -1, 1, 1) * (x_bn - x_in)).sum(dim=(0, 2, 3))
+    assert m.rho.grad.abs().min() > 0
+    assert max_abs_diff(m.rho.grad, expected) < TOL
+
+
+def test_bin_default_gate_starts_at_one_and_learns():
+    m = BatchInstanceNorm2d(3)
+    assert torch.all(m.rho == 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    x = torch.randn(4, 3, 5, 5) * 2 + torch.randn(4, 3, 1, 1)  # per-instance shifts: IN helps
+    target = (x - x.mean(dim=(2, 3), keepdim=True)) / x.std(dim=(2, 3), keepdim=True, unbiased=False)
+    for _ in range(20):
+        opt.zero_grad()
+        F.mse_loss(m(x), target).backward()
+        opt.step()
+        clamp_bin_gates(m)
+    assert m.rho.max() < 0.9 and m.rho.min() >= 0  # moved towards instance norm, stayed in range
 
 
 # --- errors and get_norm_layer -----------------------------------------------------------

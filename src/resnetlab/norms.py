@@ -152,7 +152,12 @@ class BatchInstanceNorm2d(BatchNorm2d):
         mean, var = self.batch_stats(x)
         x_bn = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
         x_in = _instance_normalize(x, self.eps)
-        rho = self.rho.clamp(0.0, 1.0).view(1, -1, 1, 1)
+        # Clamped value, identity gradient (straight-through): torch's clamp has a zero
+        # gradient at the bounds, so a plain clamp would freeze rho at its init of 1 forever.
+        # The optimizer may push rho outside [0, 1]; clamp_bin_gates() pulls it back after
+        # each step, as the paper does.
+        rho = self.rho + (self.rho.clamp(0.0, 1.0) - self.rho).detach()
+        rho = rho.view(1, -1, 1, 1)
         return _affine(rho * x_bn + (1 - rho) * x_in, self.weight, self.bias)
 
 
