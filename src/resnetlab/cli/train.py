@@ -1,0 +1,112 @@
+"""``resnetlab train``: train from a recipe and flags, or resume a run."""
+
+from __future__ import annotations
+
+import signal
+
+# short flag -> config key
+SHORT_FLAGS = {
+    "model": "model.name",
+    "norm": "model.norm",
+    "data": "data.name",
+    "data_root": "data.root",
+    "image_size": "data.image_size",
+    "subset": "data.subset",
+    "epochs": "train.epochs",
+    "iterations": "train.iterations",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "optimizer": "optim.name",
+    "schedule": "schedule.name",
+    "seed": "seed",
+    "device": "train.device",
+    "pretrained": "model.pretrained",
+    "freeze_until": "model.freeze_until",
+    "name": "name",
+}
+
+
+def add_config_args(p) -> None:
+    """Arguments shared by commands that build a config (train, study)."""
+    p.add_argument("--config", "-c", metavar="RECIPE.yaml", help="YAML recipe (defaults are used for missing keys)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set optim.lr=0.05 (repeatable)")  # fmt: skip
+    p.add_argument("--smoke", action="store_true", help="scale down to a seconds-long run (1 epoch, small subset)")
+    p.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a ResNet from a recipe and flags (or --resume RUN_DIR)")
+    add_config_args(p)
+    p.add_argument("--model", help="model name (see `resnetlab models`)")
+    p.add_argument("--norm", help="normalization: bn, in, bin, ln, gn, none, bn-torch, ...")
+    p.add_argument("--data", help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH, synthetic")
+    p.add_argument("--data-root", help="folder holding the datasets")
+    p.add_argument("--image-size", type=int, help="resize images to this square size")
+    p.add_argument("--subset", type=float, help="stratified subset: a fraction (<=1) or a number of training images")
+    p.add_argument("--aug", action="append", metavar="SPEC", help="augmentation, e.g. flip or crop:padding=4 (repeatable)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--iterations", type=int, help="total optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", help="sgd, adam or adamw")
+    p.add_argument("--schedule", help="constant, step, multistep, cosine or onecycle")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--pretrained", help="torchvision:IMAGENET1K_V1, a run folder or a state-dict file")
+    p.add_argument("--freeze-until", help="freeze the stem up to this stage (stem, layer1..layer4) or N leading modules")
+    p.add_argument("--name", help="run name (folder under output.dir)")
+    p.add_argument("--out", help="run folder (default runs/<name>)")
+    p.add_argument("--overwrite", action="store_true", help="reuse an existing run folder")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.set_defaults(func=run)
+
+
+def collect_overrides(args) -> list[str]:
+    overrides = []
+    for attr, key in SHORT_FLAGS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            if attr == "subset" and float(value).is_integer() and value > 1:
+                value = int(value)
+            overrides.append(f"{key}={value}")
+    if getattr(args, "aug", None):
+        import json
+
+        overrides.append(f"augment={json.dumps(args.aug)}")
+    return overrides + list(args.overrides or [])
+
+
+def build_config(args):
+    from resnetlab.config import load_config, smoke_config
+
+    cfg = load_config(args.config, collect_overrides(args))
+    if args.smoke:
+        cfg = smoke_config(cfg)
+    return cfg
+
+
+def run(args) -> int:
+    from resnetlab.trainer import resume, train
+
+    if args.resume:
+        result = resume(args.resume, progress=None if not args.quiet else False)
+    else:
+        cfg = build_config(args)
+        if args.smoke:
+            from resnetlab.config import smoke_fallback
+
+            cfg = smoke_fallback(cfg)
+        result = train(cfg, run_dir=args.out, overwrite=args.overwrite, progress=None if not args.quiet else False)
+    if result.interrupted:
+        print(f"interrupted: resume with `resnetlab train --resume {result.run_dir}`")
+        return 128 + int(signal.SIGINT)
+    best = f"{result.best_val_acc:.4f}" if result.best_val_acc is not None else "n/a"
+    print(f"run: {result.run_dir}")
+    print(f"best val accuracy: {best}")
+    if result.test_metrics:
+        print(f"test accuracy: {result.test_metrics['accuracy']:.4f}  macro F1: {result.test_metrics['f1_macro']:.4f}")
+    report = result.run_dir / "report.html"
+    if report.exists():
+        print(f"report: {report}")
+    return 0

@@ -1,0 +1,319 @@
+"""Typed, validated run configuration.
+
+A config has seven sections (model, data, augment, optim, schedule, train, output). It is
+loaded from YAML, every key can be overridden from the command line with
+``--set section.key=value`` (the value is parsed as YAML), unknown keys are rejected with a
+did-you-mean, and the resolved config is written into the run folder.
+
+Example:
+    >>> cfg = load_config(None, overrides=["model.name=resnet8", "train.epochs=1"])
+    >>> cfg.model.name, cfg.train.epochs
+    ('resnet8', 1)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from resnetlab.errors import ConfigError, did_you_mean
+
+__all__ = [
+    "Config",
+    "ModelConfig",
+    "DataConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "OutputConfig",
+    "load_config",
+    "apply_overrides",
+    "config_from_dict",
+    "save_config",
+    "config_keys",
+    "smoke_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = "resnet20"  # a name from `resnetlab models`
+    depth: int | None = None  # any 6n+2 depth, for name=resnet_cifar
+    norm: str = "bn-torch"  # bn, in, bin, ln, gn, none, bn-torch, gn-torch, in-torch, ln-torch
+    groups: int | None = None  # GroupNorm groups (gn / gn-torch); None = largest divisor <= 32
+    shortcut: Literal["A", "B"] | None = None  # None = the model's default (A for CIFAR, B for ImageNet)
+    stem: Literal["imagenet", "cifar", "cifar-pool"] | None = None  # None = the model's default
+    width: float = Field(1.0, gt=0)  # multiplier on every channel count
+    act: str = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)  # before the classifier
+    head: list[int] | None = None  # MLP hidden sizes; None = one linear layer
+    head_dropout: float = Field(0.0, ge=0, lt=1)
+    zero_init_residual: bool = False
+    pretrained: str | None = None  # torchvision:IMAGENET1K_V1, a run folder, or a state-dict file
+    freeze_until: str | int | None = None  # stem, layer1..layer4, or a count of leading modules
+
+    def arch_args(self, num_classes: int, in_channels: int) -> dict[str, Any]:
+        """Keyword arguments for ``create_model``; ``None`` options keep the model's default."""
+        args: dict[str, Any] = {
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "norm": self.norm,
+            "width": self.width,
+            "act": self.act,
+            "dropout": self.dropout,
+            "head_dropout": self.head_dropout,
+            "zero_init_residual": self.zero_init_residual,
+        }
+        for key in ("depth", "groups", "shortcut", "stem", "head"):
+            value = getattr(self, key)
+            if value is not None:
+                args[key] = value
+        return args
+
+
+class DataConfig(_Section):
+    name: str = "digits"  # cifar10, cifar100, fashion-mnist, mnist, digits, imagefolder:PATH, synthetic
+    root: str | None = None  # data root; default $RESNETLAB_DATA or ~/.cache/resnetlab
+    image_size: int | None = Field(None, ge=4, le=1024)  # square side in pixels; None = native size
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # of the training split, stratified, seeded
+    subset: int | float | None = Field(None, gt=0)  # float <= 1: fraction of each split; > 1: number of training images
+    download: bool = False
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)  # peak learning rate
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    exclude_norm_bias: bool = True  # no weight decay on norm and bias parameters
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW
+    body_lr_mult: float = Field(1.0, ge=0)  # lr multiplier of everything but the head (fine-tuning)
+
+
+class ScheduleConfig(_Section):
+    name: Literal["constant", "step", "multistep", "cosine", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)  # linear warmup (constant, step, multistep, cosine)
+    step_size: float = Field(30, gt=0)  # epochs between decays (step)
+    milestones: list[float] = [0.5, 0.75]  # multistep: fractions of training, or iterations (unit)
+    milestones_unit: Literal["fraction", "iteration", "epoch"] = "fraction"
+    gamma: float = Field(0.1, gt=0)  # decay factor (step, multistep)
+    min_lr: float = Field(0.0, ge=0)  # cosine floor
+    pct_start: float = Field(0.25, gt=0, lt=1)  # onecycle: fraction of steps spent warming up
+    div_factor: float = Field(25.0, gt=0)  # onecycle: initial lr = lr / div_factor
+    final_div_factor: float = Field(1e4, gt=0)  # onecycle: final lr = initial lr / final_div_factor
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    iterations: int | None = Field(None, ge=1)  # total optimizer steps; overrides epochs
+    batch_size: int = Field(128, ge=1)
+    grad_clip: float | None = Field(None, gt=0)
+    grad_clip_mode: Literal["norm", "value"] = "norm"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    head_only_epochs: int = Field(0, ge=0)  # fine-tune: train only the head for N epochs first
+    ema: float | None = Field(None, gt=0, lt=1)  # EMA decay of the weights (evaluated instead)
+    tta_flip: bool = False  # evaluation averages the image and its horizontal flip
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16/fp16 on CUDA, off on CPU
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # SyncBatchNorm under torchrun
+    num_threads: int | None = Field(None, ge=1)  # CPU threads; None = all cores
+    eval_every: int = Field(1, ge=1)  # epochs between validations
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"  # parent of run folders
+    evaluate_test: bool = True  # evaluate the best checkpoint on the test split at the end
+    report: bool = True
+    tensorboard: bool = True  # when tensorboard is installed
+
+
+class Config(_Section):
+    name: str | None = None  # run name; default <model>-<data>
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    augment: list[str | dict[str, Any]] = []  # e.g. [crop, flip] or [{crop: {padding: 4}}]
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_list(cls, v):
+        if v is None:
+            return []
+        if isinstance(v, (str, dict)):
+            return [v]
+        return v
+
+    @model_validator(mode="after")
+    def _check_combinations(self):
+        from resnetlab.data.augment import parse_augment  # validates names and parameters
+        from resnetlab.models import list_models
+        from resnetlab.norms import NORM_NAMES
+
+        if self.model.name not in list_models():
+            raise ValueError(f"model.name: unknown model {self.model.name!r}{did_you_mean(self.model.name, list_models())}")
+        if self.model.norm not in NORM_NAMES:
+            raise ValueError(f"model.norm: unknown norm {self.model.norm!r}{did_you_mean(self.model.norm, NORM_NAMES)} (allowed: {', '.join(NORM_NAMES)})")
+        if self.train.batch_size == 1 and self.model.norm in ("bn", "bn-torch", "bin"):
+            raise ValueError("train.batch_size=1 cannot train with batch statistics (norm bn/bin); use batch_size >= 2 or norm gn/ln/in")
+        parse_augment(self.augment)
+        return self
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        data = self.data.name.split(":")[0]
+        return f"{self.model.name}-{data}"
+
+
+def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted key a config accepts (for did-you-mean and docs)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += config_keys(ann, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _format_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
+    if e["type"] == "extra_forbidden":
+        return f"unknown config key {loc!r}{did_you_mean(loc, config_keys())}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if not loc:
+        return msg
+    if "input" in e and e["type"] not in ("value_error",) and not isinstance(e["input"], dict):
+        return f"config {loc}: {msg} (got {e['input']!r})"
+    return f"config {loc}: {msg}"
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    """Validate a plain dict; errors become one-line :class:`ConfigError`."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+    except ValueError as err:  # raised inside validators (e.g. augmentation parameters)
+        raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=0.05)")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a config dict (values parsed as YAML)."""
+    data = copy.deepcopy(data or {})
+    for item in overrides or []:
+        parts, value = _parse_override(item)
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {p} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML recipe (or the defaults when ``path`` is None) and apply overrides."""
+    data = read_yaml(path) if path else {}
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def smoke_config(cfg: Config, subset: int = 256) -> Config:
+    """Scale a config down to a seconds-long run: one epoch on a small stratified subset.
+
+    Keeps the model family, norm, optimizer, schedule and augmentations, so every code path
+    the recipe uses is exercised; caps the input size at 64 pixels and the batch at 64.
+    """
+    data = cfg.model_dump(mode="json")
+    data["train"].update(epochs=1, iterations=None, head_only_epochs=min(cfg.train.head_only_epochs, 0), eval_every=1)
+    data["train"]["batch_size"] = min(cfg.train.batch_size, 64)
+    data["data"]["subset"] = subset
+    if cfg.data.image_size and cfg.data.image_size > 64:
+        data["data"]["image_size"] = 64
+    data["schedule"]["warmup_epochs"] = 0.0
+    if cfg.schedule.milestones_unit != "fraction":
+        data["schedule"].update(milestones=[0.5, 0.75], milestones_unit="fraction")
+    return config_from_dict(data)
+
+
+# Shapes used when a smoke run's dataset is not on this machine (CIFAR, a user's folder):
+# the pipeline still runs end to end on synthetic images of the same shape and class count.
+_SMOKE_SHAPES = {"cifar10": ("3x32x32", 10), "cifar100": ("3x32x32", 100), "mnist": ("1x28x28", 10), "fashion-mnist": ("1x28x28", 10)}
+
+
+def smoke_fallback(cfg: Config) -> Config:
+    """For ``--smoke``: swap a dataset that is not available offline for a synthetic one."""
+    import logging
+
+    from resnetlab.data import load_dataset
+    from resnetlab.errors import DataError
+
+    try:
+        load_dataset(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, val_fraction=cfg.data.val_fraction,
+                     subset=cfg.data.subset, seed=cfg.seed)  # fmt: skip
+        return cfg
+    except DataError as exc:
+        key = cfg.data.name.split(":")[0]
+        shape, classes = _SMOKE_SHAPES.get(key, (f"3x{cfg.data.image_size or 64}x{cfg.data.image_size or 64}", 4))
+        n = max(int(cfg.data.subset or 256), 4 * classes) if (cfg.data.subset or 0) > 1 else 256
+        name = f"synthetic:{shape}:{classes}:{max(n, 2 * classes)}"
+        logging.getLogger(__name__).warning("smoke run: %s; using %s instead", str(exc).splitlines()[0], name)
+        data = cfg.model_dump(mode="json")
+        data["data"].update(name=name, download=False)
+        return config_from_dict(data)

@@ -1,0 +1,676 @@
+"""The training loop. The trainer owns the loop; logging, checkpointing, progress and
+TensorBoard are callbacks (Lightning / fastai style).
+
+Hot path choices (airbench): data is augmented as whole batches on the device, the loop
+never calls ``.item()`` per step (loss and accuracy accumulate on the device and are read
+once per logging window), the model runs channels_last, and the schedule steps per batch.
+
+Determinism: the loader reseeds the global RNG from ``(seed, epoch, step)`` before each batch,
+so a run resumed at any ``(epoch, step)`` follows the uninterrupted run exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetlab import checkpoint as ckpt
+from resnetlab.config import Config, config_from_dict, read_yaml, save_config
+from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, TrainingDiverged
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "Callback", "train", "resume", "FitResult", "METRIC_COLUMNS"]
+
+METRIC_COLUMNS = [
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "epoch_time_s",
+    "images_per_s",
+]
+TIMING_COLUMNS = ("epoch_time_s", "images_per_s")
+NAN_CHECK_EVERY = 25  # steps between host syncs that check the loss is finite
+
+
+# ---------------------------------------------------------------------------------------
+# distributed helpers (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
+# ---------------------------------------------------------------------------------------
+def dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available here (allowed: auto, cpu)")
+    return dev
+
+
+# ---------------------------------------------------------------------------------------
+# callbacks
+# ---------------------------------------------------------------------------------------
+class Callback:
+    """Hooks called by :class:`Trainer`. All no-ops by default."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
+    def on_window_end(self, trainer: Trainer, step_in_epoch: int, loss: float, acc: float, images_per_s: float) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None: ...
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+class CSVLogger(Callback):
+    """Appends one row per epoch to ``metrics.csv``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_epoch_end(self, trainer, row):
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+
+
+def _fmt(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+class LogLines(Callback):
+    """One log line per epoch; a tqdm bar with live loss / accuracy / images/s on a terminal."""
+
+    def __init__(self, progress: bool):
+        self.progress = progress
+        self.bar = None
+
+    def on_epoch_start(self, trainer, epoch):
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch + 1}/{trainer.epochs}", leave=False, file=sys.stderr)
+            self.bar.update(trainer.start_step)
+
+    def on_window_end(self, trainer, step_in_epoch, loss, acc, images_per_s):
+        if self.bar is not None:
+            self.bar.n = step_in_epoch
+            self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", img_s=f"{images_per_s:.0f}")
+            self.bar.refresh()
+
+    def on_epoch_end(self, trainer, row):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        val = f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}" if row.get("val_acc") is not None else ""
+        log.info(
+            "epoch %d/%d  lr %.4g  train_loss %.4f  train_acc %.4f%s  %.1fs  %.0f img/s",
+            row["epoch"], trainer.epochs, row["lr"], row["train_loss"], row["train_acc"], val,
+            row["epoch_time_s"], row["images_per_s"],
+        )  # fmt: skip
+
+
+class TensorBoardLogger(Callback):
+    def __init__(self, logdir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(logdir))
+
+    def on_epoch_end(self, trainer, row):
+        for k in ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "images_per_s"):
+            if row.get(k) is not None:
+                self.writer.add_scalar(k, row[k], row["epoch"])
+        self.writer.flush()
+
+    def on_fit_end(self, trainer):
+        self.writer.close()
+
+
+# ---------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_val_acc: float | None
+    epochs: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    test_metrics: dict[str, Any] | None = None
+    interrupted: bool = False
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class Trainer:
+    """Train a model from a :class:`~resnetlab.config.Config`.
+
+    Args:
+        cfg: the resolved config.
+        run_dir: the run folder (created; must not hold another run unless resuming).
+        progress: show a progress bar (defaults to "stderr is a terminal").
+        callbacks: extra callbacks.
+
+    Example:
+        >>> from resnetlab.config import load_config
+        >>> cfg = load_config(None, ["model.name=resnet8", "train.epochs=1"])  # doctest: +SKIP
+        >>> Trainer(cfg, "runs/x").fit()  # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: Config, run_dir: str | os.PathLike, progress: bool | None = None, callbacks: Sequence[Callback] = ()):
+        from resnetlab.data import build_loader, load_dataset
+        from resnetlab.models import create_model
+        from resnetlab.optim import build_optimizer, build_scheduler
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.rank, self.world_size, local_rank = dist_info()
+        self.is_main = self.rank == 0
+        self._init_distributed()
+        self.device = resolve_device(cfg.train.device, local_rank)
+        if self.device.type == "cpu" and cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        torch.manual_seed(cfg.seed)
+
+        # data -------------------------------------------------------------------------
+        d = cfg.data
+        self.splits = load_dataset(
+            d.name, root=d.root, image_size=d.image_size, val_fraction=d.val_fraction, subset=d.subset, seed=cfg.seed, download=d.download
+        )
+        s = self.splits
+        self.classes = list(s.classes)
+        self.mean, self.std = list(s.mean), list(s.std)
+        pre = None
+        if cfg.model.pretrained:
+            from resnetlab.transfer import pretrained_preprocessing
+
+            pre = pretrained_preprocessing(cfg.model.pretrained)
+        if pre and pre.get("mean") and len(pre["mean"]) == s.image_shape[0]:
+            self.mean, self.std = list(pre["mean"]), list(pre["std"])
+        bs = cfg.train.batch_size
+        if bs > len(s.train):
+            raise ConfigError(f"train.batch_size={bs} is larger than the training split ({len(s.train)} images); lower it")
+        common = dict(mean=self.mean, std=self.std, device=self.device, seed=cfg.seed)
+        self.train_loader = build_loader(
+            s.train, bs, train=True, augment=cfg.augment, rank=self.rank, world_size=self.world_size, **common
+        )
+        self.val_loader = build_loader(s.val, max(bs, 256), train=False, **common) if len(s.val) else None
+        self.input_size = list(s.image_shape)
+
+        # model ------------------------------------------------------------------------
+        arch_args = cfg.model.arch_args(num_classes=len(self.classes), in_channels=s.image_shape[0])
+        self.model = create_model(cfg.model.name, **arch_args)
+        self.arch_args = arch_args
+        self.pretrained_report = None
+        if cfg.model.pretrained:
+            from resnetlab.transfer import load_pretrained
+
+            self.pretrained_report = load_pretrained(self.model, cfg.model.pretrained, data_root=d.root)
+        self.model.to(self.device)
+        if cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._apply_freeze(epoch=0)
+        self.ema = None
+        if cfg.train.ema:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+        self.net = self._wrap(self.model)
+
+        # optimization -------------------------------------------------------------------
+        self.steps_per_epoch = len(self.train_loader)
+        if cfg.train.iterations:
+            self.total_steps = cfg.train.iterations
+            self.epochs = math.ceil(cfg.train.iterations / self.steps_per_epoch)
+        else:
+            self.epochs = cfg.train.epochs
+            self.total_steps = self.epochs * self.steps_per_epoch
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps, self.steps_per_epoch, cfg.optim.lr)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.autocast_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+
+        # state --------------------------------------------------------------------------
+        self.epoch = 0  # epochs completed
+        self.start_step = 0  # steps of the current epoch already done (mid-epoch resume)
+        self.global_step = 0
+        self.best_val_acc: float | None = None
+        self.history: list[dict[str, Any]] = []
+        self._partial: dict[str, float] | None = None
+        self._stop_signal: int | None = None
+
+        progress = sys.stderr.isatty() if progress is None else progress
+        self.callbacks: list[Callback] = []
+        if self.is_main:
+            self.callbacks += [CSVLogger(self.run_dir / "metrics.csv"), LogLines(progress)]
+            if cfg.output.tensorboard:
+                with contextlib.suppress(ImportError):
+                    self.callbacks.append(TensorBoardLogger(self.run_dir / "tensorboard"))
+        self.callbacks += list(callbacks)
+
+    # -- setup helpers -----------------------------------------------------------------
+    def _init_distributed(self) -> None:
+        if self.world_size > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and self.cfg.train.device != "cpu" else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        net = model
+        if self.world_size > 1:
+            if self.cfg.train.sync_bn:
+                net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=self.cfg.model.freeze_until is not None)
+        if self.cfg.train.compile:
+            net = torch.compile(net)
+        return net
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.cfg.train.amp
+        if self.device.type != "cuda" or amp == "off":
+            return None  # fp32 on CPU: bf16 autocast is slow without native bf16 units
+        if amp == "fp16":
+            return torch.float16
+        if amp == "bf16" or torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+
+    def _apply_freeze(self, epoch: int) -> None:
+        cfg = self.cfg
+        if not (cfg.train.head_only_epochs or cfg.model.freeze_until is not None):
+            return
+        from resnetlab import transfer
+
+        transfer.unfreeze(self.model)
+        if epoch < cfg.train.head_only_epochs:
+            transfer.freeze_all_but_head(self.model)
+        elif cfg.model.freeze_until is not None:
+            transfer.freeze(self.model, cfg.model.freeze_until)
+
+    # -- checkpointing -----------------------------------------------------------------
+    def meta(self, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "arch": self.cfg.model.name,
+            "arch_args": self.arch_args,
+            "classes": self.classes,
+            "mean": self.mean,
+            "std": self.std,
+            "input_size": self.input_size,
+            "config": self.cfg.model_dump(mode="json"),
+            "metrics": metrics or {},
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "dataset": self.splits.name if hasattr(self.splits, "name") else self.cfg.data.name,
+        }
+
+    def _eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def state(self) -> dict[str, Any]:
+        state = {
+            "epoch": self.epoch,
+            "start_step": self.start_step,
+            "global_step": self.global_step,
+            "best_val_acc": self.best_val_acc,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng_cpu": torch.get_rng_state(),
+            "partial": self._partial,
+        }
+        if self.ema is not None:
+            state["model"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        return state
+
+    def save_last(self) -> None:
+        if not self.is_main:
+            return
+        metrics = self.history[-1] if self.history else {}
+        ckpt.save_checkpoint(self.run_dir / "checkpoints" / "last", self._eval_model(), self.meta(metrics), self.state())
+
+    def save_best(self, row: dict[str, Any]) -> None:
+        if self.is_main:
+            ckpt.save_checkpoint(self.run_dir / "checkpoints" / "best", self._eval_model(), self.meta(row), keep_previous=False)
+
+    def load_state(self, directory: Path) -> None:
+        """Restore model, optimizer, scheduler, RNG and counters from a ``last`` checkpoint."""
+        state = ckpt.load_trainer_state(directory)
+        weights = ckpt.load_weights(directory)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(weights)
+            self.model.load_state_dict(state["model"])
+        else:
+            ckpt.load_state_dict_checked(self.model, weights, str(directory))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        self.epoch = int(state["epoch"])
+        self.start_step = int(state["start_step"])
+        self.global_step = int(state["global_step"])
+        self.best_val_acc = state["best_val_acc"]
+        self._partial = state.get("partial")
+        self._apply_freeze(self.epoch)
+
+    # -- evaluation --------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> tuple[float | None, float | None]:
+        if self.val_loader is None:
+            return None, None
+        from resnetlab.evaluate import collect_outputs
+
+        model = self._eval_model()
+        if self.cfg.train.tta_flip:
+            from resnetlab.models.wrappers import FlipTTA
+
+            model = FlipTTA(model)
+        logits, targets, _ = collect_outputs(model, self.val_loader, self.device)
+        loss = F.cross_entropy(logits.float(), targets).item()
+        acc = (logits.argmax(1) == targets).float().mean().item()
+        return loss, acc
+
+    # -- the loop ----------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        previous = {}
+
+        def handler(signum, frame):
+            self._stop_signal = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread
+                previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    def fit(self) -> FitResult:
+        previous = self._install_signal_handlers()
+        interrupted = False
+        try:
+            for cb in self.callbacks:
+                cb.on_fit_start(self)
+            while self.epoch < self.epochs and self.global_step < self.total_steps:
+                self._train_epoch()
+        except _Interrupted:
+            interrupted = True
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+        if not interrupted:
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+        return FitResult(self.run_dir, self.best_val_acc, self.epoch, self.history, interrupted=interrupted)
+
+    def _train_epoch(self) -> None:
+        epoch = self.epoch
+        model, net, opt, sched = self.model, self.net, self.optimizer, self.scheduler
+        model.train()
+        if self.cfg.train.head_only_epochs or self.cfg.model.freeze_until is not None:
+            from resnetlab.transfer import set_frozen_norms_eval
+
+            if epoch == self.cfg.train.head_only_epochs and self.start_step == 0:
+                self._apply_freeze(epoch)
+            set_frozen_norms_eval(model)
+        for cb in self.callbacks:
+            cb.on_epoch_start(self, epoch)
+
+        dev = self.device
+        # Running sums live on the device: read once per window, never per step.
+        p = self._partial or {}
+        loss_sum = torch.tensor(p.get("loss_sum", 0.0), device=dev, dtype=torch.float64)
+        correct = torch.tensor(p.get("correct", 0.0), device=dev, dtype=torch.float64)
+        seen = int(p.get("seen", 0))
+        elapsed_before = float(p.get("elapsed", 0.0))
+        window_losses = torch.zeros(NAN_CHECK_EVERY, device=dev)
+        clip = self.cfg.train.grad_clip
+        clip_value = self.cfg.train.grad_clip_mode == "value"
+        bin_norms = [m for m in model.modules() if type(m).__name__ == "BatchInstanceNorm2d"]
+        amp = torch.autocast(dev.type, dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        step = self.start_step
+        for x, y, _ in self.train_loader.iter_epoch(epoch, start_step=self.start_step):
+            with amp:
+                out = net(x)
+                loss = self.criterion(out, y)
+            opt.zero_grad(set_to_none=True)
+            if self.scaler:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if clip:
+                params = [q for q in model.parameters() if q.grad is not None]
+                if clip_value:
+                    nn.utils.clip_grad_value_(params, clip)
+                else:
+                    nn.utils.clip_grad_norm_(params, clip, foreach=True)
+            if self.scaler:
+                self.scaler.step(opt)
+                self.scaler.update()
+            else:
+                opt.step()
+            sched.step()
+            for m in bin_norms:  # keep Batch-Instance Norm gates in [0, 1]
+                m.clamp_()
+            if self.ema is not None:
+                self.ema.update_parameters(model)
+            ld = loss.detach()
+            window_losses[step % NAN_CHECK_EVERY] = ld
+            loss_sum += ld.double() * y.shape[0]
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            step += 1
+            self.global_step += 1
+            if step % NAN_CHECK_EVERY == 0 or step == self.steps_per_epoch:
+                self._check_finite(window_losses, step, epoch)
+                elapsed = elapsed_before + time.perf_counter() - t0
+                for cb in self.callbacks:
+                    cb.on_window_end(self, step, (loss_sum / max(seen, 1)).item(), (correct / max(seen, 1)).item(), seen / max(elapsed, 1e-9))
+            if self._stop_signal is not None:
+                self._partial = {"loss_sum": loss_sum.item(), "correct": correct.item(), "seen": seen, "elapsed": elapsed_before + time.perf_counter() - t0}
+                self.start_step = step
+                self._check_finite(window_losses, step, epoch)
+                self.save_last()
+                name = signal.Signals(self._stop_signal).name
+                log.warning("%s received: saved %s at epoch %d step %d; resume with: resnetlab train --resume %s",
+                            name, self.run_dir / "checkpoints" / "last", epoch + 1, step, self.run_dir)  # fmt: skip
+                raise _Interrupted()
+            if self.global_step >= self.total_steps:
+                break
+        self._check_finite(window_losses, step, epoch)
+
+        # epoch end: reduce across ranks, validate, log, checkpoint ------------------------
+        sums = _all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=dev, dtype=torch.float64)]))
+        elapsed = elapsed_before + time.perf_counter() - t0
+        self.epoch = epoch + 1
+        self.start_step = 0
+        self._partial = None
+        row: dict[str, Any] = {
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "lr": opt.param_groups[-1]["lr"],
+            "train_loss": (sums[0] / sums[2]).item(),
+            "train_acc": (sums[1] / sums[2]).item(),
+            "val_loss": None,
+            "val_acc": None,
+            "epoch_time_s": elapsed,
+            "images_per_s": sums[2].item() / max(elapsed, 1e-9),
+        }
+        last_epoch = self.epoch >= self.epochs or self.global_step >= self.total_steps
+        if self.epoch % self.cfg.train.eval_every == 0 or last_epoch:
+            row["val_loss"], row["val_acc"] = self.validate()
+        self.history.append(row)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, row)
+        improved = row["val_acc"] is not None and (self.best_val_acc is None or row["val_acc"] > self.best_val_acc)
+        if improved:
+            self.best_val_acc = row["val_acc"]
+        if self.val_loader is None and last_epoch:
+            improved = True  # no validation split: the final weights are the "best"
+        self.save_last()
+        if improved:
+            self.save_best(row)
+
+    def _check_finite(self, window_losses: torch.Tensor, step: int, epoch: int) -> None:
+        finite = torch.isfinite(window_losses)
+        if bool(finite.all()):
+            return
+        # the first bad step inside the window that ended at `step`
+        n = (step - 1) % NAN_CHECK_EVERY + 1
+        bad = [i for i in range(n) if not bool(finite[i])]
+        bad_step = step - n + bad[0] + 1 if bad else step
+        raise TrainingDiverged(
+            f"loss became {window_losses[bad[0] if bad else 0].item()} at epoch {epoch + 1} step {bad_step}; "
+            f"lower the learning rate (optim.lr={self.cfg.optim.lr}) or set train.grad_clip; "
+            f"the last good checkpoint is {self.run_dir / 'checkpoints' / 'last'}"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# entry points used by the CLI and the study runner
+# ---------------------------------------------------------------------------------------
+def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and (run_dir / "checkpoints").exists() and not overwrite:
+        raise ResnetlabError(
+            f"run folder {run_dir} already holds a run; use --resume {run_dir} to continue it, or --out for a new folder"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ResnetlabError(f"output folder {run_dir} is not writable ({exc.strerror or exc}); choose another with --out") from None
+
+
+def finish_run(run_dir: Path, cfg: Config) -> dict[str, Any] | None:
+    """Evaluate the best checkpoint on the test split and build the report (rank 0)."""
+    test_metrics = None
+    if cfg.output.evaluate_test:
+        from resnetlab.evaluate import evaluate
+
+        test_metrics = evaluate(run_dir, split="test", data_root=cfg.data.root)
+        log.info("test accuracy %.4f (macro F1 %.4f)", test_metrics["accuracy"], test_metrics["f1_macro"])
+    if cfg.output.report:
+        from resnetlab.report import build_report
+
+        html, _ = build_report(run_dir)
+        log.info("report: %s", html)
+    return test_metrics
+
+
+def train(cfg: Config, run_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool | None = None) -> FitResult:
+    """Train from a config into a run folder, then evaluate and report.
+
+    Example:
+        >>> from resnetlab.config import load_config
+        >>> result = train(load_config("recipes/demo-digits.yaml"))  # doctest: +SKIP
+    """
+    run_dir = Path(run_dir) if run_dir else Path(cfg.output.dir) / cfg.run_name()
+    rank, _, _ = dist_info()
+    if rank == 0:
+        _prepare_run_dir(run_dir, overwrite)
+    trainer = Trainer(cfg, run_dir, progress=progress)
+    if rank == 0:
+        save_config(cfg, run_dir / "config.yaml")
+        if trainer.pretrained_report:
+            r = trainer.pretrained_report
+            log.info("pretrained %s: loaded %d tensors, re-initialized %s, skipped %s", cfg.model.pretrained,
+                     len(r.get("loaded", [])), r.get("reinitialized") or "none", r.get("skipped") or "none")  # fmt: skip
+    return _fit_and_finish(trainer, cfg, run_dir)
+
+
+def _fit_and_finish(trainer: Trainer, cfg: Config, run_dir: Path) -> FitResult:
+    result = trainer.fit()
+    if result.interrupted:
+        return result
+    if trainer.is_main:
+        result.test_metrics = finish_run(run_dir, cfg)
+    if trainer.world_size > 1:
+        torch.distributed.barrier()
+    return result
+
+
+def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResult:
+    """Continue a run from its newest good ``last`` checkpoint (falls back to ``last.prev``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ResnetlabError(f"{run_dir} is not a run folder (no config.yaml); nothing to resume")
+    cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
+    trainer = Trainer(cfg, run_dir, progress=progress)
+    candidates = ckpt.resume_candidates(run_dir)
+    loaded = None
+    for i, cand in enumerate(candidates):
+        try:
+            trainer.load_state(cand)
+            loaded = cand
+            if i > 0:
+                log.warning("checkpoint %s is unreadable; resumed from the previous one, %s", candidates[0], cand)
+            break
+        except CheckpointError as exc:
+            log.warning("skipping checkpoint %s: %s", cand, exc)
+    if loaded is None:
+        log.warning("no usable checkpoint in %s: starting the run from the beginning", run_dir)
+    _truncate_metrics(run_dir / "metrics.csv", trainer.epoch)
+    trainer.history = _read_metrics(run_dir / "metrics.csv")
+    if trainer.epoch >= trainer.epochs:
+        log.info("run %s already finished (%d epochs)", run_dir, trainer.epoch)
+    else:
+        log.info("resuming %s at epoch %d step %d", run_dir, trainer.epoch + 1, trainer.start_step)
+    return _fit_and_finish(trainer, cfg, run_dir)
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop rows written after the checkpoint we resume from (a crash between the two)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for r in rows if r.get("epoch") and int(float(r["epoch"])) <= epochs_done]
+    if len(keep) != len(rows):
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            w.writeheader()
+            w.writerows(keep)
+        os.replace(tmp, path)
