@@ -40,6 +40,16 @@ def tv_resnet18_file(tmp_path_factory):
     return path, {k: v.clone() for k, v in tv.state_dict().items()}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: one thread is as fast, and avoids OpenMP spin-waits when the
+    two cores are shared with other jobs (2 threads measured 27x slower per step under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _meta(model, arch, arch_args, classes):
     return {"arch": arch, "arch_args": arch_args, "classes": classes, "mean": [0.5], "std": [0.25],
             "input_size": [1, 28, 28], "config": {"data": {"name": "fashion-mnist"}}}

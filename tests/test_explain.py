@@ -1,0 +1,253 @@
+"""Explanations: attribution maps that localize evidence, galleries consistent with predictions,
+every method, the report section, activation maps and bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from resnetlab import checkpoint as ck
+from resnetlab.cli import main
+from resnetlab.data import load_dataset
+from resnetlab.data.images import preprocess
+from resnetlab.explain import METHODS, activation_maps, attribution_maps, explain, stage_activations
+from resnetlab.models import create_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: one thread is as fast, and avoids OpenMP spin-waits when the
+    two cores are shared with other jobs (2 threads measured 27x slower per step under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train(model, x, y, steps, lr=0.05, bs=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (bs,), generator=g)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+# -- a model whose evidence is localized ------------------------------------------------------
+
+SIZE, OBJ = 16, 5
+
+
+def _objects(n: int, seed: int):
+    """Noise images with one 5x5 object at a random place: a filled square (class 0) or a plus (class 1).
+    Only the object tells the classes apart, so a faithful map must point at it."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, SIZE, SIZE, generator=g) * 0.3
+    y = torch.randint(0, 2, (n,), generator=g)
+    pos = torch.randint(0, SIZE - OBJ + 1, (n, 2), generator=g)
+    plus = torch.zeros(OBJ, OBJ)
+    plus[OBJ // 2, :] = 1
+    plus[:, OBJ // 2] = 1
+    for i in range(n):
+        r, c = pos[i].tolist()
+        shape = torch.ones(OBJ, OBJ) if y[i] == 0 else plus
+        x[i, 0, r:r + OBJ, c:c + OBJ] = torch.maximum(x[i, 0, r:r + OBJ, c:c + OBJ], shape)
+    return (x - 0.3) / 0.3, y, pos
+
+
+@pytest.fixture(scope="module")
+def object_model():
+    torch.manual_seed(0)
+    x, y, _ = _objects(1024, seed=1)
+    model = _train(create_model("resnet8", num_classes=2, in_channels=1), x, y, steps=80, bs=32)
+    xt, yt, pos = _objects(48, seed=2)
+    with torch.no_grad():
+        acc = (model(xt).argmax(1) == yt).float().mean().item()
+    assert acc > 0.9, f"the localization model did not learn the task (accuracy {acc:.2f})"
+    return model, xt, yt, pos
+
+
+def _inside(maps: np.ndarray, pos: torch.Tensor, margin: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Mean map value inside each object's box (grown by margin) and outside it."""
+    ins, outs = [], []
+    for m, (r, c) in zip(maps, pos.tolist()):
+        mask = np.zeros_like(m, dtype=bool)
+        mask[max(0, r - margin):r + OBJ + margin, max(0, c - margin):c + OBJ + margin] = True
+        ins.append(m[mask].mean())
+        outs.append(m[~mask].mean())
+    return np.array(ins), np.array(outs)
+
+
+@pytest.mark.parametrize("method,layer", [("gradcam", "layer2"), ("gradcam++", "layer2"), ("scorecam", "layer2"),
+                                          ("saliency", None), ("integrated-gradients", None)])
+def test_maps_point_at_the_evidence(object_model, method, layer):
+    model, x, y, pos = object_model
+    if method in ("scorecam", "integrated-gradients"):  # one forward per channel / per step: keep it short
+        x, y, pos = x[:16], y[:16], pos[:16]
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    maps = attribution_maps(model, x, pred, method=method, layer=layer, batch_size=32)
+    assert maps.shape == (len(x), SIZE, SIZE) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1
+    ins, outs = _inside(maps, pos)
+    # the object covers ~1/4 of the image with the margin; its share of the map must be far higher
+    assert np.mean(ins > outs) >= 0.85, f"{method}: map larger inside the object for only {np.mean(ins > outs):.2f}"
+    assert ins.mean() > 2 * outs.mean(), f"{method}: inside {ins.mean():.3f} vs outside {outs.mean():.3f}"
+    if method in ("gradcam", "saliency"):
+        peaks = [np.unravel_index(m.argmax(), m.shape) for m in maps]
+        hits = [r - 1 <= pr < r + OBJ + 1 and c - 1 <= pc < c + OBJ + 1 for (pr, pc), (r, c) in zip(peaks, pos.tolist())]
+        assert np.mean(hits) >= 0.8, f"{method}: peak on the object in {np.mean(hits):.2f} of images"
+
+
+def test_cam_depends_on_the_target_class(object_model):
+    model, x, y, pos = object_model
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    own = attribution_maps(model, x, pred, "gradcam", "layer2")
+    other = attribution_maps(model, x, 1 - pred, "gradcam", "layer2")
+    assert np.abs(own - other).mean() > 0.1
+    # the predicted class's evidence sits on the object more than the other class's does
+    assert _inside(own, pos)[0].mean() > _inside(other, pos)[0].mean()
+
+
+def test_attribution_bad_input(object_model):
+    model, x, _, _ = object_model
+    with pytest.raises(ValueError, match=r"unknown layer 'layer4'.*allowed: layer1, layer2, layer3, stem"):
+        attribution_maps(model, x[:2], [0, 1], "gradcam", "layer4")
+    with pytest.raises(ValueError, match=r"unknown explanation method 'gradcam\+'.*allowed: gradcam, gradcam\+\+"):
+        attribution_maps(model, x[:2], [0, 1], "gradcam+")
+    with pytest.raises(ValueError, match="targets has 1 entries for 2 images"):
+        attribution_maps(model, x[:2], [0])
+
+
+# -- a trained digits run -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """resnet8 on digits, trained briefly with plain torch, saved as the trainer saves it."""
+    torch.manual_seed(0)
+    s = load_dataset("digits", val_fraction=0.1, seed=0)
+    args = {"num_classes": 10, "in_channels": 1}
+    x = preprocess(s.train.images, s.mean, s.std, channels_last=False)
+    model = _train(create_model("resnet8", **args), x, s.train.targets, steps=60)
+    run = tmp_path_factory.mktemp("runs") / "digits"
+    meta = {"arch": "resnet8", "arch_args": args, "classes": s.classes, "mean": s.mean, "std": s.std,
+            "input_size": list(s.image_shape), "metrics": {}, "epoch": 1, "step": 60, "dataset": "digits",
+            "config": {"seed": 0, "data": {"name": "digits", "root": None, "image_size": None, "val_fraction": 0.1,
+                                           "subset": None, "download": False}}}
+    ck.save_checkpoint(run / "checkpoints" / "best", model, meta)
+    xt = preprocess(s.test.images, s.mean, s.std, channels_last=False)
+    with torch.no_grad():
+        logits = model(xt)
+    return run, s, logits
+
+
+def test_explain_galleries_match_predictions(digits_run):
+    run, s, logits = digits_run
+    y = s.test.targets
+    prob = logits.softmax(1)
+    conf, pred = prob.max(1)
+    summary = explain(run, method="gradcam", n_per_class=3, n_pairs=3, n_top_loss=5, device="cpu")
+    assert summary["accuracy"] == pytest.approx((pred == y).float().mean().item(), abs=1e-6)
+    assert summary["layer"] == "layer3"  # the last stage of resnet8
+    errors = int((pred != y).sum())
+    assert errors > 0, "the brief training should leave some mistakes to show"
+    assert sum(g["n_incorrect"] for g in summary["galleries"]) == errors
+    for c, g in enumerate(summary["galleries"]):
+        assert g["n_correct"] + g["n_incorrect"] == int((y == c).sum())
+        assert len(g["correct"]) == min(3, g["n_correct"]) and len(g["incorrect"]) == min(3, g["n_incorrect"])
+        for it in g["correct"]:
+            assert it["true"] == it["pred"] == c == int(y[it["index"]]) == int(pred[it["index"]])
+        for it in g["incorrect"]:
+            assert it["true"] == c == int(y[it["index"]]) and it["pred"] == int(pred[it["index"]]) != c
+        for it in g["correct"] + g["incorrect"]:
+            assert it["confidence"] == pytest.approx(conf[it["index"]].item(), abs=1e-3)
+        # the most confident ones are shown
+        shown = [it["confidence"] for it in g["correct"]]
+        assert shown == sorted(shown, reverse=True)
+        if g["correct"]:
+            best = conf[(y == c) & (pred == c)].max().item()
+            assert shown[0] == pytest.approx(best, abs=1e-3)
+    # confused pairs equal the off-diagonal maxima of an independent confusion matrix
+    cm = torch.zeros(10, 10, dtype=torch.int64)
+    cm.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+    cm.fill_diagonal_(0)
+    top = sorted(cm.flatten().tolist(), reverse=True)[:3]
+    assert [p["count"] for p in summary["confused_pairs"]] == [v for v in top if v > 0]
+    for p in summary["confused_pairs"]:
+        assert int(cm[p["true"], p["pred"]]) == p["count"]
+        assert all(e["true"] == p["true"] and e["pred"] == p["pred"] for e in p["examples"])
+    losses = F.cross_entropy(logits, y, reduction="none")
+    assert [t["index"] for t in summary["top_losses"]] == torch.argsort(losses, descending=True)[:5].tolist()
+
+    files = summary["files"]
+    assert len(files["galleries"]) == 10
+    assert json.loads((run / "explain" / "summary.json").read_text())["accuracy"] == summary["accuracy"]
+    html = (run / "report_sections" / "explain.html").read_text()
+    assert html.count("data:image/png;base64,") == 10 + ("confused_pairs" in files) + ("top_losses" in files)
+    md = (run / "report_sections" / "explain.md").read_text()
+    assert "](explain/gallery_000_0.png)" in md and "| true | predicted |" in md
+
+
+def test_explain_bad_layer_and_split(digits_run):
+    run, _, _ = digits_run
+    with pytest.raises(ValueError, match=r"unknown layer 'layer4'.*allowed: layer1, layer2, layer3, stem"):
+        explain(run, layer="layer4")
+    with pytest.raises(ValueError, match="split must be one of"):
+        explain(run, split="holdout")
+
+
+def test_cli_explain_every_method(digits_run, tmp_path, capsys):
+    run, _, _ = digits_run
+    for method in METHODS:
+        out = tmp_path / method
+        rc = main(["explain", str(run), "--method", method, "--n", "1", "--pairs", "1", "--top-loss", "2",
+                   "--out", str(out), "--device", "cpu"])
+        assert rc == 0, method
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["method"] == method
+        assert (out / "top_losses.png").stat().st_size > 1000
+    text = capsys.readouterr().out
+    assert "integrated-gradients: 360 test images" in text and "gradcam @ layer3" in text
+    rc = main(["explain", str(run), "--layer", "layer7", "--out", str(tmp_path / "x")])
+    assert rc == 2 and "error: unknown layer 'layer7'" in capsys.readouterr().err
+
+
+# -- activation maps ------------------------------------------------------------------------------
+
+
+def test_stage_activations_shapes():
+    model = create_model("resnet20", in_channels=1)
+    acts = stage_activations(model, torch.randn(2, 1, 28, 28), ["layer1", "layer3"])
+    assert {k: tuple(v.shape) for k, v in acts.items()} == {"layer1": (2, 16, 28, 28), "layer3": (2, 64, 7, 7)}
+    with pytest.raises(ValueError, match="unknown layer 'layer4'"):
+        stage_activations(model, torch.randn(1, 1, 28, 28), ["layer4"])
+
+
+def test_activation_maps_converts_rgb_with_notice(digits_run, tmp_path, caplog):
+    run, _, _ = digits_run
+    img = tmp_path / "rgb.png"
+    Image.fromarray((np.random.default_rng(0).random((24, 20, 3)) * 255).astype(np.uint8)).save(img)
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        path = activation_maps(run, img, layers=["stem", "layer3"], max_channels=4)
+    assert path == run / "explain" / "activations_rgb.png" and path.stat().st_size > 1000
+    assert "converted RGB image to 1 channel" in caplog.text
+    with Image.open(path) as im:
+        assert im.size[0] > 100
+    with pytest.raises(ValueError, match="unknown layer 'layer5'"):
+        activation_maps(run, img, layers=["layer5"])
+    rc = main(["activations", str(run), str(img), "--out", str(tmp_path / "a.png"), "--layers", "layer1", "layer2"])
+    assert rc == 0 and (tmp_path / "a.png").exists()
+    rc = main(["activations", str(run), str(tmp_path / "missing.png")])
+    assert rc == 2
