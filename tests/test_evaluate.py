@@ -175,6 +175,8 @@ def test_image_folder_predictions_have_paths(tmp_path):
 
 
 def _cli_error(capsys, argv):
+    # Drop earlier output: the CLI's log handler from a previous test may hold a closed stream.
+    capsys.readouterr()
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2, err

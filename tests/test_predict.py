@@ -143,6 +143,8 @@ def test_cli_predict_text_and_json(shapes_run, capsys):
 
 
 def _cli_error(capsys, argv):
+    # Drop earlier output: the CLI's log handler from a previous test may hold a closed stream.
+    capsys.readouterr()
     rc = main(argv)
     err = capsys.readouterr().err
     assert rc == 2, err
