@@ -1,0 +1,76 @@
+"""``resnetlab bench``: every key present and sane; the numbers follow their definitions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from resnetlab.bench import matmul_gflops, parse_input_size
+from resnetlab.cli import main
+
+KEYS = (
+    "model",
+    "batch_size",
+    "input_size",
+    "train_images_per_s",
+    "infer_images_per_s",
+    "matmul_gflops",
+    "model_gflops_per_image",
+    "train_roof_fraction",
+)
+
+
+def test_bench_json_resnet8(capsys):
+    rc = main(
+        ["bench", "--model", "resnet8", "--batch-size", "16", "--input-size", "1x16x16", "--steps", "2",
+         "--warmup", "1", "--repeats", "1", "--matmul-size", "512", "--json"]
+    )
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    for k in KEYS:
+        assert k in r, k
+    assert r["model"] == "resnet8" and r["batch_size"] == 16 and r["input_size"] == [1, 16, 16]
+    for k in KEYS[3:]:
+        assert isinstance(r[k], float) and r[k] > 0, (k, r[k])
+    assert 0 < r["train_roof_fraction"] < 1.5
+    # the fraction is what its definition says: 3 x forward FLOPs x images/s over the roof
+    expect = r["train_images_per_s"] * 3 * r["model_gflops_per_image"] / r["matmul_gflops"]
+    assert r["train_roof_fraction"] == pytest.approx(expect, rel=1e-9)
+    # resnet8 at 1x16x16: ~1/4 of the 3x32x32 FLOPs (0.0245 GFLOPs there)
+    assert 0.004 < r["model_gflops_per_image"] < 0.008
+    assert r["infer_images_per_s"] == max(r["infer_eager_images_per_s"], r["infer_optimized_images_per_s"])
+
+
+def test_bench_text_output(capsys):
+    rc = main(["bench", "--model", "resnet8", "--batch-size", "8", "--steps", "1", "--warmup", "0", "--repeats", "1",
+               "--matmul-size", "256", "--no-channels-last"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "% of the roof" in out and "resnet8" in out and "channels_last" not in out
+
+
+def test_matmul_gflops_is_plausible():
+    # 2 cores of any recent x86 do between 1 and a few hundred fp32 GFLOP/s
+    assert 1 < matmul_gflops(512, repeats=2) < 2000
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--input-size", "3x32"], "input size must be CxHxW"),
+        (["--model", "resnet21"], "unknown model 'resnet21'"),
+        (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+    ],
+)
+def test_bench_bad_input_is_one_line_exit_2(capsys, argv, needle):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err
+
+
+def test_parse_input_size():
+    assert parse_input_size("3x224x224") == (3, 224, 224)
+    assert parse_input_size([1, 28, 28]) == (1, 28, 28)
+    with pytest.raises(ValueError, match="CxHxW"):
+        parse_input_size("0x3x3")
