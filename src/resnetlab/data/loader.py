@@ -87,6 +87,7 @@ class _BaseLoader:
             raise DataError(f"mean/std must have {c} values with std > 0, got mean={mean}, std={std}")
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self._affine_cache: dict[tuple[int, int, float], tuple[torch.Tensor, torch.Tensor]] = {}
         self.augment = build_augment(augment, imageset.image_shape, train=self.train).to(self.device)
         self.output_shape = self.augment.out_shape
         self.epoch = 0
@@ -123,13 +124,39 @@ class _BaseLoader:
 
     def _finish(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """uint8 batch on device -> augmented, normalized float32 channels_last batch."""
-        x = x.to(torch.float32).div_(255.0)  # (B, C, H, W) in [0, 1]
         if len(self.augment.ops):
             if self.train:
-                torch.manual_seed(self._step_seed(epoch, step))
-            x = self.augment(x)
-        x = x.sub_(self.mean).div_(self.std)
-        return x.contiguous(memory_format=torch.channels_last)
+                self._reseed(self._step_seed(epoch, step))
+            x = self.augment(x)  # uint8 stays uint8 through crop/flip; kornia ops give float [0, 1]
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32, memory_format=torch.channels_last)
+            scale, bias = self._affine(x.shape, 1.0 / 255.0)
+        else:
+            x = x.contiguous(memory_format=torch.channels_last)
+            scale, bias = self._affine(x.shape, 1.0)
+        # (x * k - mean) / std as two in-place ops against a full-row (H*W*C) pattern: per-channel
+        # broadcasting over NHWC's short inner dimension is ~10x slower on CPU.
+        flat = x.permute(0, 2, 3, 1).view(x.shape[0], -1)
+        flat.mul_(scale).add_(bias)
+        return x
+
+    def _affine(self, shape: torch.Size, k: float) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (int(shape[2]), int(shape[3]), k)
+        if key not in self._affine_cache:
+            mean, std = self.mean.flatten(), self.std.flatten()
+            hw = key[0] * key[1]
+            self._affine_cache[key] = ((k / std).repeat(hw), (-mean / std).repeat(hw))
+        return self._affine_cache[key]
+
+    def _reseed(self, seed: int) -> None:
+        # The global RNGs that the augmentation and the training step draw from. On CPU only the
+        # CPU generator: torch.manual_seed() also queues a CUDA seeding with a stack trace per
+        # call, which costs more than augmenting a CIFAR batch.
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        elif self.device.type != "cpu":
+            torch.manual_seed(seed)
 
     def _check_start(self, start_step: int) -> None:
         if not (0 <= start_step <= len(self)):
@@ -153,8 +180,9 @@ class BatchLoader(_BaseLoader):
         super().__init__(imageset, *args, **kwargs)
         if imageset.images is None:
             raise DataError("BatchLoader needs an in-memory ImageSet (use build_loader to pick the streaming loader)")
-        # One copy of the uint8 dataset on the device (CIFAR-10: 150 MB); batches are gathered there.
-        self.images = imageset.images.to(self.device)
+        # One copy of the uint8 dataset on the device (CIFAR-10: 150 MB), stored NHWC so that a
+        # gathered batch is channels_last from the start; batches are gathered there.
+        self.images = imageset.images.to(self.device).contiguous(memory_format=torch.channels_last)
         self.targets = imageset.targets.to(self.device)
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
@@ -164,7 +192,7 @@ class BatchLoader(_BaseLoader):
         for step in range(start_step, len(self)):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             idx_d = idx.to(self.device)
-            x = self._finish(self.images.index_select(0, idx_d), epoch, step)
+            x = self._finish(self.images[idx_d], epoch, step)  # [] keeps channels_last; index_select does not
             yield x, self.targets.index_select(0, idx_d), idx
 
 
