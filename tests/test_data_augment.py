@@ -180,3 +180,26 @@ def test_eval_mode_keeps_only_deterministic_items():
     assert [i.name for i in aug.items] == ["resize", "center-crop"]
     x = _batch(4)
     assert torch.equal(aug(x), aug(x)) and aug(x).shape == (4, 3, 12, 12)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate"])
+def test_crop_padding_modes_match_torch_pad_on_both_layouts(mode):
+    x = (_batch(6, 3, 10, 12) * 255).round().to(torch.uint8)
+    aug = build_augment(f"crop:padding=3,padding_mode={mode} flip", (3, 10, 12))
+    torch.manual_seed(7)
+    y_nchw = aug(x)
+    torch.manual_seed(7)
+    y_nhwc = aug(x.contiguous(memory_format=torch.channels_last))  # the loader's layout
+    assert y_nchw.dtype == torch.uint8 and torch.equal(y_nchw, y_nhwc)
+    assert y_nhwc.is_contiguous(memory_format=torch.channels_last)
+    padded = torch.nn.functional.pad(x.float(), (3, 3, 3, 3), mode=mode).to(torch.uint8)
+    for i in range(len(x)):
+        windows = [padded[i, :, dy : dy + 10, dx : dx + 12] for dy in range(7) for dx in range(7)]
+        assert any(torch.equal(y_nchw[i], win) or torch.equal(y_nchw[i], win.flip(-1)) for win in windows), i
+
+
+def test_crop_p_below_one_keeps_centre_window():
+    x = _batch(64, 1, 8, 8)
+    y = build_augment("crop:padding=2,p=0.5", (1, 8, 8))(x)
+    same = sum(bool(torch.equal(y[i], x[i])) for i in range(64))
+    assert 16 < same < 56  # about half untouched (centre window == identity at full size)
