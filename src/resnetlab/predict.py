@@ -66,6 +66,14 @@ def _torch_backend(source, device: torch.device, which: str = "best") -> tuple[R
     return run, meta
 
 
+@register_backend("onnx")
+def _onnx_backend(source, device: torch.device, which: str = "best") -> tuple[Runner, dict]:
+    # An exported .onnx file run by ONNX Runtime; preprocessing from its FILE.json sidecar.
+    from resnetlab.export import onnx_backend
+
+    return onnx_backend(source, device, which)
+
+
 def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files and directories into a sorted, de-duplicated list of image files.
 

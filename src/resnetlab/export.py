@@ -1,0 +1,303 @@
+"""Export a checkpoint to ONNX or TorchScript, validated against PyTorch, and run ONNX models.
+
+``export_model`` loads a checkpoint (:func:`resnetlab.checkpoint.load_checkpoint`), folds its
+batch norms into the convolutions (:func:`resnetlab.fold.fold_batchnorm`: a smaller graph and
+less work for every runtime), writes the file and a metadata sidecar ``FILE.json`` (classes,
+mean, std, input size, ...) so the file alone can preprocess and label images, then reloads
+the file with its runtime (ONNX Runtime, ``torch.jit.load``) and compares its logits with the
+unfolded PyTorch model on random inputs; a difference above ``atol`` is an error.
+
+ONNX goes through ``torch.onnx.export(dynamo=True)`` (the ``torch.export`` based exporter);
+TorchScript through ``torch.jit.trace`` (the trunk's forward has no data-dependent control
+flow, so a trace is the whole model; the shape check at its top is re-validated on reload).
+
+:class:`OnnxClassifier` wraps an ONNX Runtime session: ``OnnxClassifier(path)(x) -> logits``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from resnetlab.errors import ResnetlabError, unknown_name
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FORMATS", "ExportResult", "ExportError", "export_model", "OnnxClassifier", "sidecar_path", "onnx_backend"]
+
+FORMATS = ("onnx", "torchscript")
+META_FORMAT = "resnetlab-export/1"
+
+
+class ExportError(ResnetlabError):
+    """The exported file does not reproduce the PyTorch model, or cannot be written."""
+
+
+@dataclass
+class ExportResult:
+    path: Path  # the exported model file
+    meta_path: Path  # the sidecar FILE.json
+    format: str
+    batch_size: int | None  # None: dynamic batch dimension
+    max_abs_diff: float  # largest |exported - PyTorch| logit over the validation batches
+    meta: dict[str, Any]
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The metadata file next to an exported model: ``model.onnx`` -> ``model.onnx.json``."""
+    p = Path(path)
+    return p.with_name(p.name + ".json")
+
+
+def _parse_batch_size(batch_size: int | str | None) -> int | None:
+    if batch_size is None or (isinstance(batch_size, str) and batch_size.strip().lower() == "dynamic"):
+        return None
+    try:
+        n = int(batch_size)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(batch_size, bool) or n < 1 or str(batch_size).strip() != str(n):
+        raise ValueError(f"batch size must be 'dynamic' or an integer >= 1, got {batch_size!r}")
+    return n
+
+
+def _export_onnx(model: nn.Module, x: torch.Tensor, out: Path, dynamic: bool, opset: int | None) -> None:
+    dynamic_shapes = {"x": {0: torch.export.Dim("batch")}} if dynamic else None
+    # The exporter reports its progress on stdout; library code must not print, so keep it.
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x,),
+            str(out),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            external_data=False,  # one self-contained file; these models are far below 2 GB
+            verbose=False,
+        )
+    log.debug("torch.onnx.export: %s", sink.getvalue().strip().replace("\n", " | "))
+
+
+def _export_torchscript(model: nn.Module, x: torch.Tensor, out: Path) -> None:
+    with warnings.catch_warnings():
+        # TracerWarning for the input-shape check; the reload below validates other shapes.
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, (x,))
+        traced.save(str(out))
+
+
+def _runner(fmt: str, path: Path):
+    """Load the exported file with its own runtime: (float32 numpy (B, C, H, W)) -> numpy logits."""
+    if fmt == "onnx":
+        return OnnxClassifier(path, read_meta=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def export_model(
+    checkpoint_or_run: str | os.PathLike,
+    out: str | os.PathLike,
+    format: str = "onnx",
+    batch_size: int | str | None = "dynamic",
+    which: str = "best",
+    fold: bool = True,
+    opset: int | None = None,
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> ExportResult:
+    """Export a checkpoint to ONNX or TorchScript and check the file against PyTorch.
+
+    Args:
+        checkpoint_or_run: a run folder, checkpoint folder or ``model.safetensors``.
+        out: the file to write (``.onnx`` / ``.pt``); ``out + ".json"`` gets the metadata.
+        format: ``"onnx"`` or ``"torchscript"``.
+        batch_size: ``"dynamic"`` (any batch size) or a fixed integer.
+        which: ``"best"`` or ``"last"`` checkpoint of a run folder.
+        fold: fold batch norms into the convolutions before export.
+        opset: ONNX opset (``None``: the exporter's default).
+        atol: largest allowed absolute logit difference from the PyTorch model.
+        seed: seed of the random validation inputs.
+
+    Returns:
+        An :class:`ExportResult` with the paths and the measured ``max_abs_diff``.
+
+    Raises:
+        ValueError: an unknown format or a bad batch size (one line).
+        ExportError: the exported file differs from PyTorch by more than ``atol``.
+
+    Example:
+        >>> r = export_model("runs/demo", "demo.onnx")  # doctest: +SKIP
+        >>> r.max_abs_diff < 1e-4  # doctest: +SKIP
+        True
+    """
+    from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.fold import fold_batchnorm
+
+    fmt = str(format).lower()
+    if fmt not in FORMATS:
+        raise ValueError(unknown_name("export format", format, FORMATS))
+    fixed = _parse_batch_size(batch_size)
+    if not atol > 0:
+        raise ValueError(f"atol must be > 0, got {atol!r}")
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out must be a file path, got the directory {str(out)!r}")
+
+    ckpt = load_checkpoint(checkpoint_or_run, which=which, device="cpu")
+    reference = ckpt.model.eval()
+    model = fold_batchnorm(reference) if fold else reference
+    input_size = [int(v) for v in ckpt.meta.get("input_size") or getattr(reference, "default_input_size")]
+    g = torch.Generator().manual_seed(seed)
+    example_batch = fixed or 2
+    example = torch.randn(example_batch, *input_size, generator=g)  # (B, C, H, W)
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "onnx":
+            _export_onnx(model, example, out, dynamic=fixed is None, opset=opset)
+        else:
+            _export_torchscript(model, example, out)
+    except OSError as exc:
+        raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from exc
+
+    # Validate with the file's own runtime, at the traced batch size and (dynamic) at others.
+    run = _runner(fmt, out)
+    batches = [example_batch] if fixed else [example_batch, 1, 5]
+    diff = 0.0
+    for b in batches:
+        x = example if b == example_batch else torch.randn(b, *input_size, generator=g)
+        with torch.no_grad():
+            ref = reference(x).numpy()
+        got = run(x.numpy())
+        if got.shape != ref.shape:
+            raise ExportError(f"exported {fmt} model returned shape {got.shape} for batch {b}, PyTorch {ref.shape}")
+        diff = max(diff, float(np.abs(got.astype(np.float64) - ref.astype(np.float64)).max()))
+    if not diff <= atol:
+        raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (> atol {atol:g}); file kept at {out}")
+
+    meta = {
+        "format": META_FORMAT,
+        "model_format": fmt,
+        "arch": ckpt.meta.get("arch"),
+        "arch_args": ckpt.meta.get("arch_args"),
+        "classes": ckpt.classes,
+        "mean": ckpt.meta.get("mean"),
+        "std": ckpt.meta.get("std"),
+        "input_size": input_size,
+        "batch_size": fixed if fixed else "dynamic",
+        "input_name": "input",
+        "output_name": "logits",
+        "bn_folded": bool(fold),
+        "checkpoint": str(ckpt.path),
+        "max_abs_diff": diff,
+        "validated_batches": batches,
+        "versions": {"torch": torch.__version__, **_runtime_versions(fmt)},
+    }
+    meta_path = sidecar_path(out)
+    meta_path.write_text(json.dumps(meta, indent=2))
+    log.info("exported %s to %s (max abs diff vs PyTorch %.3g)", ckpt.path, out, diff)
+    return ExportResult(path=out, meta_path=meta_path, format=fmt, batch_size=fixed, max_abs_diff=diff, meta=meta)
+
+
+def _runtime_versions(fmt: str) -> dict[str, str]:
+    if fmt != "onnx":
+        return {}
+    import onnx
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+class OnnxClassifier:
+    """An ONNX Runtime session for an exported model: ``OnnxClassifier(path)(x) -> logits``.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads (``None``: one per core, as :mod:`resnetlab.bench` uses).
+        providers: ONNX Runtime execution providers (``None``: CPU).
+        read_meta: read the ``FILE.json`` sidecar into :attr:`meta` (classes, mean, std, input_size).
+
+    Example:
+        >>> clf = OnnxClassifier("demo.onnx")  # doctest: +SKIP
+        >>> clf(np.zeros((2, *clf.meta["input_size"]), np.float32)).shape  # doctest: +SKIP
+        (2, 10)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        read_meta: bool = True,
+    ):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ResnetlabError(f"ONNX model not found: {self.path}")
+        self.meta: dict[str, Any] = {}
+        if read_meta:
+            side = sidecar_path(self.path)
+            if not side.is_file():
+                raise ResnetlabError(
+                    f"{side} is missing: export with 'resnetlab export ... --format onnx' to get the metadata "
+                    f"(classes, mean, std, input_size) next to the model"
+                )
+            self.meta = json.loads(side.read_text())
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
+            raise ResnetlabError(f"cannot load ONNX model {self.path}: {str(exc).splitlines()[0]}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Logits (B, K) for a normalized float32 batch (B, C, H, W)."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().contiguous().numpy()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+
+def onnx_backend(source, device: torch.device, which: str = "best"):
+    """Backend factory for :func:`resnetlab.predict.predict`: an ``.onnx`` file -> (run, meta).
+
+    ``run`` takes the normalized torch batch and returns torch logits on the same device; the
+    meta (classes, mean, std, input_size) comes from the sidecar written by :func:`export_model`.
+    ``which`` does not apply to a single exported file and is ignored.
+    """
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if path is None or path.suffix.lower() != ".onnx":
+        raise ValueError(f"the onnx backend needs an exported .onnx file (resnetlab export), got {str(source)!r}")
+    clf = OnnxClassifier(path)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(clf(x)).to(x.device)
+
+    return run, dict(clf.meta)

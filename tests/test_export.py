@@ -1,0 +1,161 @@
+"""Export: ONNX / TorchScript files reproduce the PyTorch checkpoint; predict runs on ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from resnetlab import create_model
+from resnetlab.checkpoint import load_checkpoint, save_checkpoint
+from resnetlab.cli import main
+from resnetlab.export import ExportError, OnnxClassifier, export_model, sidecar_path
+
+CLASSES = ["zero", "one", "two"]
+
+
+def _make_checkpoint(directory) -> None:
+    """A small grayscale ResNet-8 (scratch BN) with non-trivial running statistics and weights."""
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=3, in_channels=1, norm="bn", shortcut="B")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(8, 1, 16, 16, generator=g) * 2 + 0.5
+        loss = torch.nn.functional.cross_entropy(model(x), torch.randint(0, 3, (8,), generator=g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    meta = {"arch": model.arch, "arch_args": model.arch_args, "classes": CLASSES, "mean": [0.3], "std": [0.2],
+            "input_size": [1, 16, 16]}
+    save_checkpoint(directory, model, meta)
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export") / "ckpt"
+    _make_checkpoint(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def onnx_dynamic(ckpt_dir):
+    return export_model(ckpt_dir, ckpt_dir.parent / "out" / "model.onnx", format="onnx")
+
+
+def _reference(ckpt_dir, x: torch.Tensor) -> np.ndarray:
+    model = load_checkpoint(ckpt_dir).model
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+def test_onnx_dynamic_matches_pytorch(ckpt_dir, onnx_dynamic):
+    r = onnx_dynamic
+    assert r.path.is_file() and r.batch_size is None
+    assert 0 <= r.max_abs_diff < 1e-4
+    meta = json.loads(sidecar_path(r.path).read_text())
+    assert meta["classes"] == CLASSES and meta["mean"] == [0.3] and meta["std"] == [0.2]
+    assert meta["input_size"] == [1, 16, 16] and meta["batch_size"] == "dynamic" and meta["bn_folded"] is True
+    # independent check: a fresh session, batch sizes the exporter never saw
+    clf = OnnxClassifier(r.path)
+    assert clf.meta["classes"] == CLASSES
+    for b in (3, 17):
+        x = torch.randn(b, 1, 16, 16) * 1.5
+        got = clf(x.numpy())
+        ref = _reference(ckpt_dir, x)
+        assert got.shape == (b, 3)
+        assert np.abs(got - ref).max() < 1e-4
+        assert np.abs(ref).max() > 0.05  # the logits carry signal
+
+
+def test_onnx_fixed_batch_rejects_other_sizes(ckpt_dir, tmp_path, capsys):
+    out = tmp_path / "fixed.onnx"
+    rc = main(["export", str(ckpt_dir), "--format", "onnx", "--out", str(out), "--batch-size", "4", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["batch_size"] == 4 and r["max_abs_diff"] < 1e-4
+    clf = OnnxClassifier(out)
+    x = torch.randn(4, 1, 16, 16)
+    assert np.abs(clf(x) - _reference(ckpt_dir, x)).max() < 1e-4
+    with pytest.raises(Exception):
+        clf(np.zeros((3, 1, 16, 16), np.float32))
+
+
+def test_torchscript_matches_pytorch(ckpt_dir, tmp_path, capsys):
+    out = tmp_path / "model.pt"
+    assert main(["export", str(ckpt_dir), "--format", "torchscript", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "max abs diff vs PyTorch" in text
+    diff = float(text.split("max abs diff vs PyTorch: ")[1].split()[0])
+    assert diff < 1e-4
+    module = torch.jit.load(str(out))
+    x = torch.randn(6, 1, 16, 16)
+    with torch.no_grad():
+        assert np.abs(module(x).numpy() - _reference(ckpt_dir, x)).max() < 1e-4
+    assert json.loads(sidecar_path(out).read_text())["model_format"] == "torchscript"
+
+
+def test_fold_removes_normalization_from_exported_graphs(ckpt_dir, onnx_dynamic, tmp_path):
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(onnx_dynamic.path)).graph.node}
+    assert "Conv" in ops
+    assert not ops & {"BatchNormalization", "Sqrt", "Reciprocal", "Div", "ReduceMean"}, ops
+    # the scratch BN shows up as rsqrt in an unfolded trace, and is gone once folded
+    raw = export_model(ckpt_dir, tmp_path / "raw.pt", format="torchscript", fold=False)
+    folded = export_model(ckpt_dir, tmp_path / "f.pt", format="torchscript")
+    assert raw.max_abs_diff < 1e-4 and raw.meta["bn_folded"] is False and folded.meta["bn_folded"] is True
+    assert "aten::rsqrt" in str(torch.jit.load(str(raw.path)).inlined_graph)
+    assert "aten::rsqrt" not in str(torch.jit.load(str(folded.path)).inlined_graph)
+
+
+def test_predict_onnx_backend_equals_torch(ckpt_dir, onnx_dynamic, tmp_path):
+    from PIL import Image
+
+    from resnetlab.predict import predict
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8)).save(p)
+        paths.append(p)
+    a = predict(onnx_dynamic.path, paths, top_k=3, batch_size=2, backend="onnx")
+    b = predict(ckpt_dir, paths, top_k=3, batch_size=2, backend="torch")
+    assert [r["path"] for r in a] == [r["path"] for r in b]
+    for ra, rb in zip(a, b):
+        assert [t["class"] for t in ra["top"]] == [t["class"] for t in rb["top"]]
+        assert max(abs(ta["prob"] - tb["prob"]) for ta, tb in zip(ra["top"], rb["top"])) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--format", "tflite"], "unknown export format 'tflite'"),
+        (["--format", "onnx", "--batch-size", "0"], "batch size must be 'dynamic' or an integer >= 1"),
+        (["--format", "onnx", "--batch-size", "big"], "batch size must be 'dynamic'"),
+    ],
+)
+def test_export_bad_args_one_line_exit_2(ckpt_dir, tmp_path, capsys, extra, needle):
+    capsys.readouterr()
+    rc = main(["export", str(ckpt_dir), "--out", str(tmp_path / "m.onnx"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and needle in err and "\n" not in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_missing_checkpoint_and_onnx_backend_needs_onnx_file(tmp_path, ckpt_dir, capsys):
+    assert main(["export", str(tmp_path / "nope"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "not found" in capsys.readouterr().err
+    from resnetlab.export import onnx_backend
+
+    with pytest.raises(ValueError, match="needs an exported .onnx file"):
+        onnx_backend(ckpt_dir, torch.device("cpu"))
+
+
+def test_validation_failure_is_an_error(ckpt_dir, tmp_path):
+    # an impossible tolerance: the check really compares numbers
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_model(ckpt_dir, tmp_path / "m.pt", format="torchscript", atol=1e-30)
