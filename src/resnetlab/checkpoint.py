@@ -118,6 +118,7 @@ def save_checkpoint(
     tmp: Path | None = None
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(parent, directory.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
         _write_file(tmp / WEIGHTS, st_save(_state_dict_for_save(model), metadata={"format": FORMAT}))
         _write_file(tmp / META, json.dumps(meta, indent=2, default=_json_default).encode())
@@ -130,19 +131,43 @@ def save_checkpoint(
         prev = parent / f"{directory.name}.prev"
         if directory.exists():
             if prev.exists():
-                shutil.rmtree(prev)
+                _discard(prev)
             os.replace(directory, prev)
         os.replace(tmp, directory)
         tmp = None
         _fsync_dir(parent)
         if prev.exists() and not keep_previous:
-            shutil.rmtree(prev, ignore_errors=True)
+            _discard(prev)
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {directory}: {exc.strerror or exc}") from exc
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _discard(folder: Path) -> None:
+    """Delete a checkpoint folder so that a kill never leaves it half-deleted under its name.
+
+    ``rmtree`` unlinks file by file; a process killed in between would leave a folder that
+    looks like a checkpoint but lacks files. Renaming it to a dot-name first makes the removal
+    atomic as far as readers (``resume_candidates``, ``resolve_checkpoint``) are concerned.
+    """
+    trash = folder.with_name(f".{folder.name}.tmp-trash")
+    if trash.exists():
+        shutil.rmtree(trash)
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_stale_temps(parent: Path, name: str) -> None:
+    # Temporary folders of a writer that was killed (kill -9, power loss) are never renamed
+    # into place; remove them so they do not pile up. Only one process writes a run's
+    # checkpoints (rank 0), so no live writer owns them.
+    for stale in parent.glob(f".{name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in parent.glob(f".{name}.prev.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _json_default(obj):

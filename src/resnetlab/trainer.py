@@ -16,6 +16,7 @@ import csv
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -367,9 +368,24 @@ class Trainer:
             ckpt.save_checkpoint(self.run_dir / "checkpoints" / "best", self._eval_model(), self.meta(row), keep_previous=False)
 
     def load_state(self, directory: Path) -> None:
-        """Restore model, optimizer, scheduler, RNG and counters from a ``last`` checkpoint."""
+        """Restore model, optimizer, scheduler, RNG and counters from a ``last`` checkpoint.
+
+        Raises:
+            CheckpointError: the checkpoint is unreadable, unsafe or from another run
+                (a state that loads but lacks keys or does not fit the optimizer).
+        """
         state = ckpt.load_trainer_state(directory)
         weights = ckpt.load_weights(directory)
+        try:
+            self._restore(state, weights, directory)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            # A weights_only pickle can still hold the wrong things (another tool's file, an
+            # edited dict): name the folder instead of surfacing a bare KeyError.
+            raise CheckpointError(f"trainer state in {directory} does not fit this run ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+
+    def _restore(self, state: dict[str, Any], weights: dict[str, torch.Tensor], directory: Path) -> None:
+        if not isinstance(state, dict):
+            raise TypeError(f"expected a dict, got {type(state).__name__}")
         if self.ema is not None:
             self.ema.module.load_state_dict(weights)
             self.model.load_state_dict(state["model"])
@@ -633,17 +649,32 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResul
     trainer = Trainer(cfg, run_dir, progress=progress)
     candidates = ckpt.resume_candidates(run_dir)
     loaded = None
+    problems = []
     for i, cand in enumerate(candidates):
         try:
             trainer.load_state(cand)
             loaded = cand
             if i > 0:
                 log.warning("checkpoint %s is unreadable; resumed from the previous one, %s", candidates[0], cand)
+                # Move the unreadable folder aside (kept for inspection): otherwise the next save
+                # would rotate it into last.prev and delete the good one, and a crash during that
+                # save would leave only the unreadable checkpoint.
+                aside = candidates[0].with_name(candidates[0].name + ".unreadable")
+                if aside.exists():
+                    shutil.rmtree(aside)
+                os.replace(candidates[0], aside)
             break
         except CheckpointError as exc:
+            problems.append(str(exc))
             log.warning("skipping checkpoint %s: %s", cand, exc)
+    if loaded is None and candidates:
+        # Restarting from scratch would rotate these folders away: refuse and keep them.
+        raise CheckpointError(
+            f"no usable checkpoint in {run_dir / 'checkpoints'} ({'; '.join(problems)}); "
+            f"nothing was changed; train again with --overwrite to start over"
+        )
     if loaded is None:
-        log.warning("no usable checkpoint in %s: starting the run from the beginning", run_dir)
+        log.warning("no checkpoint in %s yet: starting the run from the beginning", run_dir)
     _truncate_metrics(run_dir / "metrics.csv", trainer.epoch)
     trainer.history = _read_metrics(run_dir / "metrics.csv")
     if trainer.epoch >= trainer.epochs:
