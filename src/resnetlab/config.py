@@ -87,6 +87,21 @@ class DataConfig(_Section):
     subset: int | float | None = Field(None, gt=0)  # float <= 1: fraction of each split; > 1: number of training images
     download: bool = False
 
+    def load_kwargs(self, seed: int) -> dict[str, Any]:
+        """Arguments of :func:`resnetlab.data.load_dataset` (besides the name) for this config.
+
+        The trainer and every command that rebuilds a run's dataset call this, so the
+        validation split and subset are the same everywhere.
+        """
+        return {
+            "root": self.root,
+            "image_size": self.image_size,
+            "val_fraction": self.val_fraction,
+            "subset": self.subset,
+            "seed": seed,
+            "download": self.download,
+        }
+
 
 class OptimConfig(_Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -305,8 +320,7 @@ def smoke_fallback(cfg: Config) -> Config:
     from resnetlab.errors import DataError
 
     try:
-        load_dataset(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, val_fraction=cfg.data.val_fraction,
-                     subset=cfg.data.subset, seed=cfg.seed)  # fmt: skip
+        load_dataset(cfg.data.name, **cfg.data.load_kwargs(cfg.seed))
         return cfg
     except DataError as exc:
         key = cfg.data.name.split(":")[0]

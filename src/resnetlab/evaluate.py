@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import inspect
 import json
 import logging
 import os
@@ -143,22 +142,24 @@ def load_splits_for(meta: dict[str, Any], data_root: str | os.PathLike | None = 
     """
     from resnetlab.data import load_dataset
 
-    data = dict(_data_config(meta))
-    config = meta.get("config") or {}
-    accepted = set(inspect.signature(load_dataset).parameters)
-    kwargs = {k: v for k, v in data.items() if k in accepted and k != "name"}
-    # The trainer seeds the validation split with the run's seed; the same seed rebuilds it.
-    if "seed" in accepted and "seed" not in data and "seed" in config:
-        kwargs["seed"] = int(config["seed"])
-    subset = kwargs.get("subset")
-    if isinstance(subset, float) and subset > 1 and subset.is_integer():
-        kwargs["subset"] = int(subset)  # the config stores counts as floats (> 1 means a count)
+    cfg = run_config(meta)
+    kwargs = cfg.data.load_kwargs(cfg.seed)
     if data_root is not None:
         kwargs["root"] = str(data_root)
-    if "image_size" in accepted and kwargs.get("image_size") is None and meta.get("input_size"):
-        kwargs["image_size"] = tuple(meta["input_size"][1:])
-    log.debug("rebuilding dataset %s with %s", data["name"], kwargs)
-    return load_dataset(data["name"], **kwargs)
+    log.debug("rebuilding dataset %s with %s", cfg.data.name, kwargs)
+    return load_dataset(cfg.data.name, **kwargs)
+
+
+def run_config(meta: dict[str, Any]):
+    """The validated training config recorded in a checkpoint."""
+    from resnetlab.config import config_from_dict
+    from resnetlab.errors import ConfigError
+
+    _data_config(meta)
+    try:
+        return config_from_dict(meta["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint config is not valid for this resnetlab version: {exc}") from None
 
 
 def _check_classes(ckpt_classes: Sequence[str], data_classes: Sequence[str], name: str) -> None:
@@ -313,8 +314,9 @@ def evaluate(
         raise ResnetlabError(f"dataset {data_name!r} has no {split!r} split to evaluate (try --split test)")
     mean = meta.get("mean") or list(splits.mean)
     std = meta.get("std") or list(splits.std)
-    loader = build_loader(imageset, batch_size=batch_size, train=False, mean=mean, std=std, device=device)
-    # Same preprocessing as the trainer's validation: no augmentation, the checkpoint's mean/std.
+    augment = (meta.get("config") or {}).get("augment") or []
+    loader = build_loader(imageset, batch_size=batch_size, train=False, augment=augment, mean=mean, std=std, device=device)
+    # Same preprocessing as the trainer's validation: deterministic augmentations only, the checkpoint's mean/std.
     logits, targets, indices = collect_outputs(model, loader, device, tta_flip=tta_flip)
     metrics = classification_metrics(logits, targets, ckpt.classes, kind="logits")
 

@@ -192,7 +192,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, run_dir: str | os.PathLike, progress: bool | None = None, callbacks: Sequence[Callback] = ()):
-        from resnetlab.data import build_loader, load_dataset
+        from resnetlab.data import build_loader, load_dataset, output_shape
         from resnetlab.models import create_model
         from resnetlab.optim import build_optimizer, build_scheduler
 
@@ -208,9 +208,7 @@ class Trainer:
 
         # data -------------------------------------------------------------------------
         d = cfg.data
-        self.splits = load_dataset(
-            d.name, root=d.root, image_size=d.image_size, val_fraction=d.val_fraction, subset=d.subset, seed=cfg.seed, download=d.download
-        )
+        self.splits = load_dataset(d.name, **d.load_kwargs(cfg.seed))
         s = self.splits
         self.classes = list(s.classes)
         self.mean, self.std = list(s.mean), list(s.std)
@@ -218,7 +216,7 @@ class Trainer:
         if cfg.model.pretrained:
             from resnetlab.transfer import pretrained_preprocessing
 
-            pre = pretrained_preprocessing(cfg.model.pretrained)
+            pre = pretrained_preprocessing(cfg.model.pretrained, arch=cfg.model.name)
         if pre and pre.get("mean") and len(pre["mean"]) == s.image_shape[0]:
             self.mean, self.std = list(pre["mean"]), list(pre["std"])
         bs = cfg.train.batch_size
@@ -228,8 +226,9 @@ class Trainer:
         self.train_loader = build_loader(
             s.train, bs, train=True, augment=cfg.augment, rank=self.rank, world_size=self.world_size, **common
         )
-        self.val_loader = build_loader(s.val, max(bs, 256), train=False, **common) if len(s.val) else None
-        self.input_size = list(s.image_shape)
+        # Evaluation applies the deterministic part of the augmentations (resize, center crop).
+        self.val_loader = build_loader(s.val, max(bs, 256), train=False, augment=cfg.augment, **common) if len(s.val) else None
+        self.input_size = list(output_shape(cfg.augment, s.image_shape, train=False))
 
         # model ------------------------------------------------------------------------
         arch_args = cfg.model.arch_args(num_classes=len(self.classes), in_channels=s.image_shape[0])
@@ -239,7 +238,7 @@ class Trainer:
         if cfg.model.pretrained:
             from resnetlab.transfer import load_pretrained
 
-            self.pretrained_report = load_pretrained(self.model, cfg.model.pretrained, data_root=d.root)
+            self.pretrained_report = load_pretrained(self.model, cfg.model.pretrained, data_root=d.root, classes=self.classes)
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -277,6 +276,7 @@ class Trainer:
         progress = sys.stderr.isatty() if progress is None else progress
         self.callbacks: list[Callback] = []
         if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             self.callbacks += [CSVLogger(self.run_dir / "metrics.csv"), LogLines(progress)]
             if cfg.output.tensorboard:
                 with contextlib.suppress(ImportError):
@@ -537,7 +537,7 @@ class Trainer:
         row: dict[str, Any] = {
             "epoch": self.epoch,
             "step": self.global_step,
-            "lr": opt.param_groups[-1]["lr"],
+            "lr": max(g["lr"] for g in opt.param_groups),  # the head's (peak) learning rate
             "train_loss": (sums[0] / sums[2]).item(),
             "train_acc": (sums[1] / sums[2]).item(),
             "val_loss": None,

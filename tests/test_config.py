@@ -1,0 +1,87 @@
+"""Config: defaults, YAML, overrides, did-you-mean, combinations, smoke scaling."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from resnetlab.config import apply_overrides, config_keys, load_config, save_config, smoke_config
+from resnetlab.errors import ConfigError
+
+
+def test_defaults_and_overrides_parse_yaml_values():
+    cfg = load_config(None, ["optim.lr=0.05", "model.head=[256, 128]", "augment=[flip, 'crop:padding=4']", "train.grad_clip=0.1"])
+    assert cfg.optim.lr == 0.05
+    assert cfg.model.head == [256, 128]
+    assert cfg.augment == ["flip", "crop:padding=4"]
+    assert cfg.train.grad_clip == 0.1
+
+
+def test_yaml_roundtrip(tmp_path):
+    src = tmp_path / "r.yaml"
+    src.write_text(yaml.safe_dump({"model": {"name": "resnet8", "norm": "gn", "groups": 4}, "train": {"epochs": 2}}))
+    cfg = load_config(src, ["seed=3"])
+    out = tmp_path / "resolved.yaml"
+    save_config(cfg, out)
+    again = load_config(out)
+    assert again == cfg and again.seed == 3 and again.model.groups == 4
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("optim.lrr=0.1", "unknown config key 'optim.lrr'; did you mean 'optim.lr'"),
+        ("trian.epochs=3", "unknown config key 'trian'"),
+        ("optim.lr=abc", "config optim.lr"),
+        ("optim.lr=-1", "greater than 0"),
+        ("model.name=resnet21", "did you mean"),
+        ("model.norm=batchnorm", "unknown norm 'batchnorm'"),
+        ("optim.name=rmsprop", "config optim.name"),
+        ("augment=[flipp]", "flip"),
+    ],
+)
+def test_bad_values_give_one_line(override, expected):
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, [override])
+    msg = str(exc.value)
+    assert expected in msg
+    assert "\n" not in msg
+
+
+def test_batch_size_one_with_batchnorm_is_refused():
+    with pytest.raises(ConfigError, match="batch_size=1"):
+        load_config(None, ["train.batch_size=1"])
+    assert load_config(None, ["train.batch_size=1", "model.norm=gn"]).train.batch_size == 1
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_overrides({}, ["optim.lr"])
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(lst)
+
+
+def test_config_keys_lists_every_section():
+    keys = config_keys()
+    for k in ("model.name", "data.subset", "optim.lr", "schedule.milestones", "train.ema", "output.dir", "seed", "augment"):
+        assert k in keys
+
+
+def test_smoke_scales_down_but_keeps_recipe():
+    cfg = load_config(None, ["train.epochs=50", "train.batch_size=512", "data.image_size=256", "model.norm=gn", "schedule.name=onecycle"])
+    s = smoke_config(cfg)
+    assert s.train.epochs == 1 and s.train.batch_size == 64 and s.data.subset == 256 and s.data.image_size == 64
+    assert s.model.norm == "gn" and s.schedule.name == "onecycle"

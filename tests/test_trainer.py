@@ -1,0 +1,211 @@
+"""Trainer: determinism, exact resume after SIGTERM, schedules, clipping, EMA, fine-tune phases."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+
+import pytest
+import torch
+
+from resnetlab.checkpoint import load_checkpoint, load_weights
+from resnetlab.config import load_config
+from resnetlab.errors import ResnetlabError, TrainingDiverged
+from resnetlab.optim import LRFactor, build_scheduler
+from resnetlab.trainer import TIMING_COLUMNS, Callback, Trainer, resume, train
+
+TINY = [
+    "model.name=resnet8",
+    "data.name=digits",
+    "data.subset=320",
+    "data.val_fraction=0.2",
+    "train.batch_size=32",
+    "train.epochs=2",
+    "optim.lr=0.05",
+    "output.evaluate_test=false",
+    "output.report=false",
+    "output.tensorboard=false",
+    "augment=['crop:padding=1']",
+    "model.dropout=0.2",
+]
+
+
+def tiny(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+def read_rows(path, drop_timing=True):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if drop_timing:
+        for r in rows:
+            for k in TIMING_COLUMNS:
+                r.pop(k)
+    return rows
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    a = train(tiny(), tmp_path / "a", progress=False)
+    b = train(tiny(), tmp_path / "b", progress=False)
+    rows = read_rows(tmp_path / "a" / "metrics.csv")
+    assert len(rows) == 2 and rows == read_rows(tmp_path / "b" / "metrics.csv")
+    assert a.history[-1]["train_loss"] < a.history[0]["train_loss"] * 1.5
+    c = train(tiny("seed=1"), tmp_path / "c", progress=False)
+    assert read_rows(tmp_path / "c" / "metrics.csv") != rows  # the seed matters
+    assert b.best_val_acc is not None
+
+
+class _SignalAt(Callback):
+    """Send ourselves SIGTERM at the end of a logging window of a given epoch."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+        self.sent = False
+
+    def on_window_end(self, trainer, step_in_epoch, loss, acc, images_per_s):
+        if trainer.epoch == self.epoch and not self.sent and step_in_epoch < trainer.steps_per_epoch:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    # 288 training images / batch 8 = 36 steps per epoch: the window at step 25 is mid-epoch.
+    cfg = tiny("train.batch_size=8", "train.epochs=2")
+    train(cfg, tmp_path / "ref", progress=False)
+
+    from resnetlab.config import save_config
+
+    run = tmp_path / "cut"
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    trainer = Trainer(cfg, run, progress=False, callbacks=[_SignalAt(epoch=1)])
+    result = trainer.fit()
+    assert result.interrupted and trainer.epoch == 1 and trainer.start_step == 25
+    resumed = resume(run, progress=False)
+    assert not resumed.interrupted and resumed.epochs == 2
+
+    ref = load_weights(tmp_path / "ref" / "checkpoints" / "last")
+    got = load_weights(run / "checkpoints" / "last")
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+    assert read_rows(run / "metrics.csv") == read_rows(tmp_path / "ref" / "metrics.csv")
+
+
+def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(ResnetlabError, match="not a run folder"):
+        resume(tmp_path)
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path):
+    train(tiny("train.epochs=1"), tmp_path / "r", progress=False)
+    before = (tmp_path / "r" / "metrics.csv").read_text()
+    with pytest.raises(ResnetlabError, match="--resume"):
+        train(tiny("train.epochs=1"), tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / "metrics.csv").read_text() == before
+
+
+def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tmp_path):
+    # 256 images / 32 = 8 steps per epoch; the loss turns NaN at the 3rd step of epoch 2.
+    t = Trainer(tiny("train.epochs=3"), tmp_path / "nan", progress=False)
+    calls = {"n": 0}
+    ce = torch.nn.CrossEntropyLoss()
+
+    def criterion(out, y):
+        calls["n"] += 1
+        loss = ce(out, y)
+        return loss * float("nan") if calls["n"] >= 11 else loss
+
+    t.criterion = criterion
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2 step 3; lower the learning rate"):
+        t.fit()
+    ck = load_checkpoint(tmp_path / "nan", which="last")
+    assert ck.meta["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in load_weights(ck.path).values() if v.dtype.is_floating_point)
+
+
+def test_iterations_override_epochs(tmp_path):
+    # 256 images / 32 = 8 steps per epoch; 12 iterations = 2 epochs, the second cut at 4 steps.
+    r = train(tiny("train.iterations=12"), tmp_path / "it", progress=False)
+    assert [int(h["step"]) for h in r.history] == [8, 12]
+
+
+def test_grad_clip_by_value_bounds_each_update(tmp_path):
+    cfg = tiny("train.grad_clip=0.001", "train.grad_clip_mode=value", "optim.momentum=0", "optim.lr=1.0",
+               "optim.weight_decay=0", "schedule.name=constant", "train.iterations=1", "model.norm=gn")  # fmt: skip
+    t = Trainer(cfg, tmp_path / "clip", progress=False)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    t.fit()
+    for k, v in t.model.state_dict().items():
+        if v.dtype.is_floating_point:
+            assert (v - before[k]).abs().max().item() <= 1e-3 + 1e-7, k
+
+
+def test_lr_factor_schedules():
+    from resnetlab.config import ScheduleConfig
+
+    ms = LRFactor(ScheduleConfig(name="multistep"), total_steps=100, steps_per_epoch=10)
+    assert [ms(s) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    it = LRFactor(ScheduleConfig(name="multistep", milestones=[32000, 48000], milestones_unit="iteration"), 64000, 391)
+    assert it(31999) == 1 and it(32000) == pytest.approx(0.1) and it(48000) == pytest.approx(0.01)
+    cos = LRFactor(ScheduleConfig(name="cosine", warmup_epochs=1), total_steps=110, steps_per_epoch=10)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0) and cos(10) == pytest.approx(1.0)
+    assert cos(60) == pytest.approx(0.5) and cos(110) == pytest.approx(0.0)
+    st = LRFactor(ScheduleConfig(name="step", step_size=2, gamma=0.5), total_steps=100, steps_per_epoch=10)
+    assert [st(s) for s in (0, 19, 20, 40)] == pytest.approx([1, 1, 0.5, 0.25])
+
+
+def test_onecycle_peaks_at_lr():
+    from resnetlab.config import ScheduleConfig
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = build_scheduler(opt, ScheduleConfig(name="onecycle", pct_start=0.3), total_steps=100, steps_per_epoch=10, base_lr=1e-3)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(lrs) == pytest.approx(1e-3, rel=1e-3) and 25 <= lrs.index(max(lrs)) <= 31
+    assert lrs[0] == pytest.approx(1e-3 / 25, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_optimizers_train(tmp_path, name):
+    lr = 0.05 if name == "sgd" else 3e-3
+    r = train(tiny(f"optim.name={name}", f"optim.lr={lr}", "train.epochs=3", "augment=[]", "model.dropout=0"), tmp_path / name, progress=False)
+    assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
+
+
+def test_ema_and_tta_are_used_for_evaluation(tmp_path):
+    r = train(tiny("train.ema=0.9", "train.tta_flip=true", "train.epochs=1"), tmp_path / "ema", progress=False)
+    ck = load_checkpoint(tmp_path / "ema", which="last")
+    assert ck.meta["config"]["train"]["ema"] == 0.9 and r.best_val_acc is not None
+    # last/ holds the EMA weights for inference and the raw weights for resume: they differ
+    from resnetlab.checkpoint import load_trainer_state
+
+    raw = load_trainer_state(tmp_path / "ema" / "checkpoints" / "last")["model"]
+    ema = load_weights(tmp_path / "ema" / "checkpoints" / "last")
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].dtype.is_floating_point)
+
+
+def test_head_only_epochs_keep_body_frozen(tmp_path):
+    t = Trainer(tiny("train.head_only_epochs=1", "train.epochs=2", "model.dropout=0"), tmp_path / "ft", progress=False)
+    body0 = t.model.layer1[0].conv1.weight.detach().clone()
+    fc0 = t.model.fc.weight.detach().clone()
+    t._train_epoch()
+    assert torch.equal(t.model.layer1[0].conv1.weight, body0)
+    assert not torch.equal(t.model.fc.weight, fc0)
+    t._train_epoch()
+    assert not torch.equal(t.model.layer1[0].conv1.weight, body0)
+
+
+def test_metrics_csv_columns_and_values(tmp_path):
+    r = train(tiny(), tmp_path / "m", progress=False)
+    rows = read_rows(tmp_path / "m" / "metrics.csv", drop_timing=False)
+    assert list(rows[0]) == ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s", "images_per_s"]
+    for row in rows:
+        assert 0 <= float(row["train_acc"]) <= 1 and 0 <= float(row["val_acc"]) <= 1
+        assert float(row["images_per_s"]) > 0 and math.isfinite(float(row["val_loss"]))
+    assert float(rows[-1]["val_acc"]) == pytest.approx(r.history[-1]["val_acc"], abs=1e-6)
