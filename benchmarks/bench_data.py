@@ -3,7 +3,7 @@
 For CIFAR-sized RGB (synthetic 3x32x32, 50,000 images) and Fashion-MNIST (1x28x28, 60,000 images;
 synthetic stand-in of the same shape when the files are absent) it measures, in one run:
 
-1. fast path: ``resnetlab.data.build_loader`` (uint8 in memory, batch-wise kornia crop + flip,
+1. fast path: ``resnetlab.data.build_loader`` (uint8 in memory, batch-wise crop + flip as one gather,
    normalize, channels_last) — images/s over whole epochs;
 2. conventional: a ``torch.utils.data.DataLoader`` with 2 workers applying torchvision's
    per-image ``RandomCrop(padding=4) + RandomHorizontalFlip + ToTensor + Normalize`` to PIL images;
@@ -25,15 +25,14 @@ import shlex
 import sys
 import time
 
-import numpy as np
 import torch
 
 
-def fast_path(splits, batch_size: int, epochs: int, pad: int) -> float:
+def fast_path(splits, batch_size: int, epochs: int, pad: int, threads: int | None) -> float:
     from resnetlab.data import build_loader
 
     dl = build_loader(splits.train, batch_size=batch_size, augment=[f"crop:padding={pad}", "flip"],
-                      mean=splits.mean, std=splits.std, seed=0)  # fmt: skip
+                      mean=splits.mean, std=splits.std, seed=0, threads=threads)  # fmt: skip
     next(dl.iter_epoch(99))  # warm-up (kornia's first call builds its graph of checks)
     n, t0 = 0, time.perf_counter()
     for e in range(epochs):
@@ -105,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer images / steps (a rough figure in ~1 minute)")
     ap.add_argument("--batch-size", type=int, default=128, help="batch size of all three pipelines")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional pipeline")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch intra-op threads")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch intra-op threads (training step)")
+    ap.add_argument("--loader-threads", type=int, default=1,
+                    help="threads of the fast path's batch assembly (build_loader's threads=; 0 = same as --threads)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -123,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"command: python benchmarks/bench_data.py {shlex.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{args.threads} threads, batch {args.batch_size}, load average at start {load1:.1f}")  # fmt: skip
+          f"{args.threads} threads (loader {args.loader_threads or args.threads}), batch {args.batch_size}, load average at start {load1:.1f}")  # fmt: skip
     rows = []
     for title, name, (c, hw, k) in cases:
         splits = load_dataset(name, val_fraction=0.0)
-        fast = fast_path(splits, args.batch_size, epochs, pad=4)
+        fast = fast_path(splits, args.batch_size, epochs, pad=4, threads=args.loader_threads or None)
         conv = conventional(splits, args.batch_size, conv_images, pad=4, workers=args.workers)
         step = train_step(c, hw, k, args.batch_size, steps)
         rows.append((title, fast, conv, step))

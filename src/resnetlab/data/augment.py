@@ -204,13 +204,13 @@ def _item(name: str, given: Mapping[str, Any]) -> AugmentItem:
     for k in given:
         if k not in defaults:
             raise DataError(
-                f"augmentation {key!r} has no parameter {k!r}{did_you_mean_param(k, defaults)} "
+                f"augmentation {key!r} has no parameter {k!r}{_did_you_mean_param(k, defaults)} "
                 f"(allowed: {', '.join(defaults)})"
             )
     return AugmentItem(key, _validate(key, {**defaults, **dict(given)}))
 
 
-def did_you_mean_param(value: str, allowed: Mapping[str, Any]) -> str:
+def _did_you_mean_param(value: str, allowed: Mapping[str, Any]) -> str:
     from resnetlab.errors import did_you_mean
 
     return did_you_mean(value, list(allowed))

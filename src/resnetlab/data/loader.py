@@ -23,6 +23,7 @@ worker processes and no per-image Python work — the approach of the fastest CI
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -54,6 +55,20 @@ def derive_seed(*parts: int) -> int:
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None) -> Iterator[None]:
+    """Temporarily use ``n`` torch threads (None: leave as is); restored before the batch is yielded."""
+    prev = torch.get_num_threads()
+    if n is None or n == prev:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 class _BaseLoader:
     def __init__(
         self,
@@ -68,6 +83,7 @@ class _BaseLoader:
         drop_last: bool | None,
         rank: int,
         world_size: int,
+        threads: int | None = 1,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch_size={batch_size!r} must be an int >= 1")
@@ -80,6 +96,10 @@ class _BaseLoader:
         self.seed = int(seed)
         self.drop_last = self.train if drop_last is None else bool(drop_last)
         self.rank, self.world_size = rank, world_size
+        # Batch assembly is a handful of ~0.5 MB ops: splitting them over OpenMP threads saves
+        # little, and on a busy machine the thread barriers cost 3-10x (measured on the 2-core CI
+        # box under load; see docs/BENCHMARKS.md). The model step keeps the caller's setting.
+        self.threads = threads if self.device.type == "cpu" else None
         c = imageset.image_shape[0]
         mean = [0.0] * c if mean is None else list(mean)
         std = [1.0] * c if std is None else list(std)
@@ -124,6 +144,10 @@ class _BaseLoader:
 
     def _finish(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """uint8 batch on device -> augmented, normalized float32 channels_last batch."""
+        with _intra_op_threads(self.threads):
+            return self._assemble(x, epoch, step)
+
+    def _assemble(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         if len(self.augment.ops):
             if self.train:
                 self._reseed(self._step_seed(epoch, step))
@@ -192,7 +216,8 @@ class BatchLoader(_BaseLoader):
         for step in range(start_step, len(self)):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             idx_d = idx.to(self.device)
-            x = self._finish(self.images[idx_d], epoch, step)  # [] keeps channels_last; index_select does not
+            with _intra_op_threads(self.threads):
+                x = self._assemble(self.images[idx_d], epoch, step)  # [] keeps channels_last; index_select does not
             yield x, self.targets.index_select(0, idx_d), idx
 
 
@@ -296,6 +321,7 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     num_workers: int = 2,
+    threads: int | None = 1,
 ) -> BatchLoader | StreamLoader:
     """A loader for ``imageset``: the in-memory fast path, or streaming for file-backed sets.
 
@@ -310,6 +336,8 @@ def build_loader(
         drop_last: drop a final partial batch (default: ``train``).
         rank, world_size: data-parallel sharding.
         num_workers: decode processes for streaming sets (ignored by the fast path).
+        threads: torch intra-op threads while a batch is assembled on CPU (``None``: the
+            caller's setting). The default 1 is faster for CIFAR-sized batches on a busy machine.
 
     Example:
         >>> from resnetlab.data import load_dataset
@@ -320,7 +348,7 @@ def build_loader(
         (torch.Size([64, 3, 32, 32]), 4)
     """
     common = dict(batch_size=batch_size, train=train, augment=augment, mean=mean, std=std, device=device,
-                  seed=seed, drop_last=drop_last, rank=rank, world_size=world_size)
+                  seed=seed, drop_last=drop_last, rank=rank, world_size=world_size, threads=threads)
     if imageset.in_memory:
         return BatchLoader(imageset, **common)
     return StreamLoader(imageset, num_workers=num_workers, **common)
