@@ -15,6 +15,7 @@ the same reason: a model can be rebuilt from the file alone).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -116,6 +117,7 @@ def save_checkpoint(
     parent = directory.parent
     meta = {"format": FORMAT, "versions": library_versions(), **meta}
     tmp: Path | None = None
+    rotated = False
     try:
         parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(parent, directory.name)
@@ -123,22 +125,32 @@ def save_checkpoint(
         _write_file(tmp / WEIGHTS, st_save(_state_dict_for_save(model), metadata={"format": FORMAT}))
         _write_file(tmp / META, json.dumps(meta, indent=2, default=_json_default).encode())
         if trainer_state is not None:
-            with open(tmp / STATE, "wb") as f:
-                torch.save(trainer_state, f)
-                f.flush()
-                os.fsync(f.fileno())
+            # Serialized in memory first: torch.save's zip writer reports a full disk as a
+            # RuntimeError, while _write_file raises OSError like the other two files.
+            buf = io.BytesIO()
+            torch.save(trainer_state, buf)
+            _write_file(tmp / STATE, buf.getvalue())
         _fsync_dir(tmp)
         prev = parent / f"{directory.name}.prev"
         if directory.exists():
             if prev.exists():
                 _discard(prev)
             os.replace(directory, prev)
+            rotated = True
         os.replace(tmp, directory)
+        rotated = False
         tmp = None
         _fsync_dir(parent)
         if prev.exists() and not keep_previous:
             _discard(prev)
     except OSError as exc:
+        if rotated and not directory.exists():
+            # The new folder could not be renamed into place: put the previous one back under
+            # its own name, so readers that only look for `directory` still find it.
+            try:
+                os.replace(parent / f"{directory.name}.prev", directory)
+            except OSError:
+                pass  # it stays readable as <name>.prev, which resume also tries
         raise CheckpointError(f"cannot write checkpoint {directory}: {exc.strerror or exc}") from exc
     finally:
         if tmp is not None:

@@ -100,10 +100,11 @@ def kill9(proc: subprocess.Popen) -> None:
 
 
 def assert_checkpoints_readable(run: Path) -> list[str]:
-    """Every checkpoint folder a reader can see (not dot-named temporaries) loads completely:
+    """Every checkpoint folder a reader can pick (not dot-named temporaries) loads completely:
     metadata, weights and, where present, the trainer state. Returns the folder names."""
     ckdir = run / "checkpoints"
-    names = sorted(p.name for p in ckdir.iterdir() if p.is_dir() and not p.name.startswith(".")) if ckdir.is_dir() else []
+    # `*.unreadable` is where resume quarantines a checkpoint it found broken.
+    names = sorted(p.name for p in ckdir.iterdir() if p.is_dir() and not p.name.startswith(".") and not p.name.endswith(".unreadable")) if ckdir.is_dir() else []
     for name in names:
         d = ckdir / name
         meta = ckpt.load_meta(d)

@@ -126,14 +126,16 @@ PHASES = {
 def test_repeated_random_kill9_then_resume_ends_like_an_uninterrupted_run(tmp_path, reference_run, capsys, seed):
     rng = random.Random(seed)
     run, log = tmp_path / "run", tmp_path / "events.log"
-    plan = list(PHASES) + rng.choices(list(PHASES), k=2)
-    rng.shuffle(plan)
+    # Every phase once (shuffled), at its first occurrence after the (re)start, so each resume
+    # makes at most a little progress and all four are reached; then two random extra kills.
+    first = list(PHASES)
+    rng.shuffle(first)
+    plan = [(p, 0) for p in first] + [(p, rng.randrange(4)) for p in rng.choices(list(PHASES), k=2)]
     killed_in = []
-    for n, phase in enumerate(plan):
+    for n, (phase, skip) in enumerate(plan):
         argv = _train_argv(run) if n == 0 else ["train", "-q", "--resume", str(run)]
         start = len(events(log))
         proc = start_victim(argv, log, slow=SLOW)
-        skip = rng.randrange(3)  # let a few matching events pass, so kills land at new places
         count = []
 
         def pred(line, phase=phase, count=count, skip=skip):
@@ -150,8 +152,6 @@ def test_repeated_random_kill9_then_resume_ends_like_an_uninterrupted_run(tmp_pa
         kill9(proc)
         killed_in.append((phase, events(log)[i]))
         assert_checkpoints_readable(run)  # after every kill, whatever is visible loads
-    assert {p for p, _ in killed_in} >= {"step", "eval", "write"}, killed_in
-    if (run / "checkpoints" / "last").exists() and ckpt.load_trainer_state(run / "checkpoints" / "last")["epoch"] == 3:
-        pass  # finished between kills; resume below is then a no-op plus the final steps
-    _resume_in_process(run, capsys)
+    assert {p for p, _ in killed_in} == set(PHASES), killed_in
+    _resume_in_process(run, capsys)  # (a no-op plus the test-free finish if already complete)
     _assert_equals_reference(run, reference_run)
