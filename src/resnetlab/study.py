@@ -1,0 +1,897 @@
+"""Studies: a grid of ordinary training runs over seeds, and an honest comparison table.
+
+A study file is YAML::
+
+    name: normalization             # used for the default output folder runs/study-<name>
+    base_recipe: resnet20-cifar10.yaml   # optional: a training recipe, relative to this file
+    base: {model: {name: resnet20}}      # a full config, or overrides on top of base_recipe
+    grid:                           # dotted config key -> list of values (cartesian product)
+      model.norm: [bn, gn]
+    cells:                          # optional: explicit cells {label, set: {key: value}}
+      - {label: flip, set: {augment: [flip]}}
+    seeds: 3                        # runs per cell; seed k uses config seed = base seed + k
+    scale_lr_with_batch: 128        # optional: optim.lr *= train.batch_size / 128 (linear rule)
+
+When both ``cells`` and ``grid`` are given every cell is crossed with the grid. Every cell x seed
+is a normal run folder ``<out>/<cell-label>/seed<k>/`` made by :func:`resnetlab.trainer.train`,
+so anything that reads a run (evaluate, report, predict) works on it. A folder whose test
+metrics exist and whose config matches is skipped; one with a checkpoint is resumed, so
+rerunning an interrupted study finishes it.
+
+The comparison (``study.html``, ``study.md``, ``results.csv``, ``results.json``) is read back
+from the run folders only, so it does not depend on ``--jobs`` or on how often the study was
+interrupted. The best cell is the one with the highest mean *validation* accuracy; test
+numbers are reported but never used for a choice.
+
+Example:
+    >>> result = run_study("recipes/study-normalization.yaml", smoke=True)  # doctest: +SKIP
+    >>> result.best, result.out_dir / "study.html"  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import csv
+import datetime as _dt
+import html
+import io
+import itertools
+import json
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resnetlab.config import Config, config_from_dict, read_yaml, smoke_config, smoke_fallback
+from resnetlab.errors import ConfigError, ResnetlabError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "StudySpec",
+    "Cell",
+    "StudyResult",
+    "METRICS",
+    "load_study",
+    "expand_cells",
+    "cell_config",
+    "run_study",
+    "read_run",
+    "summarize",
+    "select_best",
+    "write_study_report",
+]
+
+STUDY_KEYS = ("name", "base_recipe", "base", "grid", "cells", "seeds", "scale_lr_with_batch")
+
+# Per-run numbers aggregated per cell (mean and sample std over seeds), in table order.
+METRICS: tuple[str, ...] = (
+    "train_acc",  # last epoch, running accuracy over the (augmented) training batches
+    "val_acc",  # best checkpoint on the validation split
+    "test_acc",  # best checkpoint on the test split
+    "val_f1_micro",
+    "val_f1_macro",
+    "test_f1_micro",
+    "test_f1_macro",
+    "train_loss",  # last epoch, running mean over the training batches
+    "val_loss",  # last validated epoch
+    "epochs",
+    "train_time_s",  # sum of the epochs' training time (seconds; excludes evaluation)
+    "images_per_s",  # training images per second over the whole run
+)
+TIMING_METRICS = ("train_time_s", "images_per_s")  # depend on the machine and on --jobs
+SMOKE_TEST_IMAGES = 512  # smoke studies evaluate a stratified subset of the test split
+# Keys that do not change what a run computes: ignored when deciding whether a cell folder
+# holds this cell's run (the study sets them per execution mode).
+_EXECUTION_KEYS = ("output", "train.num_threads")
+
+
+# ---------------------------------------------------------------------------------------
+# the study file
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Cell:
+    """One point of the study: a label (its folder name), the config values it sets, and its
+    coordinates on the study's axes (``{"model.norm": "gn"}`` or ``{"cell": "flip"}``)."""
+
+    label: str
+    overrides: dict[str, Any]
+    axes: dict[str, Any]
+
+
+@dataclass
+class StudySpec:
+    """A parsed study file (see the module docstring)."""
+
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    cells: list[dict[str, Any]] = field(default_factory=list)
+    seeds: int = 1
+    scale_lr_with_batch: int | None = None
+    path: Path | None = None
+
+    @property
+    def axes(self) -> list[str]:
+        """Axis names: ``cell`` for explicit cells, then the grid keys."""
+        return (["cell"] if self.cells else []) + list(self.grid)
+
+
+def _check_key(key: Any, where: str) -> str:
+    from resnetlab.config import config_keys
+
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"{where}: config key {key!r} must be a dotted string such as model.norm")
+    keys = config_keys()
+    if key not in keys and not any(k.startswith(key + ".") for k in keys):
+        raise ConfigError(f"{where}: unknown config key {key!r}{did_you_mean(key, keys)}")
+    if key == "seed":
+        raise ConfigError(f"{where}: 'seed' cannot be varied per cell; use the study's 'seeds: N' instead")
+    return key
+
+
+def load_study(path: str | os.PathLike, seeds: int | None = None) -> StudySpec:
+    """Read and check a study file.
+
+    Args:
+        path: the study YAML.
+        seeds: replaces the file's ``seeds`` when given.
+
+    Returns:
+        The :class:`StudySpec`; its ``base`` is the resolved base config as a dict.
+
+    Example:
+        >>> spec = load_study("recipes/study-depth.yaml")  # doctest: +SKIP
+        >>> spec.grid["model.name"]  # doctest: +SKIP
+        ['resnet20', 'resnet32', 'resnet44', 'resnet56']
+    """
+    path = Path(path)
+    data = read_yaml(path)
+    unknown = [k for k in data if k not in STUDY_KEYS]
+    if unknown:
+        raise ConfigError(f"study {path}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], STUDY_KEYS)} (allowed: {', '.join(STUDY_KEYS)})")
+    base: dict[str, Any] = {}
+    if data.get("base_recipe"):
+        recipe = path.parent / str(data["base_recipe"])
+        if not recipe.is_file():
+            raise ConfigError(f"study {path}: base_recipe {data['base_recipe']!r} not found (looked for {recipe})")
+        base = read_yaml(recipe)
+    overrides = data.get("base") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"study {path}: 'base' must be a mapping of config sections, got {type(overrides).__name__}")
+    base = _deep_merge(base, overrides)
+    config_from_dict(base)  # validate the base on its own: errors name the base, not a cell
+
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"study {path}: 'grid' must map config keys to lists of values, got {type(grid).__name__}")
+    for key, values in grid.items():
+        _check_key(key, f"study {path} grid")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"study {path} grid: {key} must be a non-empty list of values, got {values!r}")
+    cells = data.get("cells") or []
+    if not isinstance(cells, list):
+        raise ConfigError(f"study {path}: 'cells' must be a list of {{label, set}} mappings")
+    for i, c in enumerate(cells):
+        if not isinstance(c, dict) or set(c) - {"label", "set"} or "label" not in c:
+            raise ConfigError(f"study {path}: cells[{i}] must be a mapping with 'label' and 'set', got {c!r}")
+        sets = c.get("set") or {}
+        if not isinstance(sets, dict):
+            raise ConfigError(f"study {path}: cells[{i}].set must map config keys to values, got {sets!r}")
+        for key in sets:
+            _check_key(key, f"study {path} cells[{i}] ({c['label']})")
+            if key in grid:
+                raise ConfigError(f"study {path}: cells[{i}] sets {key!r}, which is also a grid axis; keep it in one place")
+    n = data.get("seeds", 1) if seeds is None else seeds
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"study {path}: seeds must be an integer >= 1, got {n!r}")
+    scale = data.get("scale_lr_with_batch")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
+        raise ConfigError(f"study {path}: scale_lr_with_batch must be the base batch size (an integer >= 1), got {scale!r}")
+    name = str(data.get("name") or path.stem.removeprefix("study-"))
+    spec = StudySpec(name=name, base=base, grid=grid, cells=cells, seeds=n, scale_lr_with_batch=scale, path=path)
+    expand_cells(spec)  # labels unique and safe
+    return spec
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        child = node.get(p)
+        if child is None:
+            child = node[p] = {}
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _value_label(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return "+".join(_value_label(x) for x in v) if v else "none"
+    if isinstance(v, dict):
+        return "+".join(f"{k}-{_value_label(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _safe(label: str) -> str:
+    # a folder name: keep it readable, drop path separators and shell-hostile characters
+    return re.sub(r"[^A-Za-z0-9._=+,-]+", "-", label).strip("-.") or "cell"
+
+
+def expand_cells(spec: StudySpec) -> list[Cell]:
+    """The study's cells in a fixed order: explicit cells (file order) x grid (row-major).
+
+    Example:
+        >>> spec = StudySpec("s", {}, grid={"model.norm": ["bn", "gn"], "train.batch_size": [8, 32]})
+        >>> [c.label for c in expand_cells(spec)]
+        ['norm=bn,batch_size=8', 'norm=bn,batch_size=32', 'norm=gn,batch_size=8', 'norm=gn,batch_size=32']
+    """
+    keys = list(spec.grid)
+    last = [k.split(".")[-1] for k in keys]
+    # the short name of an axis, unless two axes share it (model.dropout, model.head_dropout ok)
+    short = {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+    combos = list(itertools.product(*(spec.grid[k] for k in keys))) if keys else [()]
+    explicit = spec.cells or [None]
+    cells: list[Cell] = []
+    for c in explicit:
+        for combo in combos:
+            parts, overrides, axes = [], {}, {}
+            if c is not None:
+                parts.append(str(c["label"]))
+                overrides.update(c.get("set") or {})
+                axes["cell"] = str(c["label"])
+            for k, v in zip(keys, combo):
+                parts.append(f"{short[k]}={_value_label(v)}")
+                overrides[k] = v
+                axes[k] = v
+            cells.append(Cell(_safe(",".join(parts)), overrides, axes))
+    seen: dict[str, int] = {}
+    for cell in cells:
+        if cell.label in seen:
+            raise ConfigError(f"study {spec.name}: two cells share the folder name {cell.label!r}; give the cells distinct labels")
+        seen[cell.label] = 1
+    return cells
+
+
+def cell_config(spec: StudySpec, cell: Cell, seed_index: int = 0, smoke: bool = False) -> Config:
+    """The validated training config of one cell and seed.
+
+    ``seed`` is the base seed plus ``seed_index``; with ``scale_lr_with_batch: B`` the cell's
+    ``optim.lr`` is multiplied by ``train.batch_size / B`` (before smoke scaling, so a smoke run
+    uses the same learning rate as the real one). ``smoke`` applies
+    :func:`resnetlab.config.smoke_config` and :func:`resnetlab.config.smoke_fallback`.
+
+    Example:
+        >>> spec = StudySpec("s", {"model": {"name": "resnet8"}}, grid={"optim.lr": [0.1]}, scale_lr_with_batch=64)
+        >>> cfg = cell_config(spec, expand_cells(spec)[0], seed_index=2)
+        >>> cfg.seed, cfg.optim.lr  # batch 128 (the default) / 64 doubles the lr
+        (2, 0.2)
+    """
+    data = copy.deepcopy(spec.base)
+    for key, value in cell.overrides.items():
+        _set_dotted(data, key, value)
+    data["seed"] = int(data.get("seed", 0)) + seed_index
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"study {spec.name} cell {cell.label}: {exc}") from None
+    if spec.scale_lr_with_batch:
+        lr = cfg.optim.lr * cfg.train.batch_size / spec.scale_lr_with_batch
+        cfg = config_from_dict(_set_path(cfg.model_dump(mode="json"), "optim.lr", lr))
+    if smoke:
+        cfg = smoke_config(cfg)
+        d = cfg.model_dump(mode="json")
+        # the study evaluates a capped test split itself; per-run reports are not needed in CI
+        d["output"].update(evaluate_test=False, report=False, tensorboard=False)
+        cfg = config_from_dict(d)
+    return cfg
+
+
+def _set_path(data: dict, key: str, value: Any) -> dict:
+    _set_dotted(data, key, value)
+    return data
+
+
+# ---------------------------------------------------------------------------------------
+# running cells
+# ---------------------------------------------------------------------------------------
+def _comparable(d: dict) -> dict:
+    d = copy.deepcopy(d)
+    for key in _EXECUTION_KEYS:
+        parts = key.split(".")
+        node = d
+        for p in parts[:-1]:
+            node = node.get(p, {})
+        node.pop(parts[-1], None)
+    return d
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            diff = _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+            if diff:
+                return diff
+        return None
+    return None if a == b else f"{prefix[:-1]}: {a!r} (folder) vs {b!r} (study)"
+
+
+def cell_status(run_dir: Path, cfg: Config) -> str:
+    """``"done"`` (test metrics present), ``"resume"`` (a checkpoint), or ``"fresh"``.
+
+    Raises:
+        ResnetlabError: the folder holds a run of a different config.
+    """
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        diff = _first_difference(_comparable(read_yaml(saved)), _comparable(cfg.model_dump(mode="json")))
+        if diff:
+            raise ResnetlabError(f"{run_dir} holds a run with another config ({diff}); delete that folder or choose another --out")
+        if (run_dir / "eval" / "test" / "metrics.json").is_file():
+            return "done"
+        ckpts = run_dir / "checkpoints"
+        if (ckpts / "last").is_dir() or (ckpts / "last.prev").is_dir():
+            return "resume"
+    return "fresh"
+
+
+def _run_in_process(cfg: Config, run_dir: Path, status: str) -> None:
+    from resnetlab import trainer
+
+    if status == "resume":
+        result = trainer.resume(run_dir, progress=False)
+    else:
+        result = trainer.train(cfg, run_dir, overwrite=True, progress=False)
+    if result.interrupted:
+        raise KeyboardInterrupt(f"study interrupted in {run_dir}")
+
+
+def _run_subprocess(cfg: Config, run_dir: Path, status: str, threads: int) -> None:
+    """``python -m resnetlab train`` for one cell, with ``threads`` torch threads."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if status == "resume":
+        cmd = [sys.executable, "-m", "resnetlab", "train", "--resume", str(run_dir), "--quiet"]
+    else:
+        d = cfg.model_dump(mode="json")
+        if d["train"]["num_threads"] is None:
+            d["train"]["num_threads"] = threads
+        cell_yaml = run_dir / "study-cell.yaml"
+        cell_yaml.write_text(yaml.safe_dump(d, sort_keys=False))
+        cmd = [sys.executable, "-m", "resnetlab", "train", "--config", str(cell_yaml), "--out", str(run_dir), "--overwrite", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    with open(run_dir / "study-cell.log", "ab") as logf:
+        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, check=False)
+    if proc.returncode != 0:
+        tail = (run_dir / "study-cell.log").read_text(errors="replace").strip().splitlines()
+        raise ResnetlabError(f"exit {proc.returncode}: {tail[-1] if tail else 'no output'} (log: {run_dir / 'study-cell.log'})")
+
+
+def _capped_splits(cfg: Config, cap: int):
+    """The cell's dataset with a stratified ``cap``-image subset of the test split (smoke)."""
+    from resnetlab.data import load_dataset
+    from resnetlab.data.datasets import stratified_split
+
+    splits = load_dataset(cfg.data.name, **cfg.data.load_kwargs(cfg.seed))
+    if len(splits.test) > cap:
+        _, keep = stratified_split(splits.test.targets.numpy(), cap, seed=0)
+        splits.test = splits.test.subset(keep)
+    return splits
+
+
+def _finish_cell(run_dir: Path, cfg: Config, smoke: bool) -> None:
+    """Write eval/test and eval/val of the best checkpoint when the trainer did not."""
+    from resnetlab.evaluate import evaluate
+
+    need = [s for s in ("test", "val") if not (run_dir / "eval" / s / "metrics.json").is_file()]
+    if not need:
+        return
+    splits = _capped_splits(cfg, SMOKE_TEST_IMAGES) if smoke else None
+    for split in need:
+        if split == "val" and (cfg.data.val_fraction == 0):
+            continue
+        evaluate(run_dir, split=split, splits=splits, data_root=cfg.data.root)
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` returns: the folder, one summary row per cell, the best cell
+    (by mean validation accuracy) and the cells that were run / skipped in this call."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    best: str | None
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        return os.cpu_count() or 1
+
+
+def run_study(
+    study: str | os.PathLike | StudySpec,
+    out: str | os.PathLike | None = None,
+    smoke: bool = False,
+    jobs: int = 1,
+    seeds: int | None = None,
+    max_cells: int | None = None,
+    on_cell: Callable[[str, str], None] | None = None,
+) -> StudyResult:
+    """Run (or resume) every cell x seed of a study, then write the comparison report.
+
+    Args:
+        study: a study file or a loaded :class:`StudySpec`.
+        out: the study folder; default ``<base output.dir>/study-<name>`` (``-smoke`` appended
+            for smoke runs, so CI runs never mix with real ones).
+        smoke: scale every cell down (:func:`resnetlab.config.smoke_config`, offline dataset
+            fallback, a 512-image stratified test subset) and run one seed.
+        jobs: cells trained at once, each in its own ``python -m resnetlab train`` process with
+            ``cores // jobs`` torch threads; 1 trains in this process.
+        seeds: replaces the study's number of seeds.
+        max_cells: run only the first N cells (a CI knob; the report then covers those cells).
+        on_cell: called with ``(run label, "ran" | "skipped")`` after each run (progress).
+
+    Returns:
+        A :class:`StudyResult`.
+
+    Raises:
+        ResnetlabError: when a cell fails; the others still run, and rerunning the same
+            command retries only what is unfinished.
+
+    Example:
+        >>> r = run_study("recipes/study-optimizer.yaml", smoke=True, jobs=2)  # doctest: +SKIP
+    """
+    spec = study if isinstance(study, StudySpec) else load_study(study)
+    if seeds is not None:
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        spec = copy.copy(spec)
+        spec.seeds = seeds
+    if smoke:
+        spec = copy.copy(spec)
+        spec.seeds = 1
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    cells = expand_cells(spec)
+    if max_cells is not None:
+        if max_cells < 1:
+            raise ValueError(f"max_cells must be >= 1, got {max_cells}")
+        cells = cells[:max_cells]
+    base_out = config_from_dict(spec.base).output.dir
+    out_dir = Path(out) if out else Path(base_out) / f"study-{spec.name}{'-smoke' if smoke else ''}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # resolve every run's config and status first: a bad cell fails before any training
+    fallback_cache: dict[str, Config] = {}
+    plan: list[tuple[Cell, int, Config, Path, str]] = []
+    for cell in cells:
+        for k in range(spec.seeds):
+            cfg = cell_config(spec, cell, k, smoke=smoke)
+            if smoke:
+                cfg = _smoke_fallback_cached(cfg, fallback_cache)
+            run_dir = out_dir / cell.label / f"seed{k}"
+            plan.append((cell, k, cfg, run_dir, cell_status(run_dir, cfg)))
+
+    ran, skipped, failures = [], [], []
+    todo = []
+    for cell, k, cfg, run_dir, status in plan:
+        name = f"{cell.label}/seed{k}"
+        if status == "done":
+            _finish_cell(run_dir, cfg, smoke)  # a no-op unless the val evaluation was cut short
+            skipped.append(name)
+            log.info("%s: finished earlier, skipped", name)
+            if on_cell:
+                on_cell(name, "skipped")
+        else:
+            todo.append((name, cfg, run_dir, status))
+
+    def finish(name: str, cfg: Config, run_dir: Path) -> None:
+        _finish_cell(run_dir, cfg, smoke)
+        ran.append(name)
+        if on_cell:
+            on_cell(name, "ran")
+
+    if jobs == 1:
+        for i, (name, cfg, run_dir, status) in enumerate(todo):
+            log.info("[%d/%d] %s (%s)", i + 1, len(todo), name, status)
+            try:
+                _run_in_process(cfg, run_dir, status)
+                finish(name, cfg, run_dir)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # one failed cell must not cost the others
+                log.error("%s failed: %s", name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                failures.append((name, exc))
+    else:
+        threads = max(1, _cores() // jobs)
+        log.info("%d runs in %d parallel processes, %d torch threads each", len(todo), jobs, threads)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_run_subprocess, cfg, run_dir, status, threads): (name, cfg, run_dir) for name, cfg, run_dir, status in todo}
+            for fut, (name, cfg, run_dir) in futures.items():
+                try:
+                    fut.result()
+                    finish(name, cfg, run_dir)
+                except Exception as exc:
+                    log.error("%s failed: %s", name, exc)
+                    failures.append((name, exc))
+    if failures:
+        name, exc = failures[0]
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ResnetlabError(
+            f"{len(failures)} of {len(plan)} runs failed (first: {name}: {first}); "
+            f"finished runs are kept, rerun the same command to retry the rest"
+        )
+
+    runs = {(cell.label, k): read_run(run_dir) for cell, k, _, run_dir, _ in plan}
+    rows = summarize(cells, runs)
+    best = select_best(rows)
+    write_study_report(out_dir, spec, cells, rows, runs, best, smoke=smoke, command=_command_line(spec, smoke, out_dir))
+    return StudyResult(out_dir, rows, best, ran, skipped)
+
+
+def _smoke_fallback_cached(cfg: Config, cache: dict[str, Config]) -> Config:
+    # smoke_fallback loads the dataset to see whether it exists; do it once per data section
+    key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+    if key not in cache:
+        cache[key] = smoke_fallback(cfg)
+    d = cfg.model_dump(mode="json")
+    d["data"] = cache[key].data.model_dump(mode="json")
+    return config_from_dict(d)
+
+
+def _command_line(spec: StudySpec, smoke: bool, out_dir: Path) -> str:
+    parts = ["resnetlab", "study", str(spec.path) if spec.path else spec.name]
+    if smoke:
+        parts.append("--smoke")
+    parts += ["--seeds", str(spec.seeds), "--out", str(out_dir)]
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# reading results back
+# ---------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The per-run numbers of :data:`METRICS` plus the curves, read from a run folder.
+
+    Example:
+        >>> read_run("runs/study-depth/model=resnet20/seed0")["test_acc"]  # doctest: +SKIP
+        0.912
+    """
+    from resnetlab.trainer import _read_metrics
+
+    run_dir = Path(run_dir)
+    rows = _read_metrics(run_dir / "metrics.csv")
+    if not rows:
+        raise ResnetlabError(f"{run_dir} has no metrics.csv rows; the run did not finish an epoch")
+    test = _read_json(run_dir / "eval" / "test" / "metrics.json")
+    if test is None:
+        raise ResnetlabError(f"{run_dir} has no eval/test/metrics.json; rerun the study to finish it")
+    val = _read_json(run_dir / "eval" / "val" / "metrics.json")
+    last = rows[-1]
+    val_losses = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
+    times = [r["epoch_time_s"] or 0.0 for r in rows]
+    total = sum(times)
+    images = sum((r["images_per_s"] or 0.0) * t for r, t in zip(rows, times))
+    return {
+        "train_acc": last["train_acc"],
+        "val_acc": val["accuracy"] if val else None,
+        "test_acc": test["accuracy"],
+        "val_f1_micro": val["f1_micro"] if val else None,
+        "val_f1_macro": val["f1_macro"] if val else None,
+        "test_f1_micro": test["f1_micro"],
+        "test_f1_macro": test["f1_macro"],
+        "train_loss": last["train_loss"],
+        "val_loss": val_losses[-1] if val_losses else None,
+        "epochs": len(rows),
+        "train_time_s": total,
+        "images_per_s": images / total if total > 0 else None,
+        "test_images": test.get("num_samples"),
+        "curves": {
+            "epoch": [r["epoch"] for r in rows],
+            "val_acc": [r.get("val_acc") for r in rows],
+            "train_loss": [r["train_loss"] for r in rows],
+        },
+    }
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None, None
+    # sample standard deviation (n - 1): the spread we expect between two runs; undefined for n = 1
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def summarize(cells: Sequence[Cell], runs: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell: label, axis values, ``n`` and ``<metric>_mean`` / ``<metric>_std``.
+
+    Example:
+        >>> cell = Cell("a", {}, {"cell": "a"})
+        >>> row = summarize([cell], {("a", 0): {"val_acc": 0.5}, ("a", 1): {"val_acc": 0.7}})[0]
+        >>> row["n"], round(row["val_acc_mean"], 3), round(row["val_acc_std"], 4)
+        (2, 0.6, 0.1414)
+    """
+    rows = []
+    for cell in cells:
+        per_seed = [r for (label, _), r in sorted(runs.items(), key=lambda kv: kv[0][1]) if label == cell.label]
+        row: dict[str, Any] = {"cell": cell.label, **{k: v for k, v in cell.axes.items() if k != "cell"}, "n": len(per_seed)}
+        for m in METRICS:
+            row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([r.get(m) for r in per_seed])
+        rows.append(row)
+    return rows
+
+
+def select_best(rows: Sequence[dict[str, Any]]) -> str | None:
+    """The cell with the highest mean validation accuracy (first in study order on ties).
+
+    Test accuracy is never consulted: choosing on test would make the reported test number
+    an optimistic, selected statistic.
+
+    Example:
+        >>> select_best([{"cell": "a", "val_acc_mean": 0.9, "test_acc_mean": 0.5},
+        ...              {"cell": "b", "val_acc_mean": 0.8, "test_acc_mean": 0.99}])
+        'a'
+    """
+    scored = [(r["val_acc_mean"], -i, r["cell"]) for i, r in enumerate(rows) if r.get("val_acc_mean") is not None]
+    return max(scored)[2] if scored else None
+
+
+# ---------------------------------------------------------------------------------------
+# the report
+# ---------------------------------------------------------------------------------------
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _pm(mean: float | None, std: float | None, pct: bool = False, digits: int = 2) -> str:
+    if mean is None:
+        return "–"
+    scale = 100.0 if pct else 1.0
+    s = f"{mean * scale:.{digits}f}"
+    return s + (f" ± {std * scale:.{digits}f}" if std is not None else "")
+
+
+def _axis_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    fixed = {"cell", "n"} | {f"{m}_{s}" for m in METRICS for s in ("mean", "std")}
+    return [k for k in (rows[0] if rows else {}) if k not in fixed]
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    header = ["cell", *_axis_columns(rows), "n"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            w.writerow([_value_label(r[h]) if h in _axis_columns(rows) else _fmt(r.get(h)) for h in header])
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _mean_curve(curves: Sequence[dict[str, list]], key: str) -> tuple[list[float], list[float], list[float]]:
+    """Mean and std over runs per epoch (runs may differ in length: use those that reached it)."""
+    by_epoch: dict[float, list[float]] = {}
+    for c in curves:
+        for e, v in zip(c["epoch"], c[key]):
+            if v is not None:
+                by_epoch.setdefault(e, []).append(v)
+    epochs = sorted(by_epoch)
+    means = [statistics.fmean(by_epoch[e]) for e in epochs]
+    stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
+    return epochs, means, stds
+
+
+def _curves_figure(groups: list[tuple[str, list[dict]]], title: str) -> bytes:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4), dpi=100)
+    panels = [("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0)]
+    for i, (key, ylabel, scale) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for name, curves in groups:
+            x, m, s = _mean_curve(curves, key)
+            if not x:
+                continue
+            m_, s_ = [v * scale for v in m], [v * scale for v in s]
+            (line,) = ax.plot(x, m_, marker="o" if len(x) < 3 else None, label=name)
+            if any(s_):
+                ax.fill_between(x, [a - b for a, b in zip(m_, s_)], [a + b for a, b in zip(m_, s_)], color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _bar_figure(rows: Sequence[dict[str, Any]], best: str | None) -> bytes:
+    from matplotlib.figure import Figure
+
+    labels = [r["cell"] for r in rows]
+    means = [(r["test_acc_mean"] or 0.0) * 100 for r in rows]
+    errs = [(r["test_acc_std"] or 0.0) * 100 for r in rows]
+    fig = Figure(figsize=(max(5.0, 0.7 * len(rows) + 2), 4.5), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = ["tab:orange" if lab == best else "tab:blue" for lab in labels]
+    ax.bar(range(len(rows)), means, yerr=errs, capsize=4, color=colors)
+    ax.set_xticks(range(len(rows)), labels, rotation=30 if len(rows) > 3 else 0, ha="right" if len(rows) > 3 else "center", fontsize=8)
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    lo = min((m - e for m, e in zip(means, errs)), default=0.0)
+    ax.set_ylim(max(0.0, lo - 5.0), min(100.0, max((m + e for m, e in zip(means, errs)), default=100.0) + 2.0))
+    ax.set_title("test accuracy per cell (orange: best cell on validation accuracy)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def write_study_report(
+    out_dir: Path,
+    spec: StudySpec,
+    cells: Sequence[Cell],
+    rows: Sequence[dict[str, Any]],
+    runs: dict[tuple[str, int], dict[str, Any]],
+    best: str | None,
+    smoke: bool = False,
+    command: str = "",
+) -> dict[str, Path]:
+    """Write ``results.csv``, ``results.json``, ``study.md`` and ``study.html`` (self-contained:
+    figures embedded as base64 PNG; the Markdown's figures are in ``study_files/``)."""
+    out_dir = Path(out_dir)
+    files = {n: out_dir / n for n in ("results.csv", "results.json", "study.md", "study.html")}
+    _write_csv(files["results.csv"], rows)
+    per_run = [
+        {"cell": label, "seed_index": k, "run_dir": str(out_dir / label / f"seed{k}"), **{m: r.get(m) for m in METRICS}}
+        for (label, k), r in sorted(runs.items(), key=lambda kv: ([c.label for c in cells].index(kv[0][0]), kv[0][1]))
+    ]
+    test_images = sorted({r.get("test_images") for r in runs.values() if r.get("test_images")})
+    payload = {
+        "study": spec.name,
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command,
+        "smoke": smoke,
+        "seeds": spec.seeds,
+        "axes": spec.axes,
+        "selection": "best cell = highest mean validation accuracy over seeds; test accuracy is never used to choose",
+        "best": best,
+        "metrics": list(METRICS),
+        "rows": [{k: v for k, v in r.items()} for r in rows],
+        "runs": per_run,
+        "test_images": test_images,
+        "base": spec.base,
+    }
+    files["results.json"].write_text(json.dumps(payload, indent=1, default=str))
+
+    # figures ------------------------------------------------------------------------------
+    fig_dir = out_dir / "study_files"
+    fig_dir.mkdir(exist_ok=True)
+    curves_of = {c.label: [runs[(c.label, k)]["curves"] for k in range(spec.seeds) if (c.label, k) in runs] for c in cells}
+    figures: list[tuple[str, str, bytes]] = [
+        ("curves.png", "Training curves, every cell (mean over seeds; band: ± std)", _curves_figure([(c.label, curves_of[c.label]) for c in cells], "all cells")),
+    ]
+    if len(spec.axes) > 1:
+        # one figure per axis: each value's curve averages every cell that has it (a marginal)
+        for axis in spec.axes:
+            values: list[Any] = []
+            for c in cells:
+                if c.axes[axis] not in values:
+                    values.append(c.axes[axis])
+            groups = [(f"{axis}={_value_label(v)}", [cv for c in cells if c.axes[axis] == v for cv in curves_of[c.label]]) for v in values]
+            safe = _safe(axis)
+            figures.append((f"curves_{safe}.png", f"Training curves by {axis} (mean over seeds and the other axes)", _curves_figure(groups, f"by {axis}")))
+    figures.append(("test_accuracy.png", "Test accuracy per cell (error bars: ± std over seeds)", _bar_figure(rows, best)))
+    for name, _, png in figures:
+        (fig_dir / name).write_bytes(png)
+
+    # tables -------------------------------------------------------------------------------
+    headers = ["cell", "n", "train acc %", "val acc %", "test acc %", "test F1 micro %", "test F1 macro %",
+               "val F1 macro %", "train loss", "val loss", "epochs", "train time s", "images/s"]  # fmt: skip
+
+    def table_row(r: dict) -> list[str]:
+        pm = lambda m, pct=True, d=2: _pm(r[f"{m}_mean"], r[f"{m}_std"], pct, d)  # noqa: E731
+        return [r["cell"] + (" **(best)**" if r["cell"] == best else ""), str(r["n"]), pm("train_acc"), pm("val_acc"),
+                pm("test_acc"), pm("test_f1_micro"), pm("test_f1_macro"), pm("val_f1_macro"), pm("train_loss", False, 4),
+                pm("val_loss", False, 4), pm("epochs", False, 0), pm("train_time_s", False, 1), pm("images_per_s", False, 0)]  # fmt: skip
+
+    body = [table_row(r) for r in rows]
+    best_line = (
+        f"Best cell: **{best}**, chosen on mean **validation** accuracy over seeds. Test accuracy is reported "
+        "for every cell but never used to choose (choosing on test would make the test number optimistic)."
+        if best
+        else "No cell has a validation split, so no best cell is chosen (test accuracy is never used to choose)."
+    )
+    notes = [
+        f"Command: `{command}`" if command else "",
+        f"Date: {payload['date']}. Seeds per cell: {spec.seeds}. Values are mean ± sample std (n − 1) over seeds; std is blank for n = 1.",
+        "train acc / train loss: the last epoch's running figures over the augmented training batches. "
+        "val and test: the best checkpoint (highest validation accuracy). val loss: the last validated epoch. "
+        "train time: the epochs' training time, without evaluation; it and images/s depend on the machine and on --jobs.",
+    ]
+    if smoke:
+        notes.append(f"SMOKE RUN: one epoch on a small subset, one seed, test on {test_images or '?'} images; the numbers say nothing about the question.")
+    md = [f"# Study: {spec.name}", "", *[n for n in notes if n], "", best_line, "",
+          "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]  # fmt: skip
+    md += ["| " + " | ".join(row) + " |" for row in body]
+    md.append("")
+    for name, alt, _ in figures:
+        md += [f"![{alt}](study_files/{name})", ""]
+    files["study.md"].write_text("\n".join(md))
+
+    esc = html.escape
+    h = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Study {esc(spec.name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Study: {esc(spec.name)}</h1>",
+        *[f"<p class='muted'>{_md_inline(n)}</p>" for n in notes if n],
+        f"<p>{_md_inline(best_line)}</p>",
+        "<table><tr>" + "".join(f"<th>{esc(x)}</th>" for x in headers) + "</tr>",
+    ]
+    for r, row in zip(rows, body):
+        cls = " class='best'" if r["cell"] == best else ""
+        h.append(f"<tr{cls}>" + "".join(f"<td{' class=num' if i else ''}>{_md_inline(x)}</td>" for i, x in enumerate(row)) + "</tr>")
+    h.append("</table>")
+    for _, alt, png in figures:
+        h.append(f"<h2>{esc(alt)}</h2><img src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}' alt='{esc(alt)}'>")
+    h.append("<h2>Runs</h2><table><tr><th>run</th><th>val acc</th><th>test acc</th></tr>")
+    for pr in per_run:
+        link = f"{pr['cell']}/seed{pr['seed_index']}"
+        h.append(f"<tr><td><code>{esc(link)}</code></td><td class=num>{_fmt(pr['val_acc'])}</td><td class=num>{_fmt(pr['test_acc'])}</td></tr>")
+    h.append("</table></body></html>")
+    files["study.html"].write_text("\n".join(h))
+    log.info("study report: %s", files["study.html"])
+    return files
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;font-size:13px} th,td{border:1px solid #ddd;padding:3px 7px}
+th{background:#f5f5f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.best td{background:#fff4e0} img{max-width:100%} .muted{color:#666} code{background:#f5f5f5}
+"""
+
+
+def _md_inline(s: str) -> str:
+    s = html.escape(s)
+    s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
