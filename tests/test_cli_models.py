@@ -34,7 +34,8 @@ def test_models_json_lists_every_model_with_its_numbers(capsys):
 
 
 def test_flops_match_the_published_figures(capsys):
-    by_name = {r["name"]: r for r in _models_json(capsys, "resnet[1-5]*")}
+    # Two-digit depths only (resnet14 ... resnet56): cheaper than counting ResNet-1202 again.
+    by_name = {r["name"]: r for r in _models_json(capsys, "resnet[1-5]?")}
     # ResNet-18 at 224: 1.82 GMACs, i.e. ~3.64 GFLOPs (a multiply-add counts 2).
     assert abs(by_name["resnet18"]["flops"] / 3.64e9 - 1) < 0.02
     # ResNet-50: 4.1 GMACs; ResNet-20 at 32x32: ~41 MMACs (He et al., Table 6).
