@@ -723,6 +723,7 @@ def _mean_curve(curves: Sequence[dict[str, list]], key: str) -> tuple[list[float
 
 def _curves_figure(groups: list[tuple[str, list[dict]]], title: str) -> bytes:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(11, 4), dpi=100)
     panels = [("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0)]
@@ -736,6 +737,7 @@ def _curves_figure(groups: list[tuple[str, list[dict]]], title: str) -> bytes:
             (line,) = ax.plot(x, m_, marker="o" if len(x) < 3 else None, label=name)
             if any(s_):
                 ax.fill_between(x, [a - b for a, b in zip(m_, s_)], [a + b for a, b in zip(m_, s_)], color=line.get_color(), alpha=0.15)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
