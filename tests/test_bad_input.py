@@ -1,0 +1,343 @@
+"""Bad input through the real CLI: every case ends in ONE ``error: ...`` line naming the problem,
+exit code 2, no traceback (unless ``--debug``), and nothing already saved is lost.
+
+The cases are the table of docs/RELIABILITY.md (same ids). Each runs ``resnetlab.cli.main``
+in this process with ``capsys``; a few also run as a subprocess to check the real exit code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnetlab.cli import main
+
+QUIET = ["--set", "output.evaluate_test=false", "--set", "output.report=false", "--set", "output.tensorboard=false",
+         "--set", "train.num_threads=1"]  # fmt: skip
+TINY = ["train", "-q", "--model", "resnet8", "--subset", "200", "--epochs", "1", "--batch-size", "16", *QUIET]
+
+
+def _png(path: Path, mode: str = "RGB", size: int = 12, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(path)
+    return path
+
+
+def _image_folder(root: Path, n: int = 10, classes=("a", "b")) -> Path:
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            _png(root / c / f"{i}.png", seed=hash((c, i)) % 1000)
+    return root
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory) -> Path:
+    """A finished 1-epoch run (digits, resnet8) that bad commands must leave untouched."""
+    run = tmp_path_factory.mktemp("bad-input") / "good run ü"
+    assert main([*TINY, "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture
+def ctx(tmp_path, good_run):
+    class Ctx:
+        tmp = tmp_path
+        run = good_run
+        file = tmp_path / "a file.txt"
+        img = _png(tmp_path / "img.png")
+        empty = tmp_path / "empty"
+
+    Ctx.file.write_text("not an image, not a folder\n")
+    Ctx.empty.mkdir()
+    return Ctx
+
+
+def _imgf(ctx, make) -> str:
+    root = _image_folder(ctx.tmp / "imgs")
+    make(root)
+    return f"imagefolder:{root}"
+
+
+def _truncate_all(folder: Path) -> None:
+    for p in folder.iterdir():
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+
+
+def _yaml(ctx, text: str) -> str:
+    p = ctx.tmp / "recipe.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def _foreign_ckpt(ctx) -> str:
+    d = ctx.tmp / "foreign"
+    shutil.copytree(ctx.run / "checkpoints" / "best", d)
+    (d / "meta.json").write_text('{"format": "timm-checkpoint/2", "arch": "x", "arch_args": {}}')
+    return str(d)
+
+
+def _truncated_ckpt(ctx) -> str:
+    d = ctx.tmp / "truncated"
+    shutil.copytree(ctx.run / "checkpoints" / "best", d)
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:200])
+    return str(d)
+
+
+def _img_train(spec: str, *extra: str) -> list[str]:
+    return ["train", "-q", "--model", "resnet8", "--data", spec, "--image-size", "12", "--batch-size", "4", "--epochs", "1",
+            *QUIET, *extra]  # fmt: skip
+
+
+# id -> (argv builder, fragments the single error line must contain). Ids match RELIABILITY.md.
+CASES = {
+    # -- config ----------------------------------------------------------------------------------
+    "key typo": (lambda c: [*TINY, "--set", "optim.lrr=0.1"], ["unknown config key 'optim.lrr'", "did you mean 'optim.lr'"]),
+    "section typo": (lambda c: [*TINY, "--set", "optm.lr=0.1"], ["unknown config key 'optm'", "did you mean 'optim."]),
+    "recipe key typo": (lambda c: ["train", "-c", _yaml(c, "trian:\n  epochs: 3\n")], ["unknown config key 'trian'", "did you mean 'train."]),
+    "wrong type": (lambda c: [*TINY, "--set", "train.epochs=abc"], ["config train.epochs", "valid integer", "'abc'"]),
+    "out of range": (lambda c: [*TINY, "--set", "optim.lr=-1"], ["config optim.lr", "greater than 0", "-1"]),
+    "list for a number": (lambda c: [*TINY, "--set", "optim.lr=[1, 2]"], ["config optim.lr", "[1, 2]"]),
+    "section is a value": (lambda c: [*TINY, "--set", "model=resnet8"], ["config model", "'resnet8'"]),
+    "YAML syntax error": (lambda c: ["train", "-c", _yaml(c, "model:\n  name: resnet8\n   norm: bn\n")], ["is not valid YAML at line 3"]),
+    "recipe not a mapping": (lambda c: ["train", "-c", _yaml(c, "- a\n- b\n")], ["must hold a mapping of sections, got list"]),
+    "recipe missing": (lambda c: ["train", "-c", str(c.tmp / "nope.yaml")], ["config file not found"]),
+    "override without =": (lambda c: ["train", "--set", "optim.lr"], ["override 'optim.lr' must look like section.key=value"]),
+    # -- unknown names ---------------------------------------------------------------------------
+    "unknown model": (lambda c: ["train", "--model", "resnet9000"], ["unknown model 'resnet9000'", "did you mean"]),
+    "unknown norm": (lambda c: ["train", "--norm", "bnn"], ["unknown norm 'bnn'", "did you mean 'bn'", "allowed:"]),
+    "unknown dataset": (lambda c: ["train", "--data", "cifar11"], ["unknown dataset 'cifar11'", "did you mean 'cifar10'", "allowed:"]),
+    "unknown augmentation": (lambda c: ["train", "--aug", "flipp"], ["unknown augmentation 'flipp'", "did you mean 'flip'", "allowed:"]),
+    "unknown augmentation parameter": (lambda c: ["train", "--aug", "crop:paddin=2"], ["'crop' has no parameter 'paddin'", "'padding'"]),
+    "unknown optimizer": (lambda c: ["train", "--optimizer", "sgdd"], ["config optim.name", "'sgd', 'adam' or 'adamw'", "'sgdd'"]),
+    "unknown schedule": (lambda c: ["train", "--schedule", "cosin"], ["config schedule.name", "'cosine'", "'cosin'"]),
+    "unknown device": (lambda c: [*TINY, "--device", "cuda", "--out", str(c.tmp / "r")], ["train.device='cuda'", "not available", "allowed"]),
+    # -- impossible combinations -----------------------------------------------------------------
+    "batch size 1 with BatchNorm": (lambda c: [*TINY, "--batch-size", "1"], ["train.batch_size=1", "norm bn/bin", "gn/ln/in"]),
+    "crop larger than the image": (lambda c: [*TINY, "--aug", "crop:size=64", "--out", str(c.tmp / "r")], ["'crop': size=64 is larger than the image 8x8"]),
+    "center-crop larger than the image": (lambda c: [*TINY, "--aug", "center-crop:size=9", "--out", str(c.tmp / "r")], ["'center-crop': size=9 is larger than the image 8x8"]),
+    "batch larger than the data": (lambda c: [*TINY, "--batch-size", "1000", "--out", str(c.tmp / "r")], ["train.batch_size=1000 is larger than the training split (180 images)"]),
+    "image size too small": (lambda c: ["train", "--image-size", "2"], ["config data.image_size", "greater than or equal to 4"]),
+    # -- image folders ---------------------------------------------------------------------------
+    "zero-byte images": (lambda c: _img_train(_imgf(c, lambda r: [p.write_bytes(b"") for p in (r / "b").iterdir()]), "--out", str(c.tmp / "r")),
+                         ["class folder(s) b have no readable images"]),  # fmt: skip
+    "truncated images": (lambda c: _img_train(_imgf(c, lambda r: _truncate_all(r / "b")), "--out", str(c.tmp / "r")), ["class folder(s) b have no readable images"]),
+    "non-image files": (lambda c: _img_train(_imgf(c, lambda r: [p.write_text("hello") for p in (r / "a").iterdir()]), "--out", str(c.tmp / "r")),
+                        ["class folder(s) a have no readable images"]),  # fmt: skip
+    "one class only": (lambda c: _img_train(f"imagefolder:{_image_folder(c.tmp / 'one', classes=('a',))}"), ["single class 'a'", "at least 2"]),
+    "empty class folder": (lambda c: _img_train(_imgf(c, lambda r: (r / "c").mkdir())), ["empty class folder(s) c"]),
+    "no class folders": (lambda c: _img_train(f"imagefolder:{_png(c.empty / 'loose.png').parent}"), ["has no class sub-folders"]),
+    "dataset root is a file": (lambda c: _img_train(f"imagefolder:{c.file}"), ["does not exist or is not a directory"]),
+    "dataset root missing": (lambda c: _img_train(f"imagefolder:{c.tmp / 'nowhere'}"), ["does not exist or is not a directory"]),
+    "data root is a file": (lambda c: ["train", "-q", "--data", "mnist", "--data-root", str(c.file)], ["data root", "is not a directory"]),
+    # -- output folders --------------------------------------------------------------------------
+    "output under a regular file": (lambda c: [*TINY, "--out", str(c.file / "run")], ["output folder", "is not writable (Not a directory)", "--out"]),
+    "existing run without --resume": (lambda c: [*TINY, "--out", str(c.run)], ["already holds a run", "use --resume"]),
+    "bad config on an existing run with --overwrite": (lambda c: [*TINY, "--out", str(c.run), "--overwrite", "--norm", "bnn"], ["unknown norm 'bnn'"]),
+    # -- checkpoints and runs --------------------------------------------------------------------
+    "resume a folder that is not a run": (lambda c: ["train", "--resume", str(c.tmp)], ["is not a run folder (no config.yaml)"]),
+    "resume a missing folder": (lambda c: ["train", "--resume", str(c.tmp / "nope")], ["is not a run folder"]),
+    "missing checkpoint": (lambda c: ["predict", str(c.tmp / "nope"), str(c.img)], ["checkpoint or run folder not found"]),
+    "foreign checkpoint": (lambda c: ["predict", _foreign_ckpt(c), str(c.img)], ["is not a resnetlab checkpoint", "'timm-checkpoint/2'"]),
+    "truncated checkpoint": (lambda c: ["predict", _truncated_ckpt(c), str(c.img)], ["checkpoint weights are corrupt or truncated"]),
+    "a file as checkpoint": (lambda c: ["evaluate", str(c.file)], ["is not a resnetlab checkpoint"]),
+    # -- predict / explain -----------------------------------------------------------------------
+    "predict a non-image": (lambda c: ["predict", str(c.run), str(c.file)], ["cannot read image", "a file.txt"]),
+    "predict a missing image": (lambda c: ["predict", str(c.run), str(c.tmp / "none.png")], ["does not exist"]),
+    "predict an empty folder": (lambda c: ["predict", str(c.run), str(c.empty)], ["no image files in directory"]),
+    "predict top-k 0": (lambda c: ["predict", str(c.run), str(c.img), "--top-k", "0"], ["top_k must be an integer >= 1, got 0"]),
+    "explain unknown layer": (lambda c: ["explain", str(c.run), "--layer", "layer9", "--out", str(c.tmp / "ex")], ["unknown layer 'layer9'", "allowed: layer1, layer2, layer3, stem"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gives_one_error_line_and_loses_nothing(case, ctx, capsys):
+    build, fragments = CASES[case]
+    argv = build(ctx)
+    capsys.readouterr()
+    before = _digest(ctx.run)
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 2, (rc, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err  # the last line, exactly one
+    for frag in fragments:
+        assert frag in errors[0], (frag, errors[0])
+    assert _digest(ctx.run) == before  # the finished run is untouched
+
+
+def test_there_are_at_least_30_cases():
+    assert len(CASES) >= 30
+
+
+def test_debug_shows_the_traceback_and_still_one_error_line(capsys):
+    assert main(["--debug", "train", "--model", "resnet9000"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ConfigError" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: model.name: unknown model 'resnet9000'")
+    # --debug after the subcommand works too
+    assert main(["train", "--model", "resnet9000", "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["train", "--set", "optim.lrr=1"], pytest.param(["predict", "/nonexistent/run", "x.png"], marks=pytest.mark.slow)],
+    ids=["config", "predict"],
+)
+def test_real_exit_code_and_stderr_of_the_installed_command(tmp_path, argv):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "resnetlab", *argv], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert r.stdout == ""
+    r = subprocess.run([sys.executable, "-m", "resnetlab", "--debug", *argv], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+# -- inputs that are accepted (with a warning where something is skipped) ---------------------------
+def test_mixed_bad_files_are_skipped_with_one_warning_naming_them(tmp_path, capsys):
+    root = _image_folder(tmp_path / "imgs")
+    (root / "a" / "0.png").write_bytes(b"")  # zero-byte
+    (root / "a" / "notes.txt").write_text("hello")  # not an image
+    data = (root / "b" / "0.png").read_bytes()
+    (root / "b" / "0.png").write_bytes(data[: len(data) // 2])  # truncated
+    argv = _img_train(f"imagefolder:{root}", "--out", str(tmp_path / "r"))
+    argv.remove("-q")  # the warning and the dataset line are INFO/WARNING logs
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    warn = [ln for ln in err.splitlines() if ln.startswith("skipped")]
+    assert len(warn) == 1 and warn[0].startswith("skipped 3 unreadable file(s)")
+    for name in ("a/0.png", "a/notes.txt", "b/0.png"):
+        assert str(root / name) in warn[0]
+    assert "17 train / 2 val / 4 test" in err or "train /" in err  # the 17 good images are used
+
+
+def test_grayscale_cmyk_rgba_and_palette_images_are_converted(tmp_path, capsys):
+    root = tmp_path / "modes"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i, mode in enumerate(["L", "RGBA", "CMYK", "P", "RGB", "LA", "I;16", "1"]):
+            ext = "jpg" if mode == "CMYK" else ("tif" if mode == "I;16" else "png")
+            _png(root / c / f"{i}.{ext}", mode=mode, seed=i + (c == "b") * 10)
+    assert main(_img_train(f"imagefolder:{root}", "--out", str(tmp_path / "r"), "--set", "data.val_fraction=0")) == 0
+    from resnetlab.data import load_dataset
+
+    s = load_dataset(f"imagefolder:{root}", image_size=12, val_fraction=0)
+    assert s.image_shape == (3, 12, 12) and len(s.train) + len(s.test) == 16  # none skipped
+
+
+def test_symlink_loops_neither_hang_nor_duplicate_images(tmp_path):
+    from resnetlab.data import load_dataset
+    from resnetlab.predict import collect_image_files
+
+    root = _image_folder(tmp_path / "loops")
+    os.symlink(root, root / "a" / "up")  # a directory loop: a/up/a/up/...
+    os.symlink(root / "b" / "y.png", root / "b" / "x.png")  # a file loop x -> y -> x
+    os.symlink(root / "b" / "x.png", root / "b" / "y.png")
+    s = load_dataset(f"imagefolder:{root}", image_size=12, val_fraction=0)
+    assert len(s.train) + len(s.test) == 20
+    assert len(collect_image_files([root])) == 20
+
+
+def test_paths_with_spaces_and_unicode_work_end_to_end(tmp_path, capsys):
+    root = _image_folder(tmp_path / "my data ñ 类", classes=("chat noir", "狗"))
+    run = tmp_path / "runs ü" / "exp 1"
+    assert main(_img_train(f"imagefolder:{root}", "--out", str(run))) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), str(root / "狗"), "--json"]) == 0
+    import json
+
+    res = json.loads(capsys.readouterr().out)
+    assert len(res) == 10 and {t["class"] for r in res for t in r["top"]} == {"chat noir", "狗"}
+
+
+def test_read_only_output_folder(tmp_path, capsys):
+    """Root ignores permission bits, so a read-only tmpfs is used there (EROFS binds root too)."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = False
+    if os.geteuid() == 0:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True)
+        mounted = r.returncode == 0
+        if not mounted:
+            pytest.skip("running as root and cannot mount a read-only tmpfs: permission bits would not block writes")
+    else:
+        ro.chmod(0o555)
+    try:
+        assert main([*TINY, "--out", str(ro / "run")]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1].startswith(f"error: output folder {ro / 'run'} is not writable (Read-only file system)"
+                                                       if mounted else f"error: output folder {ro / 'run'} is not writable")  # fmt: skip
+        assert "Traceback" not in err
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ro)], check=False)
+        else:
+            ro.chmod(0o755)
+
+
+# -- the config loader never raises anything but a one-line ConfigError -----------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from resnetlab.config import apply_overrides, config_from_dict, config_keys, load_config  # noqa: E402
+from resnetlab.errors import ConfigError  # noqa: E402
+
+_KEYS = config_keys()
+_SECTIONS = sorted({k.split(".")[0] for k in _KEYS})
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                     st.text(max_size=12), st.sampled_from(["resnet8", "bn", "sgd", "cosine", "crop", "flip:p=2", "crop:padding=-1"]))  # fmt: skip
+_values = st.recursive(_scalars, lambda ch: st.one_of(st.lists(ch, max_size=3), st.dictionaries(st.text(max_size=6), ch, max_size=3)), max_leaves=8)
+_names = st.one_of(st.sampled_from(_SECTIONS + [k.split(".")[-1] for k in _KEYS]), st.text(max_size=8))
+_configs = st.dictionaries(_names, st.one_of(_values, st.dictionaries(st.sampled_from([k.split(".")[-1] for k in _KEYS]) | st.text(max_size=6), _values, max_size=4)), max_size=5)
+
+
+def _check_one_line(exc: ConfigError) -> None:
+    msg = str(exc)
+    assert msg and "\n" not in msg.strip(), msg
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_configs)
+def test_fuzz_config_dicts_raise_only_one_line_config_errors(data):
+    try:
+        config_from_dict(data)
+    except ConfigError as exc:
+        _check_one_line(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_KEYS) | st.text(max_size=10), st.text(max_size=16)), max_size=4))
+def test_fuzz_overrides_raise_only_one_line_config_errors(pairs):
+    try:
+        load_config(None, [f"{k}={v}" for k, v in pairs])
+    except ConfigError as exc:
+        _check_one_line(exc)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzz_yaml_files_raise_only_one_line_config_errors(tmp_path_factory, text):
+    p = tmp_path_factory.mktemp("y") / "r.yaml"
+    p.write_text(text)
+    try:
+        load_config(p)
+    except ConfigError as exc:
+        _check_one_line(exc)
