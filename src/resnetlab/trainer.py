@@ -621,6 +621,12 @@ def train(cfg: Config, run_dir: str | os.PathLike | None = None, overwrite: bool
         _prepare_run_dir(run_dir, overwrite)
     trainer = Trainer(cfg, run_dir, progress=progress)
     if rank == 0:
+        if overwrite:
+            # Only now that config and data are known to be good: the old run's rows would be
+            # appended to, and its checkpoints rotated into last.prev, where a resume could
+            # pick them up as if they belonged to this run.
+            (run_dir / "metrics.csv").unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         save_config(cfg, run_dir / "config.yaml")
         if trainer.pretrained_report:
             r = trainer.pretrained_report

@@ -264,3 +264,17 @@ def test_same_config_and_seed_twice_gives_identical_metrics(tmp_path, reference_
     r = subprocess.run([sys.executable, "-m", "resnetlab", "train", "-q", "--out", str(tmp_path / "seed1"), *set_args(TINY),
                         "--set", "seed=1", "--set", "train.epochs=1"], capture_output=True, text=True, env=env)  # fmt: skip
     assert metric_rows(tmp_path / "seed1" / "metrics.csv")[0] != metric_rows(run / "metrics.csv")[0]  # the seed matters
+
+
+def test_overwrite_starts_a_clean_run_but_only_once_the_config_is_good(tmp_path, capsys):
+    """--overwrite used to append to the old metrics.csv and rotate the old run's checkpoint
+    into last.prev, where a resume fallback could pick it up as this run's."""
+    run = tmp_path / "run"
+    one = [*set_args(TINY), "--set", "train.epochs=1"]
+    assert main(["train", "-q", "--out", str(run), *one]) == 0
+    assert main(["train", "-q", "--out", str(run), "--overwrite", *one, "--set", "model.norm=bnn"]) == 2
+    assert len(metric_rows(run / "metrics.csv")) == 1 and (run / "checkpoints" / "last").is_dir()  # bad config: kept
+    assert main(["train", "-q", "--out", str(run), "--overwrite", *one, "--set", "seed=1"]) == 0
+    assert len(metric_rows(run / "metrics.csv")) == 1
+    assert not (run / "checkpoints" / "last.prev").exists()
+    assert ckpt.load_meta(run / "checkpoints" / "last")["config"]["seed"] == 1
