@@ -529,6 +529,7 @@ class Trainer:
         self._check_finite(window_losses, step, epoch)
 
         # epoch end: reduce across ranks, validate, log, checkpoint ------------------------
+        self._sync_buffers()
         sums = _all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=dev, dtype=torch.float64)]))
         elapsed = elapsed_before + time.perf_counter() - t0
         self.epoch = epoch + 1
@@ -559,6 +560,13 @@ class Trainer:
         self.save_last()
         if improved:
             self.save_best(row)
+
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's norm statistics (DDP only broadcasts them at the next forward),
+        so validation and the saved checkpoint are the same on all ranks."""
+        if self.world_size > 1:
+            for buf in self.model.buffers():
+                torch.distributed.broadcast(buf, src=0)
 
     def _check_finite(self, window_losses: torch.Tensor, step: int, epoch: int) -> None:
         finite = torch.isfinite(window_losses)
@@ -635,10 +643,29 @@ def train(cfg: Config, run_dir: str | os.PathLike | None = None, overwrite: bool
     return _fit_and_finish(trainer, cfg, run_dir)
 
 
+def weights_checksum(model: nn.Module) -> float:
+    """Sum of every parameter and buffer, in float64: equal on all ranks iff DDP kept them in sync."""
+    return float(sum(v.detach().double().sum().item() for v in model.state_dict().values() if v.is_floating_point()))
+
+
+def check_ranks_in_sync(trainer: Trainer) -> None:
+    """All ranks must end with identical weights; rank 0 logs the comparison."""
+    local = torch.tensor([weights_checksum(trainer.model)], dtype=torch.float64, device=trainer.device)
+    gathered = [torch.zeros_like(local) for _ in range(trainer.world_size)]
+    torch.distributed.all_gather(gathered, local)
+    values = [g.item() for g in gathered]
+    if any(v != values[0] for v in values):
+        raise ResnetlabError(f"weights differ across ranks after training (checksums {values}); this is a bug")
+    if trainer.is_main:
+        log.info("weights identical on all %d ranks (checksum %.10g)", trainer.world_size, values[0])
+
+
 def _fit_and_finish(trainer: Trainer, cfg: Config, run_dir: Path) -> FitResult:
     result = trainer.fit()
     if result.interrupted:
         return result
+    if trainer.world_size > 1:
+        check_ranks_in_sync(trainer)
     if trainer.is_main:
         result.test_metrics = finish_run(run_dir, cfg)
     if trainer.world_size > 1:

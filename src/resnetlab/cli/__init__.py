@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     args = parser.parse_args(argv)
     args.debug = debug
-    setup_logging(debug=debug, quiet=getattr(args, "quiet", False))
+    # Under torchrun only rank 0 talks; the other ranks report warnings and errors.
+    other_rank = os.environ.get("RANK", "0") != "0"
+    setup_logging(debug=debug, quiet=getattr(args, "quiet", False) or other_rank)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 # short flag -> config key
@@ -98,6 +99,8 @@ def run(args) -> int:
 
             cfg = smoke_fallback(cfg)
         result = train(cfg, run_dir=args.out, overwrite=args.overwrite, progress=None if not args.quiet else False)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     if result.interrupted:
         print(f"interrupted: resume with `resnetlab train --resume {result.run_dir}`")
         return 128 + int(signal.SIGINT)

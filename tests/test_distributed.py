@@ -1,0 +1,41 @@
+"""torchrun: 2 CPU processes (gloo) train one run folder with identical weights on both ranks."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnetlab.checkpoint import load_checkpoint
+
+
+@pytest.mark.timeout(600)
+def test_torchrun_two_cpu_ranks(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        torchrun = shutil.which("torchrun")
+    assert torchrun, "torchrun ships with torch"
+    out = tmp_path / "ddp run"  # a space in the path on purpose
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train",
+           "--model", "resnet8", "--data", "digits", "--epochs", "2", "--batch-size", "32",
+           "--set", "output.report=false", "--set", "train.num_threads=1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=540, cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "weights identical on all 2 ranks" in log
+    assert log.count("run: ") == 1  # only rank 0 reports
+    # one run folder, written once, by rank 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    # 1,293 training images sharded over 2 ranks, batch 32 per rank, partial batches dropped: 20 steps
+    assert [r["step"] for r in rows] == ["20", "40"]
+    assert float(rows[-1]["val_acc"]) > 0.8 and 0 <= float(rows[-1]["train_acc"]) <= 1
+    ck = load_checkpoint(out)
+    assert ck.meta["epoch"] == 2
+    assert (out / "eval" / "test" / "metrics.json").exists()
