@@ -1,0 +1,286 @@
+"""Studies: grid expansion, seeds, resume after interruption, --jobs, best-on-val, mean/std."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from resnetlab import study as st
+from resnetlab.cli import main
+from resnetlab.errors import ConfigError, ResnetlabError
+
+# A study that trains in about a second per run on one core: ResNet-8 on 8x8 synthetic images.
+BASE = {
+    "seed": 0,
+    "model": {"name": "resnet8", "norm": "bn"},
+    "data": {"name": "synthetic:1x8x8:3:60", "val_fraction": 0.2},
+    "optim": {"lr": 0.1},
+    "train": {"epochs": 2, "batch_size": 16, "num_threads": 1},
+    "output": {"report": False, "tensorboard": False},
+}
+TIMING = ("train_time_s", "images_per_s")
+
+
+def write_study(tmp: Path, name: str = "tiny", **extra) -> Path:
+    data = {"name": name, "base": BASE, "grid": {"model.norm": ["bn", "gn"]}, "seeds": 2, **extra}
+    path = tmp / f"study-{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def table(path: Path) -> list[dict[str, str]]:
+    """results.csv without the columns that depend on the machine's speed."""
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in csv.DictReader(f)]
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One uninterrupted study (2 cells x 2 seeds), shared by the read-only tests."""
+    tmp = tmp_path_factory.mktemp("study")
+    path = write_study(tmp)
+    result = st.run_study(path, out=tmp / "out")
+    return path, result
+
+
+# -- the study file ------------------------------------------------------------------------
+def test_grid_is_the_cartesian_product_in_row_major_order():
+    spec = st.StudySpec("s", BASE, grid={"model.norm": ["bn", "gn"], "train.batch_size": [8, 16, 32]})
+    cells = st.expand_cells(spec)
+    assert [c.label for c in cells] == [f"norm={n},batch_size={b}" for n in ("bn", "gn") for b in (8, 16, 32)]
+    assert cells[4].overrides == {"model.norm": "gn", "train.batch_size": 16}
+    cfg = st.cell_config(spec, cells[4], seed_index=1)
+    assert (cfg.model.norm, cfg.train.batch_size, cfg.seed) == ("gn", 16, 1)
+
+
+def test_explicit_cells_are_crossed_with_the_grid_and_list_values_label_cleanly():
+    spec = st.StudySpec(
+        "s", BASE, grid={"optim.lr": [0.1, 0.01]},
+        cells=[{"label": "none", "set": {"augment": []}}, {"label": "all", "set": {"augment": [{"crop": {"padding": 1}}, "flip"]}}],
+    )  # fmt: skip
+    cells = st.expand_cells(spec)
+    assert [c.label for c in cells] == ["none,lr=0.1", "none,lr=0.01", "all,lr=0.1", "all,lr=0.01"]
+    assert spec.axes == ["cell", "optim.lr"]
+    cfg = st.cell_config(spec, cells[2])
+    assert cfg.augment == [{"crop": {"padding": 1}}, "flip"] and cfg.optim.lr == 0.1
+    # an augmentation list as a grid value becomes a readable folder name
+    grid = st.expand_cells(st.StudySpec("s", BASE, grid={"augment": [[], ["flip", "crop:padding=2"]]}))
+    assert [c.label for c in grid] == ["augment=none", "augment=flip+crop-padding=2"]
+
+
+def test_base_recipe_is_relative_to_the_study_file_and_base_overrides_it(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "r.yaml").write_text(yaml.safe_dump({**BASE, "optim": {"lr": 0.3, "momentum": 0.5}}))
+    path = tmp_path / "sub" / "study-x.yaml"
+    path.write_text(yaml.safe_dump({"base_recipe": "r.yaml", "base": {"optim": {"lr": 0.05}}, "grid": {"model.norm": ["gn"]}}))
+    spec = st.load_study(path)
+    cfg = st.cell_config(spec, st.expand_cells(spec)[0])
+    assert spec.name == "x"
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.model.name) == (0.05, 0.5, "resnet8")
+
+
+def test_linear_lr_scaling_with_the_batch():
+    spec = st.StudySpec("s", BASE, grid={"train.batch_size": [8, 32, 128]}, scale_lr_with_batch=128)
+    lrs = [st.cell_config(spec, c).optim.lr for c in st.expand_cells(spec)]
+    assert lrs == pytest.approx([0.1 * 8 / 128, 0.1 * 32 / 128, 0.1])
+
+
+def load_all(path: Path) -> list:
+    spec = st.load_study(path)
+    return [st.cell_config(spec, c) for c in st.expand_cells(spec)]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"grid": {"model.nrom": ["bn"]}}, "unknown config key 'model.nrom'; did you mean 'model.norm'"),
+        ({"grid": {"seed": [1, 2]}}, "'seed' cannot be varied"),
+        ({"grid": {"model.norm": []}}, "non-empty list"),
+        ({"grid": {"model.norm": ["bn", "nb"]}}, "unknown norm 'nb'"),
+        ({"seeds": 0}, "seeds must be an integer >= 1"),
+        ({"grdi": {}}, "unknown key 'grdi'; did you mean 'grid'"),
+        ({"cells": [{"label": "a", "set": {}}, {"label": "a", "set": {}}], "grid": {}}, "share the folder name 'a'"),
+        ({"base_recipe": "missing.yaml"}, "base_recipe 'missing.yaml' not found"),
+    ],
+)
+def test_bad_study_files_fail_with_one_line(tmp_path, change, message):
+    path = write_study(tmp_path, **change)
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        load_all(path)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_cell_value_is_reported_with_the_cell(tmp_path):
+    with pytest.raises(ConfigError, match=r"cell dropout=1.5: config model.dropout"):
+        load_all(write_study(tmp_path, grid={"model.dropout": [0.1, 1.5]}))
+
+
+# -- running ------------------------------------------------------------------------------
+def test_every_cell_and_seed_is_an_ordinary_run_folder(finished):
+    path, result = finished
+    out = result.out_dir
+    for label in ("norm=bn", "norm=gn"):
+        for k in range(2):
+            run = out / label / f"seed{k}"
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            assert cfg["seed"] == k and cfg["model"]["norm"] == label.split("=")[1]
+            assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
+            assert json.loads((run / "eval" / "test" / "metrics.json").read_text())["num_samples"] == 12
+            assert json.loads((run / "eval" / "val" / "metrics.json").read_text())["num_samples"] == 12
+    assert sorted(result.ran) == sorted(f"norm={n}/seed{k}" for n in ("bn", "gn") for k in range(2))
+    for name in ("study.html", "study.md", "results.csv", "results.json"):
+        assert (out / name).stat().st_size > 0
+    assert [r["cell"] for r in table(out / "results.csv")] == ["norm=bn", "norm=gn"]
+
+
+def test_mean_and_std_are_computed_from_the_per_seed_files(finished):
+    _, result = finished
+    rows = {r["cell"]: r for r in csv.DictReader(open(result.out_dir / "results.csv"))}
+    for label in ("norm=bn", "norm=gn"):
+        runs = [result.out_dir / label / f"seed{k}" for k in range(2)]
+        test = [json.loads((r / "eval" / "test" / "metrics.json").read_text()) for r in runs]
+        val = [json.loads((r / "eval" / "val" / "metrics.json").read_text()) for r in runs]
+        last = [list(csv.DictReader(open(r / "metrics.csv")))[-1] for r in runs]
+        expect = {
+            "test_acc": [m["accuracy"] for m in test],
+            "test_f1_macro": [m["f1_macro"] for m in test],
+            "val_acc": [m["accuracy"] for m in val],
+            "val_f1_micro": [m["f1_micro"] for m in val],
+            "train_acc": [float(r["train_acc"]) for r in last],
+            "train_loss": [float(r["train_loss"]) for r in last],
+            "val_loss": [float(r["val_loss"]) for r in last],
+        }
+        row = rows[label]
+        assert row["n"] == "2" and row["epochs_mean"] == "2"
+        for key, xs in expect.items():
+            assert float(row[f"{key}_mean"]) == pytest.approx(sum(xs) / 2, rel=1e-5, abs=1e-9), key
+            assert float(row[f"{key}_std"]) == pytest.approx(abs(xs[0] - xs[1]) / 2**0.5, rel=1e-5, abs=1e-6), key
+    # a single seed has no spread: std is left blank, not reported as 0
+    one = st.summarize([st.Cell("a", {}, {})], {("a", 0): {"val_acc": 0.5}})[0]
+    assert one["n"] == 1 and one["val_acc_mean"] == 0.5 and one["val_acc_std"] is None
+
+
+def test_best_cell_is_chosen_on_validation_even_when_test_disagrees(tmp_path):
+    cells = [st.Cell("high-val", {}, {"cell": "high-val"}), st.Cell("high-test", {}, {"cell": "high-test"})]
+    curves = {"epoch": [1.0], "val_acc": [0.5], "train_loss": [1.0]}
+    run = lambda v, t: {**{m: 0.5 for m in st.METRICS}, "val_acc": v, "test_acc": t, "curves": curves}  # noqa: E731
+    runs = {("high-val", 0): run(0.9, 0.60), ("high-val", 1): run(0.8, 0.62), ("high-test", 0): run(0.7, 0.95), ("high-test", 1): run(0.75, 0.97)}
+    rows = st.summarize(cells, runs)
+    best = st.select_best(rows)
+    assert best == "high-val"
+    spec = st.StudySpec("s", BASE, cells=[{"label": c.label, "set": {}} for c in cells], seeds=2)
+    st.write_study_report(tmp_path, spec, cells, rows, runs, best)
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["best"] == "high-val" and "never" in payload["selection"]
+    md = (tmp_path / "study.md").read_text()
+    assert "Best cell: **high-val**, chosen on mean **validation** accuracy" in md
+    assert "| high-val **(best)** |" in md and "high-test **(best)**" not in md
+    html = (tmp_path / "study.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2 and "src='study_files" not in html
+
+
+def test_interrupted_study_resumes_without_rerunning_finished_cells(finished, tmp_path, monkeypatch):
+    path, reference = finished
+    out = tmp_path / "out"
+    from resnetlab.trainer import Trainer
+
+    real_epoch = Trainer._train_epoch
+
+    def crash_in_second_epoch(self):
+        if self.run_dir.parent.name == "norm=gn" and self.run_dir.name == "seed1" and self.epoch == 1:
+            raise RuntimeError("power cut")
+        return real_epoch(self)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_second_epoch)
+    with pytest.raises(ResnetlabError, match=r"1 of 4 runs failed \(first: norm=gn/seed1: power cut\)"):
+        st.run_study(path, out=out)
+    victim = out / "norm=gn" / "seed1"
+    assert (victim / "checkpoints" / "last").is_dir() and not (victim / "eval").exists()
+    assert not (out / "results.csv").exists()
+    done = {k: v for k, v in snapshot(out).items() if not k.startswith("norm=gn/seed1")}
+    monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
+
+    from resnetlab import trainer
+
+    resumed = []
+    real_resume = trainer.resume
+    monkeypatch.setattr(trainer, "resume", lambda run_dir, **kw: resumed.append(Path(run_dir)) or real_resume(run_dir, **kw))
+    result = st.run_study(path, out=out)
+    assert result.ran == ["norm=gn/seed1"] and len(result.skipped) == 3
+    assert resumed == [victim]  # continued from its epoch-1 checkpoint, not restarted
+    after = snapshot(out)
+    assert {k: after[k] for k in done} == done  # finished runs untouched (every file's mtime)
+    assert len(list(csv.DictReader(open(victim / "metrics.csv")))) == 2
+    # exact resume: the table equals the uninterrupted study's
+    assert table(out / "results.csv") == table(reference.out_dir / "results.csv")
+
+
+def test_rerun_of_a_finished_study_trains_nothing_and_a_lost_eval_is_redone(finished, tmp_path):
+    path, reference = finished
+    out = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(reference.out_dir, out)
+    (out / "norm=bn" / "seed0" / "eval" / "test" / "metrics.json").unlink()
+    before = (out / "norm=bn" / "seed0" / "checkpoints" / "best" / "model.safetensors").stat().st_mtime_ns
+    result = st.run_study(path, out=out)
+    assert result.ran == ["norm=bn/seed0"] and len(result.skipped) == 3
+    assert (out / "norm=bn" / "seed0" / "checkpoints" / "best" / "model.safetensors").stat().st_mtime_ns == before
+    assert table(out / "results.csv") == table(reference.out_dir / "results.csv")
+
+
+def test_a_folder_with_another_config_is_not_mistaken_for_the_cell(finished, tmp_path):
+    path, reference = finished
+    import shutil
+
+    shutil.copytree(reference.out_dir, tmp_path / "o")
+    changed = write_study(tmp_path, name="tiny2", base={**BASE, "optim": {"lr": 0.05}})
+    with pytest.raises(ResnetlabError, match=r"holds a run with another config \(optim.lr: 0.1 \(folder\) vs 0.05 \(study\)\)"):
+        st.run_study(changed, out=tmp_path / "o")
+
+
+def test_jobs_2_gives_the_same_table_as_jobs_1(finished, tmp_path):
+    path, reference = finished
+    result = st.run_study(path, out=tmp_path / "par", jobs=2, seeds=1)
+    serial = st.run_study(path, out=tmp_path / "ser", jobs=1, seeds=1)
+    assert table(result.out_dir / "results.csv") == table(serial.out_dir / "results.csv")
+    # the seed-0 runs are the very runs of the 2-seed study
+    for label in ("norm=bn", "norm=gn"):
+        a = json.loads((tmp_path / "par" / label / "seed0" / "eval" / "test" / "metrics.json").read_text())
+        b = json.loads((reference.out_dir / label / "seed0" / "eval" / "test" / "metrics.json").read_text())
+        assert a["accuracy"] == b["accuracy"] and a["confusion_matrix"] == b["confusion_matrix"]
+        assert (tmp_path / "par" / label / "seed0" / "study-cell.log").is_file()  # ran as a subprocess
+
+
+def test_seeds_flag_and_max_cells(finished, tmp_path):
+    path, _ = finished
+    result = st.run_study(path, out=tmp_path / "o", seeds=1, max_cells=1)
+    assert [r["cell"] for r in result.rows] == ["norm=bn"] and result.rows[0]["n"] == 1
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_dir() and p.name != "study_files") == ["norm=bn"]
+    assert not (tmp_path / "o" / "norm=bn" / "seed1").exists()
+
+
+def test_cli_study(finished, tmp_path, capsys):
+    path, reference = finished
+    import shutil
+
+    shutil.copytree(reference.out_dir, tmp_path / "o")
+    assert main(["study", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    best = json.loads((tmp_path / "o" / "results.json").read_text())["best"]
+    assert "0 runs trained, 4 already finished" in out
+    assert f"{best:<40}" in out and "<- best (on validation)" in out
+    assert main(["study", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: config file not found") and err.count("\n") == 1
+    assert main(["study", str(path), "--jobs", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "jobs must be an integer >= 1" in capsys.readouterr().err
