@@ -85,3 +85,11 @@ def test_smoke_scales_down_but_keeps_recipe():
     s = smoke_config(cfg)
     assert s.train.epochs == 1 and s.train.batch_size == 64 and s.data.subset == 256 and s.data.image_size == 64
     assert s.model.norm == "gn" and s.schedule.name == "onecycle"
+
+
+def test_every_config_key_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "CONFIG.md").read_text()
+    missing = [k for k in config_keys() if f"`{k}`" not in doc]
+    assert not missing, f"add these keys to docs/CONFIG.md: {missing}"
