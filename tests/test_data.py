@@ -335,3 +335,20 @@ def test_load_images_converts_channels_and_preprocess(tmp_path, caplog):
         load_images([tmp_path / "bad.jpg"], size=8)
     with pytest.raises(DataError, match="channels"):
         preprocess(x, mean=[0.5], std=[0.5])
+
+
+def test_download_goes_through_torchvision(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+
+    class FakeCIFAR10:  # stands in for the network: writes the archive's extracted layout
+        def __init__(self, root, train=True, download=False):
+            calls.append((root, download))
+            write_cifar10(Path(root))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    s = load_dataset("cifar10", root=tmp_path / "new", download=True, val_fraction=0.0)
+    assert calls == [(str(tmp_path / "new"), True)] and len(s.train) == 100
+    load_dataset("cifar10", root=tmp_path / "new", download=True)  # present now: no second download
+    assert len(calls) == 1
