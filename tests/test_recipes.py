@@ -87,13 +87,7 @@ def test_report_details_in_the_recipes():
     assert lrs["norm=bn,batch_size=8"] == pytest.approx(0.1 * 8 / 128) and lrs["norm=gn,batch_size=128"] == pytest.approx(0.1)
 
 
-# config.smoke_fallback keeps the 256-image smoke subset for a 100-class dataset, and a stratified
-# 10% validation split of 256 images cannot hold 100 classes: needs a fix in config.py (reported).
-_SMOKE_XFAIL = {"resnet38_bottleneck_cifar-cifar100.yaml": "smoke subset of 256 is too small for a stratified val split of 100 classes"}
-SMOKE_TRAINING = [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=_SMOKE_XFAIL[p.name])) if p.name in _SMOKE_XFAIL else p
-    for p in TRAINING
-]
+SMOKE_TRAINING = TRAINING
 
 
 @pytest.mark.parametrize("path", SMOKE_TRAINING, ids=lambda p: p.name)

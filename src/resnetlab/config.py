@@ -84,7 +84,7 @@ class DataConfig(_Section):
     root: str | None = None  # data root; default $RESNETLAB_DATA or ~/.cache/resnetlab
     image_size: int | None = Field(None, ge=4, le=1024)  # square side in pixels; None = native size
     val_fraction: float = Field(0.1, ge=0, lt=1)  # of the training split, stratified, seeded
-    subset: int | float | None = Field(None, gt=0)  # float <= 1: fraction of each split; > 1: number of training images
+    subset: int | float | None = Field(None, gt=0)  # of the training pool (before the val hold-out): float <= 1 a fraction, int a count; test is never reduced
     download: bool = False
 
     def load_kwargs(self, seed: int) -> dict[str, Any]:
@@ -313,21 +313,26 @@ _SMOKE_SHAPES = {"cifar10": ("3x32x32", 10), "cifar100": ("3x32x32", 100), "mnis
 
 
 def smoke_fallback(cfg: Config) -> Config:
-    """For ``--smoke``: swap a dataset that is not available offline for a synthetic one."""
+    """For ``--smoke``: swap a dataset that is not available offline for a synthetic one of the
+    same shape and class count, and hold out at least one validation image per class."""
     import logging
 
     from resnetlab.data import load_dataset
     from resnetlab.errors import DataError
 
+    data = cfg.model_dump(mode="json")
     try:
-        load_dataset(cfg.data.name, **cfg.data.load_kwargs(cfg.seed))
-        return cfg
+        classes = len(load_dataset(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, val_fraction=0).classes)
     except DataError as exc:
         key = cfg.data.name.split(":")[0]
-        shape, classes = _SMOKE_SHAPES.get(key, (f"3x{cfg.data.image_size or 64}x{cfg.data.image_size or 64}", 4))
-        n = max(int(cfg.data.subset or 256), 4 * classes) if (cfg.data.subset or 0) > 1 else 256
-        name = f"synthetic:{shape}:{classes}:{max(n, 2 * classes)}"
+        side = cfg.data.image_size or 64
+        shape, classes = _SMOKE_SHAPES.get(key, (f"3x{side}x{side}", 4))
+        n = max(int(cfg.data.subset or 256), 2 * classes)
+        name = f"synthetic:{shape}:{classes}:{n}"
         logging.getLogger(__name__).warning("smoke run: %s; using %s instead", str(exc).splitlines()[0], name)
-        data = cfg.model_dump(mode="json")
         data["data"].update(name=name, download=False)
-        return config_from_dict(data)
+    subset = cfg.data.subset
+    if isinstance(subset, int) and cfg.data.val_fraction > 0:
+        # a stratified split of a small subset needs one validation image per class
+        data["data"]["val_fraction"] = round(min(0.5, max(cfg.data.val_fraction, classes / subset)), 4)
+    return config_from_dict(data)
