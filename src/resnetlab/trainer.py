@@ -374,6 +374,7 @@ class Trainer:
             CheckpointError: the checkpoint is unreadable, unsafe or from another run
                 (a state that loads but lacks keys or does not fit the optimizer).
         """
+        ckpt.load_meta(directory)  # evaluate/predict need it: a broken meta.json is a broken checkpoint
         state = ckpt.load_trainer_state(directory)
         weights = ckpt.load_weights(directory)
         try:
