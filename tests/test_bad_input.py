@@ -314,7 +314,7 @@ def _check_one_line(exc: ConfigError) -> None:
     assert msg and "\n" not in msg.strip(), msg
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_configs)
 def test_fuzz_config_dicts_raise_only_one_line_config_errors(data):
     try:
@@ -323,7 +323,7 @@ def test_fuzz_config_dicts_raise_only_one_line_config_errors(data):
         _check_one_line(exc)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(st.lists(st.tuples(st.sampled_from(_KEYS) | st.text(max_size=10), st.text(max_size=16)), max_size=4))
 def test_fuzz_overrides_raise_only_one_line_config_errors(pairs):
     try:
@@ -332,7 +332,7 @@ def test_fuzz_overrides_raise_only_one_line_config_errors(pairs):
         _check_one_line(exc)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(st.text(max_size=200))
 def test_fuzz_yaml_files_raise_only_one_line_config_errors(tmp_path_factory, text):
     p = tmp_path_factory.mktemp("y") / "r.yaml"
