@@ -268,22 +268,30 @@ def build_model_from_meta(meta: dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"cannot rebuild model {meta.get('arch')!r} from checkpoint: {exc}") from exc
 
 
+def describe_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], keys=None, optional=()) -> str | None:
+    """``None`` when ``state`` fits ``own`` (over ``keys``, default all), else a one-line account
+    of the first mismatching keys. Keys ending in one of ``optional`` may be absent from ``state``."""
+    own_keys = [k for k in own if keys is None or k in keys]
+    src_keys = [k for k in state if keys is None or k in keys]
+    missing = [k for k in own_keys if k not in state and not k.endswith(tuple(optional))]
+    unexpected = [k for k in src_keys if k not in own]
+    shape = [k for k in own_keys if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    parts = []
+    if shape:
+        k = shape[0]
+        parts.append(f"shape mismatch at {k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+    if missing:
+        parts.append(f"missing keys {missing[:3]}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:3]}")
+    return "; ".join(parts) or None
+
+
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` with a one-line error naming the first mismatching keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shape:
-        parts = []
-        if shape:
-            k = shape[0]
-            parts.append(f"shape mismatch at {k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-        if missing:
-            parts.append(f"missing keys {missing[:3]}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:3]}")
-        raise CheckpointError(f"weights in {source} do not fit the model: " + "; ".join(parts))
+    problem = describe_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"weights in {source} do not fit the model: {problem}")
     model.load_state_dict(state, strict=True)
 
 

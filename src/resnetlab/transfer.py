@@ -238,24 +238,15 @@ def load_pretrained(
                 state[key] = new
                 adapted.append(key)
 
+    from resnetlab.checkpoint import describe_mismatch
+
     body_own = [k for k in own if not _is_head_key(k)]
-    body_src = [k for k in state if not _is_head_key(k)]
+    body = {k for k in (*own, *state) if not _is_head_key(k)}
     # Old torchvision files predate BatchNorm's num_batches_tracked buffer; the model's value stays.
-    missing = [k for k in body_own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in body_src if k not in own]
-    shape = [k for k in body_own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shape:
-        parts = []
-        if shape:
-            k = shape[0]
-            parts.append(f"shape mismatch at {k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-        if missing:
-            parts.append(f"missing keys {missing[:3]}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:3]}")
+    problem = describe_mismatch(own, state, keys=body, optional=("num_batches_tracked",))
+    if problem:
         raise CheckpointError(
-            f"weights from {source} do not fit model {arch or type(model).__name__} (another architecture?): "
-            + "; ".join(parts)
+            f"weights from {source} do not fit model {arch or type(model).__name__} (another architecture?): {problem}"
         )
 
     head_own = {k: own[k] for k in own if _is_head_key(k)}

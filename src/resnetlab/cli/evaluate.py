@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import json
 
+from resnetlab.metrics import METRIC_KEYS
+
 # Keys of the --json object, in order (the contract of issue 4).
-JSON_KEYS = (
-    "accuracy",
-    "top5_accuracy",
-    "loss",
-    "precision_macro",
-    "recall_macro",
-    "f1_macro",
-    "precision_micro",
-    "recall_micro",
-    "f1_micro",
-    "f1_weighted",
-    "confusion_matrix",
-    "per_class",
-    "predictions",
-)
+JSON_KEYS = (*METRIC_KEYS, "predictions")
 
 
 def register(sub) -> None:

@@ -1,0 +1,38 @@
+"""The main job end to end on real data: the `make demo` recipe and one Fashion-MNIST epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resnetlab.cli import main
+
+ROOT = Path(__file__).parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_demo_recipe_reaches_97_percent_and_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["train", "--config", str(ROOT / "recipes" / "demo-digits.yaml"), "--out", str(out), "--quiet"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    metrics = json.loads((out / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.97, metrics["accuracy"]
+    assert f"report: {out / 'report.html'}" in printed
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Confusion" in html
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist; .ci/run installs it)")
+def test_one_epoch_of_real_fashion_mnist_reaches_88_percent(tmp_path, capsys):
+    out = tmp_path / "fmnist"
+    rc = main([
+        "train", "--config", str(ROOT / "recipes" / "resnet14-fmnist-1epoch.yaml"), "--out", str(out), "--quiet",
+        "--set", "output.report=false",
+    ])  # fmt: skip
+    assert rc == 0
+    metrics = json.loads((out / "eval" / "test" / "metrics.json").read_text())
+    assert sum(r["support"] for r in metrics["per_class"]) == 10000  # the whole real test split
+    assert metrics["accuracy"] >= 0.88, metrics["accuracy"]
