@@ -284,3 +284,15 @@ def test_cli_study(finished, tmp_path, capsys):
     assert err.startswith("error: config file not found") and err.count("\n") == 1
     assert main(["study", str(path), "--jobs", "0", "--out", str(tmp_path / "o")]) == 2
     assert "jobs must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_set_overrides_change_every_cell_base(tmp_path):
+    from resnetlab.study import cell_config, expand_cells, load_study
+
+    from pathlib import Path
+
+    spec = load_study(Path(__file__).parents[1] / "recipes" / "study-normalization.yaml", overrides=["train.epochs=2", "data.subset=500"])
+    cfgs = [cell_config(spec, c) for c in expand_cells(spec)]
+    assert {c.train.epochs for c in cfgs} == {2} and {c.data.subset for c in cfgs} == {500}
+    assert sorted(c.model.norm for c in cfgs) == sorted(spec.grid["model.norm"])  # the axis still wins
+    assert spec.overrides == ["train.epochs=2", "data.subset=500"]

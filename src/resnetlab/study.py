@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-from resnetlab.config import Config, config_from_dict, read_yaml, smoke_config, smoke_fallback
+from resnetlab.config import Config, apply_overrides, config_from_dict, read_yaml, smoke_config, smoke_fallback
 from resnetlab.errors import ConfigError, ResnetlabError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class StudySpec:
     seeds: int = 1
     scale_lr_with_batch: int | None = None
     path: Path | None = None
+    overrides: list[str] = field(default_factory=list)  # --set changes to the base config
 
     @property
     def axes(self) -> list[str]:
@@ -140,12 +141,14 @@ def _check_key(key: Any, where: str) -> str:
     return key
 
 
-def load_study(path: str | os.PathLike, seeds: int | None = None) -> StudySpec:
+def load_study(path: str | os.PathLike, seeds: int | None = None, overrides: list[str] | None = None) -> StudySpec:
     """Read and check a study file.
 
     Args:
         path: the study YAML.
         seeds: replaces the file's ``seeds`` when given.
+        overrides: ``section.key=value`` applied to the base config of every cell (e.g. a
+            smaller budget: ``train.epochs=3``); grid axes and cells still win.
 
     Returns:
         The :class:`StudySpec`; its ``base`` is the resolved base config as a dict.
@@ -155,6 +158,7 @@ def load_study(path: str | os.PathLike, seeds: int | None = None) -> StudySpec:
         >>> spec.grid["model.name"]  # doctest: +SKIP
         ['resnet20', 'resnet32', 'resnet44', 'resnet56']
     """
+    base_overrides = overrides
     path = Path(path)
     data = read_yaml(path)
     unknown = [k for k in data if k not in STUDY_KEYS]
@@ -169,7 +173,7 @@ def load_study(path: str | os.PathLike, seeds: int | None = None) -> StudySpec:
     overrides = data.get("base") or {}
     if not isinstance(overrides, dict):
         raise ConfigError(f"study {path}: 'base' must be a mapping of config sections, got {type(overrides).__name__}")
-    base = _deep_merge(base, overrides)
+    base = apply_overrides(_deep_merge(base, overrides), base_overrides)
     config_from_dict(base)  # validate the base on its own: errors name the base, not a cell
 
     grid = data.get("grid") or {}
@@ -199,7 +203,8 @@ def load_study(path: str | os.PathLike, seeds: int | None = None) -> StudySpec:
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
         raise ConfigError(f"study {path}: scale_lr_with_batch must be the base batch size (an integer >= 1), got {scale!r}")
     name = str(data.get("name") or path.stem.removeprefix("study-"))
-    spec = StudySpec(name=name, base=base, grid=grid, cells=cells, seeds=n, scale_lr_with_batch=scale, path=path)
+    spec = StudySpec(name=name, base=base, grid=grid, cells=cells, seeds=n, scale_lr_with_batch=scale, path=path,
+                     overrides=list(base_overrides or []))
     expand_cells(spec)  # labels unique and safe
     return spec
 
@@ -445,6 +450,7 @@ def run_study(
     seeds: int | None = None,
     max_cells: int | None = None,
     on_cell: Callable[[str, str], None] | None = None,
+    overrides: list[str] | None = None,
 ) -> StudyResult:
     """Run (or resume) every cell x seed of a study, then write the comparison report.
 
@@ -458,6 +464,7 @@ def run_study(
             ``cores // jobs`` torch threads; 1 trains in this process.
         seeds: replaces the study's number of seeds.
         max_cells: run only the first N cells (a CI knob; the report then covers those cells).
+        overrides: ``section.key=value`` changes to the base config (see :func:`load_study`).
         on_cell: called with ``(run label, "ran" | "skipped")`` after each run (progress).
 
     Returns:
@@ -470,7 +477,7 @@ def run_study(
     Example:
         >>> r = run_study("recipes/study-optimizer.yaml", smoke=True, jobs=2)  # doctest: +SKIP
     """
-    spec = study if isinstance(study, StudySpec) else load_study(study)
+    spec = study if isinstance(study, StudySpec) else load_study(study, overrides=overrides)
     if seeds is not None:
         if seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {seeds}")
@@ -572,6 +579,7 @@ def _command_line(spec: StudySpec, smoke: bool, out_dir: Path) -> str:
     parts = ["resnetlab", "study", str(spec.path) if spec.path else spec.name]
     if smoke:
         parts.append("--smoke")
+    parts += [f"--set {o}" for o in spec.overrides]
     parts += ["--seeds", str(spec.seeds), "--out", str(out_dir)]
     return " ".join(parts)
 

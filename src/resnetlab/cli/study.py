@@ -11,6 +11,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="study folder (default <output.dir>/study-<name>)")
     p.add_argument("--seeds", type=int, help="seeds per cell (replaces the file's 'seeds')")
     p.add_argument("--max-cells", type=int, help="run only the first N cells (for CI)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of every cell's base config, e.g. --set train.epochs=3 (repeatable)")  # fmt: skip
     p.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
     p.set_defaults(func=run)
 
@@ -18,7 +20,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from resnetlab.study import run_study
 
-    result = run_study(args.study, out=args.out, smoke=args.smoke, jobs=args.jobs, seeds=args.seeds, max_cells=args.max_cells)
+    result = run_study(args.study, out=args.out, smoke=args.smoke, jobs=args.jobs, seeds=args.seeds, max_cells=args.max_cells,
+                       overrides=args.overrides)  # fmt: skip
     print(f"study: {result.out_dir}  ({len(result.ran)} runs trained, {len(result.skipped)} already finished)")
     for r in result.rows:
         val = f"{r['val_acc_mean']:.4f}" if r["val_acc_mean"] is not None else "n/a"
