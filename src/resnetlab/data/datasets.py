@@ -189,7 +189,11 @@ def stratified_split(
     try:
         keep, out = train_test_split(idx, test_size=held, random_state=seed, stratify=y, shuffle=True)
     except ValueError as exc:
-        raise DataError(f"cannot make a stratified split of {len(y)} items holding out {held!r}: {exc}") from None
+        k = len(np.unique(y))
+        raise DataError(
+            f"cannot split {len(y)} images of {k} classes with a stratified hold-out of {held!r}: each side needs at least "
+            f"one image per class (raise data.subset or data.val_fraction, or use more images)"
+        ) from None
     return np.sort(keep), np.sort(out)
 
 
