@@ -22,7 +22,7 @@ demo: $(STAMP)
 	@echo "report: $(CURDIR)/runs/demo/report.html"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''

@@ -111,6 +111,7 @@ def test_resnet8_overfits_32_samples(norm):
     assert acc == 1.0, f"{norm}: train accuracy {acc} after {steps} steps"
 
 
+@pytest.mark.slow  # the same trunk code as resnet8's overfit, with bottleneck blocks: ~40 s
 @pytest.mark.parametrize("norm", OVERFIT_NORMS)
 def test_bottleneck_trunk_overfits_32_samples(norm):
     # Three bottleneck blocks (out 32/64/128 channels) through the same trunk as every model;
@@ -177,7 +178,7 @@ def test_zero_pad_shortcut_is_strided_identity_with_zero_channels():
 
 
 @pytest.mark.parametrize("norm", ["bn-torch", "bn"])
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnet34", marks=pytest.mark.slow), "resnet50"])
 def test_torchvision_state_dict_loads_and_outputs_match(name, norm):
     # float64 for the scratch BN: in train mode its float32 rounding differs from torch's kernel
     # by ~1e-4 after 50 layers of random weights; in float64 the two agree to ~1e-12.
