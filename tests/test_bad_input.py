@@ -297,7 +297,7 @@ def test_read_only_output_folder(tmp_path, capsys):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from resnetlab.config import apply_overrides, config_from_dict, config_keys, load_config  # noqa: E402
+from resnetlab.config import config_from_dict, config_keys, load_config  # noqa: E402
 from resnetlab.errors import ConfigError  # noqa: E402
 
 _KEYS = config_keys()

@@ -52,7 +52,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     rows = read_rows(tmp_path / "a" / "metrics.csv")
     assert len(rows) == 2 and rows == read_rows(tmp_path / "b" / "metrics.csv")
     assert a.history[-1]["train_loss"] < a.history[0]["train_loss"] * 1.5
-    c = train(tiny("seed=1"), tmp_path / "c", progress=False)
+    train(tiny("seed=1"), tmp_path / "c", progress=False)
     assert read_rows(tmp_path / "c" / "metrics.csv") != rows  # the seed matters
     assert b.best_val_acc is not None
 

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +262,54 @@ def write_eval_files(out: Path, metrics: dict, classes: Sequence[str], logits: t
 # -- evaluate ---------------------------------------------------------------------------
 
 
+@dataclass
+class SplitSource:
+    """A checkpoint together with one split of the dataset it was trained on, and the exact
+    evaluation preprocessing of its run (the checkpoint's mean/std, the deterministic part of
+    its augmentations, flip TTA when the run used it). Shared by evaluate and explain."""
+
+    ckpt: Any
+    splits: Any
+    imageset: Any
+    data_name: str
+    mean: list[float]
+    std: list[float]
+    augment: list[Any]
+    tta_flip: bool
+
+    def loader(self, batch_size: int, device):
+        from resnetlab.data import build_loader
+
+        return build_loader(self.imageset, batch_size=batch_size, train=False, augment=self.augment,
+                            mean=self.mean, std=self.std, device=device)  # fmt: skip
+
+
+def open_split(checkpoint_or_run, split: str, data_root=None, splits=None, which: str = "best", purpose: str = "evaluate") -> SplitSource:
+    """Load a checkpoint (or take a loaded one), rebuild its dataset and pick ``split``."""
+    from resnetlab.checkpoint import Checkpoint, load_checkpoint
+
+    ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
+    meta = ckpt.meta
+    config = meta.get("config") or {}
+    if splits is None:
+        splits = load_splits_for(meta, data_root)
+    data_name = config.get("data", {}).get("name", "?")
+    _check_classes(ckpt.classes, splits.classes, data_name)
+    imageset = getattr(splits, split)
+    if imageset is None or len(imageset) == 0:
+        raise ResnetlabError(f"dataset {data_name!r} has no {split!r} split to {purpose} (try --split test)")
+    return SplitSource(
+        ckpt=ckpt,
+        splits=splits,
+        imageset=imageset,
+        data_name=data_name,
+        mean=meta.get("mean") or list(splits.mean),
+        std=meta.get("std") or list(splits.std),
+        augment=config.get("augment") or [],
+        tta_flip=bool((config.get("train") or {}).get("tta_flip", False)),
+    )
+
+
 def evaluate(
     checkpoint_or_run,
     split: str = "test",
@@ -293,31 +342,16 @@ def evaluate(
         >>> m = evaluate("runs/demo", split="test")  # doctest: +SKIP
         >>> round(m["accuracy"], 3), m["predictions"]  # doctest: +SKIP
     """
-    from resnetlab.checkpoint import Checkpoint, load_checkpoint
-    from resnetlab.data import build_loader
-
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     device = resolve_device(device)
-    ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
-    meta = ckpt.meta
-    tta_flip = bool(((meta.get("config") or {}).get("train") or {}).get("tta_flip", False))
+    src = open_split(checkpoint_or_run, split, data_root=data_root, splits=splits, which=which, purpose="evaluate")
+    ckpt, imageset, data_name = src.ckpt, src.imageset, src.data_name
     model = ckpt.model.to(device)
-    if splits is None:
-        splits = load_splits_for(meta, data_root)
-    data_name = (meta.get("config") or {}).get("data", {}).get("name", "?")
-    _check_classes(ckpt.classes, splits.classes, data_name)
-    imageset = getattr(splits, split)
-    if imageset is None or len(imageset) == 0:
-        raise ResnetlabError(f"dataset {data_name!r} has no {split!r} split to evaluate (try --split test)")
-    mean = meta.get("mean") or list(splits.mean)
-    std = meta.get("std") or list(splits.std)
-    augment = (meta.get("config") or {}).get("augment") or []
-    loader = build_loader(imageset, batch_size=batch_size, train=False, augment=augment, mean=mean, std=std, device=device)
-    # Same preprocessing as the trainer's validation: deterministic augmentations only, the checkpoint's mean/std.
-    logits, targets, indices = collect_outputs(model, loader, device, tta_flip=tta_flip)
+    loader = src.loader(batch_size, device)
+    logits, targets, indices = collect_outputs(model, loader, device, tta_flip=src.tta_flip)
     metrics = classification_metrics(logits, targets, ckpt.classes, kind="logits")
 
     if out_dir is None:

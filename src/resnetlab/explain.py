@@ -323,9 +323,8 @@ def explain(
         'runs/demo/report_sections/explain.html'
     """
     from resnetlab.checkpoint import Checkpoint, load_checkpoint
-    from resnetlab.data import build_loader
     from resnetlab.data.images import preprocess
-    from resnetlab.evaluate import SPLITS, _check_classes, collect_outputs, load_splits_for, resolve_device, run_dir_of
+    from resnetlab.evaluate import SPLITS, collect_outputs, open_split, resolve_device, run_dir_of
 
     method = _method(method)
     if split not in SPLITS:
@@ -335,25 +334,17 @@ def explain(
             raise ValueError(f"{name} must be an integer >= {1 if name in ('n_per_class', 'batch_size') else 0}, got {v!r}")
     device = resolve_device(device)
     ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
-    model, meta = ckpt.model.to(device), ckpt.meta
+    model = ckpt.model.to(device)
     layer = layer or default_layer(model)
     model.get_stage(layer)  # fail on an unknown layer before any work
     if method not in CAM_METHODS:
         log.info("%s works on the input pixels; layer %s is not used", method, layer)
-    if splits is None:
-        splits = load_splits_for(meta, data_root)
-    data_name = (meta.get("config") or {}).get("data", {}).get("name", "?")
-    _check_classes(ckpt.classes, splits.classes, data_name)
-    imageset = getattr(splits, split)
-    if imageset is None or len(imageset) == 0:
-        raise ResnetlabError(f"dataset {data_name!r} has no {split!r} split to explain (try --split test)")
+    src = open_split(ckpt, split, data_root=data_root, splits=splits, purpose="explain")
+    imageset, data_name, mean, std = src.imageset, src.data_name, src.mean, src.std
     classes = list(ckpt.classes)
-    mean = meta.get("mean") or list(splits.mean)
-    std = meta.get("std") or list(splits.std)
 
     # 1. predictions for the whole split, one batched pass
-    loader = build_loader(imageset, batch_size=batch_size, train=False, mean=mean, std=std, device=device)
-    logits, targets, positions = collect_outputs(model, loader, device)
+    logits, targets, positions = collect_outputs(model, src.loader(batch_size, device), device)
     order = torch.argsort(positions)  # dataset order, whatever the loader did
     logits, targets = logits[order], targets[order]
     probs = logits.softmax(1)

@@ -188,7 +188,7 @@ def stratified_split(
     idx = np.arange(len(y))
     try:
         keep, out = train_test_split(idx, test_size=held, random_state=seed, stratify=y, shuffle=True)
-    except ValueError as exc:
+    except ValueError:
         k = len(np.unique(y))
         raise DataError(
             f"cannot split {len(y)} images of {k} classes with a stratified hold-out of {held!r}: each side needs at least "
