@@ -344,7 +344,7 @@ def explain(
     classes = list(ckpt.classes)
 
     # 1. predictions for the whole split, one batched pass
-    logits, targets, positions = collect_outputs(model, src.loader(batch_size, device), device)
+    logits, targets, positions = collect_outputs(model, src.loader(batch_size, device), device, tta_flip=src.tta_flip)
     order = torch.argsort(positions)  # dataset order, whatever the loader did
     logits, targets = logits[order], targets[order]
     probs = logits.softmax(1)
