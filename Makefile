@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/resnetlab train --config recipes/demo-digits.yaml --out runs/demo
+	$(BIN)/resnetlab train --config recipes/demo-digits.yaml --out runs/demo --overwrite
 	@echo "report: $(CURDIR)/runs/demo/report.html"
 
 test: $(STAMP)
