@@ -46,7 +46,9 @@ def test_training_recipe_validates_and_is_commented(path):
     assert cfg.model.name in list_models()
     text = path.read_text()
     assert text.lstrip().startswith("#"), "a recipe starts with a comment saying what it reproduces"
-    if not path.stem.startswith("demo-"):  # training recipes are named <model>-<data>
+    # training recipes are named <model>-<data>; the demo and issue 7's fmnist-speedrun / fmnist-best
+    # have names fixed by the Makefile and the issue
+    if not path.stem.startswith(("demo-", "fmnist-")):
         model = f"resnet{cfg.model.depth}" if cfg.model.name == "resnet_cifar" else cfg.model.name
         assert path.stem.startswith(model + "-")
 
