@@ -32,6 +32,7 @@ from torch import nn
 from resnetlab import checkpoint as ckpt
 from resnetlab.config import Config, config_from_dict, read_yaml, save_config
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, TrainingDiverged
+from resnetlab.norms import BatchInstanceNorm2d
 
 log = logging.getLogger(__name__)
 
@@ -474,7 +475,7 @@ class Trainer:
         window_losses = torch.zeros(NAN_CHECK_EVERY, device=dev)
         clip = self.cfg.train.grad_clip
         clip_value = self.cfg.train.grad_clip_mode == "value"
-        bin_norms = [m for m in model.modules() if type(m).__name__ == "BatchInstanceNorm2d"]
+        bin_norms = [m for m in model.modules() if isinstance(m, BatchInstanceNorm2d)]
         amp = torch.autocast(dev.type, dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
         t0 = time.perf_counter()
         step = self.start_step
