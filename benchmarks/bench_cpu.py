@@ -5,8 +5,10 @@
     NCHW eager, NCHW with oneDNN (mkldnn) disabled, channels_last eager (the project's trainer
     default) and channels_last with the whole step under ``torch.compile``.
 (b) Inference ResNet-20, batch 256: eager NCHW images/s vs channels_last, BN folded, BN folded +
-    channels_last (:func:`resnetlab.fold.optimize_for_inference`) and ONNX Runtime on the
-    exported (BN-folded) model.
+    channels_last (:func:`resnetlab.fold.optimize_for_inference`), BN folded + ``torch.compile``
+    with inductor weight freezing (:func:`resnetlab.fold.compile_for_inference`, the
+    ``torch-compile`` backend of ``resnetlab predict``) and ONNX Runtime on the exported
+    (BN-folded) model.
 
 Every rate is the best of ``--repeats`` windows (see :mod:`resnetlab.bench`); the roof is the best
 2048^2 matmul measured before every variant, so load from other processes on a shared machine
@@ -48,7 +50,7 @@ TRAIN_VARIANTS = {
     "channels_last": (True, True, False, f"resnetlab bench --model {MODEL} --batch-size {TRAIN_BS} --channels-last"),
     "channels_last_compile": (True, True, True, f"resnetlab bench --model {MODEL} --batch-size {TRAIN_BS} --compile"),
 }
-INFER_VARIANTS = ("eager", "eager_channels_last", "folded", "folded_channels_last", "onnx")
+INFER_VARIANTS = ("eager", "eager_channels_last", "folded", "folded_channels_last", "compiled", "onnx")
 
 
 def _roof(best: list[float]) -> float:
@@ -89,6 +91,23 @@ def bench_infer(name: str, steps: int, warmup: int, repeats: int, trained: torch
         x = torch.randn(INFER_BS, *SIZE).numpy()
         ips = _best_rate(lambda: clf(x), INFER_BS, steps, warmup, repeats, torch.device("cpu"))
         return {"kind": "infer", "variant": name, "images_per_s": ips, "max_abs_diff": r.max_abs_diff, "command": cmd}
+    if name == "compiled":
+        from resnetlab.bench import _batch
+        from resnetlab.fold import compile_for_inference
+
+        fast = compile_for_inference(trained)
+        x, _ = _batch(INFER_BS, SIZE, 2, torch.device("cpu"), False)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            fast(x)
+        compile_s = time.perf_counter() - t0
+
+        @torch.inference_mode()
+        def step() -> None:
+            fast(x)
+
+        ips = _best_rate(step, INFER_BS, steps, warmup, repeats, torch.device("cpu"))
+        return {"kind": "infer", "variant": name, "images_per_s": ips, "compile_s": compile_s, "command": cmd}
     optimize = name.startswith("folded")
     channels_last = name.endswith("channels_last")
     ips = infer_images_per_s(trained, INFER_BS, SIZE, steps=steps, warmup=warmup, repeats=repeats,
@@ -142,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in infer:
                 r = bench_infer(name, max(steps // 2, 2), warmup, repeats, trained, Path(tmp))
                 results.append(r)
-                print(f"infer {name:<24} {r['images_per_s']:8.1f} img/s   $ {r['command']}", flush=True)
+                extra = f"  (compile {r['compile_s']:.0f} s)" if "compile_s" in r else ""
+                print(f"infer {name:<24} {r['images_per_s']:8.1f} img/s{extra}   $ {r['command']}", flush=True)
 
     roof = max(roofs) if roofs else _roof(roofs)
     print(f"matmul roof (fp32 2048^2, best over the run): {roof:.1f} GFLOP/s   $ resnetlab bench --json (matmul_gflops)")

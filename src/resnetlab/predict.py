@@ -4,8 +4,10 @@ Size, channel count and mean/std come from the checkpoint metadata (``input_size
 ``std``), so any photo or PNG can be classified: it is decoded, converted to the model's
 channels, resized to cover the input size and center-cropped, then normalized.
 
-Backends turn a checkpoint into a function from a normalized float batch to logits. Only
-``"torch"`` exists here; another (ONNX Runtime, issue 7) is one more entry in ``BACKENDS``.
+Backends turn a checkpoint into a function from a normalized float batch to logits:
+``"torch"`` (eager), ``"torch-compile"`` (BN-folded and compiled by inductor with weight freezing;
+pays for large jobs, see :func:`resnetlab.fold.compile_for_inference`) and ``"onnx"`` (an exported
+file run by ONNX Runtime, :mod:`resnetlab.export`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.errors import DataError, unknown_name
+from resnetlab.errors import DataError, ResnetlabError, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,41 @@ def _torch_backend(source, device: torch.device, which: str = "best") -> tuple[R
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return model(x).float()
+
+    return run, meta
+
+
+@register_backend("torch-compile")
+def _torch_compile_backend(source, device: torch.device, which: str = "best") -> tuple[Runner, dict]:
+    # The torch backend's model, BN-folded and compiled by inductor with weight freezing
+    # (resnetlab.fold.compile_for_inference). The graph is specialized to one batch shape, so a
+    # smaller last batch is padded with zeros to the first batch's size and the padding's logits
+    # dropped: eval-mode rows are independent, so the real rows' outputs do not change.
+    from resnetlab.checkpoint import Checkpoint, load_checkpoint
+    from resnetlab.fold import compile_for_inference
+
+    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source, which=which, device=device)
+    meta = dict(ckpt.meta)
+    meta.setdefault("classes", ckpt.classes)
+    compiled = compile_for_inference(ckpt.model.to(device))
+    shape: list[tuple[int, ...]] = []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if not shape:
+            shape.append(tuple(x.shape))
+        n = x.shape[0]
+        if tuple(x.shape[1:]) == shape[0][1:] and n < shape[0][0]:
+            x = torch.cat([x, x.new_zeros((shape[0][0] - n, *x.shape[1:]))])
+        try:
+            with torch.no_grad():
+                return compiled(x)[:n].float()
+        except Exception as exc:  # inductor needs a working C++ toolchain on CPU
+            if type(exc).__name__ in ("BackendCompilerFailed", "InductorError", "CppCompileError"):
+                raise ResnetlabError(
+                    f"backend torch-compile could not compile the model ({str(exc).splitlines()[0][:160]}); "
+                    "it needs a C++ compiler (g++) for CPU inference: install one or use --backend torch"
+                ) from exc
+            raise
 
     return run, meta
 
