@@ -169,3 +169,40 @@ def test_bad_inputs_are_one_line_errors(shapes_run, tmp_path, capsys):
     empty.mkdir()
     msg = _cli_error(capsys, ["predict", str(run), str(empty)])
     assert "no image files in directory" in msg
+
+
+def test_predict_applies_the_runs_eval_transforms(tmp_path):
+    """A run that stores images at 24x24 and evaluates a 16x16 center crop: predict on the test
+    files gives what evaluate gives (a straight resize to 16x16 would see the whole image instead)."""
+    from resnetlab.config import config_from_dict
+    from resnetlab.export import export_model
+    from resnetlab.trainer import train
+
+    folder = make_image_folder(tmp_path / "shapes", size=40)
+    cfg = config_from_dict({
+        "seed": 0, "model": {"name": "resnet8"},
+        "data": {"name": f"imagefolder:{folder}", "image_size": 24, "val_fraction": 0.2},
+        "augment": ["flip", "center-crop:size=16"],
+        "train": {"epochs": 1, "batch_size": 8},
+        "output": {"report": False, "evaluate_test": False, "tensorboard": False},
+    })
+    run = train(cfg, run_dir=tmp_path / "run", progress=False).run_dir
+    meta = json.loads((run / "checkpoints" / "best" / "meta.json").read_text())
+    assert meta["input_size"] == [3, 16, 16] and meta["data_shape"] == [3, 24, 24]
+    assert meta["eval_transforms"] == ["center-crop:size=16"]
+    m = evaluate(run, split="val", device="cpu")
+    rows = list(csv.DictReader(open(m["predictions"])))
+    res = predict(run, [r["path"] for r in rows], top_k=1)
+    for row, r in zip(rows, res):
+        assert r["top"][0]["index"] == int(row["prediction"])
+        assert r["top"][0]["prob"] == pytest.approx(float(row["confidence"]), abs=1e-5)
+    # the exported model's sidecar carries the same geometry
+    onnx = export_model(run, tmp_path / "m.onnx", format="onnx")
+    res_onnx = predict(onnx.path, [r["path"] for r in rows], top_k=1, backend="onnx")
+    for row, r in zip(rows, res_onnx):
+        assert r["top"][0]["prob"] == pytest.approx(float(row["confidence"]), abs=1e-4)
+    # and dropping the recorded geometry (an older checkpoint) changes the answer: the test can fail
+    meta.pop("data_shape")
+    (run / "checkpoints" / "best" / "meta.json").write_text(json.dumps(meta))
+    old = predict(run, [r["path"] for r in rows], top_k=1)
+    assert [r["top"][0]["prob"] for r in old] != pytest.approx([float(row["confidence"]) for row in rows], abs=1e-4)

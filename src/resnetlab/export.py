@@ -206,6 +206,9 @@ def export_model(
         "mean": ckpt.meta.get("mean"),
         "std": ckpt.meta.get("std"),
         "input_size": input_size,
+        # predict's geometry: load at data_shape, then apply the eval transforms (absent: resize to input_size)
+        "data_shape": ckpt.meta.get("data_shape"),
+        "eval_transforms": ckpt.meta.get("eval_transforms") or [],
         "batch_size": fixed if fixed else "dynamic",
         "input_name": "input",
         "output_name": "logits",

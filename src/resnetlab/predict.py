@@ -2,7 +2,9 @@
 
 Size, channel count and mean/std come from the checkpoint metadata (``input_size``, ``mean``,
 ``std``), so any photo or PNG can be classified: it is decoded, converted to the model's
-channels, resized to cover the input size and center-cropped, then normalized.
+channels, resized to cover the size the run's dataset stored its images at and center-cropped,
+put through the run's evaluation transforms (resize, center-crop), then normalized: the same
+geometry ``resnetlab evaluate`` gives the test split.
 
 Backends turn a checkpoint into a function from a normalized float batch to logits:
 ``"torch"`` (eager), ``"torch-compile"`` (BN-folded and compiled by inductor with weight freezing;
@@ -148,6 +150,25 @@ def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return unique
 
 
+def _geometry(meta: dict) -> tuple[int, tuple[int, int], torch.nn.Module | None]:
+    """Channels, the size files are loaded at, and the eval transforms after that.
+
+    A run records the size its dataset stores images at (``data_shape``) and the deterministic
+    transforms evaluation applies (``eval_transforms``: resize, center-crop), so a file is
+    processed as the test split was: resized to cover ``data_shape`` and center-cropped (as the
+    image-folder datasets do), then e.g. center-cropped to the model's input. Checkpoints without
+    them (older runs, state-dict files) are resized straight to ``input_size``.
+    """
+    from resnetlab.data.augment import build_augment
+
+    c, h, w = (int(v) for v in meta["input_size"])
+    shape, transforms = meta.get("data_shape"), meta.get("eval_transforms")
+    if shape and transforms:
+        shape = [int(v) for v in shape]
+        return c, (shape[1], shape[2]), build_augment(transforms, shape, train=False)
+    return c, (h, w), None
+
+
 def predict(
     checkpoint_or_run,
     inputs: Sequence[str | os.PathLike],
@@ -196,12 +217,14 @@ def predict(
     device = torch.device(device)
     run, meta = BACKENDS[backend](checkpoint_or_run, device, which)
     classes = [str(c) for c in meta["classes"]]
-    c, h, w = (int(v) for v in meta["input_size"])
+    c, load_hw, transform = _geometry(meta)
     k = min(top_k, len(classes))
     results: list[dict] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        images = load_images(chunk, size=(h, w), channels=c)  # uint8 (B, C, H, W)
+        images = load_images(chunk, size=load_hw, channels=c)  # uint8 (B, C, H, W)
+        if transform is not None:
+            images = transform(images)  # uint8, or float in [0, 1] after a resize
         x = preprocess(images, meta["mean"], meta["std"], device=device)
         probs = torch.softmax(run(x).double(), dim=1).cpu()
         top_p, top_i = probs.topk(k, dim=1)

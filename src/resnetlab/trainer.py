@@ -194,6 +194,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: str | os.PathLike, progress: bool | None = None, callbacks: Sequence[Callback] = ()):
         from resnetlab.data import build_loader, load_dataset, output_shape
+        from resnetlab.data.augment import eval_transforms
         from resnetlab.models import create_model
         from resnetlab.optim import build_optimizer, build_scheduler
 
@@ -230,6 +231,10 @@ class Trainer:
         # Evaluation applies the deterministic part of the augmentations (resize, center crop).
         self.val_loader = build_loader(s.val, max(bs, 256), train=False, augment=cfg.augment, **common) if len(s.val) else None
         self.input_size = list(output_shape(cfg.augment, s.image_shape, train=False))
+        # what predict / export need to reproduce evaluation's geometry on arbitrary files: the
+        # size the dataset stores images at, then the deterministic transforms (resize, center-crop)
+        self.data_shape = list(s.image_shape)
+        self.eval_transforms = eval_transforms(cfg.augment)
 
         # model ------------------------------------------------------------------------
         arch_args = cfg.model.arch_args(num_classes=len(self.classes), in_channels=s.image_shape[0])
@@ -332,6 +337,8 @@ class Trainer:
             "mean": self.mean,
             "std": self.std,
             "input_size": self.input_size,
+            "data_shape": self.data_shape,
+            "eval_transforms": self.eval_transforms,
             "config": self.cfg.model_dump(mode="json"),
             "metrics": metrics or {},
             "epoch": self.epoch,

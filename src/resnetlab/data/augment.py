@@ -499,6 +499,16 @@ def build_augment(spec: Any, image_shape: Sequence[int], train: bool = True) -> 
     return BatchAugment(items, tuple(int(s) for s in image_shape))
 
 
+def eval_transforms(spec: Any) -> list[str]:
+    """The deterministic items of ``spec`` (what evaluation applies), as canonical strings.
+
+    Example:
+        >>> eval_transforms(["crop:padding=4", {"resize": {"size": 36}}, "center-crop:size=32"])
+        ['resize:size=36', 'center-crop:size=32']
+    """
+    return [str(i) for i in parse_augment(spec) if i.name in DETERMINISTIC]
+
+
 def output_shape(spec: Any, image_shape: Sequence[int], train: bool = False) -> tuple[int, int, int]:
     """The ``(C, H, W)`` the loader yields for ``spec`` (eval by default: the model's input size)."""
     return build_augment(spec, image_shape, train=train).out_shape
