@@ -283,6 +283,9 @@ def run_bench(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} is not available here (torch.cuda.is_available() is False); use --device cpu")
     n_threads = configure_threads(threads)
+    from resnetlab.runtime import tune_malloc
+
+    tune_malloc()  # what the trainer does (train.tune_malloc)
 
     args = {"in_channels": size[0], **(model_args or {})}
     net = create_model(model, **args).to(dev)

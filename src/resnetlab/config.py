@@ -143,6 +143,7 @@ class TrainConfig(_Section):
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # SyncBatchNorm under torchrun
     num_threads: int | None = Field(None, ge=1)  # CPU threads; None = all cores
+    tune_malloc: bool = True  # keep freed tensor buffers in the process (glibc): no page faults per step
     eval_every: int = Field(1, ge=1)  # epochs between validations
 
 

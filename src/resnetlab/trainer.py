@@ -206,6 +206,10 @@ class Trainer:
         self.device = resolve_device(cfg.train.device, local_rank)
         if self.device.type == "cpu" and cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
+        if cfg.train.tune_malloc:
+            from resnetlab.runtime import tune_malloc
+
+            tune_malloc()  # host-side buffers on CUDA too (the data pipeline, metrics)
         torch.manual_seed(cfg.seed)
 
         # data -------------------------------------------------------------------------
