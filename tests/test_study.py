@@ -296,3 +296,21 @@ def test_set_overrides_change_every_cell_base(tmp_path):
     assert {c.train.epochs for c in cfgs} == {2} and {c.data.subset for c in cfgs} == {500}
     assert sorted(c.model.norm for c in cfgs) == sorted(spec.grid["model.norm"])  # the axis still wins
     assert spec.overrides == ["train.epochs=2", "data.subset=500"]
+
+
+def test_a_run_saved_before_a_config_key_existed_still_counts_as_done(finished, tmp_path):
+    """A key added to the config later (with its default) is not a difference: old study folders stay usable."""
+    path, reference = finished
+    import shutil
+
+    import yaml
+
+    out = tmp_path / "old"
+    shutil.copytree(reference.out_dir, out)
+    for saved in out.glob("*/seed*/config.yaml"):
+        data = yaml.safe_load(saved.read_text())
+        data["train"].pop("eval_every")  # as if written by a version without train.eval_every
+        data["train"].pop("tune_malloc", None)
+        saved.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = st.run_study(path, out=out)
+    assert result.ran == [] and len(result.skipped) == 4

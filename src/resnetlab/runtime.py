@@ -24,19 +24,22 @@ import platform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["tune_malloc"]
+__all__ = ["release_free_memory", "restore_malloc", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _DONE: dict[str, bool] = {}
 
 
-def tune_malloc(threshold: int = 1 << 30) -> bool:
+def tune_malloc(mmap_threshold: int = 64 << 20, trim_threshold: int = 512 << 20) -> bool:
     """Keep freed tensor buffers in the process (glibc only; elsewhere a no-op returning ``False``).
 
     Args:
-        threshold: bytes; allocations below it come from the heap instead of ``mmap``, and the
-            heap is trimmed back to the OS only when this much is free at its top.
+        mmap_threshold: bytes; allocations below it come from the heap (and are reused) instead of
+            a fresh ``mmap``. Larger ones (whole-dataset buffers) are still mapped and unmapped,
+            so they do not fragment the heap.
+        trim_threshold: bytes; the heap is given back to the OS only when this much is free at
+            its top (more than one training step's activations, so steps do not re-fault them).
 
     Returns:
         ``True`` when glibc accepted both settings (also on later calls).
@@ -51,9 +54,43 @@ def tune_malloc(threshold: int = 1 << 30) -> bool:
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))) and bool(libc.mallopt(_M_TRIM_THRESHOLD, int(threshold)))
+            ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
         except (OSError, AttributeError) as exc:  # no usable libc: leave malloc as it is
             log.debug("malloc tuning unavailable: %s", exc)
     log.debug("malloc tuning %s", "on" if ok else "not available")
     _DONE["ok"] = ok
     return ok
+
+
+def release_free_memory() -> None:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim(0)``), after :func:`tune_malloc`.
+
+    Called between phases whose buffers differ in size (training steps, then evaluation at a
+    larger batch): the kept training buffers cannot serve evaluation's blocks, so without this
+    the process would hold both at once. The next phase faults its pages in once, not per step.
+    """
+    if not _DONE.get("ok"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - tune_malloc succeeded, so libc is there
+        pass
+
+
+def restore_malloc() -> None:
+    """Undo :func:`tune_malloc` for the rest of the process and give the kept memory back.
+
+    glibc's starting thresholds (128 KiB) are set again and the heap is trimmed. Used when training
+    is over and a one-off phase follows (the final test evaluation, the report), whose blocks could
+    not reuse the training buffers and would only add to the peak.
+    """
+    if not _DONE.get("ok"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 << 10)
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 << 10)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover
+        return
+    _DONE.clear()  # a later tune_malloc() call tunes again

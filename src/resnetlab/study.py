@@ -93,7 +93,7 @@ TIMING_METRICS = ("train_time_s", "images_per_s")  # depend on the machine and o
 SMOKE_TEST_IMAGES = 512  # smoke studies evaluate a stratified subset of the test split
 # Keys that do not change what a run computes: ignored when deciding whether a cell folder
 # holds this cell's run (the study sets them per execution mode).
-_EXECUTION_KEYS = ("output", "train.num_threads")
+_EXECUTION_KEYS = ("output", "train.num_threads", "train.tune_malloc")
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,6 +337,16 @@ def _comparable(d: dict) -> dict:
     return d
 
 
+def _normalized(saved: dict) -> dict:
+    """A saved run config with this version's defaults filled in, so that a key added since the run
+    was made (with its default) is not a difference; a config this version cannot read is compared
+    as it is (and so differs)."""
+    try:
+        return config_from_dict(saved).model_dump(mode="json")
+    except ResnetlabError:
+        return saved
+
+
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
@@ -355,7 +365,7 @@ def cell_status(run_dir: Path, cfg: Config) -> str:
     """
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        diff = _first_difference(_comparable(read_yaml(saved)), _comparable(cfg.model_dump(mode="json")))
+        diff = _first_difference(_comparable(_normalized(read_yaml(saved))), _comparable(cfg.model_dump(mode="json")))
         if diff:
             raise ResnetlabError(f"{run_dir} holds a run with another config ({diff}); delete that folder or choose another --out")
         if (run_dir / "eval" / "test" / "metrics.json").is_file():

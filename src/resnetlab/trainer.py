@@ -422,6 +422,9 @@ class Trainer:
         if self.val_loader is None:
             return None, None
         from resnetlab.evaluate import collect_outputs
+        from resnetlab.runtime import release_free_memory
+
+        release_free_memory()  # the training steps' kept buffers do not fit evaluation's batch
 
         model = self._eval_model()
         if self.cfg.train.tta_flip:
@@ -618,7 +621,9 @@ def finish_run(run_dir: Path, cfg: Config) -> dict[str, Any] | None:
     test_metrics = None
     if cfg.output.evaluate_test:
         from resnetlab.evaluate import evaluate
+        from resnetlab.runtime import restore_malloc
 
+        restore_malloc()  # training is over: glibc's own behaviour for evaluation and the report
         test_metrics = evaluate(run_dir, split="test", data_root=cfg.data.root)
         log.info("test accuracy %.4f (macro F1 %.4f)", test_metrics["accuracy"], test_metrics["f1_macro"])
     if cfg.output.report:
