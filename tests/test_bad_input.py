@@ -162,6 +162,10 @@ CASES = {
     "predict an empty folder": (lambda c: ["predict", str(c.run), str(c.empty)], ["no image files in directory"]),
     "predict top-k 0": (lambda c: ["predict", str(c.run), str(c.img), "--top-k", "0"], ["top_k must be an integer >= 1, got 0"]),
     "explain unknown layer": (lambda c: ["explain", str(c.run), "--layer", "layer9", "--out", str(c.tmp / "ex")], ["unknown layer 'layer9'", "allowed: layer1, layer2, layer3, stem"]),
+    # -- the command line itself (argparse) ------------------------------------------------------
+    "unknown option": (lambda c: ["train", "--epochz", "3"], ["resnetlab train: unrecognized arguments: --epochz 3", "see: resnetlab train --help"]),
+    "invalid choice": (lambda c: ["predict", str(c.run), str(c.img), "--backend", "onnxx"], ["argument --backend: invalid choice: 'onnxx'", "choose from"]),
+    "unknown command": (lambda c: ["trian"], ["argument COMMAND: invalid choice: 'trian'"]),
 }
 
 

@@ -32,8 +32,17 @@ def _discover(subparsers) -> None:
             register(subparsers)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one ``error: ...`` line naming the command and
+    pointing at its ``--help``, exit code 2, instead of the usage block plus a line.
+    Subcommand parsers inherit it (``add_subparsers`` uses the parent's class)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="resnetlab",
         description="Build, train, evaluate, compare and explain ResNet image classifiers.",
     )
@@ -72,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     # --debug may come after the subcommand too.
     debug = "--debug" in argv or os.environ.get("RESNETLAB_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
-    args = parser.parse_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # name the subcommand whose options were mistyped, not the top-level parser
+            sub = parser._subparsers._group_actions[0].choices.get(getattr(args, "command", None)) if parser._subparsers else None
+            (sub or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:  # --help / --version (0) or a usage error (2, already printed)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     args.debug = debug
     # Under torchrun only rank 0 talks; the other ranks report warnings and errors.
     other_rank = os.environ.get("RANK", "0") != "0"
