@@ -154,8 +154,9 @@ def compile_for_inference(model: nn.Module, fold: bool = True) -> nn.Module:
     The batch norms are folded first (:func:`fold_batchnorm`), then inductor compiles the graph with
     ``freezing`` on: parameters become constants, so on CPU it pre-packs the convolution weights
     for oneDNN and fuses conv + bias + ReLU (+ the residual add) into single kernels. On the 2-core
-    development machine this runs ResNet-20 at batch 256 about 1.7x faster than eager PyTorch
-    (docs/BENCHMARKS.md). Inputs stay NCHW: inductor picks the layout itself.
+    development machine this ran ResNet-20 at batch 256 1.46x as fast as eager PyTorch on a quiet
+    machine (`python benchmarks/bench_cpu.py --only infer:eager --only infer:compiled`,
+    docs/BENCHMARKS.md). Inputs stay NCHW: inductor picks the layout itself.
 
     The compiled module is specialized to the first input shape it sees (``dynamic=False``); a new
     batch size compiles again, so callers that stream batches pad the last one
