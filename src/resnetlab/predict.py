@@ -54,14 +54,20 @@ def register_backend(name: str):
     return deco
 
 
-@register_backend("torch")
-def _torch_backend(source, device: torch.device, which: str = "best") -> tuple[Runner, dict]:
+def _load(source, device: torch.device, which: str):
+    """The checkpoint (loaded unless given) and its metadata with ``classes`` filled in."""
     from resnetlab.checkpoint import Checkpoint, load_checkpoint
 
     ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source, which=which, device=device)
-    model = ckpt.model.to(device).eval()
     meta = dict(ckpt.meta)
     meta.setdefault("classes", ckpt.classes)
+    return ckpt, meta
+
+
+@register_backend("torch")
+def _torch_backend(source, device: torch.device, which: str = "best") -> tuple[Runner, dict]:
+    ckpt, meta = _load(source, device, which)
+    model = ckpt.model.to(device).eval()
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -76,12 +82,9 @@ def _torch_compile_backend(source, device: torch.device, which: str = "best") ->
     # (resnetlab.fold.compile_for_inference). The graph is specialized to one batch shape, so a
     # smaller last batch is padded with zeros to the first batch's size and the padding's logits
     # dropped: eval-mode rows are independent, so the real rows' outputs do not change.
-    from resnetlab.checkpoint import Checkpoint, load_checkpoint
     from resnetlab.fold import compile_for_inference
 
-    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source, which=which, device=device)
-    meta = dict(ckpt.meta)
-    meta.setdefault("classes", ckpt.classes)
+    ckpt, meta = _load(source, device, which)
     compiled = compile_for_inference(ckpt.model.to(device))
     shape: list[tuple[int, ...]] = []
 
