@@ -4,9 +4,9 @@ PyTorch's CPU allocator takes every tensor buffer from the C library's ``malloc`
 on free. glibc serves blocks above its mmap threshold (128 KiB, raised dynamically up to 32 MiB)
 with a fresh ``mmap`` and unmaps them on free, so every activation of a training step arrives as
 untouched pages: the kernel takes one page fault per 4 KiB and zeroes it, step after step.
-Measured on the 2-core development machine (`python benchmarks/bench_malloc.py`, docs/BENCHMARKS.md),
-a ResNet-20 training step at batch 128 took ~17,000 minor page faults and ~50 ms of system time
-before this tuning, and ~350 and ~1 ms after it.
+Measured on the quiet 2-core development machine (`python benchmarks/bench_malloc.py --threads 2
+--steps 20`, docs/BENCHMARKS.md), a ResNet-20 training step at batch 128 took 11,419 minor page
+faults and 33.5 ms of system time before this tuning, and 256 and 0.9 ms after it.
 
 :func:`tune_malloc` raises glibc's mmap and trim thresholds with ``mallopt`` (the runtime
 equivalent of ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``), so freed buffers stay in the
@@ -31,6 +31,10 @@ _M_MMAP_THRESHOLD = -3
 _DONE: dict[str, bool] = {}
 
 
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def tune_malloc(mmap_threshold: int = 64 << 20, trim_threshold: int = 512 << 20) -> bool:
     """Keep freed tensor buffers in the process (glibc only; elsewhere a no-op returning ``False``).
 
@@ -53,7 +57,7 @@ def tune_malloc(mmap_threshold: int = 64 << 20, trim_threshold: int = 512 << 20)
     ok = False
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc = _libc()
             ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
         except (OSError, AttributeError) as exc:  # no usable libc: leave malloc as it is
             log.debug("malloc tuning unavailable: %s", exc)
@@ -72,7 +76,7 @@ def release_free_memory() -> None:
     if not _DONE.get("ok"):
         return
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):  # pragma: no cover - tune_malloc succeeded, so libc is there
         pass
 
@@ -87,7 +91,7 @@ def restore_malloc() -> None:
     if not _DONE.get("ok"):
         return
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         libc.mallopt(_M_MMAP_THRESHOLD, 128 << 10)
         libc.mallopt(_M_TRIM_THRESHOLD, 128 << 10)
         libc.malloc_trim(0)
