@@ -30,14 +30,23 @@ def step():
     torch.nn.functional.cross_entropy(net(x), y).backward(); opt.step(); opt.zero_grad(set_to_none=True)
 for _ in range(3):
     step()
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+faults = []
+for _ in range(9):
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 5))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+print(json.dumps(sorted(faults)[len(faults) // 2]))
 """
 
 
 def _faults_per_step(variant: str) -> float:
+    """Median minor page faults of one training step over 9 steps, in a fresh process.
+
+    The median, not the mean: a tuned heap still grows by one 4 MiB block now and then (1,024
+    faults in one step out of several), and untuned steps range from ~1,000 to ~10,000 faults
+    depending on where glibc's dynamic mmap threshold has moved; the mean of 5 steps once came
+    out at 2,970 vs 615 on the CI machine, a 4.8x ratio from a single tuned-heap growth step.
+    """
     out = subprocess.run([sys.executable, "-c", _CHILD, variant], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -46,8 +55,8 @@ def _faults_per_step(variant: str) -> float:
 def test_tuned_malloc_removes_the_page_faults_of_a_training_step():
     default, tuned = _faults_per_step("default"), _faults_per_step("tuned")
     # resnet8 at batch 64 frees and re-maps megabytes of activations per step without tuning
-    assert default > 1000, default
-    assert tuned < default / 5, (default, tuned)
+    assert default > 500, default
+    assert tuned < default / 10, (default, tuned)
 
 
 def test_tune_malloc_is_idempotent_and_reports_availability():
