@@ -15,6 +15,10 @@ measured in the same run".
   model, ``running_loss += loss.item()`` and an accuracy count per step (one host sync per step,
   as tutorials do).
 
+- bare step: the same model and optimizer on one resident batch (no data at all), channels_last:
+  the ceiling any loop can reach with these kernels, printed last with the share of it each loop
+  keeps.
+
 Both train the same ResNet-20 (BatchNorm, 1 input channel, 10 classes) with SGD (lr 0.1,
 momentum 0.9, nesterov, weight decay 5e-4) on the same 60,000 training images, batch 128, with the
 same torch thread count. The conventional loop's figure is the wall time of its epoch loop.
@@ -118,6 +122,25 @@ def conventional_epoch(cfg, workers: int) -> dict:
     return {"epoch_s": epoch, "images": seen, "train_acc": correct / seen}
 
 
+def bare_step(cfg, steps: int = 20, repeats: int = 3) -> dict:
+    """The ceiling for any loop: the same model and optimizer stepping on one resident batch.
+
+    :func:`resnetlab.bench.train_images_per_s` (what ``resnetlab bench`` measures): channels_last,
+    no data, no augmentation, no metrics, no scheduler; the best of ``repeats`` windows. The
+    trainer's rate divided by this is the share of the step's own speed the trainer keeps; the
+    rest is the kernels.
+    """
+    from resnetlab.bench import train_images_per_s
+    from resnetlab.runtime import tune_malloc
+
+    tune_malloc()
+    torch.set_num_threads(cfg.train.num_threads)
+    torch.manual_seed(0)
+    model = create_model(cfg.model.name, **cfg.model.arch_args(num_classes=10, in_channels=1))
+    ips = train_images_per_s(model, BATCH, (1, 28, 28), steps=steps, warmup=3, repeats=repeats, channels_last=True)
+    return {"images_per_s": ips, "steps": steps, "repeats": repeats}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=60000, help="training images per epoch (default 60000: the full split)")
@@ -141,9 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     ratio = (fast["images"] / fast["epoch_s"]) / (conv["images"] / conv["epoch_s"])
     print(f"speed-up of the epoch (images/s): {ratio:.2f}x (target 1.7x); the conventional epoch vs the whole train() call: "
           f"{conv['epoch_s'] / fast['wall_s']:.2f}x   $ {COMMAND}" + (f" --images {args.images}" if args.images != 60000 else ""))
+    bare = bare_step(cfg)
+    print(f"bare training step    one resident batch, {bare['steps']} steps x {bare['repeats']}: {bare['images_per_s']:6.0f} img/s "
+          f"(the ceiling of any loop); the trainer keeps {fast['images'] / fast['epoch_s'] / bare['images_per_s']:.0%} of it, "
+          f"the conventional loop {conv['images'] / conv['epoch_s'] / bare['images_per_s']:.0%}", flush=True)
     print(f"# load average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"resnetlab": fast, "conventional": conv, "speedup": ratio, "argv": sys.argv[1:]}, indent=2))
+        args.json.write_text(json.dumps({"resnetlab": fast, "conventional": conv, "bare_step": bare, "speedup": ratio,
+                                         "argv": sys.argv[1:]}, indent=2))
     return 0
 
 
