@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=60000, help="training images per epoch (default 60000: the full split)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for both loops (default: all cores)")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional loop (default 2)")
+    ap.add_argument("--bare-steps", type=int, default=20, help="timed steps per window of the bare step (default 20, 3 windows)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = (fast["images"] / fast["epoch_s"]) / (conv["images"] / conv["epoch_s"])
     print(f"speed-up of the epoch (images/s): {ratio:.2f}x (target 1.7x); the conventional epoch vs the whole train() call: "
           f"{conv['epoch_s'] / fast['wall_s']:.2f}x   $ {COMMAND}" + (f" --images {args.images}" if args.images != 60000 else ""))
-    bare = bare_step(cfg)
+    bare = bare_step(cfg, steps=args.bare_steps)
     print(f"bare training step    one resident batch, {bare['steps']} steps x {bare['repeats']}: {bare['images_per_s']:6.0f} img/s "
           f"(the ceiling of any loop); the trainer keeps {fast['images'] / fast['epoch_s'] / bare['images_per_s']:.0%} of it, "
           f"the conventional loop {conv['images'] / conv['epoch_s'] / bare['images_per_s']:.0%}", flush=True)
