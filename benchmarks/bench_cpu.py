@@ -10,6 +10,10 @@
     ``torch-compile`` backend of ``resnetlab predict``) and ONNX Runtime on the exported
     (BN-folded) model.
 
+glibc malloc is tuned first (:func:`resnetlab.runtime.tune_malloc`), as the trainer and
+``resnetlab bench`` do; ``--no-tune-malloc`` leaves it as it comes (this script's figures before
+2026-11-24 were taken that way).
+
 Every rate is the best of ``--repeats`` windows (see :mod:`resnetlab.bench`); the roof is the best
 2048^2 matmul measured before every variant, so load from other processes on a shared machine
 lowers the figures but not their ratio much. Each line is printed with the command that
@@ -36,6 +40,7 @@ import torch
 from resnetlab import create_model
 from resnetlab.bench import _best_rate, configure_threads, infer_images_per_s, matmul_gflops, train_images_per_s
 from resnetlab.models.profile import count_flops
+from resnetlab.runtime import tune_malloc
 
 MODEL = "resnet20"
 SIZE = (3, 32, 32)
@@ -122,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=15, help="timed training steps per window (default 15)")
     ap.add_argument("--repeats", type=int, default=3, help="timed windows per variant, best counts (default 3)")
     ap.add_argument("--quick", action="store_true", help="2 steps, 1 window: a smoke run")
+    ap.add_argument("--no-tune-malloc", action="store_true",
+                    help="leave glibc malloc as it comes (before 2026-11-24 this script did; the trainer and `resnetlab bench` tune it)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     steps, repeats, warmup = (2, 1, 1) if args.quick else (args.steps, args.repeats, 3)
@@ -131,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         if not ((kind == "train" and name in TRAIN_VARIANTS) or (kind == "infer" and name in INFER_VARIANTS)):
             ap.error(f"unknown variant {s!r}")
 
+    tuned = False if args.no_tune_malloc else tune_malloc()  # what the trainer and `resnetlab bench` do
     threads = configure_threads()
     flops = count_flops(create_model(MODEL), SIZE)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads, torch {torch.__version__}")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {threads} threads, torch {torch.__version__}, "
+          f"malloc tuning {'on' if tuned else 'off'}")
     print(f"# {MODEL} forward: {flops / 1e6:.2f} MFLOPs/image (training step counted as 3x)")
     roofs: list[float] = []
     results = []
