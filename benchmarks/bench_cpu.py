@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed windows per variant, best counts (default 3)")
     ap.add_argument("--quick", action="store_true", help="2 steps, 1 window: a smoke run")
     ap.add_argument("--no-tune-malloc", action="store_true",
-                    help="leave glibc malloc as it comes (before 2026-11-24 this script did; the trainer and `resnetlab bench` tune it)")
+                    help="leave glibc malloc as it comes (this script's behaviour before 2026-11-24; the trainer and `resnetlab bench` tune it)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     steps, repeats, warmup = (2, 1, 1) if args.quick else (args.steps, args.repeats, 3)
