@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not FMNIST.is_dir(), reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist; .ci/run installs it)"
+)
 
 # The suite runs on 2 cores; more threads only oversubscribe them.
 torch.set_num_threads(2)

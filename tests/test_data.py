@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import pickle
 from pathlib import Path
 
@@ -13,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import needs_fmnist
+
 from resnetlab.data import DATASET_NAMES, build_loader, load_dataset, load_images, preprocess, stratified_split
 from resnetlab.errors import DataError
 
-FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_mnist_gz_idx(tmp_path):
     assert s.classes == [str(i) for i in range(10)]
 
 
-@pytest.mark.skipif(not os.path.isdir(FMNIST), reason=f"{FMNIST} absent (apt-get install dataset-fashion-mnist)")
+@needs_fmnist
 def test_fashion_mnist_real_files(tmp_path):
     s = load_dataset("fashion-mnist", root=tmp_path, val_fraction=0.1, seed=0)
     assert len(s.train) + len(s.val) == 60_000 and len(s.test) == 10_000

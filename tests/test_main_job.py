@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_fmnist
+
 from resnetlab.cli import main
 
 ROOT = Path(__file__).parents[1]
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_demo_recipe_reaches_97_percent_and_writes_the_report(tmp_path, capsys):
@@ -25,7 +26,7 @@ def test_demo_recipe_reaches_97_percent_and_writes_the_report(tmp_path, capsys):
     assert "data:image/png;base64," in html and "Confusion" in html
 
 
-@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed (Debian package dataset-fashion-mnist; .ci/run installs it)")
+@needs_fmnist
 def test_one_epoch_of_real_fashion_mnist_reaches_88_percent(tmp_path, capsys):
     out = tmp_path / "fmnist"
     rc = main([
