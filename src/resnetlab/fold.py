@@ -154,9 +154,10 @@ def compile_for_inference(model: nn.Module, fold: bool = True) -> nn.Module:
     The batch norms are folded first (:func:`fold_batchnorm`), then inductor compiles the graph with
     ``freezing`` on: parameters become constants, so on CPU it pre-packs the convolution weights
     for oneDNN and fuses conv + bias + ReLU (+ the residual add) into single kernels. On the 2-core
-    development machine this ran ResNet-20 at batch 256 1.46x as fast as eager PyTorch on a quiet
-    machine (`python benchmarks/bench_cpu.py --only infer:eager --only infer:compiled`,
-    docs/BENCHMARKS.md). Inputs stay NCHW: inductor picks the layout itself.
+    development machine this ran ResNet-20 at batch 256 1.62x as fast as plain eager PyTorch and
+    1.42x as fast as eager with :func:`resnetlab.runtime.tune_malloc` (`python benchmarks/bench_cpu.py
+    --only infer:eager --only infer:compiled [--no-tune-malloc]`, docs/BENCHMARKS.md, third run).
+    Inputs stay NCHW: inductor picks the layout itself.
 
     The compiled module is specialized to the first input shape it sees (``dynamic=False``); a new
     batch size compiles again, so callers that stream batches pad the last one
