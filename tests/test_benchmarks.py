@@ -59,6 +59,16 @@ def test_bench_malloc_measures_both_variants_in_child_processes(capsys):
     assert all("faults/step" in ln for ln in lines)
 
 
+def test_bench_wait_policy_runs_each_cell_in_a_child_beside_its_busy_processes(capsys):
+    argv = ["--steps", "1", "--threads", "1", "--batch-size", "8", "--hogs", "0", "1", "--policy", "unset", "--policy", "PASSIVE"]
+    assert _script("bench_wait_policy").main(argv) == 0
+    text = capsys.readouterr().out
+    rows = [ln.split() for ln in text.splitlines() if ln.startswith("hogs")]
+    assert [(r[1], r[3]) for r in rows] == [("0", "unset"), ("0", "PASSIVE"), ("1", "unset"), ("1", "PASSIVE")]
+    assert all(float(r[4]) > 0 for r in rows)
+    assert "$ python benchmarks/bench_wait_policy.py --model speedrun --steps 1 --threads 1 --batch-size 8 --hogs 0 1 --policy unset --policy PASSIVE" in text
+
+
 def test_profile_train_step_splits_the_step_into_categories(capsys):
     assert _script("profile_train_step").main(["--steps", "1", "--batch-size", "8", "--threads", "1"]) == 0
     text = capsys.readouterr().out

@@ -1,8 +1,9 @@
-"""resnetlab.runtime.tune_malloc: glibc keeps freed tensor buffers, so a training step stops page-faulting."""
+"""resnetlab.runtime: glibc keeps freed tensor buffers (no page faults per step); OpenMP threads wait passively."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -81,3 +82,37 @@ def test_trainer_tunes_malloc_unless_switched_off(on, tmp_path, monkeypatch):
     })
     train(cfg, run_dir=tmp_path / "run", progress=False)
     assert len(calls) == (1 if on else 0)
+
+
+def _openmp_spincount(env_policy: str | None) -> str:
+    """GOMP_SPINCOUNT that torch's OpenMP runtime reports when `resnetlab models` starts it."""
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if env_policy is not None:
+        env["OMP_WAIT_POLICY"] = env_policy
+    env["OMP_DISPLAY_ENV"] = "VERBOSE"  # the runtime prints its settings when it starts
+    out = subprocess.run([sys.executable, "-m", "resnetlab", "models"], capture_output=True, text=True, env=env, check=True)
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if "GOMP_SPINCOUNT" in ln]
+    if not lines:
+        pytest.skip("this torch build's OpenMP runtime is not libgomp")
+    return lines[0].split("=")[1].strip().strip("'")
+
+
+def test_command_line_makes_openmp_threads_sleep_instead_of_spin_unless_the_user_chose():
+    # unset, libgomp spins 300,000 rounds before sleeping; PASSIVE: 0. ACTIVE spins (much longer).
+    assert _openmp_spincount(None) == "0"
+    assert _openmp_spincount("ACTIVE") not in ("0", "300000")
+
+
+def test_default_wait_policy_sets_only_an_unset_variable_before_torch_loads(monkeypatch):
+    from resnetlab.runtime import default_wait_policy
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert default_wait_policy() is False  # torch is imported in this process: too late
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.delitem(sys.modules, "torch")
+    assert default_wait_policy() is True
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert default_wait_policy() is False
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -76,6 +76,9 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from resnetlab.runtime import default_wait_policy
+
+    default_wait_policy()  # before any subcommand imports torch: OpenMP reads it once
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # --debug may come after the subcommand too.
