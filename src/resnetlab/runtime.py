@@ -13,6 +13,9 @@ equivalent of ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``), so freed
 process and are reused by the next step: what tcmalloc or jemalloc preloading gives PyTorch on CPU,
 without a preload. The cost is that the process keeps its peak heap until it exits. Nothing here
 is written by hand that a library does; ``mallopt`` is called through :mod:`ctypes`.
+
+:func:`default_wait_policy` makes OpenMP's idle threads sleep instead of spin (the command line
+calls it before torch is imported), so training next to other busy processes does not collapse.
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ def default_wait_policy(policy: str = "PASSIVE") -> bool:
     other thread: on the 2-core development machine the speedrun recipe's training ran at 95 img/s
     with 2 threads beside two busy-looping processes, 865 img/s with ``PASSIVE``; beside four,
     210 img/s with a 30,000-round spin and 582 img/s with ``PASSIVE``. On the quiet machine
-    ``PASSIVE`` costs ~3% (1,815 -> 1,752 img/s). Commands and tables: docs/BENCHMARKS.md, "OpenMP
-    wait policy". OpenMP reads the variable once, when torch loads it, so this only takes effect
-    before ``import torch``; ``OMP_WAIT_POLICY=ACTIVE`` (or any value) set by the user is kept.
+    ``PASSIVE`` costs ~3% (1,806 -> 1,752 img/s, means). Commands and tables: docs/BENCHMARKS.md,
+    "OpenMP wait policy". OpenMP reads the variable once, when torch loads it, so this only takes
+    effect before ``import torch``; ``OMP_WAIT_POLICY=ACTIVE`` (or any value) set by the user is kept.
 
     Returns:
         ``True`` when the variable was set here; ``False`` when the user had set it or torch is
