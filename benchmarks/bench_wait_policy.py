@@ -23,11 +23,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-MODELS = {
-    "resnet20": ("resnet20", {}, (3, 32, 32)),
-    "speedrun": ("resnet_cifar", {"depth": 8, "width": 2.0, "stem": "cifar-pool", "in_channels": 1}, (1, 28, 28)),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_malloc import MODELS  # noqa: E402  the same two networks as the page-fault benchmark
+
 POLICIES = ("unset", "PASSIVE", "ACTIVE")
 
 
