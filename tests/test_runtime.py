@@ -86,7 +86,6 @@ def test_trainer_tunes_malloc_unless_switched_off(on, tmp_path, monkeypatch):
 
 def _openmp_spincount(env_policy: str | None) -> str:
     """GOMP_SPINCOUNT that torch's OpenMP runtime reports when `resnetlab models` starts it."""
-
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if env_policy is not None:
         env["OMP_WAIT_POLICY"] = env_policy
