@@ -78,6 +78,17 @@ def test_config_keys_lists_every_section():
     keys = config_keys()
     for k in ("model.name", "data.subset", "optim.lr", "schedule.milestones", "train.ema", "output.dir", "seed", "augment"):
         assert k in keys
+    assert "train.progressive_resize.start_size" in keys  # keys of an optional section too
+
+
+def test_optional_section_is_set_from_overrides_with_did_you_mean():
+    cfg = load_config(None, ["train.progressive_resize.start_size=20"])
+    assert cfg.train.progressive_resize.start_size == 20 and cfg.train.progressive_resize.full_at == 0.5
+    assert load_config(None).train.progressive_resize is None
+    with pytest.raises(ConfigError, match="did you mean 'train.progressive_resize.start_size'"):
+        load_config(None, ["train.progressive_resize.start=20"])
+    with pytest.raises(ConfigError, match="train.progressive_resize.start_size"):
+        load_config(None, ["train.progressive_resize.full_at=0.5"])  # start_size is required
 
 
 def test_smoke_scales_down_but_keeps_recipe():

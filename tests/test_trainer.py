@@ -209,3 +209,35 @@ def test_metrics_csv_columns_and_values(tmp_path):
         assert 0 <= float(row["train_acc"]) <= 1 and 0 <= float(row["val_acc"]) <= 1
         assert float(row["images_per_s"]) > 0 and math.isfinite(float(row["val_loss"]))
     assert float(rows[-1]["val_acc"]) == pytest.approx(r.history[-1]["val_acc"], abs=1e-6)
+
+
+def test_progressive_resize_trains_small_first_and_evaluates_at_full_size(tmp_path):
+    cfg = tiny(
+        "data.name=synthetic:1x16x16:4:160",
+        "data.subset=null",
+        "augment=[flip]",
+        "train.epochs=4",
+        "train.progressive_resize.start_size=8",
+        "train.progressive_resize.full_at=0.5",
+    )
+    t = Trainer(cfg, tmp_path / "pr", progress=False)
+    seen = []
+    t.model.register_forward_pre_hook(lambda m, args: seen.append((m.training, tuple(args[0].shape[-2:]))))
+    sizes = []
+    for _ in range(4):
+        seen.clear()
+        t._train_epoch()
+        sizes.append(sorted(set(seen)))
+    # epochs 1-2 ramp 8 -> 12, epochs 3-4 at full size; validation always at 16x16
+    assert sizes == [
+        [(False, (16, 16)), (True, (8, 8))],
+        [(False, (16, 16)), (True, (12, 12))],
+        [(False, (16, 16)), (True, (16, 16))],
+        [(False, (16, 16)), (True, (16, 16))],
+    ]
+    assert math.isfinite(t.history[-1]["train_loss"])
+
+
+def test_progressive_resize_start_size_must_be_below_the_image_size(tmp_path):
+    with pytest.raises(ResnetlabError, match=r"start_size=16 must be smaller than the training images' height \(16\)"):
+        Trainer(tiny("data.name=synthetic:1x16x16:4:160", "data.subset=null", "train.progressive_resize.start_size=16"), tmp_path / "x", progress=False)

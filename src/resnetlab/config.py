@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,6 +30,7 @@ __all__ = [
     "OptimConfig",
     "ScheduleConfig",
     "TrainConfig",
+    "ProgressiveResizeConfig",
     "OutputConfig",
     "load_config",
     "apply_overrides",
@@ -127,6 +128,19 @@ class ScheduleConfig(_Section):
     final_div_factor: float = Field(1e4, gt=0)  # onecycle: final lr = initial lr / final_div_factor
 
 
+class ProgressiveResizeConfig(_Section):
+    """Progressive resizing (fastai's name): train at a lower resolution first, full size last.
+
+    The training images' height grows linearly from ``start_size`` in the first epoch to the
+    full size at ``full_at`` of the epochs, rounded down to a multiple of ``multiple``; the width
+    keeps the aspect ratio. Evaluation always runs at full size.
+    """
+
+    start_size: int = Field(ge=8)  # training image height in the first epoch, pixels
+    full_at: float = Field(0.5, gt=0, le=1)  # fraction of the epochs after which training is at full size
+    multiple: int = Field(4, ge=1)  # sizes are rounded down to a multiple of this
+
+
 class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     iterations: int | None = Field(None, ge=1)  # total optimizer steps; overrides epochs
@@ -137,6 +151,7 @@ class TrainConfig(_Section):
     head_only_epochs: int = Field(0, ge=0)  # fine-tune: train only the head for N epochs first
     ema: float | None = Field(None, gt=0, lt=1)  # EMA decay of the weights (evaluated instead)
     tta_flip: bool = False  # evaluation averages the image and its horizontal flip
+    progressive_resize: ProgressiveResizeConfig | None = None  # lower training resolution in early epochs
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16/fp16 on CUDA, off on CPU
     channels_last: bool = True
@@ -201,6 +216,9 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     keys = []
     for name, field in model.model_fields.items():
         ann = field.annotation
+        inner = [a for a in get_args(ann) if a is not type(None)]
+        if len(inner) == 1:  # an optional section (X | None)
+            ann = inner[0]
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             keys += config_keys(ann, f"{prefix}{name}.")
         else:
@@ -209,7 +227,9 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
 
 
 def _format_error(err: ValidationError) -> str:
-    e = err.errors()[0]
+    errors = err.errors()
+    # a misspelt key also leaves its intended key missing: name the misspelling first
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
     if e["type"] == "extra_forbidden":
         return f"unknown config key {loc!r}{did_you_mean(loc, config_keys())}"

@@ -235,6 +235,12 @@ class Trainer:
         # Evaluation applies the deterministic part of the augmentations (resize, center crop).
         self.val_loader = build_loader(s.val, max(bs, 256), train=False, augment=cfg.augment, **common) if len(s.val) else None
         self.input_size = list(output_shape(cfg.augment, s.image_shape, train=False))
+        self.train_shape = tuple(output_shape(cfg.augment, s.image_shape, train=True))
+        pr = cfg.train.progressive_resize
+        if pr and pr.start_size >= self.train_shape[1]:
+            raise ConfigError(
+                f"train.progressive_resize.start_size={pr.start_size} must be smaller than the training images' height ({self.train_shape[1]})"
+            )
         # what predict / export need to reproduce evaluation's geometry on arbitrary files: the
         # size the dataset stores images at, then the deterministic transforms (resize, center-crop)
         self.data_shape = list(s.image_shape)
@@ -491,9 +497,14 @@ class Trainer:
         clip_value = self.cfg.train.grad_clip_mode == "value"
         bin_norms = [m for m in model.modules() if isinstance(m, BatchInstanceNorm2d)]
         amp = torch.autocast(dev.type, dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
+        size = progressive_size(epoch, self.epochs, self.train_shape[1:], self.cfg.train.progressive_resize)
+        if size is not None:
+            log.info("epoch %d: progressive resizing, training at %dx%d", epoch + 1, *size)
         t0 = time.perf_counter()
         step = self.start_step
         for x, y, _ in self.train_loader.iter_epoch(epoch, start_step=self.start_step):
+            if size is not None:
+                x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
             with amp:
                 out = net(x)
                 loss = self.criterion(out, y)
@@ -602,6 +613,32 @@ class Trainer:
 # ---------------------------------------------------------------------------------------
 # entry points used by the CLI and the study runner
 # ---------------------------------------------------------------------------------------
+def progressive_size(epoch: int, epochs: int, full: Sequence[int], pr: Any) -> tuple[int, int] | None:
+    """Training (height, width) of a 0-based epoch under progressive resizing, or None at full size.
+
+    The height grows linearly from ``pr.start_size`` at epoch 0 to the full height at epoch
+    ``round(pr.full_at * epochs)``, rounded down to a multiple of ``pr.multiple`` (never below
+    ``pr.start_size``); the width keeps the aspect ratio.
+
+    Example:
+        >>> from resnetlab.config import ProgressiveResizeConfig
+        >>> pr = ProgressiveResizeConfig(start_size=16, full_at=0.5)
+        >>> [progressive_size(e, 10, (28, 28), pr) for e in range(6)]
+        [(16, 16), (16, 16), (20, 20), (20, 20), (24, 24), None]
+    """
+    if pr is None:
+        return None
+    full_h, full_w = int(full[0]), int(full[1])
+    full_epoch = max(1, round(pr.full_at * epochs))
+    if epoch >= full_epoch:
+        return None
+    h = pr.start_size + (full_h - pr.start_size) * epoch / full_epoch
+    h = max(pr.start_size, int(h) // pr.multiple * pr.multiple)
+    if h >= full_h:
+        return None
+    return h, max(1, round(full_w * h / full_h))
+
+
 def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not overwrite:
         raise ResnetlabError(
