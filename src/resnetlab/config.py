@@ -322,6 +322,9 @@ def smoke_config(cfg: Config, subset: int = 256) -> Config:
     data["data"]["subset"] = subset
     if cfg.data.image_size and cfg.data.image_size > 64:
         data["data"]["image_size"] = 64
+        pr = cfg.train.progressive_resize
+        if pr:  # keep the same fraction of the (now 64-pixel) size
+            data["train"]["progressive_resize"]["start_size"] = max(8, min(60, pr.start_size * 64 // cfg.data.image_size))
     data["schedule"]["warmup_epochs"] = 0.0
     if cfg.schedule.milestones_unit != "fraction":
         data["schedule"].update(milestones=[0.5, 0.75], milestones_unit="fraction")
