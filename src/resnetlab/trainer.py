@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab import checkpoint as ckpt
-from resnetlab.config import Config, config_from_dict, read_yaml, save_config
+from resnetlab.config import Config, ProgressiveResizeConfig, config_from_dict, read_yaml, save_config
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, TrainingDiverged
 from resnetlab.norms import BatchInstanceNorm2d
 
@@ -610,10 +610,7 @@ class Trainer:
         )
 
 
-# ---------------------------------------------------------------------------------------
-# entry points used by the CLI and the study runner
-# ---------------------------------------------------------------------------------------
-def progressive_size(epoch: int, epochs: int, full: Sequence[int], pr: Any) -> tuple[int, int] | None:
+def progressive_size(epoch: int, epochs: int, full: Sequence[int], pr: ProgressiveResizeConfig | None) -> tuple[int, int] | None:
     """Training (height, width) of a 0-based epoch under progressive resizing, or None at full size.
 
     The height grows linearly from ``pr.start_size`` at epoch 0 to the full height at epoch
@@ -639,6 +636,9 @@ def progressive_size(epoch: int, epochs: int, full: Sequence[int], pr: Any) -> t
     return h, max(1, round(full_w * h / full_h))
 
 
+# ---------------------------------------------------------------------------------------
+# entry points used by the CLI and the study runner
+# ---------------------------------------------------------------------------------------
 def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not overwrite:
         raise ResnetlabError(
