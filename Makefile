@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/resnetlab train --config recipes/demo-digits.yaml --out runs/demo --overwrite
-	@echo "report: $(CURDIR)/runs/demo/report.html"
+	$(BIN)/resnetlab train --config recipes/demo-digits.yaml --out runs/demo-digits --overwrite
+	@echo "report: $(CURDIR)/runs/demo-digits/report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15

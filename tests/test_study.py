@@ -253,6 +253,10 @@ def test_jobs_2_gives_the_same_table_as_jobs_1(finished, tmp_path):
     result = st.run_study(path, out=tmp_path / "par", jobs=2, seeds=1)
     serial = st.run_study(path, out=tmp_path / "ser", jobs=1, seeds=1)
     assert table(result.out_dir / "results.csv") == table(serial.out_dir / "results.csv")
+    # the recorded command is the one that ran: --jobs changes the time columns
+    command = lambda d: next(x for x in (tmp_path / d / "study.md").read_text().splitlines() if x.startswith("Command:"))  # noqa: E731
+    assert command("par").endswith(f"--seeds 1 --out {tmp_path / 'par'} --jobs 2`")
+    assert command("ser").endswith(f"--seeds 1 --out {tmp_path / 'ser'}`")
     # the seed-0 runs are the very runs of the 2-seed study
     for label in ("norm=bn", "norm=gn"):
         a = json.loads((tmp_path / "par" / label / "seed0" / "eval" / "test" / "metrics.json").read_text())

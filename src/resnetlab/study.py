@@ -571,7 +571,7 @@ def run_study(
     runs = {(cell.label, k): read_run(run_dir) for cell, k, _, run_dir, _ in plan}
     rows = summarize(cells, runs)
     best = select_best(rows)
-    write_study_report(out_dir, spec, cells, rows, runs, best, smoke=smoke, command=_command_line(spec, smoke, out_dir))
+    write_study_report(out_dir, spec, cells, rows, runs, best, smoke=smoke, command=_command_line(spec, smoke, out_dir, jobs))
     return StudyResult(out_dir, rows, best, ran, skipped)
 
 
@@ -585,12 +585,14 @@ def _smoke_fallback_cached(cfg: Config, cache: dict[str, Config]) -> Config:
     return config_from_dict(d)
 
 
-def _command_line(spec: StudySpec, smoke: bool, out_dir: Path) -> str:
+def _command_line(spec: StudySpec, smoke: bool, out_dir: Path, jobs: int = 1) -> str:
     parts = ["resnetlab", "study", str(spec.path) if spec.path else spec.name]
     if smoke:
         parts.append("--smoke")
     parts += [f"--set {o}" for o in spec.overrides]
     parts += ["--seeds", str(spec.seeds), "--out", str(out_dir)]
+    if jobs != 1:  # does not change accuracies, but the time and images/s columns
+        parts += ["--jobs", str(jobs)]
     return " ".join(parts)
 
 
