@@ -88,8 +88,14 @@ def test_zero_division_gives_zero_without_warnings():
     assert per["c"] == {"class": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert per["b"]["precision"] == 0.0 and per["b"]["support"] == 0
     assert per["a"]["precision"] == 1.0 and per["a"]["recall"] == pytest.approx(0.75)
-    # macro averages over all three classes, absent ones counting 0
-    assert m["recall_macro"] == pytest.approx(0.75 / 3)
+    # macro averages over the classes seen as a label or a prediction (a, b): c, absent from
+    # both, is left out as sklearn's default and torchmetrics do; b, predicted but never true, counts 0
+    assert m["recall_macro"] == pytest.approx(0.75 / 2)
+    from torchmetrics.functional.classification import multiclass_f1_score, multiclass_recall
+
+    t = torch.tensor([0, 0, 0, 0])
+    assert m["recall_macro"] == pytest.approx(float(multiclass_recall(torch.tensor(probs), t, 3, average="macro")))
+    assert m["f1_macro"] == pytest.approx(float(multiclass_f1_score(torch.tensor(probs), t, 3, average="macro")))
     assert m["confusion_matrix_normalized"][2] == [0.0, 0.0, 0.0]
 
 

@@ -70,9 +70,11 @@ class _SignalAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["train.ema=0.9"]], ids=["plain", "ema"])
+def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, extra):
     # 288 training images / batch 8 = 36 steps per epoch: the window at step 25 is mid-epoch.
-    cfg = tiny("train.batch_size=8", "train.epochs=2")
+    # With EMA, last/ holds the averaged weights: equal only if the average survives the resume.
+    cfg = tiny("train.batch_size=8", "train.epochs=2", *extra)
     train(cfg, tmp_path / "ref", progress=False)
 
     from resnetlab.config import save_config
@@ -169,6 +171,16 @@ def test_onecycle_peaks_at_lr():
         sched.step()
     assert max(lrs) == pytest.approx(1e-3, rel=1e-3) and 25 <= lrs.index(max(lrs)) <= 31
     assert lrs[0] == pytest.approx(1e-3 / 25, rel=1e-3)
+
+
+@pytest.mark.parametrize("momentum,cycled", [(0.0, False), (0.9, True)])
+def test_onecycle_cycles_momentum_only_when_sgd_has_some(momentum, cycled):
+    from resnetlab.config import ScheduleConfig
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=momentum)
+    build_scheduler(opt, ScheduleConfig(name="onecycle"), total_steps=100, steps_per_epoch=10, base_lr=0.1)
+    # OneCycleLR sets momentum to its max_momentum (0.95) at the start when it cycles it
+    assert opt.param_groups[0]["momentum"] == (0.95 if cycled else 0.0)
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])

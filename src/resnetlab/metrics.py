@@ -77,7 +77,9 @@ def classification_metrics(
         ``recall_micro``, ``f1_micro``, ``f1_weighted``, ``confusion_matrix`` (K lists of K
         counts, rows = true class), ``confusion_matrix_normalized`` (rows sum to 1), ``per_class`` (one ``{class, precision, recall, f1,
         support}`` per class) and ``num_samples``. Undefined ratios (a class never
-        predicted, or absent) count as 0 (``zero_division=0``).
+        predicted, or absent) count as 0 (``zero_division=0``) in ``per_class``; the macro
+        averages leave out a class that is neither a label nor a prediction (as sklearn and
+        torchmetrics do), so a split without some class is not penalised for it.
 
     Example:
         >>> m = classification_metrics([[2.0, 0.1], [0.3, 1.0]], [0, 0], ["cat", "dog"])
@@ -124,9 +126,12 @@ def classification_metrics(
     else:
         out[f"top{top_k}_accuracy"] = None
     out["loss"] = loss if math.isfinite(loss) else float("nan")
+    # Averages run over the classes that occur as a label or a prediction (sklearn's default,
+    # torchmetrics' too): a class absent from both, as in a small or partial split, is not a 0.
+    seen = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
     for avg in ("macro", "micro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=avg, zero_division=0
+            y_true, y_pred, labels=seen, average=avg, zero_division=0
         )
         if avg != "weighted":
             out[f"precision_{avg}"] = float(p)

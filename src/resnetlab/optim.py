@@ -84,7 +84,8 @@ def build_scheduler(
             pct_start=cfg.pct_start,
             div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor,
-            cycle_momentum=any("momentum" in g or "betas" in g for g in optimizer.param_groups),
+            # cycle momentum (or Adam's beta1) only where there is one: momentum=0 stays plain SGD
+            cycle_momentum=any(g.get("momentum", 0) > 0 or "betas" in g for g in optimizer.param_groups),
         )
     factor = LRFactor(cfg, total_steps, steps_per_epoch)
     factor.min_ratio = cfg.min_lr / base_lr if base_lr > 0 else 0.0

@@ -373,6 +373,8 @@ class Trainer:
         }
         if self.ema is not None:
             state["model"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            # AveragedModel copies the live weights when its count is 0: the count must survive a resume
+            state["ema_n_averaged"] = self.ema.n_averaged.detach().cpu().clone()
         return state
 
     def save_last(self) -> None:
@@ -408,6 +410,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.module.load_state_dict(weights)
             self.model.load_state_dict(state["model"])
+            # checkpoints from before the count was saved hold an average of >= 1 update
+            self.ema.n_averaged.copy_(state.get("ema_n_averaged", torch.tensor(1)))
         else:
             ckpt.load_state_dict_checked(self.model, weights, str(directory))
         self.optimizer.load_state_dict(state["optimizer"])
