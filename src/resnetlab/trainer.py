@@ -258,13 +258,15 @@ class Trainer:
         self.model.to(self.device)
         if cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self._apply_freeze(epoch=0)
         self.ema = None
         if cfg.train.ema:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+        # DDP only reduces the gradients of parameters that were trainable when it was built:
+        # wrap first, freeze after, so a body unfrozen after head_only_epochs stays in sync
         self.net = self._wrap(self.model)
+        self._apply_freeze(epoch=0)
 
         # optimization -------------------------------------------------------------------
         self.steps_per_epoch = len(self.train_loader)
@@ -311,7 +313,8 @@ class Trainer:
             if self.cfg.train.sync_bn:
                 net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
             ids = [self.device.index] if self.device.type == "cuda" else None
-            net = nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=self.cfg.model.freeze_until is not None)
+            freezes = self.cfg.model.freeze_until is not None or self.cfg.train.head_only_epochs > 0
+            net = nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=freezes)
         if self.cfg.train.compile:
             net = torch.compile(net)
         return net
