@@ -251,3 +251,61 @@ def test_activation_maps_converts_rgb_with_notice(digits_run, tmp_path, caplog):
     assert rc == 0 and (tmp_path / "a.png").exists()
     rc = main(["activations", str(run), str(tmp_path / "missing.png")])
     assert rc == 2
+
+
+# -- runs whose evaluation crops: the maps explain the input the prediction was made on ----------
+
+
+@pytest.fixture(scope="module")
+def cropped_run(tmp_path_factory):
+    """An (untrained) resnet8 on digits whose evaluation center-crops the 8x8 images to 6x6."""
+    s = load_dataset("digits", val_fraction=0.1, seed=0)
+    args = {"num_classes": 10, "in_channels": 1}
+    torch.manual_seed(0)
+    model = create_model("resnet8", **args).eval()
+    run = tmp_path_factory.mktemp("runs") / "cropped"
+    meta = {"arch": "resnet8", "arch_args": args, "classes": s.classes, "mean": s.mean, "std": s.std,
+            "input_size": [1, 6, 6], "data_shape": [1, 8, 8], "eval_transforms": ["center-crop:size=6"],
+            "metrics": {}, "epoch": 1, "step": 1, "dataset": "digits",
+            "config": {"seed": 0, "augment": ["center-crop:size=6"],
+                       "data": {"name": "digits", "root": None, "image_size": None, "val_fraction": 0.1,
+                                "subset": None, "download": False}}}  # fmt: skip
+    ck.save_checkpoint(run / "checkpoints" / "best", model, meta)
+    return run
+
+
+def test_explain_maps_use_the_evaluation_crop(cropped_run, monkeypatch):
+    import resnetlab.explain as ex
+
+    seen = []
+    real = ex.attribution_maps
+
+    def spy(model, x, *a, **kw):
+        seen.append(tuple(x.shape[1:]))
+        return real(model, x, *a, **kw)
+
+    monkeypatch.setattr(ex, "attribution_maps", spy)
+    explain(cropped_run, method="gradcam", n_per_class=1, n_pairs=0, n_top_loss=1, device="cpu")
+    assert seen and set(seen) == {(1, 6, 6)}  # the 6x6 center crop the predictions saw, not the 8x8 image
+
+
+def test_activation_maps_see_the_file_as_predict_does(cropped_run, tmp_path, monkeypatch):
+    import resnetlab.data.images as images
+    from resnetlab.predict import predict
+
+    fed = []
+    real = images.preprocess
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        fed.append(out.contiguous())
+        return out
+
+    monkeypatch.setattr(images, "preprocess", spy)
+    img = tmp_path / "digit.png"
+    Image.fromarray((np.random.default_rng(1).random((24, 20)) * 255).astype(np.uint8)).save(img)
+    activation_maps(cropped_run, img, layers=["stem"], out=tmp_path / "a.png")
+    predict(cropped_run, [img])
+    # loaded at the run's 8x8, then center-cropped to 6x6: not the whole file squashed to 6x6
+    assert len(fed) == 2 and fed[0].shape == fed[1].shape == (1, 1, 6, 6)
+    assert torch.equal(fed[0], fed[1])

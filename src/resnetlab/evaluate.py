@@ -277,6 +277,13 @@ class SplitSource:
     augment: list[Any]
     tta_flip: bool
 
+    def images(self, indices: torch.Tensor) -> torch.Tensor:
+        """The images at ``indices`` as :meth:`loader` feeds them, before normalization: after
+        the run's deterministic transforms (resize, center-crop); uint8, or float in [0, 1]."""
+        from resnetlab.data.augment import build_augment
+
+        return build_augment(self.augment, self.imageset.image_shape, train=False)(self.imageset.get(indices))
+
     def loader(self, batch_size: int, device):
         from resnetlab.data import build_loader
 

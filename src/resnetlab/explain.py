@@ -183,6 +183,11 @@ def _captum_batch(model, xb, tb, method, ig_steps, baseline) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
+def _as_uint8(img: torch.Tensor) -> torch.Tensor:
+    """An image for display: uint8 as is, float in [0, 1] (after a resize) scaled to uint8."""
+    return img if img.dtype == torch.uint8 else img.mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
 def _to_rgb(img: torch.Tensor | np.ndarray) -> np.ndarray:
     """uint8 (C, H, W) -> float32 (H, W, 3) in [0, 1]."""
     a = torch.as_tensor(img).float().div(255.0).clamp(0, 1)
@@ -357,7 +362,8 @@ def explain(
     wanted = sorted({i for g in sel["galleries"] for i in g["correct"] + g["incorrect"]}
                     | {i for p in sel["pairs"] for i in p["examples"]} | set(sel["top_loss"]))
     wrong = [i for i in wanted if int(pred[i]) != int(targets[i])]
-    raw = imageset.get(torch.as_tensor(wanted, dtype=torch.int64)) if wanted else None
+    # the images the predictions were made on: after the run's evaluation resize / center-crop
+    raw = src.images(torch.as_tensor(wanted, dtype=torch.int64)) if wanted else None
     maps_pred: dict[int, np.ndarray] = {}
     maps_true: dict[int, np.ndarray] = {}
     if wanted:
@@ -368,7 +374,7 @@ def explain(
             pos = {i: j for j, i in enumerate(wanted)}
             xw = x[[pos[i] for i in wrong]]
             maps_true = dict(zip(wrong, attribution_maps(model, xw, targets[wrong], method, layer, batch_size=min(batch_size, 64))))
-    images = {i: raw[j] for j, i in enumerate(wanted)} if wanted else {}
+    images = {i: _as_uint8(raw[j]) for j, i in enumerate(wanted)} if wanted else {}
 
     # 3. files
     run = run_dir_of(ckpt.path)
@@ -550,8 +556,9 @@ def activation_maps(
         PosixPath('runs/demo/explain/activations_shoe.png')
     """
     from resnetlab.checkpoint import Checkpoint, load_checkpoint
-    from resnetlab.data.images import load_images, preprocess
+    from resnetlab.data.images import preprocess
     from resnetlab.evaluate import resolve_device, run_dir_of
+    from resnetlab.predict import load_as_evaluated
 
     if not isinstance(max_channels, int) or max_channels < 1:
         raise ValueError(f"max_channels must be an integer >= 1, got {max_channels!r}")
@@ -561,8 +568,8 @@ def activation_maps(
     if layers:
         for n in layers:
             model.get_stage(n)  # fail before reading the image
-    c, h, w = (int(v) for v in meta["input_size"])
-    raw = load_images([image_path], size=(h, w), channels=c)  # logs a notice when it converts channels
+    # as evaluation and predict see a file: the run's data size, then its resize / center-crop
+    raw = load_as_evaluated([image_path], meta)  # logs a notice when it converts channels
     x = preprocess(raw, meta["mean"], meta["std"], device=device, channels_last=False)
     acts = stage_activations(model, x, layers)
     with torch.no_grad():
@@ -577,7 +584,7 @@ def activation_maps(
         top = torch.argsort(fmap.flatten(1).mean(1), descending=True)[:max_channels].tolist()
         for col in range(cols):
             axes[r][col].axis("off")
-        axes[r][0].imshow(_to_rgb(raw[0]), interpolation="nearest")
+        axes[r][0].imshow(_to_rgb(_as_uint8(raw[0])), interpolation="nearest")
         axes[r][0].set_title(f"{name}\n{tuple(fmap.shape)}", fontsize=6)
         for j, ch in enumerate(top):
             axes[r][j + 1].imshow(fmap[ch].numpy(), cmap="viridis", interpolation="nearest")

@@ -172,6 +172,19 @@ def _geometry(meta: dict) -> tuple[int, tuple[int, int], torch.nn.Module | None]
     return c, (h, w), None
 
 
+def load_as_evaluated(paths: Sequence[str | os.PathLike], meta: dict) -> torch.Tensor:
+    """Image files as the run's evaluation sees them before normalization.
+
+    Loaded at the run's ``data_shape`` and passed through its ``eval_transforms`` (see
+    :func:`_geometry`): uint8 ``(B, C, H, W)``, or float in [0, 1] after a resize.
+    """
+    from resnetlab.data.images import load_images
+
+    c, load_hw, transform = _geometry(meta)
+    images = load_images(list(paths), size=load_hw, channels=c)
+    return transform(images) if transform is not None else images
+
+
 def predict(
     checkpoint_or_run,
     inputs: Sequence[str | os.PathLike],
@@ -204,7 +217,7 @@ def predict(
         >>> predict("runs/demo", ["digit.png"], top_k=3)[0]["top"][0]["class"]  # doctest: +SKIP
         '7'
     """
-    from resnetlab.data.images import load_images, preprocess
+    from resnetlab.data.images import preprocess
 
     if backend not in BACKENDS:
         raise ValueError(unknown_name("backend", backend, BACKENDS))
@@ -220,15 +233,11 @@ def predict(
     device = torch.device(device)
     run, meta = BACKENDS[backend](checkpoint_or_run, device, which)
     classes = [str(c) for c in meta["classes"]]
-    c, load_hw, transform = _geometry(meta)
     k = min(top_k, len(classes))
     results: list[dict] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        images = load_images(chunk, size=load_hw, channels=c)  # uint8 (B, C, H, W)
-        if transform is not None:
-            images = transform(images)  # uint8, or float in [0, 1] after a resize
-        x = preprocess(images, meta["mean"], meta["std"], device=device)
+        x = preprocess(load_as_evaluated(chunk, meta), meta["mean"], meta["std"], device=device)
         probs = torch.softmax(run(x).double(), dim=1).cpu()
         top_p, top_i = probs.topk(k, dim=1)
         for path, ps, idx in zip(chunk, top_p.tolist(), top_i.tolist()):
