@@ -17,7 +17,11 @@ from resnetlab.checkpoint import load_checkpoint
 # head_only: epoch 1 trains the head only, epoch 2 the whole net; DDP must reduce the body's
 # gradients in epoch 2 too (it did not when the wrapper was built around a frozen body)
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("extra", [[], ["--set", "train.head_only_epochs=1"]], ids=["plain", "head_only"])
+# sync_bn: torch's nn.SyncBatchNorm is GPU-only, so on CPU the default bn-torch layers become the
+# hand-written BatchNorm with statistics over both processes (tests/test_norms.py checks the math)
+@pytest.mark.parametrize(
+    "extra", [[], ["--set", "train.head_only_epochs=1"], ["--set", "train.sync_bn=true"]], ids=["plain", "head_only", "sync_bn"]
+)
 def test_torchrun_two_cpu_ranks(tmp_path, extra):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
@@ -32,6 +36,7 @@ def test_torchrun_two_cpu_ranks(tmp_path, extra):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert "weights identical on all 2 ranks" in log
+    assert ("sync_bn: batch statistics over 2 processes in 7 layers" in log) == ("train.sync_bn=true" in extra)
     assert log.count("run: ") == 1  # only rank 0 reports
     # one run folder, written once, by rank 0
     rows = list(csv.DictReader(open(out / "metrics.csv")))

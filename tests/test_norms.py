@@ -347,3 +347,75 @@ def test_scratch_layers_do_not_call_the_functional_norms(monkeypatch):
         layer.eval()(x)
     with pytest.raises(AssertionError):  # the guard itself works
         get_norm_layer("bn-torch")(8)(x)
+
+
+def _sync_rank(rank: int, world: int, port: int, kind: str, q) -> None:
+    """One process of the sync test: half the batch, statistics shared with the other process."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        x = torch.randn(8, 6, 5, 5, dtype=torch.float64) * 3 + 1
+        r = torch.randn(8, 6, 5, 5, dtype=torch.float64)
+        layer = (BatchNorm2d(6) if kind == "bn" else BatchInstanceNorm2d(6, rho_init=0.6)).double()
+        assert norms.enable_sync_batch_stats(layer) == 1
+        xs = x[rank * 4 : rank * 4 + 4].clone().requires_grad_(True)
+        out = layer(xs)
+        (out * r[rank * 4 : rank * 4 + 4]).mean().backward()
+        # numpy copies: tensors would travel as shared-memory handles that die with this process
+        q.put((rank, *(t.detach().numpy().copy() for t in (out, xs.grad, layer.weight.grad, layer.running_mean, layer.running_var))))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["bn", "bin"])
+def test_sync_batch_stats_over_two_processes_equal_one_big_batch(kind):
+    """train.sync_bn for the hand-written layers: 2 gloo processes with 4 images each normalize,
+    update running statistics and back-propagate exactly as one process with all 8."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_sync_rank, args=(k, 2, port, kind, q)) for k in range(2)]
+    for p in procs:
+        p.start()
+    got = {item[0]: [torch.from_numpy(a) for a in item[1:]] for item in (q.get(timeout=120) for _ in procs)}
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+
+    torch.manual_seed(0)
+    x = (torch.randn(8, 6, 5, 5, dtype=torch.float64) * 3 + 1).requires_grad_(True)
+    r = torch.randn(8, 6, 5, 5, dtype=torch.float64)
+    ref = (BatchNorm2d(6) if kind == "bn" else BatchInstanceNorm2d(6, rho_init=0.6)).double()
+    out = ref(x)
+    (out * r).mean().backward()
+    for k in range(2):
+        o, xg, wg, rm, rv = got[k]
+        half = slice(k * 4, k * 4 + 4)
+        assert max_abs_diff(o, out[half]) < 1e-10
+        # each process's loss is the mean over its half: their sum is twice the big batch's loss
+        assert max_abs_diff(xg / 2, x.grad[half]) < 1e-10
+        assert max_abs_diff(rm, ref.running_mean) < 1e-12 and max_abs_diff(rv, ref.running_var) < 1e-12
+    # the parameter gradient DDP would average over the two processes is the big batch's
+    assert max_abs_diff((got[0][2] + got[1][2]) / 2, ref.weight.grad) < 1e-10
+
+
+def test_enable_sync_replaces_torch_batchnorm_keeping_its_state():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Sequential(BatchNorm2d(4), nn.GroupNorm(2, 4)))
+    with torch.no_grad():
+        model[1].running_mean.fill_(0.5)
+        model[1].weight.fill_(2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert norms.enable_sync_batch_stats(model) == 1 and type(model[1]) is nn.BatchNorm2d  # torch's kept
+    assert norms.enable_sync_batch_stats(model, replace_torch=True) == 2
+    assert type(model[1]) is BatchNorm2d and model[1].sync and model[3][0].sync
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

@@ -156,7 +156,7 @@ class TrainConfig(_Section):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16/fp16 on CUDA, off on CPU
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
-    sync_bn: bool = False  # SyncBatchNorm under torchrun
+    sync_bn: bool = False  # batch statistics over all torchrun processes (SyncBatchNorm)
     num_threads: int | None = Field(None, ge=1)  # CPU threads; None = all cores
     tune_malloc: bool = True  # keep freed tensor buffers in the process (glibc): no page faults per step
     eval_every: int = Field(1, ge=1)  # epochs between validations

@@ -41,6 +41,7 @@ __all__ = [
     "NORM_NAMES",
     "get_norm_layer",
     "default_groups",
+    "enable_sync_batch_stats",
 ]
 
 
@@ -77,17 +78,21 @@ class BatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.sync = False  # batch statistics over all DDP ranks (enable_sync_batch_stats)
 
     def batch_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and normalizing variance; updates running stats in training."""
         if self.training:
-            n = x.numel() // x.shape[1]
-            if n <= 1:
-                raise ValueError(
-                    f"BatchNorm needs more than 1 value per channel in training, got input of shape "
-                    f"{tuple(x.shape)}; use a batch size > 1 or another norm (gn, ln, in)"
-                )
-            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            if self.sync and torch.distributed.is_available() and torch.distributed.is_initialized():
+                mean, var, n = _global_var_mean(x)  # n: a tensor, no host sync
+            else:
+                n = x.numel() // x.shape[1]
+                if n <= 1:
+                    raise ValueError(
+                        f"BatchNorm needs more than 1 value per channel in training, got input of shape "
+                        f"{tuple(x.shape)}; use a batch size > 1 or another norm (gn, ln, in)"
+                    )
+                var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum
@@ -103,6 +108,51 @@ class BatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over all processes, differentiable (the gradient is summed over processes too)."""
+    import torch.distributed._functional_collectives as fc
+
+    if hasattr(fc, "all_reduce_backward"):  # torch releases where the functional collective has autograd
+        return fc.all_reduce(t, "sum", torch.distributed.group.WORLD) * 1  # * 1: wait, a plain tensor
+    from torch.distributed.nn.functional import all_reduce  # older releases (deprecated since)
+
+    return all_reduce(t)
+
+
+def _global_var_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``x`` over the batches of every process, and the
+    global count: what SyncBatchNorm computes, for the hand-written layers. Two passes (sum, then
+    squared deviations from the global mean) through autograd-aware all-reduces, so gradients
+    flow back to every rank's inputs as they would through one big batch."""
+    c = x.shape[1]
+    count = torch.full((1,), x.numel() // c, dtype=x.dtype, device=x.device)
+    total = _all_reduce_sum(torch.cat([x.sum(dim=(0, 2, 3)), count]))
+    n = total[c]
+    mean = total[:c] / n
+    var = _all_reduce_sum((x - mean.view(1, -1, 1, 1)).square().sum(dim=(0, 2, 3))) / n
+    return mean, var, n.clamp(min=2)  # the running variance's n / (n - 1) stays finite
+
+
+def enable_sync_batch_stats(model: nn.Module, replace_torch: bool = False) -> int:
+    """Make the batch norms of ``model`` use batch statistics over all DDP processes
+    (``train.sync_bn``): the hand-written ``bn`` / ``bin`` layers switch to synced statistics;
+    with ``replace_torch``, torch's ``nn.BatchNorm2d`` layers are replaced (in place, weights and
+    running statistics kept: the names are the same) by the hand-written layer with synced
+    statistics, for CPU processes, where ``nn.SyncBatchNorm`` does not run. Returns how many
+    layers synchronise."""
+    if replace_torch:
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.BatchNorm2d and child.affine and child.track_running_stats:
+                    mine = BatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum or 0.1)
+                    mine.load_state_dict(child.state_dict())
+                    setattr(parent, name, mine.to(device=child.weight.device, dtype=child.weight.dtype).train(child.training))
+    layers = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
+    for m in layers:
+        m.sync = True
+    return len(layers)
 
 
 def _instance_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -311,7 +311,14 @@ class Trainer:
         net = model
         if self.world_size > 1:
             if self.cfg.train.sync_bn:
-                net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+                from resnetlab.norms import enable_sync_batch_stats
+
+                if self.device.type == "cuda":
+                    net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # torch's layers (bn-torch)
+                # the hand-written bn / bin; on CPU also torch's, as nn.SyncBatchNorm is GPU-only
+                n = enable_sync_batch_stats(net, replace_torch=self.device.type != "cuda")
+                if self.is_main:
+                    log.info("sync_bn: batch statistics over %d processes in %d layers", self.world_size, n)
             ids = [self.device.index] if self.device.type == "cuda" else None
             freezes = self.cfg.model.freeze_until is not None or self.cfg.train.head_only_epochs > 0
             net = nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=freezes)
