@@ -152,6 +152,8 @@ CASES = {
     # -- checkpoints and runs --------------------------------------------------------------------
     "resume a folder that is not a run": (lambda c: ["train", "--resume", str(c.tmp)], ["is not a run folder (no config.yaml)"]),
     "resume a missing folder": (lambda c: ["train", "--resume", str(c.tmp / "nope")], ["is not a run folder"]),
+    "resume with other options": (lambda c: ["train", "--resume", str(c.run), "--epochs", "2", "--set", "optim.lr=0.5"],
+                                  ["takes no other options (got --epochs, --set optim.lr=0.5)"]),  # fmt: skip
     "missing checkpoint": (lambda c: ["predict", str(c.tmp / "nope"), str(c.img)], ["checkpoint or run folder not found"]),
     "foreign checkpoint": (lambda c: ["predict", _foreign_ckpt(c), str(c.img)], ["is not a resnetlab checkpoint", "'timm-checkpoint/2'"]),
     "truncated checkpoint": (lambda c: ["predict", _truncated_ckpt(c), str(c.img)], ["checkpoint weights are corrupt or truncated"]),

@@ -653,10 +653,22 @@ def progressive_size(epoch: int, epochs: int, full: Sequence[int], pr: Progressi
 # ---------------------------------------------------------------------------------------
 # entry points used by the CLI and the study runner
 # ---------------------------------------------------------------------------------------
+# What a run writes into its folder; --overwrite removes these (and nothing else) once the new
+# run has started, so no file of the old run (its test result, report, explanations) is left to
+# be read as the new run's.
+RUN_OUTPUTS = ("metrics.csv", "checkpoints", "eval", "explain", "report_sections", "report_files",
+               "report.html", "report.md", "tensorboard")  # fmt: skip
+
+
 def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not overwrite:
         raise ResnetlabError(
             f"run folder {run_dir} already holds a run; use --resume {run_dir} to continue it, or --out for a new folder"
+        )
+    if run_dir.is_dir() and not overwrite and any(run_dir.iterdir()):
+        raise ResnetlabError(
+            f"output folder {run_dir} is not empty and holds no run; choose a new or empty folder with --out "
+            f"(--overwrite writes the run into it, replacing only files a run writes)"
         )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -702,8 +714,12 @@ def train(cfg: Config, run_dir: str | os.PathLike | None = None, overwrite: bool
             # Only now that config and data are known to be good: the old run's rows would be
             # appended to, and its checkpoints rotated into last.prev, where a resume could
             # pick them up as if they belonged to this run.
-            (run_dir / "metrics.csv").unlink(missing_ok=True)
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            for name in RUN_OUTPUTS:
+                path = run_dir / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         if trainer.pretrained_report:
             r = trainer.pretrained_report

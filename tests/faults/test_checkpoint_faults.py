@@ -274,7 +274,26 @@ def test_overwrite_starts_a_clean_run_but_only_once_the_config_is_good(tmp_path,
     assert main(["train", "-q", "--out", str(run), *one]) == 0
     assert main(["train", "-q", "--out", str(run), "--overwrite", *one, "--set", "model.norm=bnn"]) == 2
     assert len(metric_rows(run / "metrics.csv")) == 1 and (run / "checkpoints" / "last").is_dir()  # bad config: kept
+    # the old run's test result, report and explanations must not survive as the new run's
+    # (this run does not evaluate or report); a file the user put there stays
+    stale = [run / "eval" / "test" / "metrics.json", run / "report.html", run / "report.md", run / "explain" / "summary.json"]
+    for path in stale + [run / "notes.txt"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("old")
     assert main(["train", "-q", "--out", str(run), "--overwrite", *one, "--set", "seed=1"]) == 0
     assert len(metric_rows(run / "metrics.csv")) == 1
     assert not (run / "checkpoints" / "last.prev").exists()
     assert ckpt.load_meta(run / "checkpoints" / "last")["config"]["seed"] == 1
+    assert not any(p.exists() for p in stale) and not (run / "eval").exists()
+    assert (run / "notes.txt").read_text() == "old"
+
+
+def test_out_into_a_non_empty_folder_that_holds_no_run_is_refused(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("important")
+    one = [*set_args(TINY), "--set", "train.epochs=1"]
+    assert main(["train", "-q", "--out", str(folder), *one]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not empty and holds no run" in err
+    assert (folder / "config.yaml").read_text() == "important"  # nothing lost

@@ -91,6 +91,13 @@ def run(args) -> int:
     from resnetlab.trainer import resume, train
 
     if args.resume:
+        given = [f"--{a.replace('_', '-')}" for a in (*SHORT_FLAGS, "aug", "config", "smoke", "out", "overwrite") if getattr(args, a, None)]
+        given += [f"--set {o}" for o in args.overrides]
+        if given:
+            from resnetlab.errors import ConfigError
+
+            raise ConfigError(f"--resume continues a run with its saved config and takes no other options (got {', '.join(given)}); "
+                              f"to train with other settings start a new run with --out")  # fmt: skip
         result = resume(args.resume, progress=None if not args.quiet else False)
     else:
         cfg = build_config(args)
