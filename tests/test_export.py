@@ -155,6 +155,7 @@ def test_predict_torch_compile_backend_equals_torch(ckpt_dir, tmp_path):
         (["--format", "tflite"], "unknown export format 'tflite'"),
         (["--format", "onnx", "--batch-size", "0"], "batch size must be 'dynamic' or an integer >= 1"),
         (["--format", "onnx", "--batch-size", "big"], "batch size must be 'dynamic'"),
+        (["--format", "onnx", "--opset", "13"], "ONNX opset must be >= 18"),
     ],
 )
 def test_export_bad_args_one_line_exit_2(ckpt_dir, tmp_path, capsys, extra, needle):
@@ -174,7 +175,17 @@ def test_export_missing_checkpoint_and_onnx_backend_needs_onnx_file(tmp_path, ck
         onnx_backend(ckpt_dir, torch.device("cpu"))
 
 
-def test_validation_failure_is_an_error(ckpt_dir, tmp_path):
-    # an impossible tolerance: the check really compares numbers
-    with pytest.raises(ExportError, match="differs from PyTorch"):
-        export_model(ckpt_dir, tmp_path / "m.pt", format="torchscript", atol=1e-30)
+def test_validation_failure_is_an_error_and_keeps_the_earlier_file(ckpt_dir, tmp_path, capsys):
+    good = export_model(ckpt_dir, tmp_path / "m.pt", format="torchscript")
+    before = (good.path.read_bytes(), good.meta_path.read_text())
+    # an existing file is not replaced without --overwrite
+    assert main(["export", str(ckpt_dir), "--format", "torchscript", "--out", str(good.path)]) == 2
+    assert "already exists; use --overwrite" in capsys.readouterr().err
+    # an impossible tolerance: the check really compares numbers, and the failed export does not
+    # replace the good file (nor leave it beside another model's metadata)
+    with pytest.raises(ExportError, match=r"differs from PyTorch .* kept for inspection at m.pt.rejected"):
+        export_model(ckpt_dir, good.path, format="torchscript", atol=1e-30, overwrite=True)
+    assert (good.path.read_bytes(), good.meta_path.read_text()) == before
+    assert (tmp_path / "m.pt.rejected").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.json", "m.pt.rejected"]  # no partial files
+    assert main(["export", str(ckpt_dir), "--format", "torchscript", "--out", str(good.path), "--overwrite"]) == 0

@@ -38,6 +38,7 @@ __all__ = ["FORMATS", "ExportResult", "ExportError", "export_model", "OnnxClassi
 
 FORMATS = ("onnx", "torchscript")
 META_FORMAT = "resnetlab-export/1"
+MIN_OPSET = 18  # torch's dynamo exporter writes 18+; asked for less, it converts down or keeps 18
 
 
 class ExportError(ResnetlabError):
@@ -126,6 +127,7 @@ def export_model(
     opset: int | None = None,
     atol: float = 1e-4,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export a checkpoint to ONNX or TorchScript and check the file against PyTorch.
 
@@ -139,13 +141,15 @@ def export_model(
         opset: ONNX opset (``None``: the exporter's default).
         atol: largest allowed absolute logit difference from the PyTorch model.
         seed: seed of the random validation inputs.
+        overwrite: replace an existing ``out`` (and its ``.json``); without it they are refused.
 
     Returns:
         An :class:`ExportResult` with the paths and the measured ``max_abs_diff``.
 
     Raises:
-        ValueError: an unknown format or a bad batch size (one line).
-        ExportError: the exported file differs from PyTorch by more than ``atol``.
+        ValueError: an unknown format, a bad batch size, an opset below 18, an existing ``out``.
+        ExportError: the exported file differs from PyTorch by more than ``atol`` (it is kept as
+            ``out + ".rejected"``; an earlier file at ``out`` is left as it was).
 
     Example:
         >>> r = export_model("runs/demo", "demo.onnx")  # doctest: +SKIP
@@ -164,6 +168,10 @@ def export_model(
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out must be a file path, got the directory {str(out)!r}")
+    if not overwrite and (out.exists() or sidecar_path(out).exists()):
+        raise ValueError(f"{out} already exists; use --overwrite to replace it (and {sidecar_path(out).name}), or another --out")
+    if fmt == "onnx" and opset is not None and not MIN_OPSET <= opset:
+        raise ValueError(f"ONNX opset must be >= {MIN_OPSET} (the exporter's lowest; it does not convert down), got {opset}")
 
     ckpt = load_checkpoint(checkpoint_or_run, which=which, device="cpu")
     reference = ckpt.model.eval()
@@ -173,30 +181,24 @@ def export_model(
     example_batch = fixed or 2
     example = torch.randn(example_batch, *input_size, generator=g)  # (B, C, H, W)
 
+    # Written beside --out under another name and moved over it only once validated, so a failed
+    # export never replaces a good file (nor leaves it paired with another model's metadata).
+    part = out.with_name(f".{out.name}.partial")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "onnx":
-            _export_onnx(model, example, out, dynamic=fixed is None, opset=opset)
+            _export_onnx(model, example, part, dynamic=fixed is None, opset=opset)
         else:
-            _export_torchscript(model, example, out)
+            _export_torchscript(model, example, part)
     except OSError as exc:
+        part.unlink(missing_ok=True)
         raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from exc
-
-    # Validate with the file's own runtime, at the traced batch size and (dynamic) at others.
-    run = _runner(fmt, out)
-    batches = [example_batch] if fixed else [example_batch, 1, 5]
-    diff = 0.0
-    for b in batches:
-        x = example if b == example_batch else torch.randn(b, *input_size, generator=g)
-        with torch.no_grad():
-            ref = reference(x).numpy()
-        got = run(x.numpy())
-        if got.shape != ref.shape:
-            raise ExportError(f"exported {fmt} model returned shape {got.shape} for batch {b}, PyTorch {ref.shape}")
-        diff = max(diff, float(np.abs(got.astype(np.float64) - ref.astype(np.float64)).max()))
-    if not diff <= atol:
-        raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (> atol {atol:g}); file kept at {out}")
-
+    try:
+        meta = _validate(fmt, part, reference, example, fixed, input_size, g, atol, opset)
+    except ExportError:
+        rejected = out.with_name(out.name + ".rejected")
+        os.replace(part, rejected)
+        raise
     meta = {
         "format": META_FORMAT,
         "model_format": fmt,
@@ -214,14 +216,45 @@ def export_model(
         "output_name": "logits",
         "bn_folded": bool(fold),
         "checkpoint": str(ckpt.path),
-        "max_abs_diff": diff,
-        "validated_batches": batches,
+        **meta,
         "versions": {"torch": torch.__version__, **_runtime_versions(fmt)},
     }
     meta_path = sidecar_path(out)
-    meta_path.write_text(json.dumps(meta, indent=2))
+    meta_part = meta_path.with_name(f".{meta_path.name}.partial")
+    meta_part.write_text(json.dumps(meta, indent=2))
+    os.replace(part, out)
+    os.replace(meta_part, meta_path)
+    diff = meta["max_abs_diff"]
     log.info("exported %s to %s (max abs diff vs PyTorch %.3g)", ckpt.path, out, diff)
     return ExportResult(path=out, meta_path=meta_path, format=fmt, batch_size=fixed, max_abs_diff=diff, meta=meta)
+
+
+def _validate(fmt, path, reference, example, fixed, input_size, g, atol, opset) -> dict[str, Any]:
+    """Check an exported file with its own runtime against PyTorch, at the traced batch size and
+    (dynamic) at others; the figures for its metadata."""
+    example_batch = example.shape[0]
+    if fmt == "onnx" and opset is not None:
+        import onnx
+
+        written = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), None)
+        if written != opset:
+            raise ExportError(f"the exporter wrote ONNX opset {written}, not the requested {opset}")
+    run = _runner(fmt, path)
+    batches = [example_batch] if fixed else [example_batch, 1, 5]
+    diff = 0.0
+    for b in batches:
+        x = example if b == example_batch else torch.randn(b, *input_size, generator=g)
+        with torch.no_grad():
+            ref = reference(x).numpy()
+        got = run(x.numpy())
+        if got.shape != ref.shape:
+            raise ExportError(f"exported {fmt} model returned shape {got.shape} for batch {b}, PyTorch {ref.shape}")
+        diff = max(diff, float(np.abs(got.astype(np.float64) - ref.astype(np.float64)).max()))
+    if not diff <= atol:
+        raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (> atol {atol:g}); "
+                          f"kept for inspection at {path.name.removeprefix('.').removesuffix('.partial')}.rejected, "
+                          f"any earlier file at --out left as it was")  # fmt: skip
+    return {"max_abs_diff": diff, "validated_batches": batches}
 
 
 def _runtime_versions(fmt: str) -> dict[str, str]:

@@ -23,8 +23,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", default="dynamic", help="'dynamic' (default) or a fixed integer")
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder (default: best)")
     p.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True, help="fold batch norms (default: on)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset, >= 18 (default: the exporter's)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed logit difference (default: 1e-4)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE and FILE.json")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -41,6 +42,7 @@ def run(args) -> int:
         fold=args.fold,
         opset=args.opset,
         atol=args.atol,
+        overwrite=args.overwrite,
     )
     if args.json:
         print(json.dumps({"path": str(r.path), "meta": str(r.meta_path), "format": r.format,
