@@ -248,6 +248,10 @@ def test_activation_maps_converts_rgb_with_notice(digits_run, tmp_path, caplog):
     with pytest.raises(ValueError, match="unknown layer 'layer5'"):
         activation_maps(run, img, layers=["layer5"])
     rc = main(["activations", str(run), str(img), "--out", str(tmp_path / "a.png"), "--layers", "layer1", "layer2"])
+    assert rc == 0
+    rc = main(["activations", str(run), str(img), "--out", str(tmp_path / "a.png")])  # exists: refused
+    assert rc == 2
+    rc = main(["activations", str(run), str(img), "--out", str(tmp_path / "a.png"), "--overwrite"])
     assert rc == 0 and (tmp_path / "a.png").exists()
     rc = main(["activations", str(run), str(tmp_path / "missing.png")])
     assert rc == 2

@@ -32,6 +32,14 @@ def _discover(subparsers) -> None:
             register(subparsers)
 
 
+def refuse_existing_out(path: str | None, overwrite: bool) -> None:
+    """A command's ``--out FILE`` must not replace a file that is already there, unless asked."""
+    if path is not None and os.path.lexists(path) and not overwrite:
+        from resnetlab.errors import ResnetlabError
+
+        raise ResnetlabError(f"{path} already exists; use --overwrite to replace it, or another --out")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the project's error format: one ``error: ...`` line naming the command and
     pointing at its ``--help``, exit code 2, instead of the usage block plus a line.

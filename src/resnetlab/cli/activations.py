@@ -8,6 +8,7 @@ def register(sub) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="a run folder or checkpoint folder")
     p.add_argument("image", metavar="IMAGE", help="an image file (resized and converted to the model's input)")
     p.add_argument("--out", default=None, help="PNG to write (default <run>/explain/activations_<image>.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--layers", nargs="+", default=None, help="stages to show (default: all)")
     p.add_argument("--channels", type=int, default=16, help="most active channels shown per stage (default 16)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
@@ -16,8 +17,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from resnetlab.cli import refuse_existing_out
     from resnetlab.explain import activation_maps
 
+    refuse_existing_out(args.out, args.overwrite)
     path = activation_maps(args.checkpoint, args.image, out=args.out, layers=args.layers,
                            max_channels=args.channels, device=args.device, which=args.which)
     print(path)

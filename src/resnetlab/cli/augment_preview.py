@@ -14,15 +14,18 @@ def register(sub) -> None:
     p.add_argument("--aug", action="append", required=True, metavar="SPEC",
                    help="augmentation(s), e.g. 'crop:padding=4' or 'crop flip' (repeatable)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="FILE.png", help="where to write the grid")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE.png")
     p.add_argument("--n", type=int, default=6, help="number of sample images (rows)")
     p.add_argument("--seed", type=int, default=0, help="picks the samples and the random parameters")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from resnetlab.cli import refuse_existing_out
     from resnetlab.data import load_dataset
     from resnetlab.data.preview import augment_preview
 
+    refuse_existing_out(args.out, args.overwrite)
     splits = load_dataset(args.data, root=args.data_root, image_size=args.image_size, val_fraction=0.0)
     path = augment_preview(splits, args.aug, args.out, n=args.n, seed=args.seed)
     print(f"wrote {path}")
