@@ -121,6 +121,11 @@ CASES = {
     # -- unknown names ---------------------------------------------------------------------------
     "unknown model": (lambda c: ["train", "--model", "resnet9000"], ["unknown model 'resnet9000'", "did you mean"]),
     "unknown norm": (lambda c: ["train", "--norm", "bnn"], ["unknown norm 'bnn'", "did you mean 'bn'", "allowed:"]),
+    "depth of a fixed-depth model": (lambda c: ["train", "--set", "model.depth=14"], ["model.depth applies only to model.name=resnet_cifar"]),
+    "groups without group norm": (lambda c: ["train", "--norm", "bn", "--set", "model.groups=4"], ["model.groups applies only to norm gn"]),
+    "milestone fraction above 1": (lambda c: ["train", "--schedule", "multistep", "--set", "schedule.milestones=[1.5]"],
+                                   ["schedule.milestones are fractions of training in (0, 1]"]),  # fmt: skip
+    "zero-width head layer": (lambda c: ["train", "--set", "model.head=[0]"], ["model.head.0", "greater than 0"]),
     "unknown dataset": (lambda c: ["train", "--data", "cifar11"], ["unknown dataset 'cifar11'", "did you mean 'cifar10'", "allowed:"]),
     "unknown augmentation": (lambda c: ["train", "--aug", "flipp"], ["unknown augmentation 'flipp'", "did you mean 'flip'", "allowed:"]),
     "unknown augmentation parameter": (lambda c: ["train", "--aug", "crop:paddin=2"], ["'crop' has no parameter 'paddin'", "'padding'"]),

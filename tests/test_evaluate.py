@@ -132,6 +132,14 @@ def test_evaluate_val_split_and_out_dir(run, tmp_path):
     assert m["accuracy"] == pytest.approx(best_val, abs=1e-5)
 
 
+def test_last_checkpoint_evaluates_beside_the_best_ones_result(run):
+    best = evaluate(run, split="val", device="cpu")
+    last = evaluate(run, split="val", which="last", device="cpu")
+    # the report reads eval/<split> as the best checkpoint's result: --which last must not replace it
+    assert best["out_dir"] == str(run / "eval" / "val") and last["out_dir"] == str(run / "eval" / "val-last")
+    assert json.loads((run / "eval" / "val" / "metrics.json").read_text())["accuracy"] == best["accuracy"]
+
+
 def test_cli_evaluate_json_prints_one_object(run, capsys):
     assert main(["evaluate", str(run), "--json", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

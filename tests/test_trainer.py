@@ -183,6 +183,14 @@ def test_onecycle_cycles_momentum_only_when_sgd_has_some(momentum, cycled):
     assert opt.param_groups[0]["momentum"] == (0.95 if cycled else 0.0)
 
 
+def test_amp_on_cpu_warns_that_it_trains_in_fp32(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        t = Trainer(tiny("train.amp=fp16"), tmp_path / "amp", progress=False)
+    assert t.autocast_dtype is None and "train.amp=fp16 applies on CUDA only; on cpu this run trains in fp32" in caplog.text
+
+
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_optimizers_train(tmp_path, name):
     lr = 0.05 if name == "sgd" else 3e-3

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from resnetlab.errors import ConfigError, did_you_mean
 
@@ -55,7 +55,7 @@ class ModelConfig(_Section):
     width: float = Field(1.0, gt=0)  # multiplier on every channel count
     act: str = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)  # before the classifier
-    head: list[int] | None = None  # MLP hidden sizes; None = one linear layer
+    head: list[PositiveInt] | None = None  # MLP hidden sizes; None = one linear layer
     head_dropout: float = Field(0.0, ge=0, lt=1)
     zero_init_residual: bool = False
     pretrained: str | None = None  # torchvision:IMAGENET1K_V1, a run folder, or a state-dict file
@@ -119,7 +119,7 @@ class ScheduleConfig(_Section):
     name: Literal["constant", "step", "multistep", "cosine", "onecycle"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)  # linear warmup (constant, step, multistep, cosine)
     step_size: float = Field(30, gt=0)  # epochs between decays (step)
-    milestones: list[float] = [0.5, 0.75]  # multistep: fractions of training, or iterations (unit)
+    milestones: list[float] = [0.5, 0.75]  # multistep: fractions of training in (0, 1], iterations or epochs (unit)
     milestones_unit: Literal["fraction", "iteration", "epoch"] = "fraction"
     gamma: float = Field(0.1, gt=0)  # decay factor (step, multistep)
     min_lr: float = Field(0.0, ge=0)  # cosine floor
@@ -153,7 +153,7 @@ class TrainConfig(_Section):
     tta_flip: bool = False  # evaluation averages the image and its horizontal flip
     progressive_resize: ProgressiveResizeConfig | None = None  # lower training resolution in early epochs
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16/fp16 on CUDA, off on CPU
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16/fp16 on CUDA, off on CPU; bf16/fp16 on CPU: fp32 with a warning
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # batch statistics over all torchrun processes (SyncBatchNorm)
@@ -199,6 +199,15 @@ class Config(_Section):
             raise ValueError(f"model.name: unknown model {self.model.name!r}{did_you_mean(self.model.name, list_models())}")
         if self.model.norm not in NORM_NAMES:
             raise ValueError(f"model.norm: unknown norm {self.model.norm!r}{did_you_mean(self.model.norm, NORM_NAMES)} (allowed: {', '.join(NORM_NAMES)})")
+        if self.model.depth is not None and self.model.name != "resnet_cifar":
+            raise ValueError(f"model.depth applies only to model.name=resnet_cifar; {self.model.name} has a fixed depth "
+                             f"(use model.name=resnet_cifar with model.depth={self.model.depth})")  # fmt: skip
+        if self.model.groups is not None and self.model.norm not in ("gn", "gn-torch"):
+            raise ValueError(f"model.groups applies only to norm gn or gn-torch, got norm {self.model.norm}")
+        s = self.schedule
+        if s.name == "multistep" and s.milestones_unit == "fraction" and not all(0 < m <= 1 for m in s.milestones):
+            raise ValueError(f"schedule.milestones are fractions of training in (0, 1] (schedule.milestones_unit=fraction), "
+                             f"got {s.milestones}; for steps or epochs set schedule.milestones_unit")  # fmt: skip
         if self.train.batch_size == 1 and self.model.norm in ("bn", "bn-torch", "bin"):
             raise ValueError("train.batch_size=1 cannot train with batch statistics (norm bn/bin); use batch_size >= 2 or norm gn/ln/in")
         parse_augment(self.augment)

@@ -333,8 +333,9 @@ def evaluate(
         checkpoint_or_run: a run folder, a checkpoint folder / weights file, or a loaded
             :class:`resnetlab.checkpoint.Checkpoint`.
         split: ``"test"``, ``"val"`` or ``"train"``.
-        out_dir: where the files go; default ``<run>/eval/<split>/`` (``<checkpoint>/eval/<split>``
-            for a checkpoint outside a run folder).
+        out_dir: where the files go; default ``<run>/eval/<split>/`` for the best checkpoint,
+            ``<run>/eval/<split>-last/`` for ``which="last"`` (``<checkpoint>/eval/<split>`` for a
+            checkpoint outside a run folder).
         data_root: dataset root, replacing the one recorded in the checkpoint's config.
         batch_size: images per forward pass.
         device: where the model runs (``"auto"``: CUDA when available, else CPU).
@@ -363,7 +364,9 @@ def evaluate(
 
     if out_dir is None:
         run = run_dir_of(ckpt.path)
-        out = (run if run is not None else ckpt.path) / "eval" / split
+        # the run's report reads eval/<split> as the best checkpoint's result: another one goes beside it
+        folder = split if which == "best" or run is None else f"{split}-{which}"
+        out = (run if run is not None else ckpt.path) / "eval" / folder
     else:
         out = Path(out_dir)
     extra = {"split": split, "checkpoint": str(ckpt.path), "dataset": data_name, "classes": list(ckpt.classes)}

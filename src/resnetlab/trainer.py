@@ -280,6 +280,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps, self.steps_per_epoch, cfg.optim.lr)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.autocast_dtype = self._amp_dtype()
+        if cfg.train.amp in ("bf16", "fp16") and self.autocast_dtype is None and self.is_main:
+            log.warning("train.amp=%s applies on CUDA only; on %s this run trains in fp32 (set train.amp=auto or off to silence this)",
+                        cfg.train.amp, self.device.type)  # fmt: skip
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
 
         # state --------------------------------------------------------------------------
