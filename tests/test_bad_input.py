@@ -121,6 +121,8 @@ CASES = {
     # -- unknown names ---------------------------------------------------------------------------
     "unknown model": (lambda c: ["train", "--model", "resnet9000"], ["unknown model 'resnet9000'", "did you mean"]),
     "unknown norm": (lambda c: ["train", "--norm", "bnn"], ["unknown norm 'bnn'", "did you mean 'bn'", "allowed:"]),
+    "unknown device": (lambda c: [*TINY, "--device", "bogus", "--out", str(c.tmp / "never")], ["train.device: unknown device 'bogus'", "allowed: auto, cpu, cuda"]),
+    "config is a folder": (lambda c: ["train", "--config", str(c.tmp)], ["is a folder; give a YAML recipe file"]),
     "depth of a fixed-depth model": (lambda c: ["train", "--set", "model.depth=14"], ["model.depth applies only to model.name=resnet_cifar"]),
     "groups without group norm": (lambda c: ["train", "--norm", "bn", "--set", "model.groups=4"], ["model.groups applies only to norm gn"]),
     "milestone fraction above 1": (lambda c: ["train", "--schedule", "multistep", "--set", "schedule.milestones=[1.5]"],
@@ -191,6 +193,7 @@ def test_bad_input_gives_one_error_line_and_loses_nothing(case, ctx, capsys):
     for frag in fragments:
         assert frag in errors[0], (frag, errors[0])
     assert _digest(ctx.run) == before  # the finished run is untouched
+    assert not (ctx.tmp / "never").exists()  # a run that failed to start leaves no empty folder
 
 
 def test_there_are_at_least_30_cases():

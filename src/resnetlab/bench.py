@@ -279,9 +279,11 @@ def run_bench(
     for name, value, low in (("batch_size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} is not available here (torch.cuda.is_available() is False); use --device cpu")
+    from resnetlab.evaluate import resolve_device
+
+    if not isinstance(matmul_size, int) or matmul_size < 1:
+        raise ValueError(f"matmul_size must be an integer >= 1, got {matmul_size!r}")
+    dev = resolve_device(device)
     n_threads = configure_threads(threads)
     from resnetlab.runtime import tune_malloc
 

@@ -296,6 +296,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config {p} is a folder; give a YAML recipe file (e.g. recipes/demo-digits.yaml)")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:

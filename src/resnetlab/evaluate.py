@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnetlab.errors import CheckpointError, ResnetlabError
+from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
 from resnetlab.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,21 @@ def collect_outputs(
 # -- dataset of a checkpoint ------------------------------------------------------------
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> the first CUDA device when there is one, else the CPU; other names as given."""
+def resolve_device(device: str | torch.device, local_rank: int = 0, key: str = "device") -> torch.device:
+    """``"auto"`` -> CUDA device ``local_rank`` when there is one, else the CPU; other names as given.
+
+    Raises:
+        ConfigError: a name torch does not know, or CUDA asked for where there is none (one line,
+            naming ``key``, the option it came from).
+    """
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"{key}: unknown device {str(device)!r} (allowed: auto, cpu, cuda, cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} is not available here (allowed: auto, cpu)")
+        raise ConfigError(f"{key}={str(device)!r} but CUDA is not available here (allowed: auto, cpu)")
     return dev
 
 

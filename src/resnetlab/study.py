@@ -505,7 +505,10 @@ def run_study(
         cells = cells[:max_cells]
     base_out = config_from_dict(spec.base).output.dir
     out_dir = Path(out) if out else Path(base_out) / f"study-{spec.name}{'-smoke' if smoke else ''}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResnetlabError(f"cannot use {out_dir} as the study folder ({exc.strerror or exc}); choose a folder with --out") from None
 
     # resolve every run's config and status first: a bad cell fails before any training
     fallback_cache: dict[str, Config] = {}

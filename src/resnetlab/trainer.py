@@ -32,6 +32,7 @@ from torch import nn
 from resnetlab import checkpoint as ckpt
 from resnetlab.config import Config, ProgressiveResizeConfig, config_from_dict, read_yaml, save_config
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, TrainingDiverged
+from resnetlab.evaluate import resolve_device
 from resnetlab.norms import BatchInstanceNorm2d
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,6 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
     return t
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name!r} but CUDA is not available here (allowed: auto, cpu)")
-    return dev
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,7 +195,7 @@ class Trainer:
         self.rank, self.world_size, local_rank = dist_info()
         self.is_main = self.rank == 0
         self._init_distributed()
-        self.device = resolve_device(cfg.train.device, local_rank)
+        self.device = resolve_device(cfg.train.device, local_rank, key="train.device")
         if self.device.type == "cpu" and cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         if cfg.train.tune_malloc:
@@ -709,9 +701,15 @@ def train(cfg: Config, run_dir: str | os.PathLike | None = None, overwrite: bool
     """
     run_dir = Path(run_dir) if run_dir else Path(cfg.output.dir) / cfg.run_name()
     rank, _, _ = dist_info()
+    created = not run_dir.exists()
     if rank == 0:
         _prepare_run_dir(run_dir, overwrite)
-    trainer = Trainer(cfg, run_dir, progress=progress)
+    try:
+        trainer = Trainer(cfg, run_dir, progress=progress)
+    except BaseException:
+        if rank == 0 and created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that never started leaves no empty folder behind
+        raise
     if rank == 0:
         if overwrite:
             # Only now that config and data are known to be good: the old run's rows would be

@@ -266,7 +266,7 @@ def _read_cifar(root: Path, name: str, download: bool):
     if not base.is_dir():
         raise DataError(
             f"{name} not found: expected {str(base)!r} (torchvision's python-pickle format); "
-            f"pass download=True / --download, or copy the extracted archive there"
+            f"set data.download=true (--set data.download=true), or copy the extracted archive there"
         )
     if name == "cifar10":
         train_files = [base / f"data_batch_{i}" for i in range(1, 6)]
@@ -340,7 +340,7 @@ def _read_mnist(root: Path, name: str, download: bool):
         hint = " or install the Debian package dataset-fashion-mnist" if name == "fashion-mnist" else ""
         raise DataError(
             f"{name} not found: no {missing}[.gz] in {', '.join(str(d) for d in dirs)}; "
-            f"pass download=True / --download{hint}"
+            f"set data.download=true (--set data.download=true){hint}"
         )
     xtr, ytr, xte, yte = (_read_idx(p) for p in found)
     if len(xtr) != len(ytr) or len(xte) != len(yte):
