@@ -171,6 +171,29 @@ def test_bad_inputs_are_one_line_errors(shapes_run, tmp_path, capsys):
     assert "no image files in directory" in msg
 
 
+def test_unreadable_files_found_in_a_folder_are_skipped_with_one_warning(shapes_run, tmp_path, caplog):
+    import logging
+    import shutil
+
+    run, folder = shapes_run
+    photos = tmp_path / "photos"
+    shutil.copytree(folder / "circle", photos)
+    good = sorted(photos.iterdir())
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    (photos / "empty.jpg").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        results = predict(run, [photos], batch_size=4)
+    assert [r["path"] for r in results] == [str(p) for p in good]  # every good one, in order
+    assert "skipped 2 unreadable file(s)" in caplog.text and "broken.png" in caplog.text and "empty.jpg" in caplog.text
+    # named on the command line, the same file is an error
+    with pytest.raises(DataError, match="cannot read image .*broken.png"):
+        predict(run, [photos / "broken.png", good[0]])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_text("text")
+    with pytest.raises(DataError, match="none of the 1 image file"):
+        predict(run, [tmp_path / "bad"])
+
+
 def test_predict_applies_the_runs_eval_transforms(tmp_path):
     """A run that stores images at 24x24 and evaluates a 16x16 center crop: predict on the test
     files gives what evaluate gives (a straight resize to 16x16 would see the whole image instead)."""

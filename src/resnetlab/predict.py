@@ -234,15 +234,39 @@ def predict(
     run, meta = BACKENDS[backend](checkpoint_or_run, device, which)
     classes = [str(c) for c in meta["classes"]]
     k = min(top_k, len(classes))
+    # a file named on the command line must be readable; one found by walking a folder that is
+    # not is skipped with a warning, as the training datasets do
+    named = {Path(i).expanduser().resolve() for i in inputs if Path(i).expanduser().is_file()}
+    skipped: list[str] = []
     results: list[dict] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        x = preprocess(load_as_evaluated(chunk, meta), meta["mean"], meta["std"], device=device)
+        try:
+            images = load_as_evaluated(chunk, meta)
+        except DataError:
+            readable = []
+            for f in chunk:
+                try:
+                    load_as_evaluated([f], meta)
+                    readable.append(f)
+                except DataError:
+                    if f.resolve() in named:
+                        raise
+                    skipped.append(str(f))
+            chunk = readable
+            if not chunk:
+                continue
+            images = load_as_evaluated(chunk, meta)
+        x = preprocess(images, meta["mean"], meta["std"], device=device)
         probs = torch.softmax(run(x).double(), dim=1).cpu()
         top_p, top_i = probs.topk(k, dim=1)
         for path, ps, idx in zip(chunk, top_p.tolist(), top_i.tolist()):
             results.append(
                 {"path": str(path), "top": [{"class": classes[i], "index": int(i), "prob": float(p)} for p, i in zip(ps, idx)]}
             )
+    if skipped:
+        log.warning("skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
+    if not results:
+        raise DataError(f"none of the {len(files)} image file(s) could be read")
     log.debug("predicted %d images with %s backend", len(results), backend)
     return results
