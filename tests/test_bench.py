@@ -61,6 +61,9 @@ def test_matmul_gflops_is_plausible():
         (["--input-size", "3x32"], "input size must be CxHxW"),
         (["--model", "resnet21"], "unknown model 'resnet21'"),
         (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+        (["--threads", "0"], "threads must be >= 1, got 0"),
+        (["--matmul-size", "0"], "matmul_size must be an integer >= 1, got 0"),
+        (["--device", "bogus"], "device: unknown device 'bogus' (allowed: auto, cpu, cuda, cuda:N)"),
     ],
 )
 def test_bench_bad_input_is_one_line_exit_2(capsys, argv, needle):

@@ -74,7 +74,7 @@ def configure_threads(threads: int | None = None) -> int:
     Returns:
         The intra-op thread count in use.
     """
-    n = int(threads) if threads else (os.cpu_count() or 1)
+    n = int(threads) if threads is not None else (os.cpu_count() or 1)
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {threads!r}")
     torch.set_num_threads(n)
