@@ -205,8 +205,9 @@ def test_interrupted_study_resumes_without_rerunning_finished_cells(finished, tm
         st.run_study(path, out=out)
     victim = out / "norm=gn" / "seed1"
     assert (victim / "checkpoints" / "last").is_dir() and not (victim / "eval").exists()
-    assert not (out / "results.csv").exists()
-    done = {k: v for k, v in snapshot(out).items() if not k.startswith("norm=gn/seed1")}
+    # the report of the three finished runs is written, naming the failed one
+    assert json.loads((out / "results.json").read_text())["failed"] == {"norm=gn/seed1": "power cut"}
+    done = {k: v for k, v in snapshot(out).items() if k.startswith(("norm=bn/", "norm=gn/seed0"))}
     monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
 
     from resnetlab import trainer
@@ -318,3 +319,17 @@ def test_a_run_saved_before_a_config_key_existed_still_counts_as_done(finished, 
         saved.write_text(yaml.safe_dump(data, sort_keys=False))
     result = st.run_study(path, out=out)
     assert result.ran == [] and len(result.skipped) == 4
+
+
+def test_a_failed_cell_still_gets_the_report_of_the_others(tmp_path):
+    """A diverging cell is a result too: the study report is written from the runs that
+    finished, names the failed one, does not choose it, and the command still fails (exit 2)."""
+    path = write_study(tmp_path, name="diverge", grid={"optim.lr": [0.1, 1e12]}, seeds=1)
+    with pytest.raises(ResnetlabError, match=r"1 of 2 runs failed \(first: lr=1e\+12/seed0: loss became nan.*study report"):
+        st.run_study(path, out=tmp_path / "o")
+    payload = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert list(payload["failed"]) == ["lr=1e+12/seed0"] and payload["best"] == "lr=0.1"
+    rows = {r["cell"]: r for r in payload["rows"]}
+    assert rows["lr=0.1"]["n"] == 1 and rows["lr=1e+12"]["n"] == 0
+    md = (tmp_path / "o" / "study.md").read_text()
+    assert "FAILED runs, left out of the means" in md and "lr=1e+12/seed0: loss became nan" in md

@@ -563,18 +563,20 @@ def run_study(
                 except Exception as exc:
                     log.error("%s failed: %s", name, exc)
                     failures.append((name, exc))
-    if failures:
-        name, exc = failures[0]
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ResnetlabError(
-            f"{len(failures)} of {len(plan)} runs failed (first: {name}: {first}); "
-            f"finished runs are kept, rerun the same command to retry the rest"
-        )
-
-    runs = {(cell.label, k): read_run(run_dir) for cell, k, _, run_dir, _ in plan}
+    # The report is written from the runs that finished even when some failed (a diverging cell
+    # is a result too); a cell with a failed run is not a candidate for best and is named.
+    failed = {name: (str(exc).splitlines()[0] if str(exc) else type(exc).__name__) for name, exc in failures}
+    runs = {(cell.label, k): read_run(run_dir) for cell, k, _, run_dir, _ in plan if f"{cell.label}/seed{k}" not in failed}
     rows = summarize(cells, runs)
-    best = select_best(rows)
-    write_study_report(out_dir, spec, cells, rows, runs, best, smoke=smoke, command=_command_line(spec, smoke, out_dir, jobs))
+    failed_cells = {name.rsplit("/seed", 1)[0] for name in failed}
+    best = select_best([r for r in rows if r["cell"] not in failed_cells])
+    write_study_report(out_dir, spec, cells, rows, runs, best, smoke=smoke, command=_command_line(spec, smoke, out_dir, jobs), failed=failed)
+    if failures:
+        name, first = next(iter(failed.items()))
+        raise ResnetlabError(
+            f"{len(failures)} of {len(plan)} runs failed (first: {name}: {first}); the study report "
+            f"{out_dir / 'study.md'} shows the others; finished runs are kept, rerun the same command to retry the rest"
+        )
     return StudyResult(out_dir, rows, best, ran, skipped)
 
 
@@ -799,9 +801,12 @@ def write_study_report(
     best: str | None,
     smoke: bool = False,
     command: str = "",
+    failed: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write ``results.csv``, ``results.json``, ``study.md`` and ``study.html`` (self-contained:
-    figures embedded as base64 PNG; the Markdown's figures are in ``study_files/``)."""
+    figures embedded as base64 PNG; the Markdown's figures are in ``study_files/``).
+    ``failed`` maps ``cell/seedK`` of runs that failed to the reason; they are named in the
+    report and left out of the means (the cell's n says how many seeds it has)."""
     out_dir = Path(out_dir)
     files = {n: out_dir / n for n in ("results.csv", "results.json", "study.md", "study.html")}
     _write_csv(files["results.csv"], rows)
@@ -824,6 +829,7 @@ def write_study_report(
         "runs": per_run,
         "test_images": test_images,
         "base": spec.base,
+        "failed": failed or {},
     }
     files["results.json"].write_text(json.dumps(payload, indent=1, default=str))
 
@@ -872,6 +878,9 @@ def write_study_report(
         "val and test: the best checkpoint (highest validation accuracy). val loss: the last validated epoch. "
         "train time: the epochs' training time, without evaluation; it and images/s depend on the machine and on --jobs.",
     ]
+    if failed:
+        notes.append(f"FAILED runs, left out of the means (their cell's n is lower, and such a cell is not chosen as best): "
+                     + "; ".join(f"{name}: {why}" for name, why in failed.items()) + ". Rerunning the same command retries them.")  # fmt: skip
     if smoke:
         notes.append(f"SMOKE RUN: one epoch on a small subset, one seed, test on {test_images or '?'} images; the numbers say nothing about the question.")
     md = [f"# Study: {spec.name}", "", *[n for n in notes if n], "", best_line, "",
