@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from resnetlab.cli import main
@@ -355,3 +356,34 @@ def test_fuzz_yaml_files_raise_only_one_line_config_errors(tmp_path_factory, tex
         load_config(p)
     except ConfigError as exc:
         _check_one_line(exc)
+
+
+def test_16_bit_and_animated_images_load_as_8_bit_single_frames(tmp_path):
+    """A 16-bit PNG among 8-bit ones crashed the dataset stack (uint16), a 16-bit TIFF clipped to
+    white, an animated GIF decoded to a 4-D tensor: each is now one uint8 (C, H, W) image."""
+
+    from resnetlab.data import load_dataset
+    from resnetlab.data.images import load_images
+    from resnetlab.predict import predict
+
+    ramp = (np.arange(24 * 20).reshape(24, 20) * 136).astype(np.uint16)  # 0 .. 65144
+    root = tmp_path / "bits"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            _png(root / c / f"{i}.png", mode="RGB", seed=i)
+        Image.fromarray(ramp).save(root / c / "deep.png")
+        Image.fromarray(ramp).save(root / c / "deep.tif")
+        frames = [Image.fromarray(np.full((24, 20, 3), v, np.uint8)) for v in (40, 120, 220)]
+        frames[0].save(root / c / "anim.gif", save_all=True, append_images=frames[1:])
+    s = load_dataset(f"imagefolder:{root}", image_size=12, val_fraction=0)
+    assert s.image_shape == (3, 12, 12) and len(s.train) + len(s.test) == 12  # none skipped
+    for gray in (1, 3):
+        x = load_images([root / "a" / "deep.png", root / "a" / "deep.tif", root / "a" / "anim.gif"], size=(24, 20), channels=gray)
+        assert x.dtype == torch.uint8 and x.shape == (3, gray, 24, 20)
+        expected = ramp.astype(np.float64).mean() * 255 / 65535  # scaled, not clipped to 255
+        assert abs(float(x[0].float().mean()) - expected) < 1.0 and abs(float(x[1].float().mean()) - expected) < 1.0
+        assert abs(float(x[2].float().mean()) - 40) < 1.5  # the first frame
+    run = tmp_path / "r"
+    assert main(_img_train(f"imagefolder:{root}", "--out", str(run), "--set", "data.val_fraction=0")) == 0
+    assert len(predict(run, [root / "a"])) == 6  # every file of the folder, none skipped

@@ -45,7 +45,7 @@ def _decode(path: str, channels: int) -> torch.Tensor:
 
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     try:
-        return decode_image(read_file(path), mode=mode)
+        return _as_chw_uint8(decode_image(read_file(path), mode=mode), channels)
     except RuntimeError:
         pass  # not a format torchvision decodes (or broken): let Pillow try, it raises if broken
     import numpy as np
@@ -53,10 +53,32 @@ def _decode(path: str, channels: int) -> torch.Tensor:
 
     with Image.open(path) as im:
         im.load()  # raises OSError on truncated data
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16/32-bit gray: Pillow's convert("L") clips to 255 instead of scaling
+            a = np.asarray(im).astype(np.float64)
+            top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+            im = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
         im = im.convert("L" if channels == 1 else "RGB")
         arr = np.asarray(im, dtype=np.uint8)
     t = torch.from_numpy(arr.copy())
     return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def _as_chw_uint8(img: torch.Tensor, channels: int) -> torch.Tensor:
+    """What torchvision's decoder returned, as one uint8 (C, H, W) image with ``channels``: the
+    first frame of an animated GIF (as Pillow shows it; the GIF decoder ignores the read mode),
+    16-bit PNGs scaled to 8 bits."""
+    from torchvision.transforms.v2 import functional as F
+
+    if img.ndim == 4:
+        img = img[0]
+    if img.ndim != 3:
+        raise RuntimeError(f"decoded image has shape {tuple(img.shape)}")
+    if img.dtype != torch.uint8:
+        img = F.to_dtype(img, torch.uint8, scale=True)
+    if img.shape[0] != channels:
+        img = F.rgb_to_grayscale(img[:3]) if channels == 1 else img[:1].expand(3, -1, -1).contiguous()
+    return img
 
 
 def resize_cover(img: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
