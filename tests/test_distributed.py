@@ -47,3 +47,19 @@ def test_torchrun_two_cpu_ranks(tmp_path, extra):
     ck = load_checkpoint(out)
     assert ck.meta["epoch"] == 2
     assert (out / "eval" / "test" / "metrics.json").exists()
+
+
+@pytest.mark.timeout(300)
+def test_a_batch_larger_than_each_ranks_share_is_refused(tmp_path):
+    """300 images over 2 ranks is 135 training images each (after the validation hold-out):
+    batch 256 would give every rank 0 steps (the last partial batch is dropped) and train nothing."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        torchrun = shutil.which("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train", "--model", "resnet8",
+           "--data", "digits", "--subset", "300", "--batch-size", "256", "--epochs", "1", "--out", str(tmp_path / "r")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "train.batch_size=256 per process is larger than each of the 2 processes' share of the training split (135 images)" in proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -220,6 +220,9 @@ class Trainer:
         bs = cfg.train.batch_size
         if bs > len(s.train):
             raise ConfigError(f"train.batch_size={bs} is larger than the training split ({len(s.train)} images); lower it")
+        if bs > len(s.train) // self.world_size:  # each process drops its last partial batch
+            raise ConfigError(f"train.batch_size={bs} per process is larger than each of the {self.world_size} processes' "
+                              f"share of the training split ({len(s.train) // self.world_size} images); lower it")  # fmt: skip
         common = dict(mean=self.mean, std=self.std, device=self.device, seed=cfg.seed)
         self.train_loader = build_loader(
             s.train, bs, train=True, augment=cfg.augment, rank=self.rank, world_size=self.world_size, **common
