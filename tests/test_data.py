@@ -151,6 +151,27 @@ def test_mnist_gz_idx(tmp_path):
     assert s.classes == [str(i) for i in range(10)]
 
 
+def test_mnist_files_come_from_one_folder_never_a_mix(tmp_path):
+    # a complete set in torchvision's MNIST/raw, an incomplete one in <root>/mnist: the loader used
+    # to take each file from the first folder that had it, mixing the two sets
+    x = write_mnist(tmp_path / "tv")
+    (tmp_path / "MNIST").mkdir()
+    (tmp_path / "tv" / "mnist").rename(tmp_path / "MNIST" / "raw")
+    write_mnist(tmp_path, n_train=30)
+    (tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    s = load_dataset("mnist", root=tmp_path, val_fraction=0.0)
+    assert len(s.train) == 200 and torch.equal(s.train.images[:, 0], torch.from_numpy(x))
+
+
+@needs_fmnist
+def test_mnist_files_in_the_bare_root_do_not_shadow_the_system_fashion_mnist(tmp_path):
+    write_mnist(tmp_path)
+    for f in (tmp_path / "mnist").iterdir():
+        f.rename(tmp_path / f.name)  # MNIST files directly in the data root
+    assert len(load_dataset("mnist", root=tmp_path, val_fraction=0.0).train) == 200  # taken for mnist
+    assert len(load_dataset("fashion-mnist", root=tmp_path, val_fraction=0.0).train) == 60_000  # not for fashion
+
+
 @needs_fmnist
 def test_fashion_mnist_real_files(tmp_path):
     s = load_dataset("fashion-mnist", root=tmp_path, val_fraction=0.1, seed=0)

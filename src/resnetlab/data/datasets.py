@@ -320,13 +320,26 @@ def _find_idx(dirs: list[Path], stem: str) -> Path | None:
     return None
 
 
+def _find_idx_set(dirs: list[Path], stems: list[str]) -> list[Path | None]:
+    """The four IDX files from the first folder that holds all four (never a mix of folders:
+    MNIST and Fashion-MNIST use the same file names); else what each folder has, for the error."""
+    for d in dirs:
+        found = [_find_idx([d], s) for s in stems]
+        if None not in found:
+            return found
+    return [_find_idx(dirs, s) for s in stems]
+
+
 def _read_mnist(root: Path, name: str, download: bool):
     tv_folder = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
-    dirs = [root / name, root / tv_folder / "raw", root]
+    # the dataset's own folders first; the bare root (files put directly in --data-root, which
+    # cannot say which of the two datasets they are) last, after the system Fashion-MNIST
+    dirs = [root / name, root / tv_folder / "raw"]
     if name == "fashion-mnist":
         dirs.append(Path(SYSTEM_FASHION_MNIST))
+    dirs.append(root)
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    found = [_find_idx(dirs, s) for s in stems]
+    found = _find_idx_set(dirs, stems)
     if None in found and download:
         import torchvision
 
@@ -334,7 +347,7 @@ def _read_mnist(root: Path, name: str, download: bool):
         cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
         log.info("downloading %s to %s", name, root)
         cls(str(root), train=True, download=True)
-        found = [_find_idx(dirs, s) for s in stems]
+        found = _find_idx_set(dirs, stems)
     if None in found:
         missing = stems[found.index(None)]
         hint = " or install the Debian package dataset-fashion-mnist" if name == "fashion-mnist" else ""
@@ -342,6 +355,8 @@ def _read_mnist(root: Path, name: str, download: bool):
             f"{name} not found: no {missing}[.gz] in {', '.join(str(d) for d in dirs)}; "
             f"set data.download=true (--set data.download=true){hint}"
         )
+    if found[0].parent == root:
+        log.info("%s: using the IDX files directly in %s (%s/%s/ is the unambiguous place for them)", name, root, root, name)
     xtr, ytr, xte, yte = (_read_idx(p) for p in found)
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise DataError(f"{name}: image and label counts differ ({len(xtr)}/{len(ytr)}, {len(xte)}/{len(yte)})")
