@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +335,34 @@ def test_imagefolder_streaming_with_cache_matches_in_memory(tmp_path, caplog):
         assert len(warned) == int(trunc_in_train and epoch == 0) or (trunc_in_train and epoch == 1 and len(warned) <= 1)
     flags = np.fromfile(big.train.cache + ".done", dtype=np.uint8)
     assert int(flags.sum()) == seen  # every decodable training image was cached
+
+
+def _stream_pixels(tmp_path, name):
+    s = load_dataset(name, image_size=8, val_fraction=0.0, stream_threshold_gb=1e-9, cache=tmp_path / "cache")
+    dl = build_loader(s.train, batch_size=64, train=False, num_workers=0, mean=[0.0] * 3, std=[1.0] * 3)
+    x, _, idx = next(iter(dl.iter_epoch(0)))
+    return s.train, {s.train.paths[i]: float(x[k].mean()) * 255 for k, i in enumerate(idx.tolist())}
+
+
+def test_the_stream_cache_never_serves_stale_or_blank_pixels(tmp_path):
+    root = tmp_path / "imgs"
+    for c in ("a", "b"):
+        for j in range(3):
+            _save(root / c / f"{j}.png", np.full((8, 8, 3), 10, np.uint8))
+    name = f"imagefolder:{root}"
+    train, first = _stream_pixels(tmp_path, name)
+    assert all(abs(v - 10) < 0.5 for v in first.values())  # decoded and cached
+    cached = train.cache
+    # the pixel file lost, its "done" flags kept: not a cache of zeros
+    os.remove(cached)
+    _, again = _stream_pixels(tmp_path, name)
+    assert all(abs(v - 10) < 0.5 for v in again.values())
+    # files rewritten in place with other pixels (same names, same sizes): a fresh cache
+    time.sleep(0.01)
+    for p in root.rglob("*.png"):
+        _save(p, np.full((8, 8, 3), 200, np.uint8))
+    train2, changed = _stream_pixels(tmp_path, name)
+    assert train2.cache != cached and all(abs(v - 200) < 0.5 for v in changed.values())
 
 
 # ---------------------------------------------------------------------------------------------

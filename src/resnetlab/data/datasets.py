@@ -215,10 +215,20 @@ def _channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float]
     return mean.tolist(), std.tolist()
 
 
+def _stamp(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path}\t-"
+    return f"{path}\t{st.st_size}\t{st.st_mtime_ns}"
+
+
 def cache_file_for(imageset: ImageSet, folder: str | os.PathLike, split: str) -> str:
     """Path of the memory-mapped cache for ``imageset`` in ``folder``; the name hashes the file
-    list and the image shape, so a changed folder or size gets a fresh cache."""
-    digest = hashlib.sha1(("\n".join(imageset.paths or []) + repr(imageset.image_shape)).encode()).hexdigest()[:12]
+    list with each file's size and modification time, and the image shape, so a changed folder,
+    a rewritten file or another size gets a fresh cache."""
+    listing = "\n".join(_stamp(p) for p in imageset.paths or [])
+    digest = hashlib.sha1((listing + repr(imageset.image_shape)).encode()).hexdigest()[:12]
     c, h, w = imageset.image_shape
     return str(Path(folder) / f"{split}-{c}x{h}x{w}-{digest}.u8")
 

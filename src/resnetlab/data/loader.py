@@ -276,10 +276,12 @@ class StreamLoader(_BaseLoader):
         if imageset.cache:
             n = len(imageset)
             Path(imageset.cache).parent.mkdir(parents=True, exist_ok=True)
+            fresh = False  # a (re)created pixel file must never keep the old "done" flags
             for path, size in ((imageset.cache, n * int(np.prod(imageset.image_shape))), (imageset.cache + ".done", n)):
-                if not os.path.exists(path) or os.path.getsize(path) != size:
+                if fresh or not os.path.exists(path) or os.path.getsize(path) != size:
                     with open(path, "wb") as f:
                         f.truncate(size)  # sparse zero file; ".done" flags all 0
+                    fresh = True
         self._data = _DecodeDataset(imageset)
         self._warned: set[int] = set()
 
