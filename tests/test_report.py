@@ -120,3 +120,23 @@ def test_report_bad_run_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_best_epoch_defaults_of_optional_sections_and_a_subset_evaluation(tmp_path):
+    from resnetlab.report import _UNKNOWN, _best_epoch, _config_defaults, _default_of, _flatten
+
+    # the test star goes at the best checkpoint's epoch: the first highest validation accuracy
+    rows = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.7}, {"epoch": 3, "val_acc": 0.7}, {"epoch": 4, "val_acc": 0.6}]
+    assert _best_epoch(rows) == 2 and _best_epoch([{"epoch": 1}, {"epoch": 2}]) == 2
+    # keys of a section whose default is None are settings that differ from the defaults
+    defaults = _config_defaults()
+    flat = _flatten({"train": {"progressive_resize": {"start_size": 16}}})
+    assert _default_of("train.progressive_resize.start_size", defaults, flat) is None
+    assert _default_of("train.epochs", defaults, flat) == 10 and _default_of("nope.key", defaults, flat) is _UNKNOWN
+    # predictions of a subset of the test split cannot be matched to its images: none are shown
+    run = trained_run(tmp_path)
+    pred = run / "eval" / "test" / "predictions.csv"
+    lines = pred.read_text().splitlines()
+    pred.write_text("\n".join(lines[:-5]) + "\n")
+    _, md_path = build_report(run)
+    assert f"(images unavailable: the evaluation used {len(lines) - 6} of the {len(lines) - 1} test images)" in md_path.read_text()

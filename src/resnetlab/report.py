@@ -107,6 +107,22 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+_UNKNOWN = object()
+
+
+def _default_of(key: str, defaults: dict, flat: list) -> Any:
+    """The default of a flattened config key; a key under a section whose default is ``None``
+    (``train.progressive_resize.start_size``) defaults to ``None``; unknown keys to ``_UNKNOWN``."""
+    if key in defaults:
+        return defaults[key]
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:i])
+        if parent in defaults:
+            return None if defaults[parent] is None else _UNKNOWN
+    return _UNKNOWN
+
+
 def _config_defaults() -> dict:
     try:
         from resnetlab.config import Config
@@ -139,7 +155,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _curves_figure(rows: list[dict], test: dict | None) -> bytes:
+def _best_epoch(rows: list[dict]) -> Any:
+    """The epoch of the best checkpoint: the first highest validation accuracy (the trainer's
+    rule), else the last epoch."""
+    scored = [(r["val_acc"], -i) for i, r in enumerate(rows) if r.get("val_acc") is not None and r.get("epoch") is not None]
+    return rows[-max(scored)[1]]["epoch"] if scored else (rows[-1].get("epoch") if rows else None)
+
+
+def _curves_figure(rows: list[dict], test: dict | None, label_smoothing: float = 0.0) -> bytes:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -155,11 +178,14 @@ def _curves_figure(rows: list[dict], test: dict | None) -> bytes:
         for split, style in (("train", "-o"), ("val", "-s")):
             x, y = series(f"{split}_{key}", scale)
             if x:
-                ax.plot(x, y, style, markersize=3, label=split)
-        if test is not None and epochs and epochs[-1] is not None:
+                # the training loss is the one minimized: with label smoothing it is not val's cross-entropy
+                smoothed = split == "train" and key == "loss" and label_smoothing
+                ax.plot(x, y, style, markersize=3, label=f"train (label smoothing {label_smoothing:g})" if smoothed else split)
+        best = _best_epoch(rows)
+        if test is not None and best is not None:
             value = test.get("loss") if key == "loss" else test.get("accuracy")
             if value is not None:
-                ax.plot([epochs[-1]], [value * scale], "r*", markersize=12, label=f"test ({value * scale:.4g})")
+                ax.plot([best], [value * scale], "r*", markersize=12, label=f"test, best checkpoint ({value * scale:.4g})")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -379,6 +405,10 @@ def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str
         from resnetlab.evaluate import load_splits_for
 
         splits = load_splits_for(meta)
+        if len(splits.test) != len(rows):
+            # predictions.csv indexes the split that was evaluated: a subset of it (a smoke
+            # study's capped test split) would show other images under these labels
+            return sec.text(f"(images unavailable: the evaluation used {len(rows)} of the {len(splits.test)} test images)"), None
         images = splits.test.get([int(r["index"]) for r in shown])
     except Exception as exc:  # a dataset that moved or needs a download: the report still builds
         log.warning("misclassified examples skipped: cannot load the dataset (%s)", str(exc).splitlines()[0])
@@ -464,7 +494,7 @@ def build_report(
 
         defaults = _config_defaults()
         flat = _flatten(config)
-        changed = [(k, v, defaults[k]) for k, v in flat if k in defaults and defaults[k] != v]
+        changed = [(k, v, d) for k, v in flat if (d := _default_of(k, defaults, flat)) is not _UNKNOWN and d != v]
         if changed:
             s.text("Settings that differ from the defaults:")
             s.add(_Table(["key", "value", "default"], changed))
@@ -490,9 +520,10 @@ def build_report(
     # curves
     s = _Section("Training curves")
     if rows:
-        fig = _Figure("curves.png", _curves_figure(rows, test), "training curves: loss, accuracy, learning rate")
+        smoothing = float(((config or {}).get("train") or {}).get("label_smoothing") or 0.0)
+        fig = _Figure("curves.png", _curves_figure(rows, test, smoothing), "training curves: loss, accuracy, learning rate")
         figures.append(fig)
-        s.text(f"Per epoch, from metrics.csv; the star marks the {split} result of the best checkpoint." if test else
+        s.text(f"Per epoch, from metrics.csv; the star marks the {split} result of the best checkpoint, at its epoch." if test else
                "Per epoch, from metrics.csv.")
         s.add(fig)
     else:
