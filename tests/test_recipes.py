@@ -84,6 +84,7 @@ def test_report_details_in_the_recipes():
     r004 = r["resnet38_bottleneck_cifar-cifar100"]
     assert (r004.optim.name, r004.schedule.name, r004.optim.lr, r004.train.grad_clip, r004.optim.weight_decay, r004.train.epochs) == (
         "adam", "onecycle", 1e-3, 0.1, 1e-5, 100)  # fmt: skip
+    assert r004.schedule.pct_start == 0.3  # the report's logged learning rates are OneCycleLR's default warm-up
     bs = st.load_study(next(p for p in STUDIES if p.name == "study-batch-size.yaml"))
     lrs = {c.label: st.cell_config(bs, c).optim.lr for c in st.expand_cells(bs)}
     assert lrs["norm=bn,batch_size=8"] == pytest.approx(0.1 * 8 / 128) and lrs["norm=gn,batch_size=128"] == pytest.approx(0.1)
