@@ -77,6 +77,11 @@ def test_report_details_in_the_recipes():
     r001 = r["resnet14-birds256-imagefolder"], r["resnet14-birds256-imagefolder-adam"]
     assert [(c.model.depth, c.data.image_size, c.train.batch_size, c.train.epochs) for c in r001] == [(14, 256, 32, 50)] * 2
     assert [c.optim.name for c in r001] == ["sgd", "adam"]
+    # the report's network keeps 256 px in its first stage (no pooling stem) and trains on resized images only
+    assert [(c.model.stem, c.augment, c.optim.weight_decay) for c in r001] == [("cifar", [], 0.0)] * 2
+    assert r001[0].optim.lr == 2e-3 and r001[0].optim.momentum == 0.9  # its best SGD setting
+    # the reports' optimizers decay every parameter, norm and bias included
+    assert not any(r[k].optim.exclude_norm_bias for k in ("resnet18-3class-imagefolder", "resnet20-cifar10", "resnet38_bottleneck_cifar-cifar100"))
     r002 = r["resnet20-cifar10"]
     assert (r002.model.shortcut, r002.optim.weight_decay, r002.data.name) == ("B", 5e-4, "cifar10")
     r003 = r["resnet18-cifar10"]
