@@ -42,6 +42,9 @@ def test_three_class_hand_computed():
         assert m[key] == pytest.approx(0.75)
     assert m["precision_macro"] != pytest.approx(m["precision_micro"])
     assert m["f1_weighted"] == pytest.approx((4 * f[0] + 2 * f[1] + 2 * f[2]) / 8)
+    # support-weighted precision and recall (report 000's): weighted recall is accuracy
+    assert m["precision_weighted"] == pytest.approx((4 * p[0] + 2 * p[1] + 2 * p[2]) / 8)
+    assert m["recall_weighted"] == pytest.approx(m["accuracy"])
     assert [row["support"] for row in m["per_class"]] == [4, 2, 2]
     assert [row["class"] for row in m["per_class"]] == CLASSES3
     assert [row["precision"] for row in m["per_class"]] == pytest.approx(p)

@@ -32,6 +32,8 @@ METRIC_KEYS = (
     "precision_micro",
     "recall_micro",
     "f1_micro",
+    "precision_weighted",
+    "recall_weighted",
     "f1_weighted",
     "confusion_matrix",
     "per_class",
@@ -74,7 +76,8 @@ def classification_metrics(
     Returns:
         A dict with ``accuracy``, ``top5_accuracy`` (or None), ``loss`` (mean cross-entropy),
         ``precision_macro``, ``recall_macro``, ``f1_macro``, ``precision_micro``,
-        ``recall_micro``, ``f1_micro``, ``f1_weighted``, ``confusion_matrix`` (K lists of K
+        ``recall_micro``, ``f1_micro``, ``precision_weighted``, ``recall_weighted``, ``f1_weighted``
+        (weighted by support, as report 000's precision and recall are), ``confusion_matrix`` (K lists of K
         counts, rows = true class), ``confusion_matrix_normalized`` (rows sum to 1), ``per_class`` (one ``{class, precision, recall, f1,
         support}`` per class) and ``num_samples``. Undefined ratios (a class never
         predicted, or absent) count as 0 (``zero_division=0``) in ``per_class``; the macro
@@ -133,9 +136,8 @@ def classification_metrics(
         p, r, f, _ = skm.precision_recall_fscore_support(
             y_true, y_pred, labels=seen, average=avg, zero_division=0
         )
-        if avg != "weighted":
-            out[f"precision_{avg}"] = float(p)
-            out[f"recall_{avg}"] = float(r)
+        out[f"precision_{avg}"] = float(p)
+        out[f"recall_{avg}"] = float(r)  # weighted recall equals accuracy (support-weighted)
         out[f"f1_{avg}"] = float(f)
     cm = skm.confusion_matrix(y_true, y_pred, labels=labels)
     out["confusion_matrix"] = cm.astype(int).tolist()

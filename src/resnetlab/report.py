@@ -536,6 +536,7 @@ def build_report(
         keys = [("accuracy", "accuracy"), ("top5_accuracy", "top-5 accuracy"), ("loss", "loss (cross-entropy)"),
                 ("precision_macro", "precision (macro)"), ("recall_macro", "recall (macro)"), ("f1_macro", "F1 (macro)"),
                 ("precision_micro", "precision (micro)"), ("recall_micro", "recall (micro)"), ("f1_micro", "F1 (micro)"),
+                ("precision_weighted", "precision (weighted)"), ("recall_weighted", "recall (weighted)"),
                 ("f1_weighted", "F1 (weighted)"), ("num_samples", "images")]
         s.add(_Table(["metric", "value"], [(label, test.get(k)) for k, label in keys], numeric=[False, True]))
         sections.append(s)

@@ -46,8 +46,8 @@ def run(args) -> int:
     top5 = "-" if m["top5_accuracy"] is None else f"{m['top5_accuracy']:.4f}"
     print(f"{m['split']} split of {m['dataset']}: {m['num_samples']} images, checkpoint {m['checkpoint']}")
     print(f"  accuracy   {m['accuracy']:.4f}   top-5 {top5}   loss {m['loss']:.4f}")
-    print(f"  precision  macro {m['precision_macro']:.4f}   micro {m['precision_micro']:.4f}")
-    print(f"  recall     macro {m['recall_macro']:.4f}   micro {m['recall_micro']:.4f}")
+    print(f"  precision  macro {m['precision_macro']:.4f}   micro {m['precision_micro']:.4f}   weighted {m['precision_weighted']:.4f}")
+    print(f"  recall     macro {m['recall_macro']:.4f}   micro {m['recall_micro']:.4f}   weighted {m['recall_weighted']:.4f}")
     print(f"  f1         macro {m['f1_macro']:.4f}   micro {m['f1_micro']:.4f}   weighted {m['f1_weighted']:.4f}")
     print(f"results: {m['out_dir']}")
     return 0
