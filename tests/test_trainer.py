@@ -183,6 +183,19 @@ def test_onecycle_cycles_momentum_only_when_sgd_has_some(momentum, cycled):
     assert opt.param_groups[0]["momentum"] == (0.95 if cycled else 0.0)
 
 
+def test_training_and_evaluation_sizes_that_differ_are_warned(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        t = Trainer(tiny("augment=['random-resized-crop:size=6']"), tmp_path / "rrc", progress=False)
+    assert t.train_shape == (1, 6, 6) and t.input_size == [1, 8, 8]
+    assert "training images are 6x6 (a crop / random-resized-crop size) but evaluation sees 8x8; add center-crop:size=6" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        Trainer(tiny("augment=['random-resized-crop:size=6', 'center-crop:size=6']"), tmp_path / "cc", progress=False)
+    assert "training images are" not in caplog.text
+
+
 def test_amp_on_cpu_warns_that_it_trains_in_fp32(tmp_path, caplog):
     import logging
 

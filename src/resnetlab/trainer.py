@@ -231,6 +231,11 @@ class Trainer:
         self.val_loader = build_loader(s.val, max(bs, 256), train=False, augment=cfg.augment, **common) if len(s.val) else None
         self.input_size = list(output_shape(cfg.augment, s.image_shape, train=False))
         self.train_shape = tuple(output_shape(cfg.augment, s.image_shape, train=True))
+        if list(self.train_shape) != self.input_size and self.is_main:
+            h, w = self.train_shape[1:]
+            log.warning("training images are %dx%d (a crop / random-resized-crop size) but evaluation sees %dx%d; "
+                        "add center-crop:size=%d (or resize) to the augmentations to evaluate at the training size",
+                        h, w, self.input_size[1], self.input_size[2], h)  # fmt: skip
         pr = cfg.train.progressive_resize
         if pr and pr.start_size >= self.train_shape[1]:
             raise ConfigError(
