@@ -243,11 +243,11 @@ def predict(
         chunk = files[start : start + batch_size]
         try:
             images = load_as_evaluated(chunk, meta)
-        except DataError:
-            readable = []
+        except DataError:  # one file at a time, to find the unreadable ones
+            readable, decoded = [], []
             for f in chunk:
                 try:
-                    load_as_evaluated([f], meta)
+                    decoded.append(load_as_evaluated([f], meta))
                     readable.append(f)
                 except DataError:
                     if f.resolve() in named:
@@ -256,7 +256,7 @@ def predict(
             chunk = readable
             if not chunk:
                 continue
-            images = load_as_evaluated(chunk, meta)
+            images = torch.cat(decoded)
         x = preprocess(images, meta["mean"], meta["std"], device=device)
         probs = torch.softmax(run(x).double(), dim=1).cpu()
         top_p, top_i = probs.topk(k, dim=1)

@@ -110,7 +110,7 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
 _UNKNOWN = object()
 
 
-def _default_of(key: str, defaults: dict, flat: list) -> Any:
+def _default_of(key: str, defaults: dict) -> Any:
     """The default of a flattened config key; a key under a section whose default is ``None``
     (``train.progressive_resize.start_size``) defaults to ``None``; unknown keys to ``_UNKNOWN``."""
     if key in defaults:
@@ -494,7 +494,7 @@ def build_report(
 
         defaults = _config_defaults()
         flat = _flatten(config)
-        changed = [(k, v, d) for k, v in flat if (d := _default_of(k, defaults, flat)) is not _UNKNOWN and d != v]
+        changed = [(k, v, d) for k, v in flat if (d := _default_of(k, defaults)) is not _UNKNOWN and d != v]
         if changed:
             s.text("Settings that differ from the defaults:")
             s.add(_Table(["key", "value", "default"], changed))
