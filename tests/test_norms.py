@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -366,8 +368,14 @@ def _sync_rank(rank: int, world: int, port: int, kind: str, q) -> None:
         (out * r[rank * 4 : rank * 4 + 4]).mean().backward()
         # numpy copies: tensors would travel as shared-memory handles that die with this process
         q.put((rank, *(t.detach().numpy().copy() for t in (out, xs.grad, layer.weight.grad, layer.running_mean, layer.running_var))))
+        dist.barrier()  # both processes done with every collective before the group goes away
     finally:
         dist.destroy_process_group()
+    # Results are delivered: leave without interpreter teardown, where torch's collective threads
+    # once aborted a child under CI load ("terminate called without an active exception").
+    q.close()
+    q.join_thread()
+    os._exit(0)
 
 
 @pytest.mark.parametrize("kind", ["bn", "bin"])
