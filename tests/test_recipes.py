@@ -93,6 +93,9 @@ def test_report_details_in_the_recipes():
     bs = st.load_study(next(p for p in STUDIES if p.name == "study-batch-size.yaml"))
     lrs = {c.label: st.cell_config(bs, c).optim.lr for c in st.expand_cells(bs)}
     assert lrs["norm=bn,batch_size=8"] == pytest.approx(0.1 * 8 / 128) and lrs["norm=gn,batch_size=128"] == pytest.approx(0.1)
+    # report 001's own question: one learning rate for every batch size
+    fixed = st.load_study(next(p for p in STUDIES if p.name == "study-batch-size-fixed-lr.yaml"))
+    assert {st.cell_config(fixed, c).optim.lr for c in st.expand_cells(fixed)} == {1e-3}
 
 
 SMOKE_TRAINING = TRAINING
