@@ -89,7 +89,19 @@ def test_report_details_in_the_recipes():
     r004 = r["resnet38_bottleneck_cifar-cifar100"]
     assert (r004.optim.name, r004.schedule.name, r004.optim.lr, r004.train.grad_clip, r004.optim.weight_decay, r004.train.epochs) == (
         "adam", "onecycle", 1e-3, 0.1, 1e-5, 100)  # fmt: skip
-    assert r004.schedule.pct_start == 0.3  # the report's logged learning rates are OneCycleLR's default warm-up
+    # the recipe's schedule gives the learning rates report 004 logged after epochs 9 / 13 / 17
+    from resnetlab.optim import build_scheduler
+
+    spe = 352  # 45,000 training images / batch 128
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=r004.optim.lr)
+    sched = build_scheduler(opt, r004.schedule, r004.train.epochs * spe, spe, r004.optim.lr)
+    logged = {}
+    for step in range(1, 18 * spe + 1):
+        opt.step()
+        sched.step()
+        if step % spe == 0 and step // spe - 1 in (9, 13, 17):
+            logged[step // spe - 1] = round(opt.param_groups[0]["lr"], 5)
+    assert logged == {9: 0.00028, 13: 0.00047, 17: 0.00067}
     bs = st.load_study(next(p for p in STUDIES if p.name == "study-batch-size.yaml"))
     lrs = {c.label: st.cell_config(bs, c).optim.lr for c in st.expand_cells(bs)}
     assert lrs["norm=bn,batch_size=8"] == pytest.approx(0.1 * 8 / 128) and lrs["norm=gn,batch_size=128"] == pytest.approx(0.1)

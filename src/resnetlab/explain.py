@@ -183,14 +183,10 @@ def _captum_batch(model, xb, tb, method, ig_steps, baseline) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _as_uint8(img: torch.Tensor) -> torch.Tensor:
-    """An image for display: uint8 as is, float in [0, 1] (after a resize) scaled to uint8."""
-    return img if img.dtype == torch.uint8 else img.mul(255).round().clamp(0, 255).to(torch.uint8)
-
-
 def _to_rgb(img: torch.Tensor | np.ndarray) -> np.ndarray:
-    """uint8 (C, H, W) -> float32 (H, W, 3) in [0, 1]."""
-    a = torch.as_tensor(img).float().div(255.0).clamp(0, 1)
+    """uint8 (C, H, W), or float in [0, 1] (after an evaluation resize) -> float32 (H, W, 3) in [0, 1]."""
+    t = torch.as_tensor(img)
+    a = (t.float() if t.is_floating_point() else t.float().div(255.0)).clamp(0, 1)
     if a.shape[0] == 1:
         a = a.expand(3, -1, -1)
     return a[:3].permute(1, 2, 0).numpy().astype(np.float32)
@@ -374,7 +370,7 @@ def explain(
             pos = {i: j for j, i in enumerate(wanted)}
             xw = x[[pos[i] for i in wrong]]
             maps_true = dict(zip(wrong, attribution_maps(model, xw, targets[wrong], method, layer, batch_size=min(batch_size, 64))))
-    images = {i: _as_uint8(raw[j]) for j, i in enumerate(wanted)} if wanted else {}
+    images = {i: raw[j] for j, i in enumerate(wanted)} if wanted else {}
 
     # 3. files
     run = run_dir_of(ckpt.path)
@@ -584,7 +580,7 @@ def activation_maps(
         top = torch.argsort(fmap.flatten(1).mean(1), descending=True)[:max_channels].tolist()
         for col in range(cols):
             axes[r][col].axis("off")
-        axes[r][0].imshow(_to_rgb(_as_uint8(raw[0])), interpolation="nearest")
+        axes[r][0].imshow(_to_rgb(raw[0]), interpolation="nearest")
         axes[r][0].set_title(f"{name}\n{tuple(fmap.shape)}", fontsize=6)
         for j, ch in enumerate(top):
             axes[r][j + 1].imshow(fmap[ch].numpy(), cmap="viridis", interpolation="nearest")
