@@ -81,7 +81,7 @@ def test_describe_models_extra_fields():
 
 def test_models_json_as_a_subprocess():
     proc = subprocess.run(
-        [sys.executable, "-m", "resnetlab", "models", "resnet2*", "--json"],
+        [sys.executable, "-m", "resnetlab", "models", "resnet20*", "--json"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -47,6 +47,7 @@ CASES = [
     ("resnet20", 32, {"shortcut": "B"}),
     ("resnet18", 32, {"stem": "cifar"}),
     ("resnet50", 32, {"width": 0.25}),
+    ("resnet26_bottleneck2_cifar", 32, {"width": 0.125}),
 ]
 
 

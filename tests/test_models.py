@@ -11,7 +11,7 @@ from conftest import max_abs_diff
 from torch import nn
 
 import resnetlab
-from resnetlab.models import Bottleneck, BasicBlock, ResNet
+from resnetlab.models import Bottleneck, BasicBlock, ResNet, TwoConvBottleneck
 from resnetlab.models.profile import count_params
 from resnetlab.models.resnet import ZeroPadShortcut
 from resnetlab.norms import NORM_NAMES, clamp_bin_gates
@@ -39,9 +39,9 @@ def _grad_check(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
 
 def test_registry_lists_every_architecture_of_the_issue():
     expected = {f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110, 1202, 18, 34, 50, 101, 152)}
-    assert expected | {"resnet_cifar", "resnet38_bottleneck_cifar"} <= set(ALL_MODELS)
+    assert expected | {"resnet_cifar", "resnet38_bottleneck_cifar", "resnet26_bottleneck2_cifar"} <= set(ALL_MODELS)
     assert resnetlab.list_models("resnet1*") == ["resnet14", "resnet18", "resnet101", "resnet110", "resnet152", "resnet1202"]
-    assert resnetlab.list_models("bottleneck") == ["resnet38_bottleneck_cifar"]  # no glob: substring
+    assert resnetlab.list_models("bottleneck") == ["resnet26_bottleneck2_cifar", "resnet38_bottleneck_cifar"]  # substring
     assert resnetlab.list_models("nothing*") == []
 
 
@@ -67,6 +67,7 @@ SMALL = [
     ("resnet20", {"width": 0.5}),
     ("resnet18", {"stem": "cifar", "width": 0.25}),
     ("resnet38_bottleneck_cifar", {"width": 0.125}),
+    ("resnet26_bottleneck2_cifar", {"width": 0.125}),
 ]
 
 
@@ -111,12 +112,13 @@ def test_resnet8_overfits_32_samples(norm):
     assert acc == 1.0, f"{norm}: train accuracy {acc} after {steps} steps"
 
 
-@pytest.mark.slow  # the same trunk code as resnet8's overfit, with bottleneck blocks: ~40 s
+@pytest.mark.slow  # the same trunk code as resnet8's overfit, with bottleneck blocks: ~40 s per block type
+@pytest.mark.parametrize("block", ["bottleneck", "bottleneck2"])
 @pytest.mark.parametrize("norm", OVERFIT_NORMS)
-def test_bottleneck_trunk_overfits_32_samples(norm):
+def test_bottleneck_trunk_overfits_32_samples(norm, block):
     # Three bottleneck blocks (out 32/64/128 channels) through the same trunk as every model;
     # the registered 12-block bottleneck model runs the same check under -m slow.
-    model = ResNet("bottleneck", (1, 1, 1), (8, 16, 32), num_classes=10, stem="cifar", norm=norm)
+    model = ResNet(block, (1, 1, 1), (8, 16, 32), num_classes=10, stem="cifar", norm=norm)
     acc, steps = _overfit(model, steps=80, lr=1e-2, size=8)
     assert acc == 1.0, f"{norm}: train accuracy {acc} after {steps} steps"
 
@@ -128,6 +130,36 @@ def test_registered_bottleneck_model_overfits_32_samples(norm):
     assert isinstance(model.layer1[0], Bottleneck)
     acc, steps = _overfit(model, steps=80, lr=1e-2)
     assert acc == 1.0, f"{norm}: train accuracy {acc} after {steps} steps"
+
+
+def test_report_004_two_convolution_bottleneck_network():
+    """resnet26_bottleneck2_cifar is report 004's network: 4/5/3 blocks of 1x1 reduce (strided) ->
+    3x3 expand, stages 64->256, 128->512, 256->1024, projection shortcuts, 4x4 final map at 32x32."""
+    model = resnetlab.create_model("resnet26_bottleneck2_cifar").eval()
+    blocks = [m for m in model.modules() if isinstance(m, TwoConvBottleneck)]
+    assert [len(model.get_stage(f"layer{i}")) for i in (1, 2, 3)] == [4, 5, 3] and len(blocks) == 12
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    # stem + 2 per block + 3 projection shortcuts; 26 weight layers with the classifier
+    assert len(convs) == 1 + 24 + 3 and sum(isinstance(m, nn.Linear) for m in model.modules()) == 1
+    for stage, (planes, cout) in zip((model.layer1, model.layer2, model.layer3), ((64, 256), (128, 512), (256, 1024))):
+        first = stage[0]
+        assert (first.conv1.kernel_size, first.conv1.out_channels) == ((1, 1), planes)
+        assert (first.conv2.kernel_size, first.conv2.out_channels) == ((3, 3), cout)
+        assert first.downsample is not None and all(b.downsample is None for b in stage[1:])
+    assert model.layer1[0].conv1.stride == (1, 1)
+    assert model.layer2[0].conv1.stride == (2, 2) and model.layer2[0].conv2.stride == (1, 1)  # stride on the 1x1
+    # every block has its own weights (the report's code reused one module per stage: a bug)
+    assert len({id(b.conv2.weight) for b in blocks}) == 12
+    # parameters counted by hand: convs (no bias) + BN (2 per channel) + classifier
+    def block(cin, p, proj):
+        return cin * p + p * 4 * p * 9 + 2 * (p + 4 * p) + ((cin * 4 * p + 2 * 4 * p) if proj else 0)
+    expected = 3 * 64 * 9 + 2 * 64
+    for cin, p, n in ((64, 64, 4), (256, 128, 5), (512, 256, 3)):
+        expected += block(cin, p, True) + (n - 1) * block(4 * p, p, False)
+    expected += 1024 * 100 + 100
+    assert count_params(model) == expected
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 32, 32)).shape == (1, 1024, 4, 4)
 
 
 # --- parameter counts ------------------------------------------------------------------
@@ -273,10 +305,13 @@ def test_dropout_before_classifier():
 
 
 @pytest.mark.parametrize("norm", ["bn-torch", "bn", "gn", "bin", "ln"])
-@pytest.mark.parametrize("name,kwargs", [("resnet20", {}), ("resnet18", {"width": 0.25}), ("resnet50", {"width": 0.125})])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("resnet20", {}), ("resnet18", {"width": 0.25}), ("resnet50", {"width": 0.125}), ("resnet26_bottleneck2_cifar", {"width": 0.125})],
+)
 def test_zero_init_residual_makes_blocks_identities(name, kwargs, norm):
     model = resnetlab.create_model(name, norm=norm, zero_init_residual=True, **kwargs)
-    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck, TwoConvBottleneck))]
     assert blocks
     residuals = []
     for blk in blocks:
@@ -287,7 +322,7 @@ def test_zero_init_residual_makes_blocks_identities(name, kwargs, norm):
     assert all(torch.all(r == 0) for r in residuals)  # every residual branch outputs exactly 0
     # Without the option, the last norms start at one.
     plain = resnetlab.create_model(name, norm=norm, **kwargs)
-    assert all(torch.all(m.last_norm().weight == 1) for m in plain.modules() if isinstance(m, (BasicBlock, Bottleneck)))
+    assert all(torch.all(m.last_norm().weight == 1) for m in plain.modules() if isinstance(m, (BasicBlock, Bottleneck, TwoConvBottleneck)))
 
 
 def test_kaiming_init_of_convolutions():

@@ -2,6 +2,6 @@
 
 from resnetlab.models import zoo as _zoo  # noqa: F401  (registers the builders)
 from resnetlab.models.registry import create_model, list_models, model_info, register_model
-from resnetlab.models.resnet import BasicBlock, Bottleneck, ResNet
+from resnetlab.models.resnet import BasicBlock, Bottleneck, ResNet, TwoConvBottleneck
 
-__all__ = ["ResNet", "BasicBlock", "Bottleneck", "create_model", "list_models", "model_info", "register_model"]
+__all__ = ["ResNet", "BasicBlock", "Bottleneck", "TwoConvBottleneck", "create_model", "list_models", "model_info", "register_model"]

@@ -79,3 +79,12 @@ def resnet38_bottleneck_cifar(**kwargs) -> ResNet:
     kwargs.setdefault("stem", "cifar-pool")
     kwargs.setdefault("shortcut", "B")
     return ResNet("bottleneck", (4, 5, 3), (64, 128, 256), **kwargs)
+
+
+@register_model((3, 32, 32), "cifar")
+def resnet26_bottleneck2_cifar(**kwargs) -> ResNet:
+    """Report 004's network as it wrote it: two-convolution bottlenecks, same stages as resnet38_bottleneck_cifar."""
+    kwargs.setdefault("num_classes", 100)
+    kwargs.setdefault("stem", "cifar-pool")
+    kwargs.setdefault("shortcut", "B")
+    return ResNet("bottleneck2", (4, 5, 3), (64, 128, 256), **kwargs)
