@@ -109,6 +109,7 @@ def test_report_without_training_or_evaluation(tmp_path):
     md = md_path.read_text()
     assert "| best val accuracy | 0.7000 (epoch 3) |" in md
     assert "| training time (s) | 4.5 |" in md and "| median images/s | 200 |" in md
+    assert "train accuracy" not in md  # no eval/train (output.evaluate_train off): no empty row
     assert "Not evaluated on the test split yet" in md
     assert "## Confusion matrix" not in md
     assert len(_imgs(html_path.read_text())) == 1  # the curves only

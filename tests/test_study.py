@@ -136,6 +136,8 @@ def test_every_cell_and_seed_is_an_ordinary_run_folder(finished):
             assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
             assert json.loads((run / "eval" / "test" / "metrics.json").read_text())["num_samples"] == 12
             assert json.loads((run / "eval" / "val" / "metrics.json").read_text())["num_samples"] == 12
+            # the training split evaluated without augmentation, as reports 000/003 quote it
+            assert json.loads((run / "eval" / "train" / "metrics.json").read_text())["split"] == "train"
     assert sorted(result.ran) == sorted(f"norm={n}/seed{k}" for n in ("bn", "gn") for k in range(2))
     for name in ("study.html", "study.md", "results.csv", "results.json"):
         assert (out / name).stat().st_size > 0
@@ -149,13 +151,15 @@ def test_mean_and_std_are_computed_from_the_per_seed_files(finished):
         runs = [result.out_dir / label / f"seed{k}" for k in range(2)]
         test = [json.loads((r / "eval" / "test" / "metrics.json").read_text()) for r in runs]
         val = [json.loads((r / "eval" / "val" / "metrics.json").read_text()) for r in runs]
+        train = [json.loads((r / "eval" / "train" / "metrics.json").read_text()) for r in runs]
         last = [list(csv.DictReader(open(r / "metrics.csv")))[-1] for r in runs]
         expect = {
             "test_acc": [m["accuracy"] for m in test],
             "test_f1_macro": [m["f1_macro"] for m in test],
             "val_acc": [m["accuracy"] for m in val],
             "val_f1_micro": [m["f1_micro"] for m in val],
-            "train_acc": [float(r["train_acc"]) for r in last],
+            "train_acc": [m["accuracy"] for m in train],
+            "train_acc_running": [float(r["train_acc"]) for r in last],
             "train_loss": [float(r["train_loss"]) for r in last],
             "val_loss": [float(r["val_loss"]) for r in last],
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import signal
@@ -274,3 +275,30 @@ def test_progressive_resize_trains_small_first_and_evaluates_at_full_size(tmp_pa
 def test_progressive_resize_start_size_must_be_below_the_image_size(tmp_path):
     with pytest.raises(ResnetlabError, match=r"start_size=16 must be smaller than the training images' height \(16\)"):
         Trainer(tiny("data.name=synthetic:1x16x16:4:160", "data.subset=null", "train.progressive_resize.start_size=16"), tmp_path / "x", progress=False)
+
+
+def test_the_dataset_is_loaded_once_for_training_test_evaluation_and_report(tmp_path, monkeypatch):
+    import resnetlab.data
+    from resnetlab.evaluate import evaluate
+
+    calls = []
+    real = resnetlab.data.load_dataset
+
+    def counting(name, **kwargs):
+        calls.append(name)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(resnetlab.data, "load_dataset", counting)
+    cfg = tiny("output.evaluate_test=true", "output.report=true", "output.evaluate_train=true", "train.epochs=1")
+    r = train(cfg, tmp_path / "once", progress=False)
+    assert calls == ["digits"]  # the trainer's load, reused by the evaluations and the report
+    html = (tmp_path / "once" / "report.html").read_text()
+    assert "misclassified test images" in html  # the report's images came from the same splits
+    # output.evaluate_train: the best checkpoint on the training split (256 of the 320-image subset), in the summary
+    train_eval = json.loads((tmp_path / "once" / "eval" / "train" / "metrics.json").read_text())
+    assert train_eval["split"] == "train" and train_eval["num_samples"] == 256
+    assert "train accuracy (best checkpoint, no augmentation)" in html
+    assert "train accuracy (best" not in (tmp_path / "m" / "report.html").read_text() if (tmp_path / "m").exists() else True
+    # the same numbers as an evaluation that rebuilds the dataset from the checkpoint
+    again = evaluate(tmp_path / "once", split="test", out_dir=tmp_path / "again")
+    assert len(calls) == 2 and again["accuracy"] == r.test_metrics["accuracy"] and again["num_samples"] == 360

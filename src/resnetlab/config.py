@@ -165,6 +165,7 @@ class TrainConfig(_Section):
 class OutputConfig(_Section):
     dir: str = "runs"  # parent of run folders
     evaluate_test: bool = True  # evaluate the best checkpoint on the test split at the end
+    evaluate_train: bool = False  # also on the training split, without augmentation (eval/train/): the final train accuracy
     report: bool = True
     tensorboard: bool = True  # when tensorboard is installed
 

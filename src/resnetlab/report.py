@@ -386,7 +386,7 @@ def _model_section(meta: dict) -> _Section:
     return sec.add(_Table(["", "value"], rows, numeric=[False, True]))
 
 
-def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str]) -> tuple[_Section, _Figure | None]:
+def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str], splits=None) -> tuple[_Section, _Figure | None]:
     sec = _Section("Misclassified test images")
     with open(pred_path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -402,9 +402,10 @@ def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str
     if meta is None:
         return sec.text("(images unavailable: no checkpoint metadata to rebuild the dataset)"), None
     try:
-        from resnetlab.evaluate import load_splits_for
+        if splits is None:
+            from resnetlab.evaluate import load_splits_for
 
-        splits = load_splits_for(meta)
+            splits = load_splits_for(meta)
         if len(splits.test) != len(rows):
             # predictions.csv indexes the split that was evaluated: a subset of it (a smoke
             # study's capped test split) would show other images under these labels
@@ -427,6 +428,7 @@ def build_report(
     run_dir: str | os.PathLike,
     extra_sections: Sequence[tuple[str, str, str]] | None = None,
     split: str = "test",
+    splits=None,
 ) -> tuple[Path, Path]:
     """Write ``report.html`` (self-contained) and ``report.md`` into a run folder.
 
@@ -435,6 +437,8 @@ def build_report(
         extra_sections: ``(title, html, md)`` sections appended after the built-in ones, before
             those read from ``<run>/report_sections/``.
         split: the evaluated split whose ``eval/<split>/`` results the report shows.
+        splits: the run's already loaded :class:`~resnetlab.data.DatasetSplits` (the trainer's),
+            for the misclassified images; ``None`` rebuilds the dataset from the checkpoint.
 
     Returns:
         ``(html_path, md_path)``.
@@ -475,16 +479,19 @@ def build_report(
     s = _Section("Summary")
     best = max((r for r in rows if r.get("val_acc") is not None), key=lambda r: r["val_acc"], default=None)
     train_time = sum(r.get("epoch_time_s") or 0.0 for r in rows)
+    train_eval = _read_json(run / "eval" / "train" / "metrics.json")  # output.evaluate_train
     summary = [
         ("run", name),
         ("dataset", (config.get("data") or {}).get("name")),
         ("model", (config.get("model") or {}).get("name") or (meta or {}).get("arch")),
         ("epochs run", len(rows)),
+        ("train accuracy (best checkpoint, no augmentation)", None if train_eval is None else train_eval.get("accuracy")),
         ("best val accuracy", None if best is None else f"{best['val_acc']:.4f} (epoch {int(best['epoch'] or 0)})"),
         (f"{split} accuracy", None if test is None else test.get("accuracy")),
         ("training time (s)", round(train_time, 1) if rows else None),
         ("median images/s", None if not rows else sorted(r.get("images_per_s") or 0.0 for r in rows)[len(rows) // 2]),
     ]
+    summary = [row for row in summary if row[1] is not None or not row[0].startswith("train accuracy")]  # only when evaluated
     sections.append(s.add(_Table(["", "value"], summary, numeric=[False, True])))
 
     # configuration
@@ -560,7 +567,7 @@ def build_report(
 
         pred_path = eval_dir / "predictions.csv"
         if pred_path.is_file():
-            sec, fig = _misclassified_section(meta, pred_path, classes)
+            sec, fig = _misclassified_section(meta, pred_path, classes, splits)
             if fig is not None:
                 figures.append(fig)
             sections.append(sec)

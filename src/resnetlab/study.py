@@ -76,7 +76,8 @@ STUDY_KEYS = ("name", "base_recipe", "base", "grid", "cells", "seeds", "scale_lr
 
 # Per-run numbers aggregated per cell (mean and sample std over seeds), in table order.
 METRICS: tuple[str, ...] = (
-    "train_acc",  # last epoch, running accuracy over the (augmented) training batches
+    "train_acc",  # best checkpoint on the training split, evaluated without augmentation
+    "train_acc_running",  # last epoch, running accuracy over the (augmented) training batches
     "val_acc",  # best checkpoint on the validation split
     "test_acc",  # best checkpoint on the test split
     "val_f1_micro",
@@ -420,10 +421,10 @@ def _capped_splits(cfg: Config, cap: int):
 
 
 def _finish_cell(run_dir: Path, cfg: Config, smoke: bool) -> None:
-    """Write eval/test and eval/val of the best checkpoint when the trainer did not."""
+    """Write eval/test, eval/val and eval/train of the best checkpoint when the trainer did not."""
     from resnetlab.evaluate import evaluate
 
-    need = [s for s in ("test", "val") if not (run_dir / "eval" / s / "metrics.json").is_file()]
+    need = [s for s in ("test", "val", "train") if not (run_dir / "eval" / s / "metrics.json").is_file()]
     if not need:
         return
     splits = _capped_splits(cfg, SMOKE_TEST_IMAGES) if smoke else None
@@ -625,13 +626,15 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     if test is None:
         raise ResnetlabError(f"{run_dir} has no eval/test/metrics.json; rerun the study to finish it")
     val = _read_json(run_dir / "eval" / "val" / "metrics.json")
+    train = _read_json(run_dir / "eval" / "train" / "metrics.json")  # absent in folders made before it existed
     last = rows[-1]
     val_losses = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
     times = [r["epoch_time_s"] or 0.0 for r in rows]
     total = sum(times)
     images = sum((r["images_per_s"] or 0.0) * t for r, t in zip(rows, times))
     return {
-        "train_acc": last["train_acc"],
+        "train_acc": train["accuracy"] if train else None,
+        "train_acc_running": last["train_acc"],
         "val_acc": val["accuracy"] if val else None,
         "test_acc": test["accuracy"],
         "val_f1_micro": val["f1_micro"] if val else None,
@@ -874,8 +877,9 @@ def write_study_report(
     notes = [
         f"Command: `{command}`" if command else "",
         f"Date: {payload['date']}. Seeds per cell: {spec.seeds}. Values are mean ± sample std (n − 1) over seeds; std is blank for n = 1.",
-        "train acc / train loss: the last epoch's running figures over the augmented training batches. "
-        "val and test: the best checkpoint (highest validation accuracy). val loss: the last validated epoch. "
+        "train, val and test acc: the best checkpoint (highest validation accuracy) evaluated on each split "
+        "without augmentation (results.json also has train_acc_running, the last epoch's running accuracy over "
+        "the augmented batches). train loss: the last epoch's running mean. val loss: the last validated epoch. "
         "train time: the epochs' training time, without evaluation; it and images/s depend on the machine and on --jobs.",
     ]
     if failed:

@@ -682,21 +682,26 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise ResnetlabError(f"output folder {run_dir} is not writable ({exc.strerror or exc}); choose another with --out") from None
 
 
-def finish_run(run_dir: Path, cfg: Config) -> dict[str, Any] | None:
-    """Evaluate the best checkpoint on the test split and build the report (rank 0)."""
-    test_metrics = None
-    if cfg.output.evaluate_test:
-        from resnetlab.evaluate import evaluate
-        from resnetlab.runtime import restore_malloc
+def finish_run(run_dir: Path, cfg: Config, splits=None) -> dict[str, Any] | None:
+    """Evaluate the best checkpoint on the test split (and the training split with
+    ``output.evaluate_train``) and build the report (rank 0).
 
-        restore_malloc()  # training is over: glibc's own behaviour for evaluation and the report
-        test_metrics = evaluate(run_dir, split="test", data_root=cfg.data.root)
-        log.info("test accuracy %.4f (macro F1 %.4f)", test_metrics["accuracy"], test_metrics["f1_macro"])
+    ``splits`` is the dataset the trainer loaded; evaluation and the report use it instead of
+    loading it again (``None``: rebuilt from the checkpoint). Both log their own result lines.
+    """
+    from resnetlab.evaluate import evaluate
+    from resnetlab.runtime import restore_malloc
+
+    restore_malloc()  # training is over: glibc's own behaviour for evaluation and the report
+    test_metrics = None
+    if cfg.output.evaluate_train:
+        evaluate(run_dir, split="train", data_root=cfg.data.root, splits=splits)
+    if cfg.output.evaluate_test:
+        test_metrics = evaluate(run_dir, split="test", data_root=cfg.data.root, splits=splits)
     if cfg.output.report:
         from resnetlab.report import build_report
 
-        html, _ = build_report(run_dir)
-        log.info("report: %s", html)
+        build_report(run_dir, splits=splits)
     return test_metrics
 
 
@@ -761,7 +766,7 @@ def _fit_and_finish(trainer: Trainer, cfg: Config, run_dir: Path) -> FitResult:
     if trainer.world_size > 1:
         check_ranks_in_sync(trainer)
     if trainer.is_main:
-        result.test_metrics = finish_run(run_dir, cfg)
+        result.test_metrics = finish_run(run_dir, cfg, trainer.splits)
     if trainer.world_size > 1:
         torch.distributed.barrier()
     return result
