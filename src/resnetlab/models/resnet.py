@@ -96,12 +96,18 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, planes: int, stride: int, norm_layer, act_layer, shortcut: str = "B"):
         super().__init__()
         cout = planes * self.expansion
-        self.conv1 = conv3x3(cin, planes, stride)
+        conv1, conv2 = self.make_convs(cin, planes, cout, stride)
+        self.conv1 = conv1  # registration order is state-dict key order: torchvision's
         self.bn1 = norm_layer(planes)
         self.act = act_layer()
-        self.conv2 = conv3x3(planes, cout)
+        self.conv2 = conv2
         self.bn2 = norm_layer(cout)
         self.downsample = make_shortcut(shortcut, cin, cout, stride, norm_layer)
+
+    @staticmethod
+    def make_convs(cin: int, planes: int, cout: int, stride: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+        """The two convolutions: ``cin -> planes`` (strided) and ``planes -> cout``."""
+        return conv3x3(cin, planes, stride), conv3x3(planes, cout)
 
     def last_norm(self) -> nn.Module:
         return self.bn2
@@ -141,37 +147,22 @@ class Bottleneck(nn.Module):
         return self.act(out + identity)
 
 
-class TwoConvBottleneck(nn.Module):
+class TwoConvBottleneck(BasicBlock):
     """Report 004's two-convolution bottleneck: 1x1 reduce (strided), then a 3x3 that expands (x4).
 
     The block the report's CIFAR-100 network is made of (``conv1x1 -> norm -> act -> conv3x3 ->
-    norm``, the residual added before the last activation), with the stride on the 1x1 as in the
-    original ResNet v1. Differences from the report's code, on purpose: its convolutions carry
-    biases, which the batch norm right after each cancels (no block here has them); and its
-    identity blocks of a stage are one module applied several times (shared weights), a bug,
-    while here every block has its own weights.
+    norm``, the residual added before the last activation: a basic block's wiring with other
+    convolutions), with the stride on the 1x1 as in the original ResNet v1. Differences from the
+    report's code, on purpose: its convolutions carry biases, which the batch norm right after
+    each cancels (no block here has them); and its identity blocks of a stage are one module
+    applied several times (shared weights), a bug, while here every block has its own weights.
     """
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int, norm_layer, act_layer, shortcut: str = "B"):
-        super().__init__()
-        cout = planes * self.expansion
-        self.conv1 = conv1x1(cin, planes, stride)
-        self.bn1 = norm_layer(planes)
-        self.conv2 = conv3x3(planes, cout)
-        self.bn2 = norm_layer(cout)
-        self.act = act_layer()
-        self.downsample = make_shortcut(shortcut, cin, cout, stride, norm_layer)
-
-    def last_norm(self) -> nn.Module:
-        return self.bn2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.act(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.act(out + identity)
+    @staticmethod
+    def make_convs(cin: int, planes: int, cout: int, stride: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+        return conv1x1(cin, planes, stride), conv3x3(planes, cout)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck, "bottleneck2": TwoConvBottleneck}
@@ -316,7 +307,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck, TwoConvBottleneck)):
+                if isinstance(m, (BasicBlock, Bottleneck)):
                     norm = m.last_norm()
                     if getattr(norm, "weight", None) is not None:
                         nn.init.zeros_(norm.weight)

@@ -72,19 +72,20 @@ for _d in (8, 14, 20, 32, 44, 56, 110, 1202):
     globals()[f"resnet{_d}"] = _cifar_builder(_d)
 
 
-@register_model((3, 32, 32), "cifar")
-def resnet38_bottleneck_cifar(**kwargs) -> ResNet:
-    """Bottleneck CIFAR-100 ResNet of report 004: stages 64->256, 128->512, 256->1024 (4, 5, 3 blocks)."""
+def _report004(block: str, **kwargs) -> ResNet:
     kwargs.setdefault("num_classes", 100)
     kwargs.setdefault("stem", "cifar-pool")
     kwargs.setdefault("shortcut", "B")
-    return ResNet("bottleneck", (4, 5, 3), (64, 128, 256), **kwargs)
+    return ResNet(block, (4, 5, 3), (64, 128, 256), **kwargs)
+
+
+@register_model((3, 32, 32), "cifar")
+def resnet38_bottleneck_cifar(**kwargs) -> ResNet:
+    """Bottleneck CIFAR-100 ResNet of report 004: stages 64->256, 128->512, 256->1024 (4, 5, 3 blocks)."""
+    return _report004("bottleneck", **kwargs)
 
 
 @register_model((3, 32, 32), "cifar")
 def resnet26_bottleneck2_cifar(**kwargs) -> ResNet:
     """Report 004's network as it wrote it: two-convolution bottlenecks, same stages as resnet38_bottleneck_cifar."""
-    kwargs.setdefault("num_classes", 100)
-    kwargs.setdefault("stem", "cifar-pool")
-    kwargs.setdefault("shortcut", "B")
-    return ResNet("bottleneck2", (4, 5, 3), (64, 128, 256), **kwargs)
+    return _report004("bottleneck2", **kwargs)
