@@ -26,6 +26,20 @@ def test_demo_recipe_reaches_97_percent_and_writes_the_report(tmp_path, capsys):
     assert "data:image/png;base64," in html and "Confusion" in html
 
 
+def test_train_prints_the_train_split_accuracy_with_evaluate_train(tmp_path, capsys):
+    out = tmp_path / "tr"
+    rc = main(["train", "--config", str(ROOT / "recipes" / "demo-digits.yaml"), "--out", str(out), "--quiet",
+               "--set", "train.epochs=1", "--set", "output.report=false", "--set", "output.evaluate_train=true"])  # fmt: skip
+    printed = capsys.readouterr().out.splitlines()
+    assert rc == 0
+    train = json.loads((out / "eval" / "train" / "metrics.json").read_text())
+    test = json.loads((out / "eval" / "test" / "metrics.json").read_text())
+    assert f"train accuracy: {train['accuracy']:.4f}  (best checkpoint, no augmentation)" in printed
+    assert printed.index(f"train accuracy: {train['accuracy']:.4f}  (best checkpoint, no augmentation)") < printed.index(
+        f"test accuracy: {test['accuracy']:.4f}  macro F1: {test['f1_macro']:.4f}")
+    assert train["num_samples"] + test["num_samples"] < 1797 and train["split"] == "train"
+
+
 @needs_fmnist
 def test_one_epoch_of_real_fashion_mnist_reaches_88_percent(tmp_path, capsys):
     out = tmp_path / "fmnist"

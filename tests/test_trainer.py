@@ -297,6 +297,7 @@ def test_the_dataset_is_loaded_once_for_training_test_evaluation_and_report(tmp_
     # output.evaluate_train: the best checkpoint on the training split (256 of the 320-image subset), in the summary
     train_eval = json.loads((tmp_path / "once" / "eval" / "train" / "metrics.json").read_text())
     assert train_eval["split"] == "train" and train_eval["num_samples"] == 256
+    assert r.train_metrics["accuracy"] == train_eval["accuracy"]
     assert "train accuracy (best checkpoint, no augmentation)" in html
     assert "train accuracy (best" not in (tmp_path / "m" / "report.html").read_text() if (tmp_path / "m").exists() else True
     # the same numbers as an evaluation that rebuilds the dataset from the checkpoint

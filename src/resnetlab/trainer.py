@@ -162,6 +162,7 @@ class FitResult:
     epochs: int
     history: list[dict[str, Any]] = field(default_factory=list)
     test_metrics: dict[str, Any] | None = None
+    train_metrics: dict[str, Any] | None = None  # the best checkpoint on the training split (output.evaluate_train)
     interrupted: bool = False
 
 
@@ -682,27 +683,28 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise ResnetlabError(f"output folder {run_dir} is not writable ({exc.strerror or exc}); choose another with --out") from None
 
 
-def finish_run(run_dir: Path, cfg: Config, splits=None) -> dict[str, Any] | None:
+def finish_run(run_dir: Path, cfg: Config, splits=None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Evaluate the best checkpoint on the test split (and the training split with
     ``output.evaluate_train``) and build the report (rank 0).
 
     ``splits`` is the dataset the trainer loaded; evaluation and the report use it instead of
     loading it again (``None``: rebuilt from the checkpoint). Both log their own result lines.
+    Returns the training-split and test-split metrics (``None`` for a split not evaluated).
     """
     from resnetlab.evaluate import evaluate
     from resnetlab.runtime import restore_malloc
 
     restore_malloc()  # training is over: glibc's own behaviour for evaluation and the report
-    test_metrics = None
+    train_metrics = test_metrics = None
     if cfg.output.evaluate_train:
-        evaluate(run_dir, split="train", data_root=cfg.data.root, splits=splits)
+        train_metrics = evaluate(run_dir, split="train", data_root=cfg.data.root, splits=splits)
     if cfg.output.evaluate_test:
         test_metrics = evaluate(run_dir, split="test", data_root=cfg.data.root, splits=splits)
     if cfg.output.report:
         from resnetlab.report import build_report
 
         build_report(run_dir, splits=splits)
-    return test_metrics
+    return train_metrics, test_metrics
 
 
 def train(cfg: Config, run_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool | None = None) -> FitResult:
@@ -766,7 +768,7 @@ def _fit_and_finish(trainer: Trainer, cfg: Config, run_dir: Path) -> FitResult:
     if trainer.world_size > 1:
         check_ranks_in_sync(trainer)
     if trainer.is_main:
-        result.test_metrics = finish_run(run_dir, cfg, trainer.splits)
+        result.train_metrics, result.test_metrics = finish_run(run_dir, cfg, trainer.splits)
     if trainer.world_size > 1:
         torch.distributed.barrier()
     return result

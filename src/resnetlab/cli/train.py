@@ -113,6 +113,8 @@ def run(args) -> int:
         return 128 + int(signal.SIGINT)
     best = f"{result.best_val_acc:.4f}" if result.best_val_acc is not None else "n/a"
     print(f"run: {result.run_dir}")
+    if result.train_metrics:
+        print(f"train accuracy: {result.train_metrics['accuracy']:.4f}  (best checkpoint, no augmentation)")
     print(f"best val accuracy: {best}")
     if result.test_metrics:
         print(f"test accuracy: {result.test_metrics['accuracy']:.4f}  macro F1: {result.test_metrics['f1_macro']:.4f}")
