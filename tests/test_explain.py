@@ -218,6 +218,9 @@ def test_cli_explain_every_method(digits_run, tmp_path, capsys):
         summary = json.loads((out / "summary.json").read_text())
         assert summary["method"] == method
         assert (out / "top_losses.png").stat().st_size > 1000
+        # --out outside the run: the report section stays in that folder, with links relative to it
+        assert "](top_losses.png)" in (out / "explain.md").read_text() and (out / "explain.html").is_file()
+    assert not (tmp_path / "report_sections").exists()  # nothing written beside the --out folders
     text = capsys.readouterr().out
     assert "integrated-gradients: 360 test images" in text and "gradcam @ layer3" in text
     rc = main(["explain", str(run), "--layer", "layer7", "--out", str(tmp_path / "x")])

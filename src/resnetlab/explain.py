@@ -301,8 +301,9 @@ def explain(
         method: one of :data:`METHODS`.
         layer: the stage the CAM methods look at (default: the last stage of the model).
         n_per_class: images per gallery row (correct / incorrect), and per confused pair.
-        out_dir: default ``<run>/explain`` (the report section goes to ``<run>/report_sections``,
-            next to ``out_dir``).
+        out_dir: default ``<run>/explain``. The report section goes to ``<run>/report_sections``
+            (read by the run's report) when ``out_dir`` is inside the run folder, else into
+            ``out_dir`` itself.
         data_root: dataset root, replacing the recorded one.
         n_pairs: how many most-confused class pairs to show.
         n_top_loss: how many highest-loss examples to show.
@@ -376,7 +377,10 @@ def explain(
     run = run_dir_of(ckpt.path)
     base = run if run is not None else ckpt.path
     out = Path(out_dir) if out_dir is not None else base / "explain"
-    sections = out.parent / "report_sections"
+    # Inside the run folder the section goes where the run's report reads it; an --out elsewhere
+    # keeps everything in that folder (nothing is written beside it, nor into the run).
+    inside = out.resolve().is_relative_to(base.resolve())
+    sections = base / "report_sections" if inside else out
     try:
         out.mkdir(parents=True, exist_ok=True)
         sections.mkdir(parents=True, exist_ok=True)
@@ -436,7 +440,7 @@ def explain(
     files["md"] = str(sections / "explain.md")
     summary["files"] = files
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _write_sections(summary, out, sections, base)
+    _write_sections(summary, out, sections, base if inside else out)
     log.info("explained %d of %d %s images (%s) -> %s", len(wanted), len(targets), split, method, out)
     return summary
 
