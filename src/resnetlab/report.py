@@ -485,13 +485,12 @@ def build_report(
         ("dataset", (config.get("data") or {}).get("name")),
         ("model", (config.get("model") or {}).get("name") or (meta or {}).get("arch")),
         ("epochs run", len(rows)),
-        ("train accuracy (best checkpoint, no augmentation)", None if train_eval is None else train_eval.get("accuracy")),
+        *([("train accuracy (best checkpoint, no augmentation)", train_eval.get("accuracy"))] if train_eval else []),
         ("best val accuracy", None if best is None else f"{best['val_acc']:.4f} (epoch {int(best['epoch'] or 0)})"),
         (f"{split} accuracy", None if test is None else test.get("accuracy")),
         ("training time (s)", round(train_time, 1) if rows else None),
         ("median images/s", None if not rows else sorted(r.get("images_per_s") or 0.0 for r in rows)[len(rows) // 2]),
     ]
-    summary = [row for row in summary if row[1] is not None or not row[0].startswith("train accuracy")]  # only when evaluated
     sections.append(s.add(_Table(["", "value"], summary, numeric=[False, True])))
 
     # configuration
