@@ -126,6 +126,10 @@ CASES = {
     "config is a folder": (lambda c: ["train", "--config", str(c.tmp)], ["is a folder; give a YAML recipe file"]),
     "depth of a fixed-depth model": (lambda c: ["train", "--set", "model.depth=14"], ["model.depth applies only to model.name=resnet_cifar"]),
     "groups without group norm": (lambda c: ["train", "--norm", "bn", "--set", "model.groups=4"], ["model.groups applies only to norm gn"]),
+    "head dropout without a head": (lambda c: ["train", "--set", "model.head_dropout=0.3"], ["model.head_dropout applies between the layers of an MLP head", "model.dropout"]),
+    "momentum cycle upside down": (lambda c: ["train", "--set", "schedule.base_momentum=0.99"], ["schedule.base_momentum=0.99 must be <= schedule.max_momentum=0.95"]),
+    "progressive resizing in one epoch": (lambda c: [*TINY, "--set", "data.image_size=16", "--set", "train.progressive_resize.start_size=8", "--out", str(c.tmp / "pr1")],
+                                          ["train.progressive_resize needs at least 2 epochs"]),  # fmt: skip
     "milestone fraction above 1": (lambda c: ["train", "--schedule", "multistep", "--set", "schedule.milestones=[1.5]"],
                                    ["schedule.milestones are fractions of training in (0, 1]"]),  # fmt: skip
     "zero-width head layer": (lambda c: ["train", "--set", "model.head=[0]"], ["model.head.0", "greater than 0"]),

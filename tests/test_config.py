@@ -96,8 +96,9 @@ def test_smoke_scales_down_but_keeps_recipe():
     s = smoke_config(cfg)
     assert s.train.epochs == 1 and s.train.batch_size == 64 and s.data.subset == 256 and s.data.image_size == 64
     assert s.model.norm == "gn" and s.schedule.name == "onecycle"
-    pr = smoke_config(load_config(None, ["data.image_size=256", "train.progressive_resize.start_size=128"])).train.progressive_resize
-    assert pr.start_size == 32  # the same half of the capped 64-pixel size
+    spr = smoke_config(load_config(None, ["data.image_size=256", "train.progressive_resize.start_size=128"]))
+    assert spr.train.progressive_resize.start_size == 32  # the same half of the capped 64-pixel size
+    assert spr.train.epochs == 2  # a small epoch, then one at full size
 
 
 def test_every_config_key_is_documented():

@@ -184,6 +184,55 @@ def test_onecycle_cycles_momentum_only_when_sgd_has_some(momentum, cycled):
     assert opt.param_groups[0]["momentum"] == (0.95 if cycled else 0.0)
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_onecycle_momentum_cycle_is_configurable_and_can_be_switched_off(name, caplog):
+    import logging
+
+    from resnetlab.config import OptimConfig, ScheduleConfig
+    from resnetlab.optim import build_optimizer
+
+    def momenta(schedule, **optim):
+        opt = build_optimizer(torch.nn.Linear(2, 2), OptimConfig(name=name, lr=0.1, **optim))
+        sched = build_scheduler(opt, schedule, total_steps=100, steps_per_epoch=10, base_lr=0.1)
+        out = []
+        for _ in range(100):
+            g = opt.param_groups[0]
+            out.append(g["momentum"] if name == "sgd" else g["betas"][0])
+            opt.step()
+            sched.step()
+        return out
+
+    own = {"momentum": 0.5} if name == "sgd" else {"betas": (0.5, 0.99)}
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        m = momenta(ScheduleConfig(name="onecycle", pct_start=0.3, base_momentum=0.6, max_momentum=0.8), **own)
+    assert m[0] == pytest.approx(0.8) and min(m) == pytest.approx(0.6, abs=1e-3) and m[-1] == pytest.approx(0.8, abs=1e-3)
+    assert 25 <= m.index(min(m)) <= 31  # lowest momentum at the lr peak
+    which = "momentum" if name == "sgd" else "beta1"
+    assert f"onecycle: {which} cycles 0.80 -> 0.60 -> 0.80" in caplog.text
+    # switched off: the optimizer's own value stays for the whole run
+    assert set(momenta(ScheduleConfig(name="onecycle", cycle_momentum=False), **own)) == {0.5}
+
+
+def test_onecycle_metrics_log_the_lr_of_each_epochs_last_step(tmp_path):
+    r = train(tiny("schedule.name=onecycle", "optim.lr=0.05", "schedule.final_div_factor=100"), tmp_path / "oc", progress=False)
+    lrs = [row["lr"] for row in r.history]
+    # the last step runs at lr / div_factor / final_div_factor (it logged a value past the end of the curve)
+    assert lrs[-1] == pytest.approx(0.05 / 25 / 100, rel=1e-6)
+    assert lrs[0] > lrs[-1]
+
+
+def test_channels_last_false_trains_and_evaluates_in_nchw(tmp_path):
+    layouts = {}
+    for flag in (True, False):
+        t = Trainer(tiny("data.name=synthetic:3x16x16:4:160", "data.subset=null", f"train.channels_last={flag}"),
+                    tmp_path / str(flag), progress=False)  # fmt: skip
+        seen = []
+        t.model.layer1[0].conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+        t._train_epoch()  # training steps, then validation
+        layouts[flag] = set(seen)
+    assert layouts == {True: {False}, False: {True}}  # NHWC batches vs plain contiguous NCHW, train and val
+
+
 def test_training_and_evaluation_sizes_that_differ_are_warned(tmp_path, caplog):
     import logging
 
@@ -270,6 +319,37 @@ def test_progressive_resize_trains_small_first_and_evaluates_at_full_size(tmp_pa
         [(False, (16, 16)), (True, (16, 16))],
     ]
     assert math.isfinite(t.history[-1]["train_loss"])
+
+
+def test_progressive_resize_always_ends_at_full_size():
+    from resnetlab.config import ProgressiveResizeConfig
+    from resnetlab.trainer import progressive_size
+
+    pr = ProgressiveResizeConfig(start_size=8, full_at=1.0)
+    assert [progressive_size(e, 4, (16, 16), pr) for e in range(4)] == [(8, 8), (8, 8), (12, 12), None]
+    pr = ProgressiveResizeConfig(start_size=8, full_at=0.5)
+    assert [progressive_size(e, 2, (16, 16), pr) for e in range(2)] == [(8, 8), None]
+
+
+def test_progressive_resize_needs_two_epochs(tmp_path):
+    with pytest.raises(ResnetlabError, match=r"train.progressive_resize needs at least 2 epochs .* this run has 1"):
+        Trainer(tiny("data.name=synthetic:1x16x16:4:160", "data.subset=null", "train.epochs=1",
+                     "train.progressive_resize.start_size=8"), tmp_path / "x", progress=False)  # fmt: skip
+
+
+def test_final_evaluation_runs_on_the_trainers_device(tmp_path, monkeypatch):
+    import resnetlab.evaluate
+
+    devices = []
+    real = resnetlab.evaluate.evaluate
+
+    def recording(*args, **kwargs):
+        devices.append(kwargs.get("device"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(resnetlab.evaluate, "evaluate", recording)
+    train(tiny("train.epochs=1", "train.device=cpu", "output.evaluate_test=true", "output.evaluate_train=true"), tmp_path / "d", progress=False)
+    assert devices == [torch.device("cpu")] * 2  # the trainer's device, not evaluate's "auto" (cuda:0 on a GPU machine)
 
 
 def test_progressive_resize_start_size_must_be_below_the_image_size(tmp_path):

@@ -107,11 +107,11 @@ class DataConfig(_Section):
 class OptimConfig(_Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)  # peak learning rate
-    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only
-    nesterov: bool = False
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD only; with schedule onecycle the momentum cycle replaces it
+    nesterov: bool = False  # SGD with momentum > 0 only (ignored by adam / adamw and without momentum)
     weight_decay: float = Field(5e-4, ge=0)
     exclude_norm_bias: bool = True  # no weight decay on norm and bias parameters
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW; with schedule onecycle the momentum cycle replaces beta1
     body_lr_mult: float = Field(1.0, ge=0)  # lr multiplier of everything but the head (fine-tuning)
 
 
@@ -126,6 +126,9 @@ class ScheduleConfig(_Section):
     pct_start: float = Field(0.25, gt=0, lt=1)  # onecycle: fraction of steps spent warming up
     div_factor: float = Field(25.0, gt=0)  # onecycle: initial lr = lr / div_factor
     final_div_factor: float = Field(1e4, gt=0)  # onecycle: final lr = initial lr / final_div_factor
+    cycle_momentum: bool = True  # onecycle: SGD momentum / Adam beta1 go max -> base -> max as the lr rises and falls (PyTorch's and fastai's default); they replace optim.momentum / betas[0]
+    base_momentum: float = Field(0.85, ge=0, lt=1)  # onecycle: momentum at the lr peak
+    max_momentum: float = Field(0.95, ge=0, lt=1)  # onecycle: momentum at the start and the end
 
 
 class ProgressiveResizeConfig(_Section):
@@ -146,7 +149,7 @@ class TrainConfig(_Section):
     iterations: int | None = Field(None, ge=1)  # total optimizer steps; overrides epochs
     batch_size: int = Field(128, ge=1)
     grad_clip: float | None = Field(None, gt=0)
-    grad_clip_mode: Literal["norm", "value"] = "norm"
+    grad_clip_mode: Literal["norm", "value"] = "norm"  # how train.grad_clip clips (used only when it is set)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     head_only_epochs: int = Field(0, ge=0)  # fine-tune: train only the head for N epochs first
     ema: float | None = Field(None, gt=0, lt=1)  # EMA decay of the weights (evaluated instead)
@@ -205,7 +208,12 @@ class Config(_Section):
                              f"(use model.name=resnet_cifar with model.depth={self.model.depth})")  # fmt: skip
         if self.model.groups is not None and self.model.norm not in ("gn", "gn-torch"):
             raise ValueError(f"model.groups applies only to norm gn or gn-torch, got norm {self.model.norm}")
+        if self.model.head_dropout > 0 and not self.model.head:
+            raise ValueError(f"model.head_dropout applies between the layers of an MLP head; set model.head (e.g. [256]) "
+                             f"or use model.dropout (before the classifier), got head_dropout={self.model.head_dropout}")  # fmt: skip
         s = self.schedule
+        if s.base_momentum > s.max_momentum:
+            raise ValueError(f"schedule.base_momentum={s.base_momentum} must be <= schedule.max_momentum={s.max_momentum}")
         if s.name == "multistep" and s.milestones_unit == "fraction" and not all(0 < m <= 1 for m in s.milestones):
             raise ValueError(f"schedule.milestones are fractions of training in (0, 1] (schedule.milestones_unit=fraction), "
                              f"got {s.milestones}; for steps or epochs set schedule.milestones_unit")  # fmt: skip
@@ -323,13 +331,14 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 
 
 def smoke_config(cfg: Config, subset: int = 256) -> Config:
-    """Scale a config down to a seconds-long run: one epoch on a small stratified subset.
+    """Scale a config down to a seconds-long run: one epoch on a small stratified subset (two with
+    progressive resizing: one small, one at full size).
 
     Keeps the model family, norm, optimizer, schedule and augmentations, so every code path
     the recipe uses is exercised; caps the input size at 64 pixels and the batch at 64.
     """
     data = cfg.model_dump(mode="json")
-    data["train"].update(epochs=1, iterations=None, head_only_epochs=min(cfg.train.head_only_epochs, 0), eval_every=1)
+    data["train"].update(epochs=2 if cfg.train.progressive_resize else 1, iterations=None, head_only_epochs=min(cfg.train.head_only_epochs, 0), eval_every=1)
     data["train"]["batch_size"] = min(cfg.train.batch_size, 64)
     data["data"]["subset"] = subset
     if cfg.data.image_size and cfg.data.image_size > 64:

@@ -6,6 +6,7 @@ warmup and milestones all mean the same thing whatever the batch size.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -14,6 +15,8 @@ from torch import nn
 from resnetlab.config import OptimConfig, ScheduleConfig
 
 __all__ = ["build_optimizer", "build_scheduler", "LRFactor"]
+
+log = logging.getLogger(__name__)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -71,12 +74,22 @@ class LRFactor:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def cycles_momentum(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a one-cycle schedule has a momentum to cycle: SGD with momentum > 0, or Adam's beta1."""
+    return any(g.get("momentum", 0) > 0 or "betas" in g for g in optimizer.param_groups)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int, base_lr: float
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """The schedule of the config, stepped once per optimizer step."""
     if cfg.name == "onecycle":
         max_lrs = [g["lr"] for g in optimizer.param_groups]
+        if cfg.cycle_momentum and cycles_momentum(optimizer):
+            which = "beta1" if "betas" in optimizer.param_groups[0] else "momentum"
+            log.info("onecycle: %s cycles %.2f -> %.2f -> %.2f (schedule.max_momentum / base_momentum; the optimizer's own "
+                     "%s is not used; schedule.cycle_momentum=false keeps it)", which, cfg.max_momentum, cfg.base_momentum,
+                     cfg.max_momentum, which)  # fmt: skip
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=max_lrs,
@@ -85,7 +98,9 @@ def build_scheduler(
             div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor,
             # cycle momentum (or Adam's beta1) only where there is one: momentum=0 stays plain SGD
-            cycle_momentum=any(g.get("momentum", 0) > 0 or "betas" in g for g in optimizer.param_groups),
+            cycle_momentum=cfg.cycle_momentum and cycles_momentum(optimizer),
+            base_momentum=cfg.base_momentum,
+            max_momentum=cfg.max_momentum,
         )
     factor = LRFactor(cfg, total_steps, steps_per_epoch)
     factor.min_ratio = cfg.min_lr / base_lr if base_lr > 0 else 0.0

@@ -224,7 +224,7 @@ class Trainer:
         if bs > len(s.train) // self.world_size:  # each process drops its last partial batch
             raise ConfigError(f"train.batch_size={bs} per process is larger than each of the {self.world_size} processes' "
                               f"share of the training split ({len(s.train) // self.world_size} images); lower it")  # fmt: skip
-        common = dict(mean=self.mean, std=self.std, device=self.device, seed=cfg.seed)
+        common = dict(mean=self.mean, std=self.std, device=self.device, seed=cfg.seed, channels_last=cfg.train.channels_last)
         self.train_loader = build_loader(
             s.train, bs, train=True, augment=cfg.augment, rank=self.rank, world_size=self.world_size, **common
         )
@@ -277,6 +277,9 @@ class Trainer:
         else:
             self.epochs = cfg.train.epochs
             self.total_steps = self.epochs * self.steps_per_epoch
+        if cfg.train.progressive_resize and self.epochs < 2:
+            raise ConfigError(f"train.progressive_resize needs at least 2 epochs (the last one trains at full size), "
+                              f"this run has {self.epochs}; remove it or train longer")  # fmt: skip
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps, self.steps_per_epoch, cfg.optim.lr)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
@@ -520,6 +523,7 @@ class Trainer:
             log.info("epoch %d: progressive resizing, training at %dx%d", epoch + 1, *size)
         t0 = time.perf_counter()
         step = self.start_step
+        step_lr = max(g["lr"] for g in opt.param_groups)
         for x, y, _ in self.train_loader.iter_epoch(epoch, start_step=self.start_step):
             if size is not None:
                 x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -543,6 +547,7 @@ class Trainer:
                 self.scaler.update()
             else:
                 opt.step()
+            step_lr = max(g["lr"] for g in opt.param_groups)  # the lr this step used (a Python float: no sync)
             sched.step()
             for m in bin_norms:  # keep Batch-Instance Norm gates in [0, 1]
                 m.clamp_()
@@ -583,7 +588,7 @@ class Trainer:
         row: dict[str, Any] = {
             "epoch": self.epoch,
             "step": self.global_step,
-            "lr": max(g["lr"] for g in opt.param_groups),  # the head's (peak) learning rate
+            "lr": step_lr,  # the head's (peak) learning rate in the epoch's last step
             "train_loss": (sums[0] / sums[2]).item(),
             "train_acc": (sums[1] / sums[2]).item(),
             "val_loss": None,
@@ -632,7 +637,8 @@ def progressive_size(epoch: int, epochs: int, full: Sequence[int], pr: Progressi
     """Training (height, width) of a 0-based epoch under progressive resizing, or None at full size.
 
     The height grows linearly from ``pr.start_size`` at epoch 0 to the full height at epoch
-    ``round(pr.full_at * epochs)``, rounded down to a multiple of ``pr.multiple`` (never below
+    ``round(pr.full_at * epochs)`` (at the latest the last epoch: evaluation is at full size, so
+    training ends there), rounded down to a multiple of ``pr.multiple`` (never below
     ``pr.start_size``); the width keeps the aspect ratio.
 
     Example:
@@ -644,7 +650,7 @@ def progressive_size(epoch: int, epochs: int, full: Sequence[int], pr: Progressi
     if pr is None:
         return None
     full_h, full_w = int(full[0]), int(full[1])
-    full_epoch = max(1, round(pr.full_at * epochs))
+    full_epoch = min(max(1, round(pr.full_at * epochs)), epochs - 1)
     if epoch >= full_epoch:
         return None
     h = pr.start_size + (full_h - pr.start_size) * epoch / full_epoch
@@ -683,23 +689,24 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise ResnetlabError(f"output folder {run_dir} is not writable ({exc.strerror or exc}); choose another with --out") from None
 
 
-def finish_run(run_dir: Path, cfg: Config, splits=None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def finish_run(run_dir: Path, cfg: Config, splits=None, device: str | torch.device | None = None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Evaluate the best checkpoint on the test split (and the training split with
     ``output.evaluate_train``) and build the report (rank 0).
 
     ``splits`` is the dataset the trainer loaded; evaluation and the report use it instead of
     loading it again (``None``: rebuilt from the checkpoint). Both log their own result lines.
-    Returns the training-split and test-split metrics (``None`` for a split not evaluated).
+    ``device`` is where evaluation runs: the trainer's (default: ``train.device``). Returns the training-split and test-split metrics (``None`` for a split not evaluated).
     """
     from resnetlab.evaluate import evaluate
     from resnetlab.runtime import restore_malloc
 
     restore_malloc()  # training is over: glibc's own behaviour for evaluation and the report
     train_metrics = test_metrics = None
+    device = cfg.train.device if device is None else device
     if cfg.output.evaluate_train:
-        train_metrics = evaluate(run_dir, split="train", data_root=cfg.data.root, splits=splits)
+        train_metrics = evaluate(run_dir, split="train", data_root=cfg.data.root, splits=splits, device=device)
     if cfg.output.evaluate_test:
-        test_metrics = evaluate(run_dir, split="test", data_root=cfg.data.root, splits=splits)
+        test_metrics = evaluate(run_dir, split="test", data_root=cfg.data.root, splits=splits, device=device)
     if cfg.output.report:
         from resnetlab.report import build_report
 
@@ -768,7 +775,7 @@ def _fit_and_finish(trainer: Trainer, cfg: Config, run_dir: Path) -> FitResult:
     if trainer.world_size > 1:
         check_ranks_in_sync(trainer)
     if trainer.is_main:
-        result.train_metrics, result.test_metrics = finish_run(run_dir, cfg, trainer.splits)
+        result.train_metrics, result.test_metrics = finish_run(run_dir, cfg, trainer.splits, trainer.device)
     if trainer.world_size > 1:
         torch.distributed.barrier()
     return result

@@ -84,6 +84,7 @@ class _BaseLoader:
         rank: int,
         world_size: int,
         threads: int | None = 1,
+        channels_last: bool = True,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch_size={batch_size!r} must be an int >= 1")
@@ -100,6 +101,7 @@ class _BaseLoader:
         # little, and on a busy machine the thread barriers cost 3-10x (measured on the 2-core CI
         # box under load; see docs/BENCHMARKS.md). The model step keeps the caller's setting.
         self.threads = threads if self.device.type == "cpu" else None
+        self.channels_last = bool(channels_last)
         c = imageset.image_shape[0]
         mean = [0.0] * c if mean is None else list(mean)
         std = [1.0] * c if std is None else list(std)
@@ -162,7 +164,7 @@ class _BaseLoader:
         # broadcasting over NHWC's short inner dimension is ~10x slower on CPU.
         flat = x.permute(0, 2, 3, 1).view(x.shape[0], -1)
         flat.mul_(scale).add_(bias)
-        return x
+        return x if self.channels_last else x.contiguous()  # NCHW on request (one copy per batch)
 
     def _affine(self, shape: torch.Size, k: float) -> tuple[torch.Tensor, torch.Tensor]:
         key = (int(shape[2]), int(shape[3]), k)
@@ -324,6 +326,7 @@ def build_loader(
     world_size: int = 1,
     num_workers: int = 2,
     threads: int | None = 1,
+    channels_last: bool = True,
 ) -> BatchLoader | StreamLoader:
     """A loader for ``imageset``: the in-memory fast path, or streaming for file-backed sets.
 
@@ -340,6 +343,8 @@ def build_loader(
         num_workers: decode processes for streaming sets (ignored by the fast path).
         threads: torch intra-op threads while a batch is assembled on CPU (``None``: the
             caller's setting). The default 1 is faster for CIFAR-sized batches on a busy machine.
+        channels_last: return NHWC memory (faster convolutions); ``False`` returns contiguous
+            NCHW batches (assembly still runs in NHWC, then one copy).
 
     Example:
         >>> from resnetlab.data import load_dataset
@@ -350,7 +355,8 @@ def build_loader(
         (torch.Size([64, 3, 32, 32]), 4)
     """
     common = dict(batch_size=batch_size, train=train, augment=augment, mean=mean, std=std, device=device,
-                  seed=seed, drop_last=drop_last, rank=rank, world_size=world_size, threads=threads)
+                  seed=seed, drop_last=drop_last, rank=rank, world_size=world_size, threads=threads,
+                  channels_last=channels_last)  # fmt: skip
     if imageset.in_memory:
         return BatchLoader(imageset, **common)
     return StreamLoader(imageset, num_workers=num_workers, **common)
