@@ -139,3 +139,8 @@ def test_augment_preview_cli_grid(tmp_path, capsys):
     before = out.read_bytes()
     assert main(["augment-preview", "--data", "digits", "--aug", "flip", "--out", str(out)]) == 2
     assert "already exists; use --overwrite" in capsys.readouterr().err and out.read_bytes() == before
+    # without a suffix the file is grid.png (matplotlib's): refused the same way, and named as written
+    assert main(["augment-preview", "--data", "digits", "--aug", "flip", "--out", str(tmp_path / "grid")]) == 2
+    assert "grid.png already exists" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["augment-preview", "--data", "digits", "--aug", "flip", "--out", str(tmp_path / "g2")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'g2.png'}" and (tmp_path / "g2.png").is_file()

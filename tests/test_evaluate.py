@@ -138,6 +138,11 @@ def test_last_checkpoint_evaluates_beside_the_best_ones_result(run):
     # the report reads eval/<split> as the best checkpoint's result: --which last must not replace it
     assert best["out_dir"] == str(run / "eval" / "val") and last["out_dir"] == str(run / "eval" / "val-last")
     assert json.loads((run / "eval" / "val" / "metrics.json").read_text())["accuracy"] == best["accuracy"]
+    # the folder follows the checkpoint actually loaded, however it was named
+    by_path = evaluate(run / "checkpoints" / "last", split="val", device="cpu")
+    assert by_path["out_dir"] == str(run / "eval" / "val-last") and by_path["accuracy"] == last["accuracy"]
+    assert evaluate(run / "checkpoints" / "best", split="val", which="last", device="cpu")["out_dir"] == str(run / "eval" / "val")
+    assert json.loads((run / "eval" / "val" / "metrics.json").read_text())["accuracy"] == best["accuracy"]
 
 
 def test_cli_evaluate_json_prints_one_object(run, capsys):

@@ -238,7 +238,7 @@ def test_stage_activations_shapes():
         stage_activations(model, torch.randn(1, 1, 28, 28), ["layer4"])
 
 
-def test_activation_maps_converts_rgb_with_notice(digits_run, tmp_path, caplog):
+def test_activation_maps_converts_rgb_with_notice(digits_run, tmp_path, caplog, capsys):
     run, _, _ = digits_run
     img = tmp_path / "rgb.png"
     Image.fromarray((np.random.default_rng(0).random((24, 20, 3)) * 255).astype(np.uint8)).save(img)
@@ -256,6 +256,13 @@ def test_activation_maps_converts_rgb_with_notice(digits_run, tmp_path, caplog):
     assert rc == 2
     rc = main(["activations", str(run), str(img), "--out", str(tmp_path / "a.png"), "--overwrite"])
     assert rc == 0 and (tmp_path / "a.png").exists()
+    # no suffix: matplotlib writes a.png, so that is the file the refusal protects and the path printed
+    before = (tmp_path / "a.png").read_bytes()
+    capsys.readouterr()
+    assert main(["activations", str(run), str(img), "--out", str(tmp_path / "a"), "--layers", "layer1"]) == 2
+    assert "a.png already exists" in capsys.readouterr().err and (tmp_path / "a.png").read_bytes() == before
+    assert main(["activations", str(run), str(img), "--out", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "b.png") and (tmp_path / "b.png").exists()
     rc = main(["activations", str(run), str(tmp_path / "missing.png")])
     assert rc == 2
 

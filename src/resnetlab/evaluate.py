@@ -372,8 +372,9 @@ def evaluate(
 
     if out_dir is None:
         run = run_dir_of(ckpt.path)
-        # the run's report reads eval/<split> as the best checkpoint's result: another one goes beside it
-        folder = split if which == "best" or run is None else f"{split}-{which}"
+        # the run's report reads eval/<split> as the best checkpoint's result: another one goes beside
+        # it, named after the checkpoint actually loaded (a checkpoints/last path, or --which last)
+        folder = split if run is None or ckpt.path.name == "best" else f"{split}-{ckpt.path.name}"
         out = (run if run is not None else ckpt.path) / "eval" / folder
     else:
         out = Path(out_dir)

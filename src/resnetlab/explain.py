@@ -556,7 +556,7 @@ def activation_maps(
         PosixPath('runs/demo/explain/activations_shoe.png')
     """
     from resnetlab.checkpoint import Checkpoint, load_checkpoint
-    from resnetlab.data.images import preprocess
+    from resnetlab.data.images import png_path, preprocess
     from resnetlab.evaluate import resolve_device, run_dir_of
     from resnetlab.predict import load_as_evaluated
 
@@ -595,7 +595,7 @@ def activation_maps(
     if out is None:
         run = run_dir_of(ckpt.path)
         out = (run if run is not None else ckpt.path) / "explain" / f"activations_{_slug(Path(image_path).stem)}.png"
-    out = Path(out)
+    out = png_path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=110)

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from collections.abc import Sequence
 
 import torch
 
 from resnetlab.errors import DataError
+
+
+def png_path(path: str | os.PathLike) -> Path:
+    """Where a figure saved to ``path`` lands: matplotlib adds ``.png`` to a name without a suffix."""
+    p = Path(path)
+    return p if p.suffix else p.with_name(p.name + ".png")
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ import torch
 
 from resnetlab.data.augment import BatchAugment, parse_augment
 from resnetlab.data.datasets import DatasetSplits
+from resnetlab.data.images import png_path
 from resnetlab.data.loader import derive_seed
 from resnetlab.errors import DataError
 
@@ -75,7 +76,7 @@ def augment_preview(splits: DatasetSplits, spec: Any, out: str | os.PathLike, n:
             if i == 0:
                 ax.set_title(title, fontsize=7)
     fig.tight_layout()
-    out = Path(out)
+    out = png_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
