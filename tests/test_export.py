@@ -155,7 +155,10 @@ def test_predict_torch_compile_backend_equals_torch(ckpt_dir, tmp_path):
         (["--format", "tflite"], "unknown export format 'tflite'"),
         (["--format", "onnx", "--batch-size", "0"], "batch size must be 'dynamic' or an integer >= 1"),
         (["--format", "onnx", "--batch-size", "big"], "batch size must be 'dynamic'"),
-        (["--format", "onnx", "--opset", "13"], "ONNX opset must be >= 18"),
+        (["--format", "onnx", "--opset", "13"], "ONNX opset must be 18.."),
+        (["--format", "onnx", "--opset", "99"], "ONNX opset must be 18.."),  # was a library traceback, then a late error
+        (["--format", "torchscript", "--opset", "5"], "--opset applies only to --format onnx"),  # was ignored
+        (["--format", "onnx", "--no-fold"], "--no-fold applies only to --format torchscript"),  # was ignored
     ],
 )
 def test_export_bad_args_one_line_exit_2(ckpt_dir, tmp_path, capsys, extra, needle):

@@ -170,8 +170,18 @@ def export_model(
         raise ValueError(f"--out must be a file path, got the directory {str(out)!r}")
     if not overwrite and (out.exists() or sidecar_path(out).exists()):
         raise ValueError(f"{out} already exists; use --overwrite to replace it (and {sidecar_path(out).name}), or another --out")
-    if fmt == "onnx" and opset is not None and not MIN_OPSET <= opset:
-        raise ValueError(f"ONNX opset must be >= {MIN_OPSET} (the exporter's lowest; it does not convert down), got {opset}")
+    if fmt != "onnx" and opset is not None:
+        raise ValueError(f"--opset applies only to --format onnx, got --format {fmt}")
+    if fmt == "onnx" and not fold:
+        raise ValueError("--no-fold applies only to --format torchscript: the ONNX exporter folds batch norm into the "
+                         "convolutions itself")  # fmt: skip
+    if fmt == "onnx" and opset is not None:
+        import onnx
+
+        newest = onnx.defs.onnx_opset_version()
+        if not MIN_OPSET <= opset <= newest:
+            raise ValueError(f"ONNX opset must be {MIN_OPSET}..{newest} (the exporter does not convert down; {newest} is the "
+                             f"newest this onnx knows), got {opset}")  # fmt: skip
 
     ckpt = load_checkpoint(checkpoint_or_run, which=which, device="cpu")
     reference = ckpt.model.eval()

@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="output file, e.g. model.onnx or model.pt")
     p.add_argument("--batch-size", default="dynamic", help="'dynamic' (default) or a fixed integer")
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder (default: best)")
-    p.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True, help="fold batch norms (default: on)")
+    p.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True, help="fold batch norms (default: on; ONNX always folds: --no-fold is for torchscript)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset, >= 18 (default: the exporter's)")
     p.add_argument("--atol", type=float, default=1e-4, help="largest allowed logit difference (default: 1e-4)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing FILE and FILE.json")
