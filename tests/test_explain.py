@@ -200,6 +200,21 @@ def test_explain_galleries_match_predictions(digits_run):
     assert "](explain/gallery_000_0.png)" in md and "| true | predicted |" in md
 
 
+def test_explain_of_the_last_checkpoint_goes_beside_the_best_ones(digits_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run[0], run)
+    shutil.copytree(run / "checkpoints" / "best", run / "checkpoints" / "last")
+    explain(run, n_per_class=1, n_pairs=1, n_top_loss=1)
+    before = (run / "report_sections" / "explain.html").read_bytes()
+    last = explain(run, which="last", n_per_class=1, n_pairs=1, n_top_loss=1)
+    # the report shows the best checkpoint: its explanations and section are untouched
+    assert last["files"]["html"] == str(run / "explain-last" / "explain.html")
+    assert (run / "report_sections" / "explain.html").read_bytes() == before
+    assert (run / "explain-last" / "summary.json").is_file()
+
+
 def test_explain_bad_layer_and_split(digits_run):
     run, _, _ = digits_run
     with pytest.raises(ValueError, match=r"unknown layer 'layer4'.*allowed: layer1, layer2, layer3, stem"):

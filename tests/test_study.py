@@ -276,6 +276,14 @@ def test_seeds_flag_and_max_cells(finished, tmp_path):
     assert [r["cell"] for r in result.rows] == ["norm=bn"] and result.rows[0]["n"] == 1
     assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.is_dir() and p.name != "study_files") == ["norm=bn"]
     assert not (tmp_path / "o" / "norm=bn" / "seed1").exists()
+    # the recorded command reproduces this report, not the whole study
+    assert "--seeds 1 --out" in (tmp_path / "o" / "study.md").read_text() and "--max-cells 1" in (tmp_path / "o" / "study.md").read_text()
+
+
+def test_empty_study_file_is_refused(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match=r"study file .*empty.yaml is empty; a study needs at least a grid or cells"):
+        st.load_study(tmp_path / "empty.yaml")
 
 
 def test_cli_study(finished, tmp_path, capsys):

@@ -301,9 +301,9 @@ def explain(
         method: one of :data:`METHODS`.
         layer: the stage the CAM methods look at (default: the last stage of the model).
         n_per_class: images per gallery row (correct / incorrect), and per confused pair.
-        out_dir: default ``<run>/explain``. The report section goes to ``<run>/report_sections``
-            (read by the run's report) when ``out_dir`` is inside the run folder, else into
-            ``out_dir`` itself.
+        out_dir: default ``<run>/explain`` (``<run>/explain-last`` for the last checkpoint). The
+            best checkpoint's report section goes to ``<run>/report_sections`` (read by the run's
+            report) when ``out_dir`` is inside the run folder; otherwise into ``out_dir`` itself.
         data_root: dataset root, replacing the recorded one.
         n_pairs: how many most-confused class pairs to show.
         n_top_loss: how many highest-loss examples to show.
@@ -376,10 +376,12 @@ def explain(
     # 3. files
     run = run_dir_of(ckpt.path)
     base = run if run is not None else ckpt.path
-    out = Path(out_dir) if out_dir is not None else base / "explain"
-    # Inside the run folder the section goes where the run's report reads it; an --out elsewhere
-    # keeps everything in that folder (nothing is written beside it, nor into the run).
-    inside = out.resolve().is_relative_to(base.resolve())
+    # The run's report shows the best checkpoint: another one (--which last) explains beside it.
+    is_best = run is None or ckpt.path.name == "best"
+    out = Path(out_dir) if out_dir is not None else base / ("explain" if is_best else f"explain-{ckpt.path.name}")
+    # Inside the run folder the best checkpoint's section goes where the run's report reads it;
+    # anything else keeps its section in its own folder (nothing written beside an --out elsewhere).
+    inside = is_best and out.resolve().is_relative_to(base.resolve())
     sections = base / "report_sections" if inside else out
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -162,6 +162,8 @@ def load_study(path: str | os.PathLike, seeds: int | None = None, overrides: lis
     base_overrides = overrides
     path = Path(path)
     data = read_yaml(path)
+    if not data:
+        raise ConfigError(f"study file {path} is empty; a study needs at least a grid or cells (see recipes/study-*.yaml)")
     unknown = [k for k in data if k not in STUDY_KEYS]
     if unknown:
         raise ConfigError(f"study {path}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], STUDY_KEYS)} (allowed: {', '.join(STUDY_KEYS)})")
@@ -571,7 +573,7 @@ def run_study(
     rows = summarize(cells, runs)
     failed_cells = {name.rsplit("/seed", 1)[0] for name in failed}
     best = select_best([r for r in rows if r["cell"] not in failed_cells])
-    write_study_report(out_dir, spec, cells, rows, runs, best, smoke=smoke, command=_command_line(spec, smoke, out_dir, jobs), failed=failed)
+    write_study_report(out_dir, spec, cells, rows, runs, best, smoke=smoke, command=_command_line(spec, smoke, out_dir, jobs, max_cells), failed=failed)
     if failures:
         name, first = next(iter(failed.items()))
         raise ResnetlabError(
@@ -591,12 +593,14 @@ def _smoke_fallback_cached(cfg: Config, cache: dict[str, Config]) -> Config:
     return config_from_dict(d)
 
 
-def _command_line(spec: StudySpec, smoke: bool, out_dir: Path, jobs: int = 1) -> str:
+def _command_line(spec: StudySpec, smoke: bool, out_dir: Path, jobs: int = 1, max_cells: int | None = None) -> str:
     parts = ["resnetlab", "study", str(spec.path) if spec.path else spec.name]
     if smoke:
         parts.append("--smoke")
     parts += [f"--set {o}" for o in spec.overrides]
     parts += ["--seeds", str(spec.seeds), "--out", str(out_dir)]
+    if max_cells is not None:  # the report covers only these cells
+        parts += ["--max-cells", str(max_cells)]
     if jobs != 1:  # does not change accuracies, but the time and images/s columns
         parts += ["--jobs", str(jobs)]
     return " ".join(parts)
