@@ -68,7 +68,7 @@ def test_models_table(capsys):
 
 def test_models_pattern_without_match(capsys):
     capsys.readouterr()
-    assert cli.main(["models", "--json", "vgg*"]) == 0
+    assert cli.main(["models", "--json", "vgg*"]) == 1  # like text mode (and grep): no match is exit 1
     assert json.loads(capsys.readouterr().out) == []
     assert cli.main(["models", "vgg*"]) == 1
     assert "no model matches 'vgg*'" in capsys.readouterr().out
@@ -112,3 +112,12 @@ def test_library_error_from_create_model_becomes_one_cli_line(capsys, monkeypatc
     assert cli.main(["models"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith("error: unknown model 'resnet_cifar_typo'; did you mean 'resnet_cifar'")
+
+
+def test_models_filter_by_family():
+    from resnetlab.models import list_models, model_info
+
+    cifar = list_models("cifar")
+    assert "resnet20" in cifar and "resnet110" in cifar and "resnet38_bottleneck_cifar" in cifar and "resnet18" not in cifar
+    assert all(model_info(n).family == "cifar" or "cifar" in n for n in cifar)
+    assert list_models("imagenet") == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]

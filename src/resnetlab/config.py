@@ -200,7 +200,8 @@ class Config(_Section):
         from resnetlab.norms import NORM_NAMES
 
         if self.model.name not in list_models():
-            raise ValueError(f"model.name: unknown model {self.model.name!r}{did_you_mean(self.model.name, list_models())}")
+            raise ValueError(f"model.name: unknown model {self.model.name!r}{did_you_mean(self.model.name, list_models())} "
+                             f"(allowed: {', '.join(list_models())})")  # fmt: skip
         if self.model.norm not in NORM_NAMES:
             raise ValueError(f"model.norm: unknown norm {self.model.norm!r}{did_you_mean(self.model.norm, NORM_NAMES)} (allowed: {', '.join(NORM_NAMES)})")
         if self.model.depth is not None and self.model.name != "resnet_cifar":

@@ -455,6 +455,8 @@ def build_report(
     from resnetlab.evaluate import plot_confusion_matrix
 
     run = Path(run_dir).expanduser()
+    if run.exists() and not run.is_dir():
+        raise ResnetlabError(f"{run} is a file; give a run folder (the --out of a training run)")
     if not run.is_dir():
         raise ResnetlabError(f"run folder not found: {run}")
     if not any((run / n).exists() for n in ("config.yaml", "metrics.csv", "checkpoints")):

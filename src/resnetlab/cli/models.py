@@ -7,7 +7,8 @@ import json
 
 def register(sub) -> None:
     p = sub.add_parser("models", help="list the registered models with parameters and FLOPs")
-    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'resnet*' or 'cifar'")
+    p.add_argument("pattern", nargs="?", default=None,
+                   help="filter: shell-style ('resnet*'), part of a name ('bottleneck') or a family ('cifar', 'imagenet')")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=run)
 
@@ -18,7 +19,7 @@ def run(args) -> int:
     rows = describe_models(args.pattern)
     if args.json:
         print(json.dumps([{k: r[k] for k in ("name", "params", "flops", "input_size")} for r in rows], indent=2))
-        return 0
+        return 0 if rows else 1  # no match: exit 1, as in text mode
     if not rows:
         print(f"no model matches {args.pattern!r}")
         return 1

@@ -152,6 +152,8 @@ def load_images(paths: Sequence[str | os.PathLike], size: int | Sequence[int], c
     out = []
     for p in paths:
         p = os.fspath(p)
+        if os.path.isdir(p):
+            raise DataError(f"{p!r} is a folder; give an image file")
         if not os.path.isfile(p):
             raise DataError(f"image file {p!r} does not exist")
         try:

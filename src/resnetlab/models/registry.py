@@ -42,10 +42,12 @@ def register_model(input_size: tuple[int, int, int], family: str):
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names, optionally filtered by a shell-style pattern (``"resnet*"``)."""
+    """Registered model names, optionally filtered by a shell-style pattern (``"resnet*"``), a
+    substring of the name (``"bottleneck"``) or a family name (``"cifar"``, ``"imagenet"``)."""
     names = sorted(_REGISTRY, key=_natural_key)
     if pattern:
-        names = [n for n in names if fnmatch.fnmatch(n, pattern) or (not any(c in pattern for c in "*?[") and pattern in n)]
+        plain = not any(c in pattern for c in "*?[")
+        names = [n for n in names if fnmatch.fnmatch(n, pattern) or (plain and (pattern in n or pattern == _REGISTRY[n].family))]
     return names
 
 
