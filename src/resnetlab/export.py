@@ -322,13 +322,25 @@ class OnnxClassifier:
             raise ResnetlabError(f"cannot load ONNX model {self.path}: {str(exc).splitlines()[0]}") from exc
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        batch = self.session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None  # an export with --batch-size N
 
     def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Logits (B, K) for a normalized float32 batch (B, C, H, W)."""
+        """Logits (B, K) for a normalized float32 batch (B, C, H, W), of any B: a fixed-batch
+        model is run on slices of its batch size, the last one zero-padded and trimmed."""
         if isinstance(x, torch.Tensor):
             x = x.detach().cpu().contiguous().numpy()
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        n = self.fixed_batch
+        if n is None or len(x) == n:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        outs = []
+        for start in range(0, len(x), n):
+            part = x[start : start + n]
+            if len(part) < n:
+                part = np.concatenate([part, np.zeros((n - len(part), *part.shape[1:]), dtype=np.float32)])
+            outs.append(self.session.run([self.output_name], {self.input_name: part})[0])
+        return np.concatenate(outs)[: len(x)]
 
 
 def onnx_backend(source, device: torch.device, which: str = "best"):
