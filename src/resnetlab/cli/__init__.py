@@ -32,12 +32,22 @@ def _discover(subparsers) -> None:
             register(subparsers)
 
 
-def refuse_existing_out(path: str | None, overwrite: bool) -> None:
-    """A command's ``--out FILE`` must not replace a file that is already there, unless asked."""
-    if path is not None and os.path.lexists(path) and not overwrite:
+def refuse_existing_out(path: str | None, overwrite: bool) -> str | None:
+    """A command's ``--out FILE.png`` must not replace a file that is already there, unless asked.
+
+    Returns the path the figure will be written to (matplotlib adds ``.png`` to a name without a
+    suffix, so that is the file checked and reported).
+    """
+    if path is None:
+        return None
+    from resnetlab.data.images import png_path
+
+    path = str(png_path(path))
+    if os.path.lexists(path) and not overwrite:
         from resnetlab.errors import ResnetlabError
 
         raise ResnetlabError(f"{path} already exists; use --overwrite to replace it, or another --out")
+    return path
 
 
 class _Parser(argparse.ArgumentParser):

@@ -20,11 +20,7 @@ def run(args) -> int:
     from resnetlab.cli import refuse_existing_out
     from resnetlab.explain import activation_maps
 
-    from resnetlab.data.images import png_path
-
-    if args.out is not None:
-        args.out = str(png_path(args.out))  # the file matplotlib will write ("grid" -> "grid.png")
-    refuse_existing_out(args.out, args.overwrite)
+    args.out = refuse_existing_out(args.out, args.overwrite)
     path = activation_maps(args.checkpoint, args.image, out=args.out, layers=args.layers,
                            max_channels=args.channels, device=args.device, which=args.which)
     print(path)

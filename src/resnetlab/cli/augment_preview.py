@@ -25,11 +25,7 @@ def run(args) -> int:
     from resnetlab.data import load_dataset
     from resnetlab.data.preview import augment_preview
 
-    from resnetlab.data.images import png_path
-
-    if args.out is not None:
-        args.out = str(png_path(args.out))  # the file matplotlib will write ("grid" -> "grid.png")
-    refuse_existing_out(args.out, args.overwrite)
+    args.out = refuse_existing_out(args.out, args.overwrite)
     splits = load_dataset(args.data, root=args.data_root, image_size=args.image_size, val_fraction=0.0)
     path = augment_preview(splits, args.aug, args.out, n=args.n, seed=args.seed)
     print(f"wrote {path}")
