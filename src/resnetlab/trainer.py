@@ -695,7 +695,8 @@ def finish_run(run_dir: Path, cfg: Config, splits=None, device: str | torch.devi
 
     ``splits`` is the dataset the trainer loaded; evaluation and the report use it instead of
     loading it again (``None``: rebuilt from the checkpoint). Both log their own result lines.
-    ``device`` is where evaluation runs: the trainer's (default: ``train.device``). Returns the training-split and test-split metrics (``None`` for a split not evaluated).
+    ``device`` is where evaluation runs: the trainer's (default: ``train.device``).
+    Returns the training-split and test-split metrics (``None`` for a split not evaluated).
     """
     from resnetlab.evaluate import evaluate
     from resnetlab.runtime import restore_malloc
