@@ -176,7 +176,14 @@ CASES = {
     "predict a non-image": (lambda c: ["predict", str(c.run), str(c.file)], ["cannot read image", "a file.txt"]),
     "predict a missing image": (lambda c: ["predict", str(c.run), str(c.tmp / "none.png")], ["does not exist"]),
     "predict an empty folder": (lambda c: ["predict", str(c.run), str(c.empty)], ["no image files in directory"]),
-    "predict top-k 0": (lambda c: ["predict", str(c.run), str(c.img), "--top-k", "0"], ["top_k must be an integer >= 1, got 0"]),
+    "predict top-k 0": (lambda c: ["predict", str(c.run), str(c.img), "--top-k", "0"], ["argument --top-k: must be an integer >= 1, got '0'"]),
+    # integer flags name the flag typed, not the library's parameter (n_per_class, max_channels, ...)
+    "explain n 0": (lambda c: ["explain", str(c.run), "--n", "0"], ["resnetlab explain: argument --n: must be an integer >= 1, got '0'"]),
+    "explain pairs -1": (lambda c: ["explain", str(c.run), "--pairs", "-1"], ["argument --pairs: must be an integer >= 0, got '-1'"]),
+    "activations channels 0": (lambda c: ["activations", str(c.run), str(c.img), "--channels", "0"], ["argument --channels: must be an integer >= 1, got '0'"]),
+    "evaluate batch size 0": (lambda c: ["evaluate", str(c.run), "--batch-size", "0"], ["argument --batch-size: must be an integer >= 1, got '0'"]),
+    "study seeds 0": (lambda c: ["study", str(c.file), "--seeds", "0"], ["argument --seeds: must be an integer >= 1, got '0'"]),
+    "image size not a number": (lambda c: ["train", "--image-size", "big"], ["argument --image-size: must be an integer >= 1, got 'big'"]),
     "explain unknown layer": (lambda c: ["explain", str(c.run), "--layer", "layer9", "--out", str(c.tmp / "ex")], ["unknown layer 'layer9'", "allowed: layer1, layer2, layer3, stem"]),
     # -- the command line itself (argparse) ------------------------------------------------------
     "unknown option": (lambda c: ["train", "--epochz", "3"], ["resnetlab train: unrecognized arguments: --epochz 3", "see: resnetlab train --help"]),

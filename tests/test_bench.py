@@ -60,9 +60,10 @@ def test_matmul_gflops_is_plausible():
     [
         (["--input-size", "3x32"], "input size must be CxHxW"),
         (["--model", "resnet21"], "unknown model 'resnet21'"),
-        (["--batch-size", "0"], "batch_size must be an integer >= 1"),
-        (["--threads", "0"], "threads must be >= 1, got 0"),
-        (["--matmul-size", "0"], "matmul_size must be an integer >= 1, got 0"),
+        (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got '0'"),
+        (["--threads", "0"], "argument --threads: must be an integer >= 1, got '0'"),
+        (["--warmup", "-1"], "argument --warmup: must be an integer >= 0, got '-1'"),
+        (["--matmul-size", "0"], "argument --matmul-size: must be an integer >= 1, got '0'"),
         (["--device", "bogus"], "device: unknown device 'bogus' (allowed: auto, cpu, cuda, cuda:N)"),
     ],
 )

@@ -164,7 +164,7 @@ def test_bad_inputs_are_one_line_errors(shapes_run, tmp_path, capsys):
     msg = _cli_error(capsys, ["predict", str(tmp_path / "no-run"), str(bogus)])
     assert "not found" in msg
     msg = _cli_error(capsys, ["predict", str(run), str(bogus), "--top-k", "0"])
-    assert "top_k must be an integer >= 1, got 0" in msg
+    assert "argument --top-k: must be an integer >= 1, got '0'" in msg
     empty = tmp_path / "empty"
     empty.mkdir()
     msg = _cli_error(capsys, ["predict", str(run), str(empty)])

@@ -300,7 +300,7 @@ def test_cli_study(finished, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: config file not found") and err.count("\n") == 1
     assert main(["study", str(path), "--jobs", "0", "--out", str(tmp_path / "o")]) == 2
-    assert "jobs must be an integer >= 1" in capsys.readouterr().err
+    assert "argument --jobs/-j: must be an integer >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_set_overrides_change_every_cell_base(tmp_path):

@@ -50,6 +50,24 @@ def refuse_existing_out(path: str | None, overwrite: bool) -> str | None:
     return path
 
 
+def int_at_least(low: int):
+    """argparse ``type=`` for an integer flag with a lower bound, so the error names the flag the
+    user typed (``argument --top-k: must be an integer >= 1, got '0'``), not the library's
+    parameter. The library functions check their parameters again for callers from Python."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the project's error format: one ``error: ...`` line naming the command and
     pointing at its ``--help``, exit code 2, instead of the usage block plus a line.

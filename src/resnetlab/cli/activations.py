@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from resnetlab.cli import int_at_least
+
 
 def register(sub) -> None:
     p = sub.add_parser("activations", help="feature maps of each stage (stem, layer1, ...) for one image")
@@ -10,7 +12,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="PNG to write (default <run>/explain/activations_<image>.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--layers", nargs="+", default=None, help="stages to show (default: all)")
-    p.add_argument("--channels", type=int, default=16, help="most active channels shown per stage (default 16)")
+    p.add_argument("--channels", type=int_at_least(1), default=16, help="most active channels shown per stage (default 16)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=run)

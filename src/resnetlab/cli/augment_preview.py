@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from resnetlab.cli import int_at_least
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -10,12 +12,12 @@ def register(sub) -> None:
     )
     p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH, synthetic")
     p.add_argument("--data-root", help="folder holding the datasets")
-    p.add_argument("--image-size", type=int, help="resize images to this square size")
+    p.add_argument("--image-size", type=int_at_least(1), help="resize images to this square size")
     p.add_argument("--aug", action="append", required=True, metavar="SPEC",
                    help="augmentation(s), e.g. 'crop:padding=4' or 'crop flip' (repeatable)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="FILE.png", help="where to write the grid")
     p.add_argument("--overwrite", action="store_true", help="replace an existing FILE.png")
-    p.add_argument("--n", type=int, default=6, help="number of sample images (rows)")
+    p.add_argument("--n", type=int_at_least(1), default=6, help="number of sample images (rows)")
     p.add_argument("--seed", type=int, default=0, help="picks the samples and the random parameters")
     p.set_defaults(func=run)
 

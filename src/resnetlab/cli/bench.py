@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from resnetlab.cli import int_at_least
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -15,11 +17,11 @@ def register(sub) -> None:
         "the training step reaches (3 x forward FLOPs per image).",
     )
     p.add_argument("--model", default="resnet20", help="registered model name (default: resnet20)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per step (default: 128)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=128, help="images per step (default: 128)")
     p.add_argument("--input-size", default="3x32x32", help="CxHxW (default: 3x32x32)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per window (default: 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
-    p.add_argument("--repeats", type=int, default=3, help="timed windows, the best counts (default: 3)")
+    p.add_argument("--steps", type=int_at_least(1), default=20, help="timed steps per window (default: 20)")
+    p.add_argument("--warmup", type=int_at_least(0), default=3, help="untimed steps first (default: 3)")
+    p.add_argument("--repeats", type=int_at_least(1), default=3, help="timed windows, the best counts (default: 3)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     p.add_argument(
         "--channels-last",
@@ -28,8 +30,8 @@ def register(sub) -> None:
         help="NHWC training and optimized inference (default: on)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
-    p.add_argument("--matmul-size", type=int, default=2048, help="side of the roof matmul (default: 2048)")
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="intra-op threads (default: all cores)")
+    p.add_argument("--matmul-size", type=int_at_least(1), default=2048, help="side of the roof matmul (default: 2048)")
     p.add_argument("--norm", default=None, help="norm layer for the model (default: the model's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

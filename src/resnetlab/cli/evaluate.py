@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from resnetlab.cli import int_at_least
 from resnetlab.metrics import METRIC_KEYS
 
 # Keys of the --json object, in order (the contract of issue 4).
@@ -23,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--data-root", default=None, metavar="DIR", help="dataset root, replacing the one in the checkpoint")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <run>/eval/<split>)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=256, help="images per forward pass (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.set_defaults(func=run)
 

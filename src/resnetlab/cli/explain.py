@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from resnetlab.cli import int_at_least
+
 
 def register(sub) -> None:
     from resnetlab.explain import METHODS
@@ -11,14 +13,14 @@ def register(sub) -> None:
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to explain (default test)")
     p.add_argument("--method", default="gradcam", choices=list(METHODS), help="attribution method (default gradcam)")
     p.add_argument("--layer", default=None, help="stage for the CAM methods: stem, layer1, ... (default: the last stage)")
-    p.add_argument("--n", type=int, default=4, help="images per gallery row and per confused pair (default 4)")
-    p.add_argument("--pairs", type=int, default=5, help="most-confused class pairs to show (default 5)")
-    p.add_argument("--top-loss", type=int, default=12, help="highest-loss examples to show (default 12)")
+    p.add_argument("--n", type=int_at_least(1), default=4, help="images per gallery row and per confused pair (default 4)")
+    p.add_argument("--pairs", type=int_at_least(0), default=5, help="most-confused class pairs to show (default 5)")
+    p.add_argument("--top-loss", type=int_at_least(0), default=12, help="highest-loss examples to show (default 12)")
     p.add_argument("--out", default=None, help="output folder (default <run>/explain; the report section goes to <run>/report_sections for a folder inside the run, else into --out)")
     p.add_argument("--data-root", default=None, help="dataset root, replacing the one recorded in the checkpoint")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int_at_least(1), default=256)
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from resnetlab.cli import int_at_least
+
 
 def register(sub) -> None:
     from resnetlab.predict import BACKENDS
@@ -16,11 +18,11 @@ def register(sub) -> None:
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="run folder, checkpoint folder or model.safetensors")
     p.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files and/or folders of images")
-    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (default: 5)")
+    p.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K", help="classes per image (default: 5)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {path, top: [{class, index, prob}]}")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="torch", help="inference backend (default: torch)")
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder (default: best)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per forward pass (default: 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.set_defaults(func=run)
 

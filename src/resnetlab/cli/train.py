@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
+from resnetlab.cli import int_at_least
+
 # short flag -> config key
 SHORT_FLAGS = {
     "model": "model.name",
@@ -43,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--norm", help="normalization: bn, in, bin, ln, gn, none, bn-torch, ...")
     p.add_argument("--data", help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH, synthetic")
     p.add_argument("--data-root", help="folder holding the datasets")
-    p.add_argument("--image-size", type=int, help="resize images to this square size")
+    p.add_argument("--image-size", type=int_at_least(1), help="resize images to this square size")
     p.add_argument("--subset", type=float, help="stratified subset: a fraction (<=1) or a number of training images")
     p.add_argument("--aug", action="append", metavar="SPEC", help="augmentation, e.g. flip or crop:padding=4 (repeatable)")
     p.add_argument("--epochs", type=int)
