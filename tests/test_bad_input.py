@@ -184,6 +184,7 @@ CASES = {
     "evaluate batch size 0": (lambda c: ["evaluate", str(c.run), "--batch-size", "0"], ["argument --batch-size: must be an integer >= 1, got '0'"]),
     "study seeds 0": (lambda c: ["study", str(c.file), "--seeds", "0"], ["argument --seeds: must be an integer >= 1, got '0'"]),
     "image size not a number": (lambda c: ["train", "--image-size", "big"], ["argument --image-size: must be an integer >= 1, got 'big'"]),
+    "train epochs 0": (lambda c: ["train", "--epochs", "0"], ["resnetlab train: argument --epochs: must be an integer >= 1, got '0'"]),
     "explain unknown layer": (lambda c: ["explain", str(c.run), "--layer", "layer9", "--out", str(c.tmp / "ex")], ["unknown layer 'layer9'", "allowed: layer1, layer2, layer3, stem"]),
     # -- the command line itself (argparse) ------------------------------------------------------
     "unknown option": (lambda c: ["train", "--epochz", "3"], ["resnetlab train: unrecognized arguments: --epochz 3", "see: resnetlab train --help"]),
