@@ -41,6 +41,12 @@ def _image_folder(root: Path, n: int = 10, classes=("a", "b")) -> Path:
     return root
 
 
+def _without_cuda(argv: list[str]) -> list[str]:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device cuda is valid here")
+    return argv
+
+
 def _digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -140,7 +146,7 @@ CASES = {
     "unknown augmentation parameter": (lambda c: ["train", "--aug", "crop:paddin=2"], ["'crop' has no parameter 'paddin'", "'padding'"]),
     "unknown optimizer": (lambda c: ["train", "--optimizer", "sgdd"], ["config optim.name", "'sgd', 'adam' or 'adamw'", "'sgdd'"]),
     "unknown schedule": (lambda c: ["train", "--schedule", "cosin"], ["config schedule.name", "'cosine'", "'cosin'"]),
-    "unknown device": (lambda c: [*TINY, "--device", "cuda", "--out", str(c.tmp / "r")], ["train.device='cuda'", "not available", "allowed"]),
+    "cuda without a GPU": (lambda c: _without_cuda([*TINY, "--device", "cuda", "--out", str(c.tmp / "r")]), ["train.device='cuda'", "not available", "allowed"]),
     # -- impossible combinations -----------------------------------------------------------------
     "batch size 1 with BatchNorm": (lambda c: [*TINY, "--batch-size", "1"], ["train.batch_size=1", "norm bn/bin", "gn/ln/in"]),
     "crop larger than the image": (lambda c: [*TINY, "--aug", "crop:size=64", "--out", str(c.tmp / "r")], ["'crop': size=64 is larger than the image 8x8"]),
@@ -213,6 +219,17 @@ def test_bad_input_gives_one_error_line_and_loses_nothing(case, ctx, capsys):
 
 def test_there_are_at_least_30_cases():
     assert len(CASES) >= 30
+
+
+def test_case_ids_are_unique():
+    """A repeated key in the CASES literal silently drops the first case (it happened once)."""
+    import ast
+
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    (cases,) = [n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "CASES"]
+    keys = [k.value for k in cases.keys]
+    assert len(keys) == len(set(keys)), sorted({k for k in keys if keys.count(k) > 1})
+    assert len(keys) == len(CASES)
 
 
 def test_debug_shows_the_traceback_and_still_one_error_line(capsys):
