@@ -64,7 +64,6 @@ def int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
         return value
 
-    parse.__name__ = f"int >= {low}"
     return parse
 
 
