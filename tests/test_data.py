@@ -386,6 +386,10 @@ def test_load_images_converts_channels_and_preprocess(tmp_path, caplog):
         load_images([tmp_path / "bad.jpg"], size=8)
     with pytest.raises(DataError, match="channels"):
         preprocess(x, mean=[0.5], std=[0.5])
+    # a float batch in [0, 1] on the target device: normalized into a new tensor, the caller's kept
+    raw = torch.full((1, 3, 2, 2), 0.5)
+    assert torch.allclose(preprocess(raw, mean=[0.1] * 3, std=[0.5] * 3, device="cpu"), torch.full((1, 3, 2, 2), 0.8))
+    assert torch.equal(raw, torch.full((1, 3, 2, 2), 0.5))
 
 
 def test_download_goes_through_torchvision(tmp_path, monkeypatch):

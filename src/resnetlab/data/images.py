@@ -196,7 +196,9 @@ def preprocess(
     if len(mean) != c or len(std) != c:
         raise DataError(f"mean/std have {len(mean)}/{len(std)} values but the images have {c} channels")
     x = images.to(device=device) if device is not None else images
-    x = x.to(torch.float32)
+    # a float batch already on the device would come back as the caller's own tensor: copy it,
+    # since the normalization below works in place
+    x = x.to(torch.float32, copy=x.data_ptr() == images.data_ptr())
     if images.dtype == torch.uint8:
         x = x.div_(255.0)
     m = torch.tensor(list(mean), dtype=torch.float32, device=x.device).view(1, c, 1, 1)
