@@ -416,6 +416,49 @@ def test_sync_batch_stats_over_two_processes_equal_one_big_batch(kind):
     assert max_abs_diff((got[0][2] + got[1][2]) / 2, ref.weight.grad) < 1e-10
 
 
+def _fp16_rank(port: int, q) -> None:
+    """One process alone in a gloo group: synced statistics of an fp16 batch (what fp16 autocast
+    feeds the norm on a GPU) with more values per channel than fp16 can count (65,504)."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        x = (torch.randn(128, 2, 32, 32) * 3 + 1).half()  # 131,072 values per channel
+        layer = BatchNorm2d(2)
+        norms.enable_sync_batch_stats(layer)
+        out = layer(x)
+        ref = BatchNorm2d(2)(x.float())
+        q.put((float((out.float() - ref).abs().max()), layer.running_var.tolist(), layer.running_mean.tolist()))
+    finally:
+        dist.destroy_process_group()
+    q.close()
+    q.join_thread()
+    os._exit(0)
+
+
+def test_sync_batch_stats_of_an_fp16_batch_count_in_fp32():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_fp16_rank, args=(port, q))
+    p.start()
+    diff, running_var, running_mean = q.get(timeout=120)
+    p.join(timeout=60)
+    assert p.exitcode == 0
+    # was: a count of inf, mean and variance 0, outputs x / sqrt(eps) and a NaN running variance
+    assert diff < 2e-2  # fp16 input rounding only
+    assert running_var == pytest.approx([0.9 * 1.0 + 0.1 * 9.0] * 2, rel=0.02)  # one step, momentum 0.1
+    assert running_mean == pytest.approx([0.1] * 2, abs=0.02)
+
+
 def test_enable_sync_replaces_torch_batchnorm_keeping_its_state():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Sequential(BatchNorm2d(4), nn.GroupNorm(2, 4)))
     with torch.no_grad():

@@ -125,8 +125,12 @@ def _global_var_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     """Per-channel mean and biased variance of ``x`` over the batches of every process, and the
     global count: what SyncBatchNorm computes, for the hand-written layers. Two passes (sum, then
     squared deviations from the global mean) through autograd-aware all-reduces, so gradients
-    flow back to every rank's inputs as they would through one big batch."""
+    flow back to every rank's inputs as they would through one big batch.
+
+    The sums and the count are at least fp32: under fp16 autocast a count of more than
+    65,504 values per channel (batch 128 at 32x32) would be inf in fp16, and the sums overflow."""
     c = x.shape[1]
+    x = x.to(torch.promote_types(x.dtype, torch.float32))  # fp16/bf16 -> fp32; fp64 stays
     count = torch.full((1,), x.numel() // c, dtype=x.dtype, device=x.device)
     total = _all_reduce_sum(torch.cat([x.sum(dim=(0, 2, 3)), count]))
     n = total[c]
