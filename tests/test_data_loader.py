@@ -144,3 +144,26 @@ def test_augment_preview_cli_grid(tmp_path, capsys):
     assert "grid.png already exists" in capsys.readouterr().err and out.read_bytes() == before
     assert main(["augment-preview", "--data", "digits", "--aug", "flip", "--out", str(tmp_path / "g2")]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'g2.png'}" and (tmp_path / "g2.png").is_file()
+
+
+def test_reseed_seeds_the_generator_of_the_batchs_gpu(monkeypatch):
+    """torch.cuda.manual_seed seeds the *current* GPU only: a loader on cuda:1 (a torchrun rank,
+    or one process on a second GPU) must seed cuda:1's generator, under which its augmentation
+    and dropout draw. Recorded with stand-ins, as no test needs a GPU."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from resnetlab.data.loader import _BaseLoader
+
+    current, seeded = [None], []
+
+    @contextlib.contextmanager
+    def device(d):
+        before, current[0] = current[0], d
+        yield
+        current[0] = before
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: seeded.append((current[0], seed)))
+    _BaseLoader._reseed(SimpleNamespace(device=torch.device("cuda", 1)), 1234)
+    assert seeded == [(torch.device("cuda", 1), 1234)]

@@ -246,6 +246,48 @@ def test_training_and_evaluation_sizes_that_differ_are_warned(tmp_path, caplog):
     assert "training images are" not in caplog.text
 
 
+class _FakeCuda:
+    """Stands in for a machine with 4 GPUs (no test needs a GPU): records set_device calls."""
+
+    def __init__(self, monkeypatch, capability=(8, 0)):
+        self.current = []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+        monkeypatch.setattr(torch.cuda, "set_device", self.current.append)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+
+
+def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
+    from resnetlab.errors import ConfigError
+    from resnetlab.trainer import process_device
+
+    cuda = _FakeCuda(monkeypatch)
+    # under torchrun (world size 2, local rank 1): auto and cuda both give cuda:1, made current
+    # (plain "cuda" put every process on GPU 0: NCCL's "Duplicate GPU detected")
+    assert process_device("auto", local_rank=1, world_size=2) == torch.device("cuda", 1)
+    assert process_device("cuda", local_rank=1, world_size=2) == torch.device("cuda", 1)
+    assert cuda.current == [torch.device("cuda", 1)] * 2
+    with pytest.raises(ConfigError, match=r"train.device='cuda:0' would put all 2 processes on one GPU; .* CUDA_VISIBLE_DEVICES"):
+        process_device("cuda:0", local_rank=1, world_size=2)
+    # one process: cuda is the current GPU, cuda:N is taken as given; the CPU is never "current"
+    assert process_device("cuda", 0, 1) == torch.device("cuda", 3)
+    assert process_device("cuda:2", 0, 1) == torch.device("cuda", 2)
+    assert process_device("cpu", 1, 2) == torch.device("cpu")
+    assert cuda.current[2:] == [torch.device("cuda", 3), torch.device("cuda", 2)]
+
+
+@pytest.mark.parametrize("capability,amp,expected", [((8, 0), "auto", torch.bfloat16), ((7, 5), "auto", torch.float16),
+                                                     ((7, 0), "bf16", torch.bfloat16), ((9, 0), "fp16", torch.float16)])  # fmt: skip
+def test_amp_auto_picks_bf16_only_where_the_gpu_has_it(monkeypatch, capability, amp, expected):
+    from types import SimpleNamespace
+
+    _FakeCuda(monkeypatch, capability)
+    fake = SimpleNamespace(cfg=load_config(None, [f"train.amp={amp}"]), device=torch.device("cuda", 0))
+    # V100/T4 (7.x) report bf16 as "supported" through emulation, which is slow: fp16 there
+    assert Trainer._amp_dtype(fake) == expected
+
+
 def test_amp_on_cpu_warns_that_it_trains_in_fp32(tmp_path, caplog):
     import logging
 

@@ -170,6 +170,30 @@ class _Interrupted(Exception):
     pass
 
 
+def process_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The device this process trains on (``train.device``), made the current CUDA device.
+
+    Under torchrun with CUDA each process takes ``cuda:LOCAL_RANK`` (for ``auto`` and ``cuda``);
+    an explicit ``cuda:N`` would put every process on one GPU and is refused. The current device
+    matters beyond the model: NCCL collectives, ``torch.cuda.manual_seed`` and pinned-memory
+    threads all use it.
+    """
+    dev = resolve_device(spec, local_rank, key="train.device")
+    if dev.type != "cuda":
+        return dev
+    if world_size > 1:
+        if str(spec) not in ("auto", "cuda"):
+            raise ConfigError(
+                f"train.device={spec!r} would put all {world_size} processes on one GPU; under torchrun use "
+                "auto or cuda (process k takes cuda:LOCAL_RANK) and pick the GPUs with CUDA_VISIBLE_DEVICES"
+            )
+        dev = torch.device("cuda", local_rank)
+    elif dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(dev)
+    return dev
+
+
 class Trainer:
     """Train a model from a :class:`~resnetlab.config.Config`.
 
@@ -195,8 +219,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.rank, self.world_size, local_rank = dist_info()
         self.is_main = self.rank == 0
+        self.device = process_device(cfg.train.device, local_rank, self.world_size)
         self._init_distributed()
-        self.device = resolve_device(cfg.train.device, local_rank, key="train.device")
         if self.device.type == "cpu" and cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         if cfg.train.tune_malloc:
@@ -311,7 +335,7 @@ class Trainer:
     # -- setup helpers -----------------------------------------------------------------
     def _init_distributed(self) -> None:
         if self.world_size > 1 and not torch.distributed.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and self.cfg.train.device != "cpu" else "gloo"
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend=backend)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -339,7 +363,10 @@ class Trainer:
             return None  # fp32 on CPU: bf16 autocast is slow without native bf16 units
         if amp == "fp16":
             return torch.float16
-        if amp == "bf16" or torch.cuda.is_bf16_supported():
+        # auto: bf16 where the GPU has bf16 tensor cores (compute capability 8.0, Ampere, and
+        # later); fp16 with loss scaling before (torch.cuda.is_bf16_supported() says yes there
+        # too, through emulation, which is slow)
+        if amp == "bf16" or torch.cuda.get_device_capability(self.device)[0] >= 8:
             return torch.bfloat16
         return torch.float16
 

@@ -416,7 +416,9 @@ def _gather(x: torch.Tensor, ops: Sequence[_IndexOp]) -> torch.Tensor:
     for op in ops:
         rows, cols, rvalid, cvalid = op.remap(rows, cols, rvalid, cvalid)
     c, th, tw = x.shape[1], rows.shape[1], cols.shape[1]
-    masked = not (bool(rvalid.all()) and bool(cvalid.all()))  # constant padding showed up
+    # constant padding showed up: checked on the CPU (skips two fills); on a GPU the check would
+    # be a host sync per batch, and the fills are cheap there, so they always run
+    masked = dev.type != "cpu" or not (bool(rvalid.all()) and bool(cvalid.all()))
     # torch.gather over flattened pixels: ~6x faster on CPU than 4-D advanced indexing. Index
     # arithmetic and masking broadcast over long inner dimensions only (fast paths on CPU).
     if c > 1 and x.is_contiguous(memory_format=torch.channels_last):

@@ -180,7 +180,9 @@ class _BaseLoader:
         # call, which costs more than augmenting a CIFAR batch.
         torch.default_generator.manual_seed(seed)
         if self.device.type == "cuda":
-            torch.cuda.manual_seed(seed)
+            # the generator of the batch's GPU: torch.cuda.manual_seed seeds the current one only
+            with torch.cuda.device(self.device):
+                torch.cuda.manual_seed(seed)
         elif self.device.type != "cpu":
             torch.manual_seed(seed)
 
@@ -215,9 +217,12 @@ class BatchLoader(_BaseLoader):
         """Yield ``(x, y, idx)`` for steps ``start_step..len(self)-1`` of ``epoch``."""
         self._check_start(start_step)
         order = self.epoch_indices(epoch)
+        # the epoch's order on the device once: a per-step host-to-device copy of the indices
+        # would wait for the GPU's previous step every step
+        order_d = order.to(self.device)
         for step in range(start_step, len(self)):
-            idx = order[step * self.batch_size : (step + 1) * self.batch_size]
-            idx_d = idx.to(self.device)
+            batch = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            idx, idx_d = order[batch], order_d[batch]
             with _intra_op_threads(self.threads):
                 x = self._assemble(self.images[idx_d], epoch, step)  # [] keeps channels_last; index_select does not
             yield x, self.targets.index_select(0, idx_d), idx
