@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from resnetlab.bench import matmul_gflops, parse_input_size
 from resnetlab.cli import main
@@ -78,3 +79,19 @@ def test_parse_input_size():
     assert parse_input_size([1, 28, 28]) == (1, 28, 28)
     with pytest.raises(ValueError, match="CxHxW"):
         parse_input_size("0x3x3")
+
+
+def test_roof_matmul_uses_tf32_only_where_the_convolutions_do(monkeypatch):
+    """On CUDA cuDNN's fp32 convolutions run in TF32 by default: the roof matmul follows that
+    setting there (like for like), runs strict fp32 elsewhere, and the user's flag is restored."""
+    import resnetlab.bench as bench
+
+    seen = []
+    monkeypatch.setattr(bench, "_best_rate", lambda *a, **k: seen.append(torch.backends.cuda.matmul.allow_tf32) or 1e9)
+    before = torch.backends.cuda.matmul.allow_tf32  # a property of torch's, not monkeypatchable
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        assert matmul_gflops(8, repeats=1, device="cpu") == 1.0
+        assert seen == [False] and torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before

@@ -128,7 +128,14 @@ def matmul_gflops(
     a = torch.randn(size, size, generator=g, dtype=dtype).to(device)
     b = torch.randn(size, size, generator=g, dtype=dtype).to(device)
     out = torch.empty(size, size, dtype=dtype, device=device)
-    rate = _best_rate(lambda: torch.mm(a, b, out=out), 2.0 * size**3, steps=1, warmup=1, repeats=repeats, device=device)
+    # On CUDA, cuDNN runs fp32 convolutions in TF32 by default while matmuls stay strict fp32:
+    # the roof uses the convolutions' setting, so a model's fraction of it is like for like.
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(device.type == "cuda" and torch.backends.cudnn.allow_tf32)
+    try:
+        rate = _best_rate(lambda: torch.mm(a, b, out=out), 2.0 * size**3, steps=1, warmup=1, repeats=repeats, device=device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     return rate / 1e9
 
 
