@@ -263,6 +263,7 @@ def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
     from resnetlab.trainer import process_device
 
     cuda = _FakeCuda(monkeypatch)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     # under torchrun (world size 2, local rank 1): auto and cuda both give cuda:1, made current
     # (plain "cuda" put every process on GPU 0: NCCL's "Duplicate GPU detected")
     assert process_device("auto", local_rank=1, world_size=2) == torch.device("cuda", 1)
@@ -275,6 +276,7 @@ def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
     assert process_device("cuda:2", 0, 1) == torch.device("cuda", 2)
     assert process_device("cpu", 1, 2) == torch.device("cpu")
     assert cuda.current[2:] == [torch.device("cuda", 3), torch.device("cuda", 2)]
+    assert torch.backends.cudnn.benchmark is True  # fixed training shapes: cuDNN's autotuner
 
 
 @pytest.mark.parametrize("capability,amp,expected", [((8, 0), "auto", torch.bfloat16), ((7, 5), "auto", torch.float16),

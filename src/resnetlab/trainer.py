@@ -171,7 +171,8 @@ class _Interrupted(Exception):
 
 
 def process_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """The device this process trains on (``train.device``), made the current CUDA device.
+    """The device this process trains on (``train.device``), made the current CUDA device, with
+    cuDNN's autotuner on.
 
     Under torchrun with CUDA each process takes ``cuda:LOCAL_RANK`` (for ``auto`` and ``cuda``);
     an explicit ``cuda:N`` would put every process on one GPU and is refused. The current device
@@ -191,6 +192,7 @@ def process_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch
     elif dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.set_device(dev)
+    torch.backends.cudnn.benchmark = True  # training shapes repeat: let cuDNN time and pick its fastest kernels
     return dev
 
 
