@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnetlab.errors import check_int
 from resnetlab.fold import optimize_for_inference
 
 log = logging.getLogger(__name__)
@@ -283,13 +284,10 @@ def run_bench(
     from resnetlab.models.profile import count_flops
 
     size = parse_input_size(input_size)
-    for name, value, low in (("batch_size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value, low in (("batch_size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0), ("repeats", repeats, 1), ("matmul_size", matmul_size, 1)):
+        check_int(name, value, low)
     from resnetlab.evaluate import resolve_device
 
-    if not isinstance(matmul_size, int) or matmul_size < 1:
-        raise ValueError(f"matmul_size must be an integer >= 1, got {matmul_size!r}")
     dev = resolve_device(device)
     n_threads = configure_threads(threads)
     from resnetlab.runtime import tune_malloc

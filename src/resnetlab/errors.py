@@ -31,6 +31,13 @@ class TrainingDiverged(ResnetlabError):
     """The loss became NaN or infinite."""
 
 
+def check_int(name: str, value: object, low: int) -> None:
+    """Refuse ``value`` unless it is an integer (not a bool) >= ``low``: one-line ``ValueError``
+    naming the parameter. (The CLI checks its flags first, naming the flag: ``cli.int_at_least``.)"""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def did_you_mean(value: str, allowed: Iterable[str], n: int = 3) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest allowed names, or ``""``."""
     allowed = [str(a) for a in allowed]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError
+from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, check_int
 from resnetlab.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -360,8 +360,7 @@ def evaluate(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     device = resolve_device(device)
     src = open_split(checkpoint_or_run, split, data_root=data_root, splits=splits, which=which, purpose="evaluate")
     ckpt, imageset, data_name = src.ckpt, src.imageset, src.data_name

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.errors import ResnetlabError, unknown_name
+from resnetlab.errors import ResnetlabError, check_int, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -331,9 +331,8 @@ def explain(
     method = _method(method)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    for name, v in (("n_per_class", n_per_class), ("n_pairs", n_pairs), ("n_top_loss", n_top_loss), ("batch_size", batch_size)):
-        if not isinstance(v, int) or v < (1 if name in ("n_per_class", "batch_size") else 0):
-            raise ValueError(f"{name} must be an integer >= {1 if name in ('n_per_class', 'batch_size') else 0}, got {v!r}")
+    for name, v, low in (("n_per_class", n_per_class, 1), ("n_pairs", n_pairs, 0), ("n_top_loss", n_top_loss, 0), ("batch_size", batch_size, 1)):
+        check_int(name, v, low)
     device = resolve_device(device)
     ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
     model = ckpt.model.to(device)
@@ -562,8 +561,7 @@ def activation_maps(
     from resnetlab.evaluate import resolve_device, run_dir_of
     from resnetlab.predict import load_as_evaluated
 
-    if not isinstance(max_channels, int) or max_channels < 1:
-        raise ValueError(f"max_channels must be an integer >= 1, got {max_channels!r}")
+    check_int("max_channels", max_channels, 1)
     device = resolve_device(device)
     ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
     model, meta = ckpt.model.to(device), ckpt.meta

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from resnetlab.errors import DataError, ResnetlabError, unknown_name
+from resnetlab.errors import DataError, ResnetlabError, check_int, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +221,8 @@ def predict(
 
     if backend not in BACKENDS:
         raise ValueError(unknown_name("backend", backend, BACKENDS))
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int("top_k", top_k, 1)
+    check_int("batch_size", batch_size, 1)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     files = collect_image_files(inputs)

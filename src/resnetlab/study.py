@@ -53,7 +53,7 @@ from typing import Any
 import yaml
 
 from resnetlab.config import Config, apply_overrides, config_from_dict, read_yaml, smoke_config, smoke_fallback
-from resnetlab.errors import ConfigError, ResnetlabError, did_you_mean
+from resnetlab.errors import ConfigError, ResnetlabError, check_int, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -499,8 +499,7 @@ def run_study(
     if smoke:
         spec = copy.copy(spec)
         spec.seeds = 1
-    if not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    check_int("jobs", jobs, 1)
     cells = expand_cells(spec)
     if max_cells is not None:
         if max_cells < 1:
