@@ -34,10 +34,10 @@ def _png(path: Path, mode: str = "RGB", size: int = 12, seed: int = 0) -> Path:
 
 
 def _image_folder(root: Path, n: int = 10, classes=("a", "b")) -> Path:
-    for c in classes:
+    for k, c in enumerate(classes):
         (root / c).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            _png(root / c / f"{i}.png", seed=hash((c, i)) % 1000)
+            _png(root / c / f"{i}.png", seed=k * n + i)  # the same images in every process
     return root
 
 
@@ -191,6 +191,8 @@ CASES = {
     "study seeds 0": (lambda c: ["study", str(c.file), "--seeds", "0"], ["argument --seeds: must be an integer >= 1, got '0'"]),
     "image size not a number": (lambda c: ["train", "--image-size", "big"], ["argument --image-size: must be an integer >= 1, got 'big'"]),
     "train epochs 0": (lambda c: ["train", "--epochs", "0"], ["resnetlab train: argument --epochs: must be an integer >= 1, got '0'"]),
+    "instance norm of a 1x1 map": (lambda c: [*TINY, "--model", "resnet18", "--set", "model.norm=in", "--out", str(c.tmp / "in")],
+                                   ["instance norm needs more than one value per channel, got a 1x1 feature map", "larger data.image_size"]),
     "explain unknown layer": (lambda c: ["explain", str(c.run), "--layer", "layer9", "--out", str(c.tmp / "ex")], ["unknown layer 'layer9'", "allowed: layer1, layer2, layer3, stem"]),
     # -- the command line itself (argparse) ------------------------------------------------------
     "unknown option": (lambda c: ["train", "--epochz", "3"], ["resnetlab train: unrecognized arguments: --epochz 3", "see: resnetlab train --help"]),
@@ -272,7 +274,7 @@ def test_mixed_bad_files_are_skipped_with_one_warning_naming_them(tmp_path, caps
     assert len(warn) == 1 and warn[0].startswith("skipped 3 unreadable file(s)")
     for name in ("a/0.png", "a/notes.txt", "b/0.png"):
         assert str(root / name) in warn[0]
-    assert "17 train / 2 val / 4 test" in err or "train /" in err  # the 17 good images are used
+    assert ": 12 train / 2 val / 4 test, 2 classes" in err  # the 18 readable images are all used
 
 
 def test_grayscale_cmyk_rgba_and_palette_images_are_converted(tmp_path, capsys):
@@ -287,6 +289,21 @@ def test_grayscale_cmyk_rgba_and_palette_images_are_converted(tmp_path, capsys):
 
     s = load_dataset(f"imagefolder:{root}", image_size=12, val_fraction=0)
     assert s.image_shape == (3, 12, 12) and len(s.train) + len(s.test) == 16  # none skipped
+    modes = set()
+    for split in (s.train, s.test):
+        for img, path in zip(split.images, split.paths):
+            got = img.permute(1, 2, 0).numpy()
+            with Image.open(path) as im:
+                mode = im.mode
+                if mode == "I;16":  # 16-bit gray is scaled to 8 bits (Pillow's convert would clip)
+                    ref = np.rint(np.asarray(im, dtype=np.float64) * (255 / 65535)).astype(np.uint8)[..., None].repeat(3, 2)
+                else:  # every other mode is decoded as Pillow converts it to RGB
+                    ref = np.asarray(im.convert("RGB"))
+            np.testing.assert_array_equal(got, ref, err_msg=path)
+            if mode == "1":
+                assert set(np.unique(got)) <= {0, 255}  # bilevel stays black and white
+            modes.add(mode)
+    assert modes == {"L", "RGBA", "CMYK", "P", "RGB", "LA", "I;16", "1"}
 
 
 def test_symlink_loops_neither_hang_nor_duplicate_images(tmp_path):

@@ -25,6 +25,8 @@ from resnetlab.norms import (
 TOL = 1e-5
 # (B, C, H, W): several batch sizes, odd spatial sizes, a 1x1 map with a batch > 1.
 SHAPES = [(2, 4, 5, 5), (8, 6, 3, 7), (3, 12, 1, 1), (16, 8, 4, 4)]
+# (kind, shape) pairs to compare with torch; instance norm of a 1x1 map raises in both (tested below)
+CASES = [(k, s) for k in ("bn", "in", "ln", "gn") for s in SHAPES if not (k == "in" and s[2] * s[3] == 1)]
 
 
 def _pair(kind: str, channels: int, groups: int = 1):
@@ -69,24 +71,18 @@ def _assert_same(ours: nn.Module, ref: nn.Module, x: torch.Tensor) -> None:
 # --- match the torch counterparts ------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("kind", ["bn", "in", "ln", "gn"])
+@pytest.mark.parametrize("kind,shape", CASES, ids=str)
 def test_scratch_norm_matches_torch_train_mode(kind, shape):
     b, c, h, w = shape
-    if kind == "in" and h * w == 1:
-        pytest.skip("instance norm of a 1x1 map is undefined in torch too")
     groups = 2 if c % 2 == 0 else 1
     ours, ref = _pair(kind, c, groups)
     x = torch.randn(shape, dtype=torch.float64) * 3 + 1.5  # off-centre, not unit scale
     _assert_same(ours.train(), ref.train(), x)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("kind", ["bn", "in", "ln", "gn"])
+@pytest.mark.parametrize("kind,shape", CASES, ids=str)
 def test_scratch_norm_matches_torch_eval_mode(kind, shape):
     b, c, h, w = shape
-    if kind == "in" and h * w == 1:
-        pytest.skip("instance norm of a 1x1 map is undefined in torch too")
     ours, ref = _pair(kind, c, groups=2 if c % 2 == 0 else 1)
     # Train a few steps first so BN's running statistics are not the (0, 1) defaults.
     for _ in range(3):
@@ -95,6 +91,19 @@ def test_scratch_norm_matches_torch_eval_mode(kind, shape):
         ref.train()(x)
     x = torch.randn(shape, dtype=torch.float64) * 2 + 0.7
     _assert_same(ours.eval(), ref.eval(), x)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_instance_norm_of_a_1x1_map_raises_like_torch(mode):
+    """Every output would be the bias (the network trains at chance): torch raises, so does ours,
+    naming the way out, instead of training a ResNet at chance on too-small images."""
+    ours, ref = _pair("in", 12)
+    x = torch.randn(3, 12, 1, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="more than 1 spatial element"):
+        getattr(ref, mode)()(x)
+    with pytest.raises(ValueError, match=r"1x1 feature map \(input \[3, 12, 1, 1\]\).*larger data.image_size"):
+        getattr(ours, mode)()(x)
+    assert getattr(ours, mode)()(torch.randn(3, 12, 1, 2, dtype=torch.float64)).shape == (3, 12, 1, 2)  # 2 values suffice
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.5])

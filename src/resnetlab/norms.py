@@ -179,6 +179,11 @@ class InstanceNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] * x.shape[-1] == 1:  # every output would be the bias: the network trains at chance
+            raise ValueError(
+                f"instance norm needs more than one value per channel, got a 1x1 feature map (input {list(x.shape)}): "
+                "the images are too small for this model; use a larger data.image_size, model.stem=cifar, or another model.norm"
+            )
         return _affine(_instance_normalize(x, self.eps), self.weight, self.bias)
 
     def extra_repr(self) -> str:
