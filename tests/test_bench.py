@@ -95,3 +95,7 @@ def test_roof_matmul_uses_tf32_only_where_the_convolutions_do(monkeypatch):
         assert seen == [False] and torch.backends.cuda.matmul.allow_tf32 is True
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+    # the CUDA branch, decided without a GPU: the roof follows cuDNN's flag there
+    for flag in (True, False):
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", flag)
+        assert bench._roof_tf32(torch.device("cuda")) is flag and bench._roof_tf32(torch.device("cpu")) is False

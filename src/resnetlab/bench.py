@@ -129,15 +129,20 @@ def matmul_gflops(
     a = torch.randn(size, size, generator=g, dtype=dtype).to(device)
     b = torch.randn(size, size, generator=g, dtype=dtype).to(device)
     out = torch.empty(size, size, dtype=dtype, device=device)
-    # On CUDA, cuDNN runs fp32 convolutions in TF32 by default while matmuls stay strict fp32:
-    # the roof uses the convolutions' setting, so a model's fraction of it is like for like.
     tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = bool(device.type == "cuda" and torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = _roof_tf32(device)
     try:
         rate = _best_rate(lambda: torch.mm(a, b, out=out), 2.0 * size**3, steps=1, warmup=1, repeats=repeats, device=device)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
     return rate / 1e9
+
+
+def _roof_tf32(device: torch.device) -> bool:
+    """Whether the roof matmul may use TF32. On CUDA, cuDNN runs fp32 convolutions in TF32 by
+    default while matmuls stay strict fp32: the roof follows the convolutions' setting, so a
+    model's fraction of it is like for like. Elsewhere it is strict fp32."""
+    return bool(device.type == "cuda" and torch.backends.cudnn.allow_tf32)
 
 
 def _batch(batch_size: int, input_size: tuple[int, int, int], num_classes: int, device: torch.device, channels_last: bool):
