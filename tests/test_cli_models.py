@@ -117,7 +117,9 @@ def test_library_error_from_create_model_becomes_one_cli_line(capsys, monkeypatc
 def test_models_filter_by_family():
     from resnetlab.models import list_models, model_info
 
-    cifar = list_models("cifar")
-    assert "resnet20" in cifar and "resnet110" in cifar and "resnet38_bottleneck_cifar" in cifar and "resnet18" not in cifar
-    assert all(model_info(n).family == "cifar" or "cifar" in n for n in cifar)
+    assert list_models("cifar") == [
+        "resnet8", "resnet14", "resnet20", "resnet26_bottleneck2_cifar", "resnet32", "resnet38_bottleneck_cifar",
+        "resnet44", "resnet56", "resnet110", "resnet1202", "resnet_cifar",
+    ]  # fmt: skip
+    assert all(model_info(n).family == "cifar" for n in list_models("cifar"))
     assert list_models("imagenet") == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]

@@ -60,11 +60,27 @@ def test_tuned_malloc_removes_the_page_faults_of_a_training_step():
     assert tuned < default / 10, (default, tuned)
 
 
-def test_tune_malloc_is_idempotent_and_reports_availability():
-    from resnetlab.runtime import tune_malloc
+def test_tune_malloc_is_idempotent_and_reports_availability(monkeypatch):
+    import resnetlab.runtime as rt
 
-    assert tune_malloc() is GLIBC
-    assert tune_malloc() is GLIBC
+    assert rt.tune_malloc() is GLIBC  # the real libc
+    calls = []
+
+    class RecordingLibc:
+        result = 1
+
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return self.result
+
+    monkeypatch.setattr(rt, "_DONE", {})  # as in a new process
+    monkeypatch.setattr(rt, "_libc", RecordingLibc)
+    assert rt.tune_malloc(mmap_threshold=1 << 20, trim_threshold=2 << 20) is GLIBC
+    assert calls == ([(rt._M_MMAP_THRESHOLD, 1 << 20), (rt._M_TRIM_THRESHOLD, 2 << 20)] if GLIBC else [])
+    assert rt.tune_malloc() is GLIBC and len(calls) == (2 if GLIBC else 0)  # once per process
+    monkeypatch.setattr(rt, "_DONE", {})
+    RecordingLibc.result = 0  # glibc refused the setting
+    assert rt.tune_malloc() is False
 
 
 @pytest.mark.parametrize("on", [True, False])

@@ -185,7 +185,9 @@ def test_torchvision_cached_file_loads_without_network(tv_resnet18_file, tmp_pat
     mirror.mkdir()
     (mirror / "resnet18-f37072fd.pth").write_bytes(path.read_bytes())
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
-    load_pretrained(create_model("resnet18", num_classes=5), "torchvision:IMAGENET1K_V1", data_root=mirror)
+    model = create_model("resnet18", num_classes=5)
+    load_pretrained(model, "torchvision:IMAGENET1K_V1", data_root=mirror)
+    assert torch.equal(model.layer4[1].conv2.weight, tv_state["layer4.1.conv2.weight"])
 
 
 def test_pretrained_preprocessing_from_torchvision_metadata():
