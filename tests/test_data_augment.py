@@ -151,6 +151,8 @@ def test_cutout_erases_one_square_of_the_given_size():
     zeros = (y == 0).all(dim=1).sum(dim=(1, 2))  # erased in every channel
     assert zeros.tolist() == [64] * 10
     assert torch.equal(build_augment("cutout:size=8,p=0", (3, 32, 32))(x), x)
+    default = build_augment("cutout", (3, 32, 32))(x)  # the default hole: half the image side, 16x16
+    assert (default == 0).all(dim=1).sum(dim=(1, 2)).tolist() == [256] * 10
     v = build_augment("erasing:scale=(0.1,0.1),ratio=(1,1),value=0.5,p=1", (3, 32, 32))(x)
     assert ((v == 0.5).all(dim=1).sum(dim=(1, 2)).float().mean() - 0.1 * 1024).abs() < 20
 
@@ -173,6 +175,10 @@ def test_salt_pepper_fraction_matches_amount():
     salt = (vals[0] == 1).float().mean().item()
     assert 0.4 < salt < 0.6
     assert torch.equal(build_augment("salt-pepper:amount=0.1,p=0", (3, 32, 32))(x), x)
+    y = build_augment("salt-pepper:amount=0.1,salt_vs_pepper=0.9,p=1", (3, 32, 32))(x)
+    changed = (y != 0.5).all(dim=1)
+    salt = (y.permute(1, 0, 2, 3)[0, changed] == 1).float().mean().item()
+    assert 0.85 < salt < 0.95  # salt_vs_pepper is the share of white (salt) among the hit pixels
 
 
 def test_eval_mode_keeps_only_deterministic_items():

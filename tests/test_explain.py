@@ -174,11 +174,12 @@ def test_explain_galleries_match_predictions(digits_run):
         for it in g["correct"] + g["incorrect"]:
             assert it["confidence"] == pytest.approx(conf[it["index"]].item(), abs=1e-3)
         # the most confident ones are shown
-        shown = [it["confidence"] for it in g["correct"]]
-        assert shown == sorted(shown, reverse=True)
-        if g["correct"]:
-            best = conf[(y == c) & (pred == c)].max().item()
-            assert shown[0] == pytest.approx(best, abs=1e-3)
+        for kind, mask in (("correct", pred == c), ("incorrect", pred != c)):
+            shown = [it["confidence"] for it in g[kind]]
+            assert shown == sorted(shown, reverse=True)
+            if g[kind]:
+                best = conf[(y == c) & mask].max().item()
+                assert shown[0] == pytest.approx(best, abs=1e-3)
     # confused pairs equal the off-diagonal maxima of an independent confusion matrix
     cm = torch.zeros(10, 10, dtype=torch.int64)
     cm.index_put_((y, pred), torch.ones_like(y), accumulate=True)
@@ -187,6 +188,7 @@ def test_explain_galleries_match_predictions(digits_run):
     assert [p["count"] for p in summary["confused_pairs"]] == [v for v in top if v > 0]
     for p in summary["confused_pairs"]:
         assert int(cm[p["true"], p["pred"]]) == p["count"]
+        assert p["share_of_true"] == pytest.approx(p["count"] / int((y == p["true"]).sum()))  # of the true class's images
         assert all(e["true"] == p["true"] and e["pred"] == p["pred"] for e in p["examples"])
     losses = F.cross_entropy(logits, y, reduction="none")
     assert [t["index"] for t in summary["top_losses"]] == torch.argsort(losses, descending=True)[:5].tolist()
@@ -214,6 +216,15 @@ def test_explain_of_the_last_checkpoint_goes_beside_the_best_ones(digits_run, tm
     assert last["files"]["html"] == str(run / "explain-last" / "explain.html")
     assert (run / "report_sections" / "explain.html").read_bytes() == before
     assert (run / "explain-last" / "summary.json").is_file()
+
+
+def test_maps_are_scaled_min_to_max_per_image():
+    from resnetlab.explain import _normalize_maps
+
+    maps = torch.tensor([[[2.0, 4.0], [3.0, 6.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    out = _normalize_maps(maps)
+    np.testing.assert_allclose(out[0], [[0.0, 0.5], [0.25, 1.0]])  # the minimum maps to 0, not 2/6
+    assert out.dtype == np.float32 and not out[1].any()  # an all-zero map stays zero
 
 
 def test_explain_bad_layer_and_split(digits_run):

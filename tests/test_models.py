@@ -325,6 +325,15 @@ def test_zero_init_residual_makes_blocks_identities(name, kwargs, norm):
     assert all(torch.all(m.last_norm().weight == 1) for m in plain.modules() if isinstance(m, (BasicBlock, Bottleneck, TwoConvBottleneck)))
 
 
+def test_zero_init_residual_zeroes_the_last_norm_of_each_branch_by_name():
+    """torchvision's (Goyal et al.) scheme: the norm after the last conv of the branch, not another."""
+    basic = resnetlab.create_model("resnet18", width=0.25, zero_init_residual=True).layer1[0]
+    assert torch.all(basic.bn2.weight == 0) and torch.all(basic.bn1.weight == 1)
+    bottleneck = resnetlab.create_model("resnet50", width=0.125, zero_init_residual=True).layer1[0]
+    assert torch.all(bottleneck.bn3.weight == 0)
+    assert torch.all(bottleneck.bn2.weight == 1) and torch.all(bottleneck.bn1.weight == 1)
+
+
 def test_kaiming_init_of_convolutions():
     model = resnetlab.create_model("resnet18")
     w = model.layer3[0].conv2.weight  # 256 out channels, 3x3: fan_out = 256 * 9

@@ -173,6 +173,15 @@ def test_mean_and_std_are_computed_from_the_per_seed_files(finished):
     assert one["n"] == 1 and one["val_acc_mean"] == 0.5 and one["val_acc_std"] is None
 
 
+def test_ties_pick_the_first_cell_and_curve_bands_are_sample_std():
+    assert st.select_best([{"cell": "a", "val_acc_mean": 0.8}, {"cell": "b", "val_acc_mean": 0.8}]) == "a"
+    assert st.select_best([{"cell": "a", "val_acc_mean": None}]) is None
+    curves = [{"epoch": [1, 2], "val_acc": [0.5, 0.6]}, {"epoch": [1], "val_acc": [0.7]}]  # run 2 stopped after epoch 1
+    epochs, means, stds = st._mean_curve(curves, "val_acc")
+    assert epochs == [1, 2] and means == pytest.approx([0.6, 0.6])
+    assert stds == pytest.approx([0.2 / 2**0.5, 0.0])  # n - 1 in the denominator, as the report says
+
+
 def test_best_cell_is_chosen_on_validation_even_when_test_disagrees(tmp_path):
     cells = [st.Cell("high-val", {}, {"cell": "high-val"}), st.Cell("high-test", {}, {"cell": "high-test"})]
     curves = {"epoch": [1.0], "val_acc": [0.5], "train_loss": [1.0]}

@@ -71,7 +71,9 @@ class _SignalAt(Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-@pytest.mark.parametrize("extra", [[], ["train.ema=0.9"]], ids=["plain", "ema"])
+@pytest.mark.parametrize(
+    "extra", [[], ["train.ema=0.9"], ["augment=[]"]], ids=["plain", "ema", "no-augment"]
+)  # no augmentation: nothing reseeds the CPU generator per step, so dropout needs its restored state
 def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, extra):
     # 288 training images / batch 8 = 36 steps per epoch: the window at step 25 is mid-epoch.
     # With EMA, last/ holds the averaged weights: equal only if the average survives the resume.
@@ -86,6 +88,9 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, extra):
     trainer = Trainer(cfg, run, progress=False, callbacks=[_SignalAt(epoch=1)])
     result = trainer.fit()
     assert result.interrupted and trainer.epoch == 1 and trainer.start_step == 25
+    restored = Trainer(cfg, run, progress=False)
+    restored.load_state(run / "checkpoints" / "last")
+    assert restored.best_val_acc == trainer.best_val_acc is not None  # best/ is not replaced by a worse epoch
     resumed = resume(run, progress=False)
     assert not resumed.interrupted and resumed.epochs == 2
 
@@ -156,6 +161,13 @@ def test_lr_factor_schedules():
     cos = LRFactor(ScheduleConfig(name="cosine", warmup_epochs=1), total_steps=110, steps_per_epoch=10)
     assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0) and cos(10) == pytest.approx(1.0)
     assert cos(60) == pytest.approx(0.5) and cos(110) == pytest.approx(0.0)
+    # schedule.min_lr is an absolute floor: with lr 0.1 the run ends at 1e-3, not 1e-4
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    sched = build_scheduler(opt, ScheduleConfig(name="cosine", min_lr=1e-3), total_steps=10, steps_per_epoch=10, base_lr=0.1)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
     st = LRFactor(ScheduleConfig(name="step", step_size=2, gamma=0.5), total_steps=100, steps_per_epoch=10)
     assert [st(s) for s in (0, 19, 20, 40)] == pytest.approx([1, 1, 0.5, 0.25])
 

@@ -292,6 +292,7 @@ def test_param_groups_counts_and_lrs():
     assert len(by["head"]["params"]) == 1 and len(by["head_no_decay"]["params"]) == 1
     assert len(by["body"]["params"]) == n_convs and len(by["body_no_decay"]["params"]) == n_norm_params
     assert by["head"]["lr"] == 0.1 and by["body"]["lr"] == pytest.approx(0.01)
+    assert by["head_no_decay"]["lr"] == 0.1 and by["body_no_decay"]["lr"] == pytest.approx(0.01)
     assert by["body"]["weight_decay"] == 5e-4 and by["body_no_decay"]["weight_decay"] == 0.0
     total = sum(len(g["params"]) for g in groups)
     assert total == len(list(model.parameters()))
