@@ -107,3 +107,12 @@ def test_every_config_key_is_documented():
     doc = (Path(__file__).parents[1] / "docs" / "CONFIG.md").read_text()
     missing = [k for k in config_keys() if f"`{k}`" not in doc]
     assert not missing, f"add these keys to docs/CONFIG.md: {missing}"
+
+
+def test_boundary_values_of_the_schedule_and_dropout_and_empty_overrides():
+    assert load_config(None, ["train.grad_clip="]).train.grad_clip is None  # "key=" sets None
+    cfg = load_config(None, ["schedule.base_momentum=0.9", "schedule.max_momentum=0.9"])  # a flat cycle is allowed
+    assert cfg.schedule.base_momentum == cfg.schedule.max_momentum == 0.9
+    with pytest.raises(ConfigError, match="model.dropout"):
+        load_config(None, ["model.dropout=1"])  # zeroes every feature
+    assert load_config(None, ["model.dropout=0.99"]).model.dropout == 0.99

@@ -407,3 +407,13 @@ def test_download_goes_through_torchvision(tmp_path, monkeypatch):
     assert calls == [(str(tmp_path / "new"), True)] and len(s.train) == 100
     load_dataset("cifar10", root=tmp_path / "new", download=True)  # present now: no second download
     assert len(calls) == 1
+
+
+def test_subset_follows_the_seed_and_may_keep_the_whole_pool():
+    name = "synthetic:3x16x16:10:1000"
+    a = load_dataset(name, subset=200, val_fraction=0, seed=0).train
+    b = load_dataset(name, subset=200, val_fraction=0, seed=1).train
+    assert len(a) == len(b) == 200 and not torch.equal(a.images, b.images)  # the seed picks the images
+    full = load_dataset(name, val_fraction=0).train
+    for whole in (1.0, len(full)):  # the whole pool: a share of 1 or the pool's size
+        assert len(load_dataset(name, subset=whole, val_fraction=0).train) == len(full)

@@ -167,3 +167,15 @@ def test_reseed_seeds_the_generator_of_the_batchs_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: seeded.append((current[0], seed)))
     _BaseLoader._reseed(SimpleNamespace(device=torch.device("cuda", 1)), 1234)
     assert seeded == [(torch.device("cuda", 1), 1234)]
+
+
+def test_evaluation_shards_of_an_odd_split_report_their_own_length():
+    test = load_dataset("synthetic:3x8x8:2:165", val_fraction=0).test
+    assert len(test) == 33
+    lengths = []
+    for rank in (0, 1):
+        dl = build_loader(test, 16, train=False, rank=rank, world_size=2)
+        batches = list(dl.iter_epoch(0))
+        assert len(dl) == len(batches)
+        lengths.append(sum(len(idx) for _, _, idx in batches))
+    assert lengths == [17, 16]  # every test image is evaluated once across the two ranks

@@ -203,3 +203,25 @@ def test_validation_failure_is_an_error_and_keeps_the_earlier_file(ckpt_dir, tmp
     assert (tmp_path / "m.pt.rejected").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.json", "m.pt.rejected"]  # no partial files
     assert main(["export", str(ckpt_dir), "--format", "torchscript", "--out", str(good.path), "--overwrite"]) == 0
+
+
+def test_validation_takes_the_worst_batch_and_compares_with_atol(tmp_path, monkeypatch):
+    """The reported difference is the largest over the validated batches, held against atol as given."""
+    import resnetlab.export as ex
+
+    ref = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+
+    def runner_off_by(offsets):  # the "exported" model: PyTorch plus an offset chosen per batch size
+        return lambda fmt, path: (lambda x: ref(torch.from_numpy(x)).detach().numpy() + offsets.get(len(x), 0.0))
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 2, 2, generator=g)
+    monkeypatch.setattr(ex, "_runner", runner_off_by({1: 1.0}))  # only the batch of 1 is wrong
+    with pytest.raises(ExportError, match="differs from PyTorch by 1"):
+        ex._validate("torchscript", tmp_path / ".m.pt.partial", ref, x, False, [3, 2, 2], g, 1e-4, None)
+    monkeypatch.setattr(ex, "_runner", runner_off_by({2: 5e-5, 1: 5e-5, 5: 5e-5}))
+    info = ex._validate("torchscript", tmp_path / ".m.pt.partial", ref, x, False, [3, 2, 2], g, 1e-4, None)
+    assert info["max_abs_diff"] == pytest.approx(5e-5, rel=1e-3) and info["validated_batches"] == [2, 1, 5]
+    monkeypatch.setattr(ex, "_runner", runner_off_by({5: 1e-3}))
+    with pytest.raises(ExportError, match=r"\(> atol 0.0001\)"):
+        ex._validate("torchscript", tmp_path / ".m.pt.partial", ref, x, False, [3, 2, 2], g, 1e-4, None)

@@ -229,3 +229,10 @@ def test_predict_applies_the_runs_eval_transforms(tmp_path):
     (run / "checkpoints" / "best" / "meta.json").write_text(json.dumps(meta))
     old = predict(run, [r["path"] for r in rows], top_k=1)
     assert [r["top"][0]["prob"] for r in old] != pytest.approx([float(row["confidence"]) for row in rows], abs=1e-4)
+
+
+def test_non_square_runs_load_files_at_height_by_width():
+    from resnetlab.predict import _geometry
+
+    c, load_hw, transform = _geometry({"input_size": [3, 16, 16], "data_shape": [3, 20, 30], "eval_transforms": ["center-crop:size=16"]})
+    assert (c, load_hw) == (3, (20, 30)) and transform(torch.zeros(1, 3, 20, 30)).shape == (1, 3, 16, 16)

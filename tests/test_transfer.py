@@ -336,3 +336,15 @@ def test_param_groups_errors():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         param_groups(model, lr=0.1, weight_decay=0)
+
+
+def test_freeze_count_may_reach_the_head_and_a_lone_last_checkpoint_is_found(tmp_path):
+    model = create_model("resnet20")
+    children = [n for n, _ in model.named_children()]
+    freeze(model, children.index("fc"))  # every module before the head
+    assert all(p.requires_grad == n.startswith("fc.") for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match="count must be in 0"):
+        freeze(create_model("resnet20"), children.index("fc") + 1)
+    # a run stopped before its first validation has only last/: best falls back to it
+    ck.save_checkpoint(tmp_path / "checkpoints" / "last", create_model("resnet8"), {"arch": "resnet8", "arch_args": {}})
+    assert ck.resolve_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last"
