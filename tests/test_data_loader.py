@@ -179,3 +179,14 @@ def test_evaluation_shards_of_an_odd_split_report_their_own_length():
         assert len(dl) == len(batches)
         lengths.append(sum(len(idx) for _, _, idx in batches))
     assert lengths == [17, 16]  # every test image is evaluated once across the two ranks
+
+
+def test_augmentation_draws_differ_between_epochs():
+    """Step k of epoch 1 must not repeat step k of epoch 0's crops and flips (identical images
+    leave only the augmentation to differ, whatever the shuffle)."""
+    s = load_dataset("synthetic:3x16x16:10:128", val_fraction=0, seed=0)
+    s.train.images[:] = s.train.images[0]
+    dl = build_loader(s.train, 32, augment="crop:padding=2 flip", seed=1)
+    x0, x1 = next(dl.iter_epoch(0))[0], next(dl.iter_epoch(1))[0]
+    assert torch.equal(next(dl.iter_epoch(0))[0], x0)  # the same epoch repeats exactly
+    assert not torch.equal(x0, x1)

@@ -112,6 +112,7 @@ def test_evaluate_files_agree_with_an_independent_forward_pass(run):
     np.testing.assert_allclose(cmn, cm / cm.sum(1, keepdims=True), atol=1e-5)
     cm_json = json.loads((out / "confusion_matrix.json").read_text())
     assert cm_json["counts"] == cm.tolist() and cm_json["classes"] == splits.classes
+    np.testing.assert_allclose(cm_json["normalized"], cm / cm.sum(1, keepdims=True), atol=1e-9)  # rows: share of the true class
 
     per = _read_csv(out / "per_class.csv")
     assert per[0] == ["class", "precision", "recall", "f1", "support"]

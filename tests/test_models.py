@@ -176,7 +176,10 @@ def test_cifar_param_counts_match_the_paper_with_option_a(depth, millions, digit
     assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in model.modules())
 
 
-@pytest.mark.parametrize("name,count", [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032)])
+@pytest.mark.parametrize(
+    "name,count",
+    [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032), ("resnet101", 44_549_160), ("resnet152", 60_192_808)],
+)
 def test_imagenet_param_counts_equal_torchvision(name, count):
     with torch.device("meta"):
         model = resnetlab.create_model(name)
@@ -471,3 +474,12 @@ def test_other_bad_options(kwargs, words):
     with pytest.raises(ValueError) as err:
         resnetlab.create_model("resnet8", **kwargs)
     assert words in _one_line(err)
+
+
+def test_count_params_counts_frozen_parameters_unless_asked_for_trainable_only():
+    model = resnetlab.create_model("resnet8", num_classes=10)
+    total = sum(p.numel() for p in model.parameters())
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("fc."))
+    assert count_params(model) == total
+    assert count_params(model, trainable_only=True) == model.fc.weight.numel() + model.fc.bias.numel()

@@ -354,3 +354,9 @@ def test_a_failed_cell_still_gets_the_report_of_the_others(tmp_path):
     assert rows["lr=0.1"]["n"] == 1 and rows["lr=1e+12"]["n"] == 0
     md = (tmp_path / "o" / "study.md").read_text()
     assert "FAILED runs, left out of the means" in md and "lr=1e+12/seed0: loss became nan" in md
+
+
+def test_each_seed_of_a_cell_counts_up_from_the_base_seed():
+    spec = st.StudySpec("s", {"seed": 7, "model": {"name": "resnet8"}}, grid={"model.norm": ["bn"]})
+    cell = st.expand_cells(spec)[0]
+    assert [st.cell_config(spec, cell, seed_index=k).seed for k in range(3)] == [7, 8, 9]

@@ -151,6 +151,81 @@ def test_grad_clip_by_value_bounds_each_update(tmp_path):
             assert (v - before[k]).abs().max().item() <= 1e-3 + 1e-7, k
 
 
+# one plain SGD step at lr 1: the update is minus the (clipped) gradient
+PLAIN_STEP = ("optim.momentum=0", "optim.lr=1.0", "optim.weight_decay=0", "schedule.name=constant",
+              "train.iterations=1", "model.norm=gn", "model.dropout=0")  # fmt: skip
+
+
+def _one_step_update(t: Trainer) -> torch.Tensor:
+    before = {k: v.detach().clone() for k, v in t.model.named_parameters()}
+    t.fit()
+    return torch.cat([(p.detach() - before[k]).flatten() for k, p in t.model.named_parameters()])
+
+
+def test_grad_clip_by_norm_scales_the_whole_gradient_to_the_bound(tmp_path):
+    t = Trainer(tiny("train.grad_clip=0.001", "train.grad_clip_mode=norm", *PLAIN_STEP), tmp_path / "c", progress=False)
+    assert _one_step_update(t).norm().item() == pytest.approx(0.001, rel=1e-3)
+
+
+def test_grad_clip_acts_on_unscaled_gradients_under_loss_scaling(tmp_path):
+    """CUDA fp16 scales the loss (here a CPU GradScaler at 1024 stands in): the clip bound applies
+    to the true gradient, so the gradients are unscaled before clipping."""
+    t = Trainer(tiny("train.grad_clip=0.001", "train.grad_clip_mode=value", *PLAIN_STEP), tmp_path / "s", progress=False)
+    t.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    assert _one_step_update(t).abs().max().item() == pytest.approx(0.001, rel=1e-4)
+
+
+def test_label_smoothing_reaches_the_loss(tmp_path):
+    import torch.nn.functional as F
+
+    t = Trainer(tiny("train.label_smoothing=0.2"), tmp_path / "ls", progress=False)
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(16, 10, generator=g), torch.randint(0, 10, (16,), generator=g)
+    expected = F.cross_entropy(logits, y, label_smoothing=0.2).item()
+    assert expected != pytest.approx(F.cross_entropy(logits, y).item())
+    assert t.criterion(logits, y).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_epoch_metrics_are_averages_over_images_and_images_per_s_counts_images(tmp_path):
+    t = Trainer(tiny("train.epochs=1"), tmp_path / "tl", progress=False)
+    seen, ce = [], torch.nn.CrossEntropyLoss()
+
+    def criterion(out, y):
+        loss = ce(out, y)
+        seen.append((loss.item(), int((out.argmax(1) == y).sum()), len(y)))
+        return loss
+
+    t.criterion = criterion
+    t.fit()
+    row, n = t.history[0], sum(b for *_, b in seen)
+    assert n == 256 and len(seen) == 8
+    assert row["train_loss"] == pytest.approx(sum(loss * b for loss, _, b in seen) / n, rel=1e-5)
+    assert row["train_acc"] == pytest.approx(sum(c for _, c, _ in seen) / n, rel=1e-9)
+    assert row["images_per_s"] == pytest.approx(256 / row["epoch_time_s"], rel=1e-6)
+
+
+def test_a_tie_on_validation_keeps_the_first_best_checkpoint(tmp_path):
+    t = Trainer(tiny("train.epochs=3"), tmp_path / "tie", progress=False)
+    accs = iter([0.5, 0.5, 0.4])
+    t.validate = lambda: (1.0, next(accs))
+    t.fit()
+    assert load_checkpoint(tmp_path / "tie", which="best").meta["epoch"] == 1  # as the report's best epoch
+
+
+def test_batch_instance_norm_gates_stay_in_0_1_after_each_step(tmp_path):
+    from resnetlab.norms import BatchInstanceNorm2d
+
+    t = Trainer(tiny("model.norm=bin", *[s for s in PLAIN_STEP if not s.startswith("model.norm")]), tmp_path / "bin", progress=False)
+
+    def gates():
+        return torch.cat([m.rho.detach().clone() for m in t.model.modules() if isinstance(m, BatchInstanceNorm2d)])
+
+    before = gates()
+    t.fit()
+    rho = gates()
+    assert not torch.equal(rho, before) and rho.min().item() >= 0.0 and rho.max().item() <= 1.0
+
+
 def test_lr_factor_schedules():
     from resnetlab.config import ScheduleConfig
 
