@@ -10,6 +10,7 @@ import signal
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from resnetlab.checkpoint import load_checkpoint, load_weights
 from resnetlab.config import load_config
@@ -170,8 +171,6 @@ def test_grad_clip_acts_on_unscaled_gradients_under_loss_scaling(tmp_path):
 
 
 def test_label_smoothing_reaches_the_loss(tmp_path):
-    import torch.nn.functional as F
-
     t = Trainer(tiny("train.label_smoothing=0.2"), tmp_path / "ls", progress=False)
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(16, 10, generator=g), torch.randint(0, 10, (16,), generator=g)
@@ -387,8 +386,6 @@ def test_optimizers_train(tmp_path, name):
 
 
 def test_ema_and_tta_are_used_for_evaluation(tmp_path):
-    import torch.nn.functional as F
-
     from resnetlab.evaluate import collect_outputs
 
     t = Trainer(tiny("train.ema=0.9", "train.tta_flip=true", "train.epochs=1"), tmp_path / "v", progress=False)

@@ -482,12 +482,8 @@ class Trainer:
 
         release_free_memory()  # the training steps' kept buffers do not fit evaluation's batch
 
-        model = self._eval_model()
-        if self.cfg.train.tta_flip:
-            from resnetlab.models.wrappers import FlipTTA
-
-            model = FlipTTA(model)
-        logits, targets, _ = collect_outputs(model, self.val_loader, self.device)
+        tta = self.cfg.train.tta_flip
+        logits, targets, _ = collect_outputs(self._eval_model(), self.val_loader, self.device, tta_flip=tta)
         loss = F.cross_entropy(logits.float(), targets).item()
         acc = (logits.argmax(1) == targets).float().mean().item()
         return loss, acc
