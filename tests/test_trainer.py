@@ -519,3 +519,24 @@ def test_the_dataset_is_loaded_once_for_training_test_evaluation_and_report(tmp_
     # the same numbers as an evaluation that rebuilds the dataset from the checkpoint
     again = evaluate(tmp_path / "once", split="test", out_dir=tmp_path / "again")
     assert len(calls) == 2 and again["accuracy"] == r.test_metrics["accuracy"] and again["num_samples"] == 360
+
+
+def test_tensorboard_scalars_match_metrics_csv_after_overwrite(tmp_path):
+    # --overwrite removes the old run's tensorboard/ once the new trainer is built: the writer
+    # must open after that (it used to open first and lose its event file: the run failed).
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny("output.tensorboard=true")
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    train(tiny("output.tensorboard=true", "seed=1"), run, overwrite=True, progress=False)
+    events = list((run / "tensorboard").iterdir())
+    assert len(events) == 1  # the first run's event file went with --overwrite
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    rows = read_rows(run / "metrics.csv")
+    for key in ("train_loss", "val_acc", "lr"):
+        logged = [(e.step, e.value) for e in acc.Scalars(key)]
+        assert [s for s, _ in logged] == [int(r["epoch"]) for r in rows]
+        assert [v for _, v in logged] == pytest.approx([float(r[key]) for r in rows], rel=1e-5)

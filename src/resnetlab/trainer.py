@@ -137,10 +137,22 @@ class LogLines(Callback):
 
 
 class TensorBoardLogger(Callback):
-    def __init__(self, logdir: Path):
-        from torch.utils.tensorboard import SummaryWriter
+    """Epoch scalars for TensorBoard in ``logdir``.
 
-        self.writer = SummaryWriter(str(logdir))
+    The writer (which creates ``logdir`` and its event file) opens when the fit starts, not here:
+    ``train(..., overwrite=True)`` removes the old run's outputs, ``tensorboard/`` among them,
+    after the trainer is built, and would delete a file opened now from under the writer.
+    """
+
+    def __init__(self, logdir: Path):
+        from torch.utils.tensorboard import SummaryWriter  # ImportError here: no tensorboard, no logger
+
+        self._writer_cls = SummaryWriter
+        self.logdir = logdir
+        self.writer = None
+
+    def on_fit_start(self, trainer):
+        self.writer = self._writer_cls(str(self.logdir))
 
     def on_epoch_end(self, trainer, row):
         for k in ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "images_per_s"):
@@ -149,7 +161,8 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def on_fit_end(self, trainer):
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 # ---------------------------------------------------------------------------------------
