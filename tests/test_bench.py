@@ -99,3 +99,33 @@ def test_roof_matmul_uses_tf32_only_where_the_convolutions_do(monkeypatch):
     for flag in (True, False):
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", flag)
         assert bench._roof_tf32(torch.device("cuda")) is flag and bench._roof_tf32(torch.device("cpu")) is False
+
+
+@pytest.mark.parametrize("amp,dtype", [("off", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_amp_runs_training_and_inference_in_its_dtype(monkeypatch, amp, dtype):
+    """--amp autocasts the forward of both measurements (the logits come out in that dtype), and
+    the roof matmul runs in the same dtype so the fraction compares like with like."""
+    import resnetlab.bench as bench
+    from resnetlab import create_model
+
+    seen = []
+    model = create_model("resnet8", in_channels=1)
+    model.fc.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    assert bench.train_images_per_s(model, 4, (1, 8, 8), steps=1, warmup=0, repeats=1, amp=amp) > 0
+    assert bench.infer_images_per_s(model, 4, (1, 8, 8), steps=1, warmup=0, repeats=1, amp=amp) > 0
+    assert seen and set(seen) == {dtype}
+
+    dtypes = []
+    real = bench.matmul_gflops
+    monkeypatch.setattr(bench, "matmul_gflops", lambda size, device, dtype: dtypes.append(dtype) or real(64, 1, device, dtype))
+    r = bench.run_bench("resnet8", batch_size=2, input_size="1x8x8", steps=1, warmup=0, repeats=1, amp=amp)
+    assert r["amp"] == amp and r["matmul_dtype"] == str(dtype).removeprefix("torch.")
+    assert dtypes == [dtype, dtype]
+
+
+def test_bench_amp_choice_is_checked(capsys):
+    assert main(["bench", "--amp", "fp8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "argument --amp: invalid choice: 'fp8'" in err and "\n" not in err
+    with pytest.raises(ValueError, match="amp must be one of off, bf16, fp16"):
+        __import__("resnetlab.bench").bench.train_images_per_s(torch.nn.Linear(1, 1), 1, (1, 1, 1), amp="int8")

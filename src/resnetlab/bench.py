@@ -145,6 +145,15 @@ def _roof_tf32(device: torch.device) -> bool:
     return bool(device.type == "cuda" and torch.backends.cudnn.allow_tf32)
 
 
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _amp_dtype(amp: str) -> torch.dtype | None:
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+    return AMP_DTYPES[amp]
+
+
 def _batch(batch_size: int, input_size: tuple[int, int, int], num_classes: int, device: torch.device, channels_last: bool):
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch_size, *input_size, generator=g).to(device)  # (B, C, H, W)
@@ -164,6 +173,7 @@ def train_images_per_s(
     device: str | torch.device = "cpu",
     channels_last: bool = True,
     compile: bool = False,
+    amp: str = "off",
 ) -> float:
     """Training images/s: forward, cross-entropy, backward and an SGD (momentum, nesterov) step.
 
@@ -179,6 +189,9 @@ def train_images_per_s(
         device: where to run.
         channels_last: NHWC activations and weights.
         compile: wrap the whole step in ``torch.compile``.
+        amp: ``"off"`` (fp32), ``"bf16"`` or ``"fp16"``: forward and loss under
+            ``torch.autocast`` in that dtype, as the trainer's ``train.amp``; fp16 with a
+            ``GradScaler``.
 
     Example:
         >>> from resnetlab import create_model
@@ -191,12 +204,16 @@ def train_images_per_s(
         model = model.to(memory_format=torch.channels_last)
     x, y = _batch(batch_size, input_size, getattr(model, "num_classes", 10), device, channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    dtype = _amp_dtype(amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     fn = torch.compile(step) if compile else step
     return _best_rate(fn, batch_size, steps, warmup, repeats, device)
@@ -212,6 +229,7 @@ def infer_images_per_s(
     device: str | torch.device = "cpu",
     channels_last: bool = False,
     optimize: bool = False,
+    amp: str = "off",
 ) -> float:
     """Inference images/s under ``torch.inference_mode``.
 
@@ -221,6 +239,7 @@ def infer_images_per_s(
         channels_last: NHWC input and weights.
         optimize: fold batch norms into the convolutions first
             (:func:`resnetlab.fold.optimize_for_inference`).
+        amp: ``"off"``, ``"bf16"`` or ``"fp16"``: the forward under ``torch.autocast``.
 
     Example:
         >>> from resnetlab import create_model
@@ -235,10 +254,12 @@ def infer_images_per_s(
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
     x, _ = _batch(batch_size, input_size, 2, device, channels_last)
+    dtype = _amp_dtype(amp)
 
     @torch.inference_mode()
     def step() -> None:
-        model(x)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            model(x)
 
     return _best_rate(step, batch_size, steps, warmup, repeats, device)
 
@@ -256,6 +277,7 @@ def run_bench(
     threads: int | None = None,
     matmul_size: int = 2048,
     model_args: dict[str, Any] | None = None,
+    amp: str = "off",
 ) -> dict[str, Any]:
     """Measure a registered model's training / inference throughput and its share of the matmul roof.
 
@@ -272,23 +294,23 @@ def run_bench(
         threads: intra-op threads (CPU); ``None`` uses every core.
         matmul_size: side of the square matmul that measures the roof.
         model_args: extra ``create_model`` arguments (``norm``, ``width``, ...).
+        amp: ``"off"`` (fp32), ``"bf16"`` or ``"fp16"`` autocast for training and inference; the
+            roof matmul then runs in that dtype, so the fraction compares like with like.
 
     Returns:
         A dict with ``model``, ``batch_size``, ``input_size``, ``train_images_per_s``,
         ``infer_images_per_s`` (the faster of eager and optimized), ``infer_eager_images_per_s``,
         ``infer_optimized_images_per_s``, ``infer_speedup``, ``matmul_gflops``,
         ``model_gflops_per_image``, ``train_gflops``, ``train_roof_fraction``, ``device``,
-        ``threads``, ``channels_last``, ``compile``, ``torch``.
+        ``threads``, ``channels_last``, ``compile``, ``amp``, ``matmul_dtype``, ``torch``.
 
     Example:
         >>> r = run_bench("resnet8", batch_size=8, steps=2, warmup=1, repeats=1, matmul_size=256)
         >>> 0 < r["train_roof_fraction"]
         True
     """
-    from resnetlab.models import create_model
-    from resnetlab.models.profile import count_flops
-
     size = parse_input_size(input_size)
+    _amp_dtype(amp)  # a bad value fails before any work
     for name, value, low in (("batch_size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0), ("repeats", repeats, 1), ("matmul_size", matmul_size, 1)):
         check_int(name, value, low)
     from resnetlab.evaluate import resolve_device
@@ -299,6 +321,20 @@ def run_bench(
 
     tune_malloc()  # what the trainer does (train.tune_malloc)
 
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # as the trainer: fixed shapes, cuDNN picks its fastest kernels
+    try:
+        return _run_bench(model, size, batch_size, steps, warmup, repeats, dev, n_threads, channels_last, compile,
+                          matmul_size, model_args, amp)  # fmt: skip
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
+def _run_bench(model, size, batch_size, steps, warmup, repeats, dev, n_threads, channels_last, compile, matmul_size, model_args, amp):
+    from resnetlab.models import create_model
+    from resnetlab.models.profile import count_flops
+
+    roof_dtype = _amp_dtype(amp) or torch.float32
     args = {"in_channels": size[0], **(model_args or {})}
     net = create_model(model, **args).to(dev)
     fwd_flops = count_flops(net, size)
@@ -306,15 +342,17 @@ def run_bench(
 
     # The roof is measured before and after the model so that a burst of load from other
     # processes during one of them does not decide the fraction alone.
-    roof = matmul_gflops(matmul_size, device=dev)
+    roof = matmul_gflops(matmul_size, device=dev, dtype=roof_dtype)
     train_ips = train_images_per_s(
-        net, batch_size, size, steps, warmup, repeats, dev, channels_last=channels_last, compile=compile
+        net, batch_size, size, steps, warmup, repeats, dev, channels_last=channels_last, compile=compile, amp=amp
     )
     infer_model = create_model(model, **args).to(dev)
     infer_model.load_state_dict(net.state_dict())  # trained weights: non-trivial BN statistics
-    eager = infer_images_per_s(infer_model, batch_size, size, steps, warmup, repeats, dev, channels_last=False)
-    fast = infer_images_per_s(infer_model, batch_size, size, steps, warmup, repeats, dev, channels_last=channels_last, optimize=True)
-    roof = max(roof, matmul_gflops(matmul_size, device=dev))
+    eager = infer_images_per_s(infer_model, batch_size, size, steps, warmup, repeats, dev, channels_last=False, amp=amp)
+    fast = infer_images_per_s(
+        infer_model, batch_size, size, steps, warmup, repeats, dev, channels_last=channels_last, optimize=True, amp=amp
+    )
+    roof = max(roof, matmul_gflops(matmul_size, device=dev, dtype=roof_dtype))
 
     train_gflops = train_ips * 3 * fwd_flops / 1e9
     return {
@@ -334,5 +372,7 @@ def run_bench(
         "threads": n_threads,
         "channels_last": channels_last,
         "compile": compile,
+        "amp": amp,
+        "matmul_dtype": "tf32" if roof_dtype is torch.float32 and _roof_tf32(dev) else str(roof_dtype).removeprefix("torch."),
         "torch": torch.__version__,
     }

@@ -13,7 +13,7 @@ def register(sub) -> None:
         "bench",
         help="measure training and inference images/s against the machine's matmul GFLOP/s",
         description="Synthetic-data throughput of a model: training (fwd+bwd+SGD) and inference "
-        "(eager and BN-folded) images/s, the measured fp32 matmul GFLOP/s and the fraction of it "
+        "(eager and BN-folded) images/s, the measured matmul GFLOP/s (fp32, or the --amp dtype) and the fraction of it "
         "the training step reaches (3 x forward FLOPs per image).",
     )
     p.add_argument("--model", default="resnet20", help="registered model name (default: resnet20)")
@@ -30,6 +30,12 @@ def register(sub) -> None:
         help="NHWC training and optimized inference (default: on)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument(
+        "--amp",
+        choices=("off", "bf16", "fp16"),
+        default="off",
+        help="autocast dtype for training and inference; the roof matmul runs in it too (default: off, fp32)",
+    )
     p.add_argument("--threads", type=int_at_least(1), default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--matmul-size", type=int_at_least(1), default=2048, help="side of the roof matmul (default: 2048)")
     p.add_argument("--norm", default=None, help="norm layer for the model (default: the model's)")
@@ -54,6 +60,7 @@ def run(args) -> int:
         threads=args.threads,
         matmul_size=args.matmul_size,
         model_args=model_args,
+        amp=args.amp,
     )
     if args.json:
         print(json.dumps(r))
@@ -61,7 +68,7 @@ def run(args) -> int:
     size = "x".join(str(s) for s in r["input_size"])
     print(f"model            {r['model']}  batch {r['batch_size']}  input {size}  device {r['device']}  threads {r['threads']}")
     print(f"model FLOPs      {r['model_gflops_per_image']:.4f} GFLOP/image forward (x3 for a training step)")
-    print(f"matmul roof      {r['matmul_gflops']:.1f} GFLOP/s (fp32, {args.matmul_size}x{args.matmul_size})")
+    print(f"matmul roof      {r['matmul_gflops']:.1f} GFLOP/s ({r['matmul_dtype']}, {args.matmul_size}x{args.matmul_size})")
     print(f"training         {r['train_images_per_s']:.1f} images/s = {r['train_gflops']:.1f} GFLOP/s "
           f"= {100 * r['train_roof_fraction']:.1f}% of the roof")
     print(f"inference eager  {r['infer_eager_images_per_s']:.1f} images/s")
