@@ -31,7 +31,7 @@ def test_torchrun_two_cpu_ranks(tmp_path, extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train",
            "--model", "resnet8", "--data", "digits", "--epochs", "2", "--batch-size", "32",
-           "--set", "output.report=false", "--set", "train.num_threads=1", "--out", str(out), *extra]  # fmt: skip
+           "--set", "output.report=false", "--set", "train.num_threads=1", "--set", "train.device=cpu", "--out", str(out), *extra]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=540, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
@@ -58,7 +58,7 @@ def test_a_batch_larger_than_each_ranks_share_is_refused(tmp_path):
         torchrun = shutil.which("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train", "--model", "resnet8",
-           "--data", "digits", "--subset", "300", "--batch-size", "256", "--epochs", "1", "--out", str(tmp_path / "r")]  # fmt: skip
+           "--data", "digits", "--subset", "300", "--batch-size", "256", "--epochs", "1", "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
     assert proc.returncode != 0
     assert "train.batch_size=256 per process is larger than each of the 2 processes' share of the training split (135 images)" in proc.stderr

@@ -78,7 +78,7 @@ class _SignalAt(Callback):
 def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, extra):
     # 288 training images / batch 8 = 36 steps per epoch: the window at step 25 is mid-epoch.
     # With EMA, last/ holds the averaged weights: equal only if the average survives the resume.
-    cfg = tiny("train.batch_size=8", "train.epochs=2", *extra)
+    cfg = tiny("train.batch_size=8", "train.epochs=2", "train.device=cpu", *extra)  # bit-exact: not CUDA
     train(cfg, tmp_path / "ref", progress=False)
 
     from resnetlab.config import save_config
@@ -351,6 +351,12 @@ def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
     assert cuda.current == [torch.device("cuda", 1)] * 2
     with pytest.raises(ConfigError, match=r"train.device='cuda:0' would put all 2 processes on one GPU; .* CUDA_VISIBLE_DEVICES"):
         process_device("cuda:0", local_rank=1, world_size=2)
+    # more processes than GPUs (seen on a 1-GPU machine: "CUDA error: invalid device ordinal")
+    with pytest.raises(ConfigError, match=r"train.device='auto': process with local rank 4 needs GPU cuda:4 but 4 GPU\(s\) "
+                                          r"are visible here; start at most 4 processes per node .* train.device=cpu"):
+        process_device("auto", local_rank=4, world_size=5)
+    assert process_device("auto", local_rank=3, world_size=5) == torch.device("cuda", 3)
+    cuda.current.pop()
     # one process: cuda is the current GPU, cuda:N is taken as given; the CPU is never "current"
     assert process_device("cuda", 0, 1) == torch.device("cuda", 3)
     assert process_device("cuda:2", 0, 1) == torch.device("cuda", 2)
@@ -374,7 +380,7 @@ def test_amp_on_cpu_warns_that_it_trains_in_fp32(tmp_path, caplog):
     import logging
 
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
-        t = Trainer(tiny("train.amp=fp16"), tmp_path / "amp", progress=False)
+        t = Trainer(tiny("train.amp=fp16", "train.device=cpu"), tmp_path / "amp", progress=False)
     assert t.autocast_dtype is None and "train.amp=fp16 applies on CUDA only; on cpu this run trains in fp32" in caplog.text
 
 

@@ -201,6 +201,13 @@ def process_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch
                 f"train.device={spec!r} would put all {world_size} processes on one GPU; under torchrun use "
                 "auto or cuda (process k takes cuda:LOCAL_RANK) and pick the GPUs with CUDA_VISIBLE_DEVICES"
             )
+        n_gpus = torch.cuda.device_count()
+        if local_rank >= n_gpus:  # else CUDA's own "invalid device ordinal", naming nothing
+            raise ConfigError(
+                f"train.device={spec!r}: process with local rank {local_rank} needs GPU cuda:{local_rank} but "
+                f"{n_gpus} GPU(s) are visible here; start at most {n_gpus} processes per node "
+                "(torchrun --nproc_per_node) or train on the CPU with train.device=cpu"
+            )
         dev = torch.device("cuda", local_rank)
     elif dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
