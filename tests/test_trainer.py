@@ -546,3 +546,16 @@ def test_tensorboard_scalars_match_metrics_csv_after_overwrite(tmp_path):
         logged = [(e.step, e.value) for e in acc.Scalars(key)]
         assert [s for s, _ in logged] == [int(r["epoch"]) for r in rows]
         assert [v for _, v in logged] == pytest.approx([float(r[key]) for r in rows], rel=1e-5)
+
+
+def test_progress_bar_on_a_terminal_shows_each_epoch_and_the_live_window_figures(tmp_path, capsys):
+    # progress=True is what a terminal gets (sys.stderr.isatty()); 256 training images / batch 8
+    # = 32 steps per epoch: the windows end at step 25 and at the epoch's end
+    result = train(tiny("train.batch_size=8"), tmp_path / "bar", progress=True)
+    frames = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert len(result.history) == 2
+    for epoch in (1, 2):
+        mine = [f for f in frames if f.startswith(f"epoch {epoch}/2:")]
+        for step in ("25/32", "32/32"):
+            live = [f for f in mine if f" {step} " in f]
+            assert live and all("loss=" in f and "acc=" in f and "img_s=" in f for f in live), (epoch, step, mine)
