@@ -129,3 +129,14 @@ def test_bench_amp_choice_is_checked(capsys):
     assert "argument --amp: invalid choice: 'fp8'" in err and "\n" not in err
     with pytest.raises(ValueError, match="amp must be one of off, bf16, fp16"):
         __import__("resnetlab.bench").bench.train_images_per_s(torch.nn.Linear(1, 1), 1, (1, 1, 1), amp="int8")
+
+
+def test_measurements_run_with_cudnns_autotuner_and_the_users_flag_is_restored(monkeypatch):
+    import resnetlab.bench as bench
+
+    seen = []
+    monkeypatch.setattr(bench, "train_images_per_s", lambda *a, **k: seen.append(torch.backends.cudnn.benchmark) or 100.0)
+    monkeypatch.setattr(bench, "infer_images_per_s", lambda *a, **k: seen.append(torch.backends.cudnn.benchmark) or 100.0)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    bench.run_bench("resnet8", batch_size=2, input_size="1x8x8", steps=1, warmup=0, repeats=1, matmul_size=64)
+    assert seen == [True, True, True] and torch.backends.cudnn.benchmark is False

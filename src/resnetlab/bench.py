@@ -21,10 +21,11 @@ ever slow a window down, so the fastest window is the best estimate of what the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -152,6 +153,17 @@ def _amp_dtype(amp: str) -> torch.dtype | None:
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
     return AMP_DTYPES[amp]
+
+
+@contextlib.contextmanager
+def _cudnn_autotuner() -> Iterator[None]:
+    """cuDNN times its kernels for each new shape and keeps the fastest, as in the trainer."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def _batch(batch_size: int, input_size: tuple[int, int, int], num_classes: int, device: torch.device, channels_last: bool):
@@ -309,8 +321,11 @@ def run_bench(
         >>> 0 < r["train_roof_fraction"]
         True
     """
+    from resnetlab.models import create_model
+    from resnetlab.models.profile import count_flops
+
     size = parse_input_size(input_size)
-    _amp_dtype(amp)  # a bad value fails before any work
+    roof_dtype = _amp_dtype(amp) or torch.float32  # a bad value fails before any work
     for name, value, low in (("batch_size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0), ("repeats", repeats, 1), ("matmul_size", matmul_size, 1)):
         check_int(name, value, low)
     from resnetlab.evaluate import resolve_device
@@ -321,20 +336,6 @@ def run_bench(
 
     tune_malloc()  # what the trainer does (train.tune_malloc)
 
-    cudnn_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True  # as the trainer: fixed shapes, cuDNN picks its fastest kernels
-    try:
-        return _run_bench(model, size, batch_size, steps, warmup, repeats, dev, n_threads, channels_last, compile,
-                          matmul_size, model_args, amp)  # fmt: skip
-    finally:
-        torch.backends.cudnn.benchmark = cudnn_benchmark
-
-
-def _run_bench(model, size, batch_size, steps, warmup, repeats, dev, n_threads, channels_last, compile, matmul_size, model_args, amp):
-    from resnetlab.models import create_model
-    from resnetlab.models.profile import count_flops
-
-    roof_dtype = _amp_dtype(amp) or torch.float32
     args = {"in_channels": size[0], **(model_args or {})}
     net = create_model(model, **args).to(dev)
     fwd_flops = count_flops(net, size)
@@ -343,15 +344,16 @@ def _run_bench(model, size, batch_size, steps, warmup, repeats, dev, n_threads, 
     # The roof is measured before and after the model so that a burst of load from other
     # processes during one of them does not decide the fraction alone.
     roof = matmul_gflops(matmul_size, device=dev, dtype=roof_dtype)
-    train_ips = train_images_per_s(
-        net, batch_size, size, steps, warmup, repeats, dev, channels_last=channels_last, compile=compile, amp=amp
-    )
-    infer_model = create_model(model, **args).to(dev)
-    infer_model.load_state_dict(net.state_dict())  # trained weights: non-trivial BN statistics
-    eager = infer_images_per_s(infer_model, batch_size, size, steps, warmup, repeats, dev, channels_last=False, amp=amp)
-    fast = infer_images_per_s(
-        infer_model, batch_size, size, steps, warmup, repeats, dev, channels_last=channels_last, optimize=True, amp=amp
-    )
+    with _cudnn_autotuner():
+        train_ips = train_images_per_s(
+            net, batch_size, size, steps, warmup, repeats, dev, channels_last=channels_last, compile=compile, amp=amp
+        )
+        infer_model = create_model(model, **args).to(dev)
+        infer_model.load_state_dict(net.state_dict())  # trained weights: non-trivial BN statistics
+        eager = infer_images_per_s(infer_model, batch_size, size, steps, warmup, repeats, dev, channels_last=False, amp=amp)
+        fast = infer_images_per_s(
+            infer_model, batch_size, size, steps, warmup, repeats, dev, channels_last=channels_last, optimize=True, amp=amp
+        )
     roof = max(roof, matmul_gflops(matmul_size, device=dev, dtype=roof_dtype))
 
     train_gflops = train_ips * 3 * fwd_flops / 1e9
