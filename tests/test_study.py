@@ -220,6 +220,10 @@ def test_interrupted_study_resumes_without_rerunning_finished_cells(finished, tm
     assert (victim / "checkpoints" / "last").is_dir() and not (victim / "eval").exists()
     # the report of the three finished runs is written, naming the failed one
     assert json.loads((out / "results.json").read_text())["failed"] == {"norm=gn/seed1": "power cut"}
+    # a user looks at the half-trained run: its test metrics must not make it count as finished
+    from resnetlab.evaluate import evaluate
+
+    evaluate(victim, split="test")
     done = {k: v for k, v in snapshot(out).items() if k.startswith(("norm=bn/", "norm=gn/seed0"))}
     monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
 

@@ -52,6 +52,7 @@ from typing import Any
 
 import yaml
 
+from resnetlab.checkpoint import CheckpointError, load_meta
 from resnetlab.config import Config, apply_overrides, config_from_dict, read_yaml, smoke_config, smoke_fallback
 from resnetlab.errors import ConfigError, ResnetlabError, check_int, did_you_mean
 
@@ -360,8 +361,21 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
     return None if a == b else f"{prefix[:-1]}: {a!r} (folder) vs {b!r} (study)"
 
 
+def _trained_to_the_end(last: Path, cfg: Config) -> bool:
+    """Whether the checkpoint ``last`` is the end of training (all epochs, or all iterations)."""
+    try:
+        meta = load_meta(last)
+    except CheckpointError:
+        return False
+    if cfg.train.iterations:
+        return int(meta.get("step", 0)) >= cfg.train.iterations
+    return int(meta.get("epoch", 0)) >= cfg.train.epochs
+
+
 def cell_status(run_dir: Path, cfg: Config) -> str:
-    """``"done"`` (test metrics present), ``"resume"`` (a checkpoint), or ``"fresh"``.
+    """``"done"`` (trained to the end and evaluated on the test split), ``"resume"`` (a
+    checkpoint), or ``"fresh"``. Test metrics alone do not make a cell done: ``resnetlab
+    evaluate`` writes them for an interrupted run too.
 
     Raises:
         ResnetlabError: the folder holds a run of a different config.
@@ -371,9 +385,9 @@ def cell_status(run_dir: Path, cfg: Config) -> str:
         diff = _first_difference(_comparable(_normalized(read_yaml(saved))), _comparable(cfg.model_dump(mode="json")))
         if diff:
             raise ResnetlabError(f"{run_dir} holds a run with another config ({diff}); delete that folder or choose another --out")
-        if (run_dir / "eval" / "test" / "metrics.json").is_file():
-            return "done"
         ckpts = run_dir / "checkpoints"
+        if (run_dir / "eval" / "test" / "metrics.json").is_file() and _trained_to_the_end(ckpts / "last", cfg):
+            return "done"
         if (ckpts / "last").is_dir() or (ckpts / "last.prev").is_dir():
             return "resume"
     return "fresh"
