@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from resnetlab.checkpoint import load_checkpoint, load_weights
 from resnetlab.config import load_config
-from resnetlab.errors import ResnetlabError, TrainingDiverged
+from resnetlab.errors import ConfigError, ResnetlabError, TrainingDiverged
 from resnetlab.optim import LRFactor, build_scheduler
 from resnetlab.trainer import TIMING_COLUMNS, Callback, Trainer, resume, train
 
@@ -339,7 +339,6 @@ class _FakeCuda:
 
 
 def test_each_torchrun_process_takes_its_own_gpu(monkeypatch):
-    from resnetlab.errors import ConfigError
     from resnetlab.trainer import process_device
 
     cuda = _FakeCuda(monkeypatch)
@@ -559,3 +558,11 @@ def test_progress_bar_on_a_terminal_shows_each_epoch_and_the_live_window_figures
         for step in ("25/32", "32/32"):
             live = [f for f in mine if f" {step} " in f]
             assert live and all("loss=" in f and "acc=" in f and "img_s=" in f for f in live), (epoch, step, mine)
+
+
+def test_head_only_epochs_that_cover_the_whole_run_are_refused(tmp_path):
+    # the body would never train (it ended equal to the pretrained weights)
+    with pytest.raises(ConfigError, match=r"train.head_only_epochs=2 leaves no epoch to train the whole network "
+                                          r"\(this run has 2\); .* model.freeze_until=layer4"):
+        Trainer(tiny("train.head_only_epochs=2"), tmp_path / "r", progress=False)
+    assert Trainer(tiny("train.head_only_epochs=1"), tmp_path / "ok", progress=False).epochs == 2
