@@ -417,3 +417,33 @@ def test_subset_follows_the_seed_and_may_keep_the_whole_pool():
     full = load_dataset(name, val_fraction=0).train
     for whole in (1.0, len(full)):  # the whole pool: a share of 1 or the pool's size
         assert len(load_dataset(name, subset=whole, val_fraction=0).train) == len(full)
+
+
+def test_a_failed_download_is_one_line_naming_the_dataset_and_a_smoke_run_falls_back(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    from resnetlab.config import load_config, smoke_fallback
+
+    tried = []
+
+    class Offline:
+        def __init__(self, root, train=True, download=False):
+            tried.append(download)
+            raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+    monkeypatch.setattr("resnetlab.data.datasets.SYSTEM_FASHION_MNIST", str(tmp_path / "none"))
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion-mnist", root=tmp_path / "new", download=True)
+    msg = str(info.value)
+    assert msg.startswith(f"fashion-mnist: download into {str(tmp_path / 'new')!r} failed (") and "\n" not in msg
+    assert "Name or service not known" in msg and "check the network, or copy the files there" in msg
+    # without download: the hint says where the option works
+    with pytest.raises(DataError, match=r"download it with data.download=true \(resnetlab train \.\.\. --set data.download=true\)"):
+        load_dataset("fashion-mnist", root=tmp_path / "new")
+    # --smoke with download=true tries the download (it did not), then falls back to synthetic data
+    cfg = smoke_fallback(load_config(None, ["data.name=fashion-mnist", f"data.root={tmp_path / 'new'}", "data.download=true"]))
+    assert cfg.data.name.startswith("synthetic:1x28x28:10:") and cfg.data.download is False
+    assert tried == [True, True]

@@ -368,7 +368,8 @@ def smoke_fallback(cfg: Config) -> Config:
 
     data = cfg.model_dump(mode="json")
     try:
-        classes = len(load_dataset(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, val_fraction=0).classes)
+        classes = len(load_dataset(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, val_fraction=0,
+                                   download=cfg.data.download).classes)  # fmt: skip
     except DataError as exc:
         key = cfg.data.name.split(":")[0]
         side = cfg.data.image_size or 64

@@ -263,6 +263,21 @@ def _unpickle(path: Path) -> dict:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()}
 
 
+# Where a missing dataset can be fetched from: the option works in configs and with `resnetlab
+# train --set`; other commands read the data root that a training run filled.
+_DOWNLOAD_HINT = "download it with data.download=true (resnetlab train ... --set data.download=true)"
+
+
+def _download(cls, root: Path, name: str) -> None:
+    """torchvision's download of ``name`` into ``root``; a failure (no network, a server error, a
+    bad archive) becomes one line naming the dataset and the folder."""
+    log.info("downloading %s to %s", name, root)
+    try:
+        cls(str(root), train=True, download=True)
+    except Exception as exc:  # URLError, HTTPError, OSError, RuntimeError (checksum) from torchvision
+        raise DataError(f"{name}: download into {str(root)!r} failed ({exc}); check the network, or copy the files there") from None
+
+
 def _read_cifar(root: Path, name: str, download: bool):
     folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
     base = root / folder
@@ -271,12 +286,11 @@ def _read_cifar(root: Path, name: str, download: bool):
 
         root.mkdir(parents=True, exist_ok=True)
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        log.info("downloading %s to %s", name, root)
-        cls(str(root), train=True, download=True)
+        _download(cls, root, name)
     if not base.is_dir():
         raise DataError(
             f"{name} not found: expected {str(base)!r} (torchvision's python-pickle format); "
-            f"set data.download=true (--set data.download=true), or copy the extracted archive there"
+            f"{_DOWNLOAD_HINT}, or copy the extracted archive there"
         )
     if name == "cifar10":
         train_files = [base / f"data_batch_{i}" for i in range(1, 6)]
@@ -355,15 +369,14 @@ def _read_mnist(root: Path, name: str, download: bool):
 
         root.mkdir(parents=True, exist_ok=True)
         cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else torchvision.datasets.MNIST
-        log.info("downloading %s to %s", name, root)
-        cls(str(root), train=True, download=True)
+        _download(cls, root, name)
         found = _find_idx_set(dirs, stems)
     if None in found:
         missing = stems[found.index(None)]
         hint = " or install the Debian package dataset-fashion-mnist" if name == "fashion-mnist" else ""
         raise DataError(
             f"{name} not found: no {missing}[.gz] in {', '.join(str(d) for d in dirs)}; "
-            f"set data.download=true (--set data.download=true){hint}"
+            f"{_DOWNLOAD_HINT}{hint}"
         )
     if found[0].parent == root:
         log.info("%s: using the IDX files directly in %s (%s/%s/ is the unambiguous place for them)", name, root, root, name)
