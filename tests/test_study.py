@@ -122,6 +122,10 @@ def test_bad_study_files_fail_with_one_line(tmp_path, change, message):
 def test_bad_cell_value_is_reported_with_the_cell(tmp_path):
     with pytest.raises(ConfigError, match=r"cell dropout=1.5: config model.dropout"):
         load_all(write_study(tmp_path, grid={"model.dropout": [0.1, 1.5]}))
+    # run_study refuses it before making the study folder: nothing is left behind
+    with pytest.raises(ConfigError, match=r"cell dropout=1.5: config model.dropout"):
+        st.run_study(write_study(tmp_path, grid={"model.dropout": [0.1, 1.5]}), out=tmp_path / "study")
+    assert not (tmp_path / "study").exists()
 
 
 # -- running ------------------------------------------------------------------------------

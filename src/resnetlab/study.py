@@ -521,12 +521,9 @@ def run_study(
         cells = cells[:max_cells]
     base_out = config_from_dict(spec.base).output.dir
     out_dir = Path(out) if out else Path(base_out) / f"study-{spec.name}{'-smoke' if smoke else ''}"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResnetlabError(f"cannot use {out_dir} as the study folder ({exc.strerror or exc}); choose a folder with --out") from None
 
-    # resolve every run's config and status first: a bad cell fails before any training
+    # resolve every run's config and status first: a bad cell fails before any training (and
+    # before the study folder is made: a refused study leaves nothing behind)
     fallback_cache: dict[str, Config] = {}
     plan: list[tuple[Cell, int, Config, Path, str]] = []
     for cell in cells:
@@ -536,6 +533,10 @@ def run_study(
                 cfg = _smoke_fallback_cached(cfg, fallback_cache)
             run_dir = out_dir / cell.label / f"seed{k}"
             plan.append((cell, k, cfg, run_dir, cell_status(run_dir, cfg)))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResnetlabError(f"cannot use {out_dir} as the study folder ({exc.strerror or exc}); choose a folder with --out") from None
 
     ran, skipped, failures = [], [], []
     todo = []
