@@ -426,6 +426,18 @@ def test_head_only_epochs_keep_body_frozen(tmp_path):
     assert not torch.equal(t.model.layer1[0].conv1.weight, body0)
 
 
+def test_freezing_happens_once_per_phase(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        train(tiny("model.freeze_until=layer1"), tmp_path / "fz", progress=False)
+    assert caplog.text.count("froze ") == 1  # was logged (and done) twice: at start-up and again at epoch 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        train(tiny("train.head_only_epochs=1", "model.freeze_until=layer1"), tmp_path / "ho", progress=False)
+    assert caplog.text.count("froze ") == 1  # up to layer1, once the head-only epoch is over
+
+
 def test_metrics_csv_columns_and_values(tmp_path):
     r = train(tiny(), tmp_path / "m", progress=False)
     rows = read_rows(tmp_path / "m" / "metrics.csv", drop_timing=False)

@@ -550,8 +550,8 @@ class Trainer:
         if self.cfg.train.head_only_epochs or self.cfg.model.freeze_until is not None:
             from resnetlab.transfer import set_frozen_norms_eval
 
-            if epoch == self.cfg.train.head_only_epochs and self.start_step == 0:
-                self._apply_freeze(epoch)
+            if epoch == self.cfg.train.head_only_epochs > 0 and self.start_step == 0:
+                self._apply_freeze(epoch)  # the head-only phase is over (epoch 0's freeze is __init__'s)
             set_frozen_norms_eval(model)
         for cb in self.callbacks:
             cb.on_epoch_start(self, epoch)
@@ -794,11 +794,7 @@ def train(cfg: Config, run_dir: str | os.PathLike | None = None, overwrite: bool
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        if trainer.pretrained_report:
-            r = trainer.pretrained_report
-            log.info("pretrained %s: loaded %d tensors, re-initialized %s, skipped %s", cfg.model.pretrained,
-                     len(r.get("loaded", [])), r.get("reinitialized") or "none", r.get("skipped") or "none")  # fmt: skip
+        save_config(cfg, run_dir / "config.yaml")  # (the pretrained weights' summary is logged where they load)
     return _fit_and_finish(trainer, cfg, run_dir)
 
 
