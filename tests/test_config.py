@@ -32,6 +32,8 @@ def test_yaml_roundtrip(tmp_path):
     [
         ("optim.lrr=0.1", "unknown config key 'optim.lrr'; did you mean 'optim.lr'"),
         ("trian.epochs=3", "unknown config key 'trian'"),
+        ("lr=0.1", "unknown config key 'lr'; did you mean 'optim.lr'?"),  # a bare option name: its full key
+        ("train.lr=0.1", "unknown config key 'train.lr'; did you mean 'optim.lr'?"),
         ("optim.lr=abc", "config optim.lr"),
         ("optim.lr=-1", "greater than 0"),
         ("model.name=resnet21", "did you mean"),
@@ -46,6 +48,15 @@ def test_bad_values_give_one_line(override, expected):
     msg = str(exc.value)
     assert expected in msg
     assert "\n" not in msg
+
+
+def test_a_study_file_given_as_a_training_config_names_the_study_command(tmp_path):
+    study = tmp_path / "study-norm.yaml"
+    study.write_text("name: norm\nbase:\n  model: {name: resnet8}\ngrid:\n  model.norm: [bn, gn]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(study)
+    assert str(info.value) == (f"{study} is a study file (base and grid/cells), not a training config; "
+                               f"run it with: resnetlab study {study}")  # fmt: skip
 
 
 def test_batch_size_one_with_batchnorm_is_refused():

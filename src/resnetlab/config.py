@@ -245,13 +245,24 @@ def config_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     return keys
 
 
+def suggest_key(key: str) -> str:
+    """``"; did you mean 'optim.lr'?"`` for an unknown config key: keys with the same last name
+    first (``lr`` -> ``optim.lr``), else the closest spellings, else ``""``."""
+    keys = config_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    same = [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k != key]
+    if same:
+        return "; did you mean " + " or ".join(repr(k) for k in same[:3]) + "?"
+    return did_you_mean(key, keys)
+
+
 def _format_error(err: ValidationError) -> str:
     errors = err.errors()
     # a misspelt key also leaves its intended key missing: name the misspelling first
     e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
     if e["type"] == "extra_forbidden":
-        return f"unknown config key {loc!r}{did_you_mean(loc, config_keys())}"
+        return f"unknown config key {loc!r}{suggest_key(loc)}"
     msg = e["msg"].removeprefix("Value error, ")
     if not loc:
         return msg
@@ -324,6 +335,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
     """Load a YAML recipe (or the defaults when ``path`` is None) and apply overrides."""
     data = read_yaml(path) if path else {}
+    if isinstance(data, dict) and "base" in data and ("grid" in data or "cells" in data):
+        raise ConfigError(f"{path} is a study file (base and grid/cells), not a training config; run it with: resnetlab study {path}")
     return config_from_dict(apply_overrides(data, overrides))
 
 

@@ -131,13 +131,13 @@ class StudySpec:
 
 
 def _check_key(key: Any, where: str) -> str:
-    from resnetlab.config import config_keys
+    from resnetlab.config import config_keys, suggest_key
 
     if not isinstance(key, str) or not key:
         raise ConfigError(f"{where}: config key {key!r} must be a dotted string such as model.norm")
     keys = config_keys()
     if key not in keys and not any(k.startswith(key + ".") for k in keys):
-        raise ConfigError(f"{where}: unknown config key {key!r}{did_you_mean(key, keys)}")
+        raise ConfigError(f"{where}: unknown config key {key!r}{suggest_key(key)}")
     if key == "seed":
         raise ConfigError(f"{where}: 'seed' cannot be varied per cell; use the study's 'seeds: N' instead")
     return key
