@@ -26,6 +26,12 @@ QUIET = ["--set", "output.evaluate_test=false", "--set", "output.report=false", 
 TINY = ["train", "-q", "--model", "resnet8", "--subset", "200", "--epochs", "1", "--batch-size", "16", *QUIET]
 
 
+def _onnx_file(c) -> str:
+    path = c.tmp / "model.onnx"
+    path.write_bytes(b"\x08\x07")  # what an ONNX file starts with; its content is never read
+    return str(path)
+
+
 def _png(path: Path, mode: str = "RGB", size: int = 12, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -167,6 +173,7 @@ CASES = {
     "data root is a file": (lambda c: ["train", "-q", "--data", "mnist", "--data-root", str(c.file)], ["data root", "is not a directory"]),
     # -- output folders --------------------------------------------------------------------------
     "output under a regular file": (lambda c: [*TINY, "--out", str(c.file / "run")], ["output folder", "is not writable (Not a directory)", "--out"]),
+    "output is an existing file": (lambda c: [*TINY, "--out", str(c.file)], ["output folder", "is an existing file, not a folder", "--out"]),
     "existing run without --resume": (lambda c: [*TINY, "--out", str(c.run)], ["already holds a run", "use --resume"]),
     "bad config on an existing run with --overwrite": (lambda c: [*TINY, "--out", str(c.run), "--overwrite", "--norm", "bnn"], ["unknown norm 'bnn'"]),
     # -- checkpoints and runs --------------------------------------------------------------------
@@ -178,6 +185,8 @@ CASES = {
     "foreign checkpoint": (lambda c: ["predict", _foreign_ckpt(c), str(c.img)], ["is not a resnetlab checkpoint", "'timm-checkpoint/2'"]),
     "truncated checkpoint": (lambda c: ["predict", _truncated_ckpt(c), str(c.img)], ["checkpoint weights are corrupt or truncated"]),
     "a file as checkpoint": (lambda c: ["evaluate", str(c.file)], ["is not a resnetlab checkpoint"]),
+    "an ONNX file without --backend onnx": (lambda c: ["predict", _onnx_file(c), str(c.img)],
+                                            ["is not a resnetlab checkpoint", "an exported ONNX file is read by resnetlab predict --backend onnx"]),  # fmt: skip
     # -- predict / explain -----------------------------------------------------------------------
     "predict a non-image": (lambda c: ["predict", str(c.run), str(c.file)], ["cannot read image", "a file.txt"]),
     "predict a missing image": (lambda c: ["predict", str(c.run), str(c.tmp / "none.png")], ["does not exist"]),

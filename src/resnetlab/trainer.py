@@ -725,6 +725,8 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise ResnetlabError(
             f"run folder {run_dir} already holds a run; use --resume {run_dir} to continue it, or --out for a new folder"
         )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ResnetlabError(f"output folder {run_dir} is an existing file, not a folder; choose a folder with --out")
     if run_dir.is_dir() and not overwrite and any(run_dir.iterdir()):
         raise ResnetlabError(
             f"output folder {run_dir} is not empty and holds no run; choose a new or empty folder with --out "
