@@ -350,3 +350,21 @@ def test_activation_maps_see_the_file_as_predict_does(cropped_run, tmp_path, mon
     # loaded at the run's 8x8, then center-cropped to 6x6: not the whole file squashed to 6x6
     assert len(fed) == 2 and fed[0].shape == fed[1].shape == (1, 1, 6, 6)
     assert torch.equal(fed[0], fed[1])
+
+
+@pytest.mark.parametrize("cols", [1, 2, 8])
+def test_grid_title_fits_the_figure_whatever_the_column_count(tmp_path, monkeypatch, cols):
+    import matplotlib.pyplot as plt
+
+    from resnetlab import explain
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    cell = {"image": np.zeros((8, 8, 3)), "title": "x"}
+    title = "most confused pairs (true→pred): CAM of the prediction, then of the true class, on the validation split"
+    explain._draw_grid([[cell] * cols], tmp_path / "g.png", title)
+    fig = figs[0]
+    renderer = fig.canvas.get_renderer()
+    box, page = fig.texts[0].get_window_extent(renderer), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1  # no character off the page
+    assert fig.texts[0].get_text().replace("\n", " ") == title

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import textwrap
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -219,7 +220,10 @@ def _draw_grid(cells: list[list[dict[str, Any] | None]], path: Path, title: str,
     plt = _plt()
     rows = max(1, len(cells))
     cols = max(1, max((len(r) for r in cells), default=1))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell_in, rows * cell_in + 0.5), squeeze=False)
+    # the title wrapped to the figure's width (~13 characters per inch at 10 pt): a grid of one
+    # or two columns cut a one-line title off at both edges
+    title = textwrap.fill(title, width=max(16, int(cols * cell_in * 13)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell_in, rows * cell_in + 0.2 + 0.2 * (title.count("\n") + 1)), squeeze=False)
     for r in range(rows):
         for c in range(cols):
             ax = axes[r][c]
