@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["seconds"] = time.perf_counter() - t0
                 rows.append(r)
                 cmd = (f"resnetlab bench --device cuda --model {model} --input-size {args.input_size} --batch-size {args.batch_size} "
-                       f"--amp {amp} --steps {args.steps} --repeats {args.repeats} --matmul-size {args.matmul_size}"
+                       f"--amp {amp} --steps {args.steps} --warmup 5 --repeats {args.repeats} --matmul-size {args.matmul_size}"
                        f"{' --compile' if compiled else ''}")  # fmt: skip
                 print(f"| {model} | {amp} | {'yes' if compiled else 'no'} | {r['train_images_per_s']:,.0f} | "
                       f"{100 * r['train_roof_fraction']:.1f}% | {r['infer_eager_images_per_s']:,.0f} | "
