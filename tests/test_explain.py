@@ -16,6 +16,7 @@ from resnetlab import checkpoint as ck
 from resnetlab.cli import main
 from resnetlab.data import load_dataset
 from resnetlab.data.images import preprocess
+from resnetlab.errors import ResnetlabError
 from resnetlab.explain import METHODS, activation_maps, attribution_maps, explain, stage_activations
 from resnetlab.models import create_model
 
@@ -292,6 +293,31 @@ def test_activation_maps_converts_rgb_with_notice(digits_run, tmp_path, caplog, 
     assert capsys.readouterr().out.strip() == str(tmp_path / "b.png") and (tmp_path / "b.png").exists()
     rc = main(["activations", str(run), str(tmp_path / "missing.png")])
     assert rc == 2
+
+
+def test_activations_default_output_is_not_replaced_silently(digits_run, tmp_path, capsys):
+    # two images with the same name from different folders map to the same default figure:
+    # the second is refused (the first figure kept) unless --overwrite says to replace it
+    run, _, _ = digits_run
+    for sub, seed in (("a", 0), ("b", 1)):
+        (tmp_path / sub).mkdir()
+        pixels = (np.random.default_rng(seed).random((8, 8)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / sub / "same.png")
+    default = run / "explain" / "activations_same.png"
+    default.unlink(missing_ok=True)
+    assert main(["activations", str(run), str(tmp_path / "a" / "same.png"), "--layers", "layer1"]) == 0
+    assert capsys.readouterr().out.strip() == str(default)
+    first = default.read_bytes()
+    assert main(["activations", str(run), str(tmp_path / "b" / "same.png"), "--layers", "layer1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{default} already exists; use --overwrite" in err and "Traceback" not in err
+    assert default.read_bytes() == first
+    assert main(["activations", str(run), str(tmp_path / "b" / "same.png"), "--layers", "layer1", "--overwrite"]) == 0
+    assert default.read_bytes() != first
+    # the Python function keeps matplotlib's habit and replaces unless told otherwise
+    assert activation_maps(run, tmp_path / "a" / "same.png", layers=["layer1"]) == default
+    with pytest.raises(ResnetlabError, match="already exists"):
+        activation_maps(run, tmp_path / "a" / "same.png", layers=["layer1"], overwrite=False)
 
 
 # -- runs whose evaluation crops: the maps explain the input the prediction was made on ----------

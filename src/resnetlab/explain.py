@@ -533,6 +533,7 @@ def activation_maps(
     max_channels: int = 16,
     device: str | torch.device = "cpu",
     which: str = "best",
+    overwrite: bool = True,
 ) -> Path:
     """Feature-map grids for each named stage of a checkpoint, for one image.
 
@@ -548,6 +549,9 @@ def activation_maps(
         max_channels: channels shown per stage.
         device: where the model runs.
         which: ``best`` or ``last`` checkpoint of a run folder.
+        overwrite: replace a PNG already at the output path; with ``False`` an existing file
+            is refused before anything is computed (the CLI's default, so two images of the
+            same name from different folders do not silently replace each other's figure).
 
     Returns:
         The written PNG's path.
@@ -555,6 +559,7 @@ def activation_maps(
     Raises:
         ValueError: an unknown layer (lists the valid ones).
         DataError: the image cannot be read.
+        ResnetlabError: the output exists and ``overwrite`` is ``False``.
 
     Example:
         >>> activation_maps("runs/demo", "shoe.png", layers=["layer1", "layer3"])  # doctest: +SKIP
@@ -572,6 +577,12 @@ def activation_maps(
     if layers:
         for n in layers:
             model.get_stage(n)  # fail before reading the image
+    if out is None:
+        run = run_dir_of(ckpt.path)
+        out = (run if run is not None else ckpt.path) / "explain" / f"activations_{_slug(Path(image_path).stem)}.png"
+    out = png_path(out)  # matplotlib adds .png to a name without a suffix: that is the file checked
+    if not overwrite and os.path.lexists(out):
+        raise ResnetlabError(f"{out} already exists; use --overwrite to replace it, or another --out")
     # as evaluation and predict see a file: the run's data size, then its resize / center-crop
     raw = load_as_evaluated([image_path], meta)  # logs a notice when it converts channels
     x = preprocess(raw, meta["mean"], meta["std"], device=device, channels_last=False)
@@ -596,10 +607,6 @@ def activation_maps(
     classes = ckpt.classes
     fig.suptitle(f"{Path(image_path).name}: predicted {classes[int(pred)]} ({float(conf):.2f})", fontsize=8)
     fig.tight_layout()
-    if out is None:
-        run = run_dir_of(ckpt.path)
-        out = (run if run is not None else ckpt.path) / "explain" / f"activations_{_slug(Path(image_path).stem)}.png"
-    out = png_path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=110)

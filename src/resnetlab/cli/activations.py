@@ -10,7 +10,7 @@ def register(sub) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="a run folder or checkpoint folder")
     p.add_argument("image", metavar="IMAGE", help="an image file (resized and converted to the model's input)")
     p.add_argument("--out", default=None, help="PNG to write (default <run>/explain/activations_<image>.png)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file (--out or the default)")
     p.add_argument("--layers", nargs="+", default=None, help="stages to show (default: all)")
     p.add_argument("--channels", type=int_at_least(1), default=16, help="most active channels shown per stage (default 16)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
@@ -19,11 +19,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from resnetlab.cli import refuse_existing_out
     from resnetlab.explain import activation_maps
 
-    args.out = refuse_existing_out(args.out, args.overwrite)
+    # the library refuses an existing output (--out or the default path) before computing anything
     path = activation_maps(args.checkpoint, args.image, out=args.out, layers=args.layers,
-                           max_channels=args.channels, device=args.device, which=args.which)
+                           max_channels=args.channels, device=args.device, which=args.which,
+                           overwrite=args.overwrite)
     print(path)
     return 0
