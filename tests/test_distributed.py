@@ -28,7 +28,7 @@ def test_torchrun_two_cpu_ranks(tmp_path, extra):
         torchrun = shutil.which("torchrun")
     assert torchrun, "torchrun ships with torch"
     out = tmp_path / "ddp run"  # a space in the path on purpose
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}  # torchelastic_* dirs stay in tmp_path
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train",
            "--model", "resnet8", "--data", "digits", "--epochs", "2", "--batch-size", "32",
            "--set", "output.report=false", "--set", "train.num_threads=1", "--set", "train.device=cpu", "--out", str(out), *extra]  # fmt: skip
@@ -56,7 +56,7 @@ def test_a_batch_larger_than_each_ranks_share_is_refused(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         torchrun = shutil.which("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train", "--model", "resnet8",
            "--data", "digits", "--subset", "300", "--batch-size", "256", "--epochs", "1", "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
