@@ -236,3 +236,29 @@ def test_non_square_runs_load_files_at_height_by_width():
 
     c, load_hw, transform = _geometry({"input_size": [3, 16, 16], "data_shape": [3, 20, 30], "eval_transforms": ["center-crop:size=16"]})
     assert (c, load_hw) == (3, (20, 30)) and transform(torch.zeros(1, 3, 20, 30)).shape == (1, 3, 16, 16)
+
+
+def test_predict_averages_the_mirror_when_the_run_evaluated_with_tta_flip(shapes_run, tmp_path, capsys):
+    """A run with train.tta_flip: predict (torch and ONNX backends) gives evaluate's probabilities,
+    which average each image with its mirror; --no-tta-flip gives the plain image's."""
+    from resnetlab.export import export_model
+
+    run, _ = shapes_run
+    meta_path = run / "checkpoints" / "best" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["train"] = {"tta_flip": True}
+    meta_path.write_text(json.dumps(meta))
+    m = evaluate(run, device="cpu")
+    rows = list(csv.DictReader(open(m["predictions"])))
+    paths = [r["path"] for r in rows]
+    want = [float(r["confidence"]) for r in rows]
+    got = [r["top"][0]["prob"] for r in predict(run, paths, top_k=1)]
+    assert got == pytest.approx(want, abs=1e-5)
+    plain = [r["top"][0]["prob"] for r in predict(run, paths, top_k=1, tta_flip=False)]
+    assert max(abs(a - b) for a, b in zip(plain, want)) > 1e-4  # the mirror changes the answer: the test can fail
+    onnx = export_model(run, tmp_path / "m.onnx", format="onnx")
+    assert onnx.meta["tta_flip"] is True
+    got_onnx = [r["top"][0]["prob"] for r in predict(onnx.path, paths, top_k=1, backend="onnx")]
+    assert got_onnx == pytest.approx(want, abs=1e-4)
+    assert main(["predict", str(run), paths[0], "--top-k", "1", "--json", "--no-tta-flip", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["prob"] == pytest.approx(plain[0], abs=1e-6)

@@ -299,6 +299,17 @@ class SplitSource:
                             mean=self.mean, std=self.std, device=device)  # fmt: skip
 
 
+def tta_flip_of(meta: dict[str, Any]) -> bool:
+    """Whether the run's evaluation averages each image with its mirror (``train.tta_flip``).
+
+    Checkpoint metadata holds it in the resolved config; an export's sidecar holds it as a
+    top-level ``tta_flip`` key (read first).
+    """
+    if "tta_flip" in meta:
+        return bool(meta["tta_flip"])
+    return bool(((meta.get("config") or {}).get("train") or {}).get("tta_flip", False))
+
+
 def open_split(checkpoint_or_run, split: str, data_root=None, splits=None, which: str = "best", purpose: str = "evaluate") -> SplitSource:
     """Load a checkpoint (or take a loaded one), rebuild its dataset and pick ``split``."""
     from resnetlab.checkpoint import Checkpoint, load_checkpoint
@@ -321,7 +332,7 @@ def open_split(checkpoint_or_run, split: str, data_root=None, splits=None, which
         mean=meta.get("mean") or list(splits.mean),
         std=meta.get("std") or list(splits.std),
         augment=config.get("augment") or [],
-        tta_flip=bool((config.get("train") or {}).get("tta_flip", False)),
+        tta_flip=tta_flip_of(meta),
     )
 
 

@@ -157,6 +157,7 @@ def export_model(
         True
     """
     from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.evaluate import tta_flip_of
     from resnetlab.fold import fold_batchnorm
 
     fmt = str(format).lower()
@@ -221,6 +222,8 @@ def export_model(
         # predict's geometry: load at data_shape, then apply the eval transforms (absent: resize to input_size)
         "data_shape": ckpt.meta.get("data_shape"),
         "eval_transforms": ckpt.meta.get("eval_transforms") or [],
+        # predict averages the logits of each image and its mirror, as the run's evaluation did
+        "tta_flip": tta_flip_of(ckpt.meta),
         "batch_size": fixed if fixed else "dynamic",
         "input_name": "input",
         "output_name": "logits",

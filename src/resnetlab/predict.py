@@ -4,7 +4,9 @@ Size, channel count and mean/std come from the checkpoint metadata (``input_size
 ``std``), so any photo or PNG can be classified: it is decoded, converted to the model's
 channels, resized to cover the size the run's dataset stored its images at and center-cropped,
 put through the run's evaluation transforms (resize, center-crop), then normalized: the same
-geometry ``resnetlab evaluate`` gives the test split.
+geometry ``resnetlab evaluate`` gives the test split. A run trained with ``train.tta_flip``
+averages the logits of each image and its mirror, as its evaluation did (every backend; an
+export's sidecar records the setting).
 
 Backends turn a checkpoint into a function from a normalized float batch to logits:
 ``"torch"`` (eager), ``"torch-compile"`` (BN-folded and compiled by inductor with weight freezing;
@@ -193,6 +195,7 @@ def predict(
     backend: str = "torch",
     device: str | torch.device = "cpu",
     which: str = "best",
+    tta_flip: bool | None = None,
 ) -> list[dict]:
     """Classify image files with a checkpoint and return the top-k classes of each.
 
@@ -205,6 +208,9 @@ def predict(
         backend: a name from :data:`BACKENDS` (``"torch"``).
         device: where the model runs.
         which: ``"best"`` or ``"last"`` checkpoint of a run folder.
+        tta_flip: average the logits of each image and its horizontal mirror; ``None`` (the
+            default) does what the run's evaluation did (``train.tta_flip``), so the
+            probabilities equal ``resnetlab evaluate``'s for the same image.
 
     Returns:
         One ``{"path": str, "top": [{"class": name, "index": i, "prob": p}, ...]}`` per image,
@@ -218,6 +224,7 @@ def predict(
         '7'
     """
     from resnetlab.data.images import preprocess
+    from resnetlab.evaluate import tta_flip_of
 
     if backend not in BACKENDS:
         raise ValueError(unknown_name("backend", backend, BACKENDS))
@@ -231,6 +238,7 @@ def predict(
     device = torch.device(device)
     run, meta = BACKENDS[backend](checkpoint_or_run, device, which)
     classes = [str(c) for c in meta["classes"]]
+    tta = tta_flip_of(meta) if tta_flip is None else bool(tta_flip)
     k = min(top_k, len(classes))
     # a file named on the command line must be readable; one found by walking a folder that is
     # not is skipped with a warning, as the training datasets do
@@ -256,7 +264,10 @@ def predict(
                 continue
             images = torch.cat(decoded)
         x = preprocess(images, meta["mean"], meta["std"], device=device)
-        probs = torch.softmax(run(x).double(), dim=1).cpu()
+        logits = run(x).float()
+        if tta:  # as evaluation: the mean of the two logits (collect_outputs)
+            logits = (logits + run(torch.flip(x, dims=(3,))).float()) / 2
+        probs = torch.softmax(logits.double(), dim=1).cpu()
         top_p, top_i = probs.topk(k, dim=1)
         for path, ps, idx in zip(chunk, top_p.tolist(), top_i.tolist()):
             results.append(
@@ -266,5 +277,5 @@ def predict(
         log.warning("skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
     if not results:
         raise DataError(f"none of the {len(files)} image file(s) could be read")
-    log.debug("predicted %d images with %s backend", len(results), backend)
+    log.debug("predicted %d images with %s backend%s", len(results), backend, " and flip TTA" if tta else "")
     return results

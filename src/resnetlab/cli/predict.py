@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from resnetlab.cli import int_at_least
@@ -24,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder (default: best)")
     p.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per forward pass (default: 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image with its mirror (default: as the run's evaluation, train.tta_flip)")
     p.set_defaults(func=run)
 
 
@@ -39,6 +42,7 @@ def run(args) -> int:
         backend=args.backend,
         device=resolve_device(args.device),
         which=args.which,
+        tta_flip=args.tta_flip,
     )
     if args.json:
         print(json.dumps(results))
