@@ -308,6 +308,44 @@ def test_imagefolder_errors(tmp_path):
         load_dataset(f"imagefolder:{tmp_path / 'missing'}")
 
 
+def test_imagefolder_val_or_test_without_train_is_refused(tmp_path):
+    # val/ and test/ name splits: without train/ they were taken as two classes "test" and "val"
+    rng = np.random.default_rng(0)
+    for split in ("val", "test"):
+        for c in ("a", "b"):
+            _save(tmp_path / split / c / "0.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"has val/ and test/ but no train/ sub-folder; put the training images in .*/train/<class>/"):
+        load_dataset(f"imagefolder:{tmp_path}")
+
+
+def test_hidden_folders_inside_a_class_are_left_out_by_training_and_predict(tmp_path):
+    from resnetlab.predict import collect_image_files
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        for j in range(3):
+            _save(tmp_path / c / f"{j}.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    hidden = [tmp_path / "a" / ".thumbs" / "t.png", tmp_path / "b" / ".ipynb_checkpoints" / "x" / "c.png", tmp_path / "a" / ".h.png"]
+    for h in hidden:
+        _save(h, rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    s = load_dataset(f"imagefolder:{tmp_path}", image_size=6, val_fraction=0.0)
+    assert len(s.train) + len(s.test) == 6
+    assert not {str(h) for h in hidden} & set(s.train.paths + s.test.paths)
+    walked = collect_image_files([tmp_path])
+    assert len(walked) == 6 and not set(hidden) & set(walked)
+    assert collect_image_files([hidden[0]]) == [hidden[0]]  # a file named explicitly is kept
+
+
+def test_relative_imagefolder_path_is_recorded_absolute(tmp_path, monkeypatch):
+    # a run's config.yaml must find its images from any directory (evaluate, explain, resume)
+    from resnetlab.config import config_from_dict
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_dict({"data": {"name": "imagefolder:shapes/../shapes"}})
+    assert cfg.data.name == f"imagefolder:{tmp_path / 'shapes'}"
+    assert config_from_dict({"data": {"name": "fashion-mnist"}}).data.name == "fashion-mnist"
+
+
 def test_imagefolder_streaming_with_cache_matches_in_memory(tmp_path, caplog):
     write_imagefolder(tmp_path / "imgs", per_class=8)
     name = f"imagefolder:{tmp_path / 'imgs'}"

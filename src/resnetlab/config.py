@@ -88,6 +88,17 @@ class DataConfig(_Section):
     subset: int | float | None = Field(None, gt=0)  # of the training pool (before the val hold-out): float <= 1 a fraction, int a count; test is never reduced
     download: bool = False
 
+    @field_validator("name")
+    @classmethod
+    def _absolute_image_folder(cls, v: str) -> str:
+        # A run folder must work from any directory (evaluate, explain, resume read the dataset
+        # from its config.yaml): a relative image-folder path is made absolute against the
+        # directory the config is resolved in, which is where it was typed.
+        head, sep, path = v.partition(":")
+        if sep and head.strip().lower() == "imagefolder" and path.strip():
+            return f"imagefolder:{os.path.abspath(os.path.expanduser(path.strip()))}"
+        return v
+
     def load_kwargs(self, seed: int) -> dict[str, Any]:
         """Arguments of :func:`resnetlab.data.load_dataset` (besides the name) for this config.
 

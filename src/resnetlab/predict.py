@@ -122,8 +122,9 @@ def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files and directories into a sorted, de-duplicated list of image files.
 
     Directories are walked recursively and keep files with an image extension
-    (:data:`IMAGE_EXTENSIONS`); files given explicitly are kept whatever their name and are
-    checked when decoded.
+    (:data:`IMAGE_EXTENSIONS`), leaving out hidden files and folders (a name starting with a dot,
+    as the image-folder datasets do); files given explicitly are kept whatever their name and
+    are checked when decoded.
 
     Raises:
         DataError: a path that does not exist, or a directory with no image files.
@@ -131,11 +132,15 @@ def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     Example:
         >>> collect_image_files(["photos/", "cat.jpg"])  # doctest: +SKIP
     """
+    from resnetlab.data.datasets import is_hidden
+
     files: list[Path] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(f, p)
+            )
             if not found:
                 raise DataError(
                     f"no image files in directory {str(p)!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"

@@ -446,14 +446,19 @@ def _read_synthetic(spec: str):
     return ImageSet(ytr, shape, classes, images=xtr), None, ImageSet(yte, shape, classes, images=xte), classes
 
 
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether ``path`` or a folder between ``root`` and it is hidden (its name starts with a
+    dot: ``.DS_Store``, ``.ipynb_checkpoints/``, ``.thumbs/``). Such files are never images of a
+    class; training and ``predict`` on a folder both leave them out."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def _list_class_files(folder: Path) -> dict[str, list[str]]:
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     out = {}
     for c in classes:
-        files = sorted(
-            str(p) for p in (folder / c).rglob("*") if p.is_file() and not p.name.startswith(".")
-        )
-        out[c] = files
+        root = folder / c
+        out[c] = sorted(str(p) for p in root.rglob("*") if p.is_file() and not is_hidden(p, root))
     return out
 
 
@@ -464,6 +469,12 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
     if not os.access(base, os.R_OK | os.X_OK):
         raise DataError(f"image folder {path!r} is not readable")
     split_dirs = {s: base / s for s in ("train", "val", "test") if (base / s).is_dir()}
+    if split_dirs and "train" not in split_dirs:
+        named = " and ".join(f"{s}/" for s in split_dirs)
+        raise DataError(
+            f"image folder {path!r} has {named} but no train/ sub-folder; put the training images in "
+            f"{path}/train/<class>/ (or, if these are class names, rename them: 'val' and 'test' name splits)"
+        )
     if "train" in split_dirs:
         listing = {s: _list_class_files(d) for s, d in split_dirs.items()}
     else:
