@@ -368,3 +368,40 @@ def test_each_seed_of_a_cell_counts_up_from_the_base_seed():
     spec = st.StudySpec("s", {"seed": 7, "model": {"name": "resnet8"}}, grid={"model.norm": ["bn"]})
     cell = st.expand_cells(spec)[0]
     assert [st.cell_config(spec, cell, seed_index=k).seed for k in range(3)] == [7, 8, 9]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_to_a_parallel_study_starts_no_queued_cell(tmp_path, sig):
+    """--jobs 2 with 4 cells: a signal to the study process alone (not its process group) stops
+    the two running cells at a resumable checkpoint, and the two queued cells never start (they
+    used to start and train to the end after Ctrl-C)."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    base = {**BASE, "train": {**BASE["train"], "epochs": 400}}  # minutes if not stopped
+    path = tmp_path / "study-long.yaml"
+    path.write_text(yaml.safe_dump({"name": "long", "base": base, "grid": {"model.norm": ["bn", "gn"]}, "seeds": 2}))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "study", str(path), "--jobs", "2", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len([m for m in out.glob("*/seed*/metrics.csv") if len(m.read_text().splitlines()) > 2]) < 2:
+            time.sleep(0.2)
+        started = sorted(p.parent for p in out.glob("*/seed*/study-cell.log"))
+        assert len(started) == 2, started
+        os.kill(proc.pid, getattr(signal, sig))
+        _, err = proc.communicate(timeout=120)
+    finally:  # the whole process group: no cell may outlive the test, whatever happened
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert sorted(p.parent for p in out.glob("*/seed*/study-cell.log")) == started  # no queued cell started
+    for run in started:
+        meta = json.loads((run / "checkpoints" / "last" / "meta.json").read_text())
+        assert meta["epoch"] < 400  # stopped early, at a checkpoint a rerun resumes
+        assert "SIGINT received: saved" in (run / "study-cell.log").read_text()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import copy
 import csv
+import contextlib
 import datetime as _dt
 import html
 import io
@@ -41,6 +42,7 @@ import json
 import logging
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -404,8 +406,28 @@ def _run_in_process(cfg: Config, run_dir: Path, status: str) -> None:
         raise KeyboardInterrupt(f"study interrupted in {run_dir}")
 
 
-def _run_subprocess(cfg: Config, run_dir: Path, status: str, threads: int) -> None:
-    """``python -m resnetlab train`` for one cell, with ``threads`` torch threads."""
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops a parallel study as Ctrl-C does (below), instead of killing this process and
+    leaving its cells running on their own. Only the main thread can install a handler."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_subprocess(cfg: Config, run_dir: Path, status: str, threads: int, live: set | None = None) -> None:
+    """``python -m resnetlab train`` for one cell, with ``threads`` torch threads; the process is
+    in ``live`` while it runs (so an interrupted study can pass the signal on)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if status == "resume":
         cmd = [sys.executable, "-m", "resnetlab", "train", "--resume", str(run_dir), "--quiet"]
@@ -417,8 +439,14 @@ def _run_subprocess(cfg: Config, run_dir: Path, status: str, threads: int) -> No
         cell_yaml.write_text(yaml.safe_dump(d, sort_keys=False))
         cmd = [sys.executable, "-m", "resnetlab", "train", "--config", str(cell_yaml), "--out", str(run_dir), "--overwrite", "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    live = set() if live is None else live
     with open(run_dir / "study-cell.log", "ab") as logf:
-        proc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, check=False)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        live.add(proc)
+        try:
+            proc.wait()
+        finally:
+            live.discard(proc)
     if proc.returncode != 0:
         tail = (run_dir / "study-cell.log").read_text(errors="replace").strip().splitlines()
         raise ResnetlabError(f"exit {proc.returncode}: {tail[-1] if tail else 'no output'} (log: {run_dir / 'study-cell.log'})")
@@ -571,15 +599,29 @@ def run_study(
     else:
         threads = max(1, _cores() // jobs)
         log.info("%d runs in %d parallel processes, %d torch threads each", len(todo), jobs, threads)
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_run_subprocess, cfg, run_dir, status, threads): (name, cfg, run_dir) for name, cfg, run_dir, status in todo}
-            for fut, (name, cfg, run_dir) in futures.items():
-                try:
-                    fut.result()
-                    finish(name, cfg, run_dir)
-                except Exception as exc:
-                    log.error("%s failed: %s", name, exc)
-                    failures.append((name, exc))
+        live: set[subprocess.Popen] = set()
+        with _sigterm_as_interrupt(), ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_run_subprocess, cfg, run_dir, status, threads, live): (name, cfg, run_dir) for name, cfg, run_dir, status in todo}
+            try:
+                for fut, (name, cfg, run_dir) in futures.items():
+                    try:
+                        fut.result()
+                        finish(name, cfg, run_dir)
+                    except Exception as exc:
+                        log.error("%s failed: %s", name, exc)
+                        failures.append((name, exc))
+            except KeyboardInterrupt:
+                # Ctrl-C (or SIGTERM turned into it): no queued cell may start, and the running
+                # ones save a resumable checkpoint and stop (they get SIGINT too: from the
+                # terminal's process group, or from here when only this process was signalled).
+                # Leaving the with-block waits for them; a rerun resumes the rest.
+                for fut in futures:
+                    fut.cancel()
+                for proc in list(live):
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGINT)
+                log.warning("study interrupted: waiting for the %d running cell(s) to save their checkpoints", len(live))
+                raise
     # The report is written from the runs that finished even when some failed (a diverging cell
     # is a result too); a cell with a failed run is not a candidate for best and is named.
     failed = {name: (str(exc).splitlines()[0] if str(exc) else type(exc).__name__) for name, exc in failures}
