@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
+import re
 import signal
 
 import pytest
@@ -101,6 +103,41 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, extra):
     for k in ref:
         assert torch.equal(ref[k], got[k]), k
     assert read_rows(run / "metrics.csv") == read_rows(tmp_path / "ref" / "metrics.csv")
+
+
+class _SignalAtEpochEnd(Callback):
+    """SIGINT while an epoch's validation and checkpoint are being written (after the step loop)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, row):
+        if row["epoch"] == self.epoch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("at", [1, 2], ids=["between-epochs", "after-the-last-epoch"])
+def test_a_signal_during_an_epochs_validation_or_save_stops_at_that_checkpoint(tmp_path, caplog, at):
+    # The step loop's check had passed: epoch 1's signal trained one more step before stopping,
+    # and the last epoch's went unnoticed (test evaluation and report ran, exit 0).
+    from resnetlab.config import save_config
+    from resnetlab.trainer import _fit_and_finish
+
+    cfg = tiny("output.evaluate_test=true")
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    trainer = Trainer(cfg, run, progress=False, callbacks=[_SignalAtEpochEnd(at)])
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        result = _fit_and_finish(trainer, cfg, run)
+    assert result.interrupted and trainer.epoch == at and trainer.start_step == 0
+    assert load_checkpoint(run, which="last").meta["epoch"] == at
+    assert not (run / "eval" / "test").exists()
+    expected = "the test evaluation and report were skipped" if at == 2 else "saved .* at the end of epoch 1"
+    assert re.search(f"SIGINT received: .*{expected}", caplog.text)
+    resumed = resume(run, progress=False)
+    assert not resumed.interrupted and (run / "eval" / "test" / "metrics.json").is_file()
+    assert len(read_rows(run / "metrics.csv")) == 2
 
 
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -532,7 +532,9 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_fit_start(self)
             while self.epoch < self.epochs and self.global_step < self.total_steps:
+                self._stop_if_signalled()  # one that came during the last epoch's validation or save
                 self._train_epoch()
+            self._stop_if_signalled()
         except _Interrupted:
             interrupted = True
         finally:
@@ -542,6 +544,22 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_fit_end(self)
         return FitResult(self.run_dir, self.best_val_acc, self.epoch, self.history, interrupted=interrupted)
+
+    def _stop_if_signalled(self) -> None:
+        """Between epochs (``last`` holds the finished epoch): stop on a signal that came after the
+        step loop's own check, during validation or the checkpoint write. After the last epoch
+        that skips the test evaluation and the report, which ``--resume`` then writes."""
+        if self._stop_signal is None:
+            return
+        name = signal.Signals(self._stop_signal).name
+        last = self.run_dir / "checkpoints" / "last"
+        if self.epoch >= self.epochs or self.global_step >= self.total_steps:
+            log.warning("%s received: training finished and %s is saved; the test evaluation and report were skipped: "
+                        "resnetlab train --resume %s writes them", name, last, self.run_dir)  # fmt: skip
+        else:
+            log.warning("%s received: saved %s at the end of epoch %d; resume with: resnetlab train --resume %s",
+                        name, last, self.epoch, self.run_dir)  # fmt: skip
+        raise _Interrupted()
 
     def _train_epoch(self) -> None:
         epoch = self.epoch
