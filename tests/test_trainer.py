@@ -140,6 +140,30 @@ def test_a_signal_during_an_epochs_validation_or_save_stops_at_that_checkpoint(t
     assert len(read_rows(run / "metrics.csv")) == 2
 
 
+def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(tmp_path):
+    # a cosine schedule sized for 2 epochs, extended to 4 by editing config.yaml, trained epochs
+    # 3-4 at lr 0 (its state came from the checkpoint); onecycle failed with torch's step count
+    import yaml
+
+    run = tmp_path / "r"
+    train(tiny("schedule.name=cosine"), run, progress=False)
+    saved = (run / "config.yaml").read_text()
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    data = yaml.safe_load(saved)
+    data["train"]["epochs"] = 4
+    (run / "config.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"config.yaml differs from the config its checkpoint was trained with "
+                                          r"\(train.epochs: 2 \(checkpoint\) vs 4 \(config.yaml\)\); --resume continues"):
+        resume(run, progress=False)
+    assert {p: p.read_bytes() for p in before if p.name != "config.yaml"} == {p: b for p, b in before.items() if p.name != "config.yaml"}
+    # where it runs and what it writes at the end may change
+    data["train"]["epochs"] = 2
+    data["train"]["num_threads"] = 1
+    data["output"]["report"] = False
+    (run / "config.yaml").write_text(yaml.safe_dump(data))
+    assert not resume(run, progress=False).interrupted
+
+
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(ResnetlabError, match="not a run folder"):
         resume(tmp_path)

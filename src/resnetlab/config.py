@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from resnetlab.errors import ConfigError, did_you_mean
+from resnetlab.errors import ConfigError, ResnetlabError, did_you_mean
 
 __all__ = [
     "Config",
@@ -353,6 +353,43 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def config_difference(
+    old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = (), labels: tuple[str, str] = ("old", "new")
+) -> str | None:
+    """The first key whose value differs between two config dicts, as ``"key: A (old) vs B (new)"``,
+    or ``None``. ``old`` (a saved config) gets this version's defaults filled in first, so a key
+    added since it was saved is not a difference; keys under ``ignore`` (dotted) are skipped.
+
+    Example:
+        >>> config_difference({"train": {"epochs": 2}}, config_from_dict({"train": {"epochs": 4}}).model_dump(mode="json"))
+        'train.epochs: 2 (old) vs 4 (new)'
+    """
+    try:
+        old = config_from_dict(old).model_dump(mode="json")
+    except ResnetlabError:  # a config this version cannot read is compared as it is (and so differs)
+        pass
+    old, new = copy.deepcopy(old), copy.deepcopy(new)
+    for d in (old, new):
+        for key in ignore:
+            *parents, last = key.split(".")
+            node = d
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(last, None)
+
+    def first(a: Any, b: Any, prefix: str) -> str | None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                diff = first(a.get(k), b.get(k), f"{prefix}{k}.")
+                if diff:
+                    return diff
+            return None
+        return None if a == b else f"{prefix[:-1]}: {a!r} ({labels[0]}) vs {b!r} ({labels[1]})"
+
+    return first(old, new, "")
 
 
 def smoke_config(cfg: Config, subset: int = 256) -> Config:

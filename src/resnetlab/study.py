@@ -55,7 +55,7 @@ from typing import Any
 import yaml
 
 from resnetlab.checkpoint import CheckpointError, load_meta
-from resnetlab.config import Config, apply_overrides, config_from_dict, read_yaml, smoke_config, smoke_fallback
+from resnetlab.config import Config, apply_overrides, config_difference, config_from_dict, read_yaml, smoke_config, smoke_fallback
 from resnetlab.errors import ConfigError, ResnetlabError, check_int, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ TIMING_METRICS = ("train_time_s", "images_per_s")  # depend on the machine and o
 SMOKE_TEST_IMAGES = 512  # smoke studies evaluate a stratified subset of the test split
 # Keys that do not change what a run computes: ignored when deciding whether a cell folder
 # holds this cell's run (the study sets them per execution mode).
+# keys that change how a cell runs, not what it computes: a folder trained with other values is the same cell
 _EXECUTION_KEYS = ("output", "train.num_threads", "train.tune_malloc")
 
 
@@ -332,37 +333,6 @@ def _set_path(data: dict, key: str, value: Any) -> dict:
 # ---------------------------------------------------------------------------------------
 # running cells
 # ---------------------------------------------------------------------------------------
-def _comparable(d: dict) -> dict:
-    d = copy.deepcopy(d)
-    for key in _EXECUTION_KEYS:
-        parts = key.split(".")
-        node = d
-        for p in parts[:-1]:
-            node = node.get(p, {})
-        node.pop(parts[-1], None)
-    return d
-
-
-def _normalized(saved: dict) -> dict:
-    """A saved run config with this version's defaults filled in, so that a key added since the run
-    was made (with its default) is not a difference; a config this version cannot read is compared
-    as it is (and so differs)."""
-    try:
-        return config_from_dict(saved).model_dump(mode="json")
-    except ResnetlabError:
-        return saved
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            diff = _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
-            if diff:
-                return diff
-        return None
-    return None if a == b else f"{prefix[:-1]}: {a!r} (folder) vs {b!r} (study)"
-
-
 def _trained_to_the_end(last: Path, cfg: Config) -> bool:
     """Whether the checkpoint ``last`` is the end of training (all epochs, or all iterations)."""
     try:
@@ -384,7 +354,7 @@ def cell_status(run_dir: Path, cfg: Config) -> str:
     """
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        diff = _first_difference(_comparable(_normalized(read_yaml(saved))), _comparable(cfg.model_dump(mode="json")))
+        diff = config_difference(read_yaml(saved), cfg.model_dump(mode="json"), ignore=_EXECUTION_KEYS, labels=("folder", "study"))
         if diff:
             raise ResnetlabError(f"{run_dir} holds a run with another config ({diff}); delete that folder or choose another --out")
         ckpts = run_dir / "checkpoints"

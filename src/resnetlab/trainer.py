@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab import checkpoint as ckpt
-from resnetlab.config import Config, ProgressiveResizeConfig, config_from_dict, read_yaml, save_config
+from resnetlab.config import Config, ProgressiveResizeConfig, config_difference, config_from_dict, read_yaml, save_config
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, TrainingDiverged
 from resnetlab.evaluate import resolve_device
 from resnetlab.norms import BatchInstanceNorm2d
@@ -854,8 +854,9 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResul
     if not (run_dir / "config.yaml").is_file():
         raise ResnetlabError(f"{run_dir} is not a run folder (no config.yaml); nothing to resume")
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
-    trainer = Trainer(cfg, run_dir, progress=progress)
     candidates = ckpt.resume_candidates(run_dir)
+    _check_resume_config(run_dir, cfg, candidates)
+    trainer = Trainer(cfg, run_dir, progress=progress)
     loaded = None
     problems = []
     for i, cand in enumerate(candidates):
@@ -890,6 +891,31 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResul
     else:
         log.info("resuming %s at epoch %d step %d", run_dir, trainer.epoch + 1, trainer.start_step)
     return _fit_and_finish(trainer, cfg, run_dir)
+
+
+# What a resume may change in config.yaml: where and how fast it runs, and what it writes at the end.
+# Anything else (epochs, batch size, schedule, data ...) would continue the saved optimizer and
+# schedule state under another plan: a cosine schedule sized for 2 epochs trained epochs 3-4 at lr 0.
+RESUME_MAY_CHANGE = ("name", "output", "train.num_threads", "train.tune_malloc", "train.device", "train.compile")
+
+
+def _check_resume_config(run_dir: Path, cfg: Config, candidates: Sequence[Path]) -> None:
+    """Refuse a resume whose config.yaml was edited since its checkpoint was written."""
+    for cand in candidates:
+        try:
+            saved = ckpt.load_meta(cand).get("config")
+        except CheckpointError:
+            continue  # resume() reports unreadable checkpoints itself
+        if not isinstance(saved, dict):
+            return
+        diff = config_difference(saved, cfg.model_dump(mode="json"), ignore=RESUME_MAY_CHANGE, labels=("checkpoint", "config.yaml"))
+        if diff:
+            raise ConfigError(
+                f"{run_dir / 'config.yaml'} differs from the config its checkpoint was trained with ({diff}); "
+                f"--resume continues the run as it was set up: restore config.yaml, or train a new run "
+                f"(--pretrained {run_dir} starts it from these weights)"
+            )
+        return
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
