@@ -40,11 +40,21 @@ def test_yaml_roundtrip(tmp_path):
         ("model.norm=batchnorm", "unknown norm 'batchnorm'"),
         ("optim.name=rmsprop", "config optim.name"),
         ("augment=[flipp]", "flip"),
+        # values that defeat the schedule or the optimizer (they used to be accepted, or failed
+        # after the data loaded with torch's or Python's words)
+        ("optim.betas=[1.5,0.999]", "config optim.betas.0: Input should be less than 1 (got 1.5)"),
+        ("schedule.warmup_epochs=.inf", "config schedule.warmup_epochs: Input should be a finite number"),
+        ("schedule.step_size=.nan", "config schedule.step_size: Input should be a finite number"),
+        ("optim.lr=0.1 --set schedule.min_lr=1.0", "schedule.min_lr=1.0 is the cosine's floor and must be below the peak optim.lr=0.1"),
+        ("train.epochs=2 --set schedule.warmup_epochs=5", "schedule.warmup_epochs=5.0 covers the whole run (train.epochs=2)"),
+        ("schedule.name=onecycle --set schedule.warmup_epochs=1", "onecycle warms up for schedule.pct_start=0.25 of the steps"),
+        ("schedule.name=multistep --set schedule.milestones_unit=iteration --set schedule.milestones=[0.5]",
+         "schedule.milestones are optimizer steps, whole numbers >= 1"),
     ],
 )
 def test_bad_values_give_one_line(override, expected):
     with pytest.raises(ConfigError) as exc:
-        load_config(None, [override])
+        load_config(None, override.split(" --set "))
     msg = str(exc.value)
     assert expected in msg
     assert "\n" not in msg

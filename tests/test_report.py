@@ -95,6 +95,14 @@ def test_cli_report_rebuilds_and_extra_sections(tmp_path, capsys):
     assert "## From code\n\nhello md" in md_path.read_text()
 
 
+def test_median_images_per_s_of_an_even_number_of_epochs_is_the_middle_pair_mean(tmp_path):
+    rows = [{"epoch": e, "step": 5 * e, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5, "epoch_time_s": 1.0, "images_per_s": v}
+            for e, v in enumerate((577.8, 635.7, 711.0, 769.4), start=1)]
+    run = fresh_checkpoint_run(tmp_path, {"name": "digits"}, metrics_rows=rows)
+    _, md_path = build_report(run)
+    assert "| median images/s | 673.4 |" in md_path.read_text()  # (635.7 + 711.0) / 2; it showed 711
+
+
 def test_report_without_training_or_evaluation(tmp_path):
     """A run folder from a saved checkpoint and a hand-written metrics.csv (no val in epoch 2)."""
     rows = [

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -42,7 +42,8 @@ __all__ = [
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no inf / nan anywhere: every float key is a finite quantity (an lr, a fraction, epochs)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -122,7 +123,7 @@ class OptimConfig(_Section):
     nesterov: bool = False  # SGD with momentum > 0 only (ignored by adam / adamw and without momentum)
     weight_decay: float = Field(5e-4, ge=0)
     exclude_norm_bias: bool = True  # no weight decay on norm and bias parameters
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW; with schedule onecycle the momentum cycle replaces beta1
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)  # Adam / AdamW; with schedule onecycle the momentum cycle replaces beta1
     body_lr_mult: float = Field(1.0, ge=0)  # lr multiplier of everything but the head (fine-tuning)
 
 
@@ -229,6 +230,19 @@ class Config(_Section):
         if s.name == "multistep" and s.milestones_unit == "fraction" and not all(0 < m <= 1 for m in s.milestones):
             raise ValueError(f"schedule.milestones are fractions of training in (0, 1] (schedule.milestones_unit=fraction), "
                              f"got {s.milestones}; for steps or epochs set schedule.milestones_unit")  # fmt: skip
+        if s.name == "multistep" and s.milestones_unit == "iteration" and not all(m >= 1 and m == int(m) for m in s.milestones):
+            raise ValueError(f"schedule.milestones are optimizer steps, whole numbers >= 1 (schedule.milestones_unit=iteration), "
+                             f"got {s.milestones}; for fractions of training use schedule.milestones_unit=fraction")  # fmt: skip
+        if s.name == "multistep" and s.milestones_unit == "epoch" and not all(m > 0 for m in s.milestones):
+            raise ValueError(f"schedule.milestones are epochs > 0 (schedule.milestones_unit=epoch), got {s.milestones}")
+        if s.name == "cosine" and s.min_lr >= self.optim.lr:
+            raise ValueError(f"schedule.min_lr={s.min_lr} is the cosine's floor and must be below the peak optim.lr={self.optim.lr}")
+        if s.warmup_epochs > 0 and s.name == "onecycle":
+            raise ValueError(f"schedule.warmup_epochs applies to constant, step, multistep and cosine; onecycle warms up "
+                             f"for schedule.pct_start={s.pct_start} of the steps (got warmup_epochs={s.warmup_epochs})")  # fmt: skip
+        if s.warmup_epochs > 0 and self.train.iterations is None and s.warmup_epochs >= self.train.epochs:
+            raise ValueError(f"schedule.warmup_epochs={s.warmup_epochs} covers the whole run (train.epochs={self.train.epochs}): "
+                             f"the lr would never reach optim.lr; use fewer warmup epochs")  # fmt: skip
         if self.train.batch_size == 1 and self.model.norm in ("bn", "bn-torch", "bin"):
             raise ValueError("train.batch_size=1 cannot train with batch statistics (norm bn/bin); use batch_size >= 2 or norm gn/ln/in")
         parse_augment(self.augment)

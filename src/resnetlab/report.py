@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -491,7 +492,7 @@ def build_report(
         ("best val accuracy", None if best is None else f"{best['val_acc']:.4f} (epoch {int(best['epoch'] or 0)})"),
         (f"{split} accuracy", None if test is None else test.get("accuracy")),
         ("training time (s)", round(train_time, 1) if rows else None),
-        ("median images/s", None if not rows else sorted(r.get("images_per_s") or 0.0 for r in rows)[len(rows) // 2]),
+        ("median images/s", None if not rows else statistics.median(r.get("images_per_s") or 0.0 for r in rows)),
     ]
     sections.append(s.add(_Table(["", "value"], summary, numeric=[False, True])))
 

@@ -694,10 +694,11 @@ class Trainer:
         n = (step - 1) % NAN_CHECK_EVERY + 1
         bad = [i for i in range(n) if not bool(finite[i])]
         bad_step = step - n + bad[0] + 1 if bad else step
+        last = self.run_dir / "checkpoints" / "last"
+        where = f"the last good checkpoint is {last}" if last.is_dir() else "no checkpoint was saved before it"
         raise TrainingDiverged(
             f"loss became {window_losses[bad[0] if bad else 0].item()} at epoch {epoch + 1} step {bad_step}; "
-            f"lower the learning rate (optim.lr={self.cfg.optim.lr}) or set train.grad_clip; "
-            f"the last good checkpoint is {self.run_dir / 'checkpoints' / 'last'}"
+            f"lower the learning rate (optim.lr={self.cfg.optim.lr}) or set train.grad_clip; {where}"
         )
 
 

@@ -248,6 +248,7 @@ def test_exploding_learning_rate_stops_with_epoch_and_step(tmp_path, capsys):
     assert rc == 2
     line = _one_error_line(capsys.readouterr().err)
     assert line.startswith("error: loss became ") and " at epoch 1 step " in line and "optim.lr=1000000.0" in line, line
+    assert line.endswith("no checkpoint was saved before it"), line  # it named a last/ that did not exist
     assert not (run / "checkpoints" / "last").exists()  # nothing diverged was saved
 
 
