@@ -48,6 +48,10 @@ def test_spec_forms_agree():
         ("resize", "needs size"),
         ("center-crop:size=-3", "size=-3"),
         ("flip:p", "key=value"),
+        ("cutout:value=300", r"'cutout': value=300 is out of range \(allowed: \[0.0, 1.0\]\)"),  # kornia's words before
+        ("erasing:value=-5", "'erasing': value=-5 is out of range"),
+        ("cutout:size=0", r"size=0 must be a positive int \(the side of the square hole\)"),  # it offered a pair, then refused one
+        ("cutout:size=(2,3)", "must be a positive int"),
         ({"crop": 4}, "must be a mapping"),
         ({"crop": {}, "flip": {}}, "exactly one key"),
     ],
@@ -143,6 +147,40 @@ def test_resize_center_crop_and_random_resized_crop_shapes():
     assert torch.allclose(cc, x[:, :, 4:28, 12:36])
     assert build_augment("random-resized-crop:size=20", (3, 32, 48))(x).shape == (4, 3, 20, 20)
     assert output_shape("resize:size=16 center-crop:size=12 flip", (3, 32, 48)) == (3, 12, 12)
+
+
+def test_spaces_after_commas_and_colons_stay_in_one_item():
+    # they split the item: "unknown augmentation 'contrast=0.4'"
+    items = parse_augment("color-jitter:brightness=0.4, contrast=0.3 crop: padding=2 random-resized-crop:scale=(0.5, 1.0), ratio=(1,1)")
+    assert [str(i) for i in items] == ["color-jitter:brightness=0.4,contrast=0.3", "crop:padding=2",
+                                       "random-resized-crop:scale=(0.5,1.0),ratio=(1.0,1.0)"]
+
+
+def test_color_jitter_on_grayscale_accepts_saturation_or_hue_turned_off():
+    for spec in ("color-jitter:hue=0", "color-jitter:saturation=0", "color-jitter:saturation=0,hue=0", "color-jitter"):
+        assert build_augment(spec, (1, 8, 8))(torch.rand(2, 1, 8, 8)).shape == (2, 1, 8, 8)
+    with pytest.raises(DataError, match="saturation/hue need RGB images"):
+        build_augment("color-jitter:hue=0.2", (1, 8, 8))
+
+
+def test_center_crop_is_placed_as_torchvision_places_it():
+    import torchvision.transforms.v2.functional as TF
+
+    x = torch.arange(8 * 8, dtype=torch.uint8).view(1, 1, 8, 8)
+    for size in ((5, 3), (4, 4), (7, 8), (8, 1)):
+        got = build_augment(f"center-crop:size={size}", (1, 8, 8), train=False)(x)
+        assert torch.equal(got, TF.center_crop(x, list(size))), size  # kornia was a pixel off for odd differences
+        assert got.dtype == torch.uint8
+
+
+def test_random_resized_crop_of_the_whole_image_is_torchvisions_resize():
+    # scale=ratio=1 crops the whole image: what is left is the resize, which must use
+    # torchvision's geometry (align_corners=False); kornia's default differed by up to 0.5
+    import torch.nn.functional as F
+
+    x = torch.rand(4, 3, 16, 16)
+    got = build_augment("random-resized-crop:size=24,scale=(1.0,1.0),ratio=(1.0,1.0)", (3, 16, 16))(x)
+    torch.testing.assert_close(got, F.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False), atol=1e-5, rtol=0)
 
 
 def test_cutout_erases_one_square_of_the_given_size():

@@ -170,7 +170,8 @@ def export_model(
     if out.is_dir():
         raise ValueError(f"--out must be a file path, got the directory {str(out)!r}")
     if not overwrite and (out.exists() or sidecar_path(out).exists()):
-        raise ValueError(f"{out} already exists; use --overwrite to replace it (and {sidecar_path(out).name}), or another --out")
+        there = out if out.exists() else sidecar_path(out)  # the sidecar alone would be paired with the new model
+        raise ValueError(f"{there} already exists; use --overwrite to replace {out.name} and {sidecar_path(out).name}, or another --out")
     if fmt != "onnx" and opset is not None:
         raise ValueError(f"--opset applies only to --format onnx, got --format {fmt}")
     if fmt == "onnx" and not fold:

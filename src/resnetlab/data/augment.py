@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,6 +164,8 @@ def _validate(name: str, params: dict[str, Any]) -> dict[str, Any]:
     p = dict(params)
     if "p" in p:
         p["p"] = _number(name, "p", p["p"], 0.0, 1.0)
+    if name == "cutout" and p["size"] is not None and (isinstance(p["size"], bool) or not isinstance(p["size"], int) or p["size"] < 1):
+        raise DataError(f"augmentation 'cutout': size={p['size']!r} must be a positive int (the side of the square hole)")
     if "size" in p:
         p["size"] = _size(name, p["size"])
     for key in _REQUIRED.get(name, ()):
@@ -182,9 +185,6 @@ def _validate(name: str, params: dict[str, Any]) -> dict[str, Any]:
     elif name in ("random-resized-crop", "erasing"):
         p["scale"] = _range(name, "scale", p["scale"], 1e-6, 1.0)
         p["ratio"] = _range(name, "ratio", p["ratio"], 1e-6, None)
-    elif name == "cutout":
-        if p["size"] is not None and not isinstance(p["size"], int):
-            raise DataError(f"augmentation 'cutout': size={p['size']!r} must be one int (a square hole)")
     elif name == "blur":
         k = p["kernel"]
         if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
@@ -193,8 +193,8 @@ def _validate(name: str, params: dict[str, Any]) -> dict[str, Any]:
     elif name == "salt-pepper":
         p["amount"] = _number(name, "amount", p["amount"], 0.0, 1.0)
         p["salt_vs_pepper"] = _number(name, "salt_vs_pepper", p["salt_vs_pepper"], 0.0, 1.0)
-    if "value" in p:
-        p["value"] = _number(name, "value", p["value"])
+    if "value" in p:  # the fill, on images scaled to [0, 1]
+        p["value"] = _number(name, "value", p["value"], 0.0, 1.0)
     return p
 
 
@@ -253,6 +253,9 @@ def parse_augment(spec: str | Sequence[Any] | AugmentItem | None) -> list[Augmen
         if isinstance(entry, AugmentItem):
             items.append(_item(entry.name, entry.params))
         elif isinstance(entry, str):
+            # spaces around ',' ':' '=' belong to one item ("crop: padding=4", "a=1, b=2"); other
+            # spaces, like ';', separate items ("crop:padding=4 flip")
+            entry = re.sub(r"\s*([,:=])\s*", r"\1", entry)
             items.extend(_parse_string_item(t) for t in _split_top(entry, "; \t\n"))
         elif isinstance(entry, Mapping):
             if len(entry) != 1:
@@ -293,8 +296,9 @@ def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, 
         return K.RandomRotation(degrees=p["degrees"], p=p["p"]), shape
     if name == "color-jitter":
         if c == 1 and (p["saturation"] or p["hue"]):
-            # Saturation and hue do not exist for one channel: only brightness/contrast apply.
-            if (p["saturation"], p["hue"]) != (_PARAMS[name]["saturation"], _PARAMS[name]["hue"]):
+            # Saturation and hue do not exist for one channel: only brightness/contrast apply. The
+            # defaults are dropped quietly, 0 turns one off; another value asks for what cannot be.
+            if any(p[k] not in (0, _PARAMS[name][k]) for k in ("saturation", "hue")):
                 raise DataError("augmentation 'color-jitter': saturation/hue need RGB images; grayscale allows brightness and contrast only")
             mod = K.ColorJitter(brightness=p["brightness"], contrast=p["contrast"], p=p["p"])
         else:
@@ -302,7 +306,10 @@ def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, 
         return mod, shape
     if name == "random-resized-crop":
         th, tw = _hw(p["size"], (h, w)) if p["size"] is not None else (h, w)
-        return K.RandomResizedCrop((th, tw), scale=p["scale"], ratio=p["ratio"]), (c, th, tw)
+        # torchvision's geometry (align_corners=False; kornia defaults to True). The crop is resized
+        # up to ``size`` unless ``size`` is below the image's, so kornia's lack of antialiasing
+        # shows only when shrinking.
+        return K.RandomResizedCrop((th, tw), scale=p["scale"], ratio=p["ratio"], align_corners=False), (c, th, tw)
     if name == "resize":
         size = p["size"]
         if isinstance(size, int):  # shorter side -> size, aspect kept
@@ -314,7 +321,7 @@ def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, 
         th, tw = _hw(p["size"], (h, w))
         if th > h or tw > w:
             raise DataError(f"augmentation 'center-crop': size={p['size']!r} is larger than the image {h}x{w} (allowed: <= image size)")
-        return K.CenterCrop((th, tw)), (c, th, tw)
+        return CenterCropIndex((th, tw)), (c, th, tw)
     if name == "cutout":
         side = p["size"] if p["size"] is not None else max(1, min(h, w) // 2)
         if side > min(h, w):
@@ -391,6 +398,22 @@ class RandomCropIndex(_IndexOp):
         ry, vy = _pad_index(dy + torch.arange(th, device=dev) - pad, h, self.padding_mode)
         rx, vx = _pad_index(dx + torch.arange(tw, device=dev) - pad, w, self.padding_mode)
         return rows.gather(1, ry), cols.gather(1, rx), rvalid.gather(1, ry) & vy, cvalid.gather(1, rx) & vx
+
+
+class CenterCropIndex(_IndexOp):
+    """Center crop to ``size``, placed as torchvision places it (the offset ``(H - h) / 2``
+    rounded; kornia's CenterCrop floors it, one pixel off when the difference is odd), so the
+    augmentation, image loading (``resize_cover``) and torchvision agree."""
+
+    def __init__(self, size: tuple[int, int]):
+        super().__init__()
+        self.size = tuple(size)
+
+    def remap(self, rows, cols, rvalid, cvalid):
+        (th, tw), h, w = self.size, rows.shape[1], cols.shape[1]
+        top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+        r, c = slice(top, top + th), slice(left, left + tw)
+        return rows[:, r], cols[:, c], rvalid[:, r], cvalid[:, c]
 
 
 class RandomFlipIndex(_IndexOp):
