@@ -196,8 +196,9 @@ def test_validation_failure_is_an_error_and_keeps_the_earlier_file(ckpt_dir, tmp
     assert main(["export", str(ckpt_dir), "--format", "torchscript", "--out", str(good.path)]) == 2
     assert "already exists; use --overwrite" in capsys.readouterr().err
     # only the sidecar is there: the message names it, not the missing model file
-    lone = tmp_path / "lone.pt"
-    good.meta_path.with_name("lone.pt.json").write_text("{}")
+    (tmp_path / "other").mkdir()
+    lone = tmp_path / "other" / "lone.pt"
+    lone.with_name("lone.pt.json").write_text("{}")
     with pytest.raises(ValueError, match=r"lone.pt.json already exists; use --overwrite to replace lone.pt and lone.pt.json"):
         export_model(ckpt_dir, lone, format="torchscript")
     # an impossible tolerance: the check really compares numbers, and the failed export does not
