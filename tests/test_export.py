@@ -189,18 +189,20 @@ def test_export_missing_checkpoint_and_onnx_backend_needs_onnx_file(tmp_path, ck
         onnx_backend(ckpt_dir, torch.device("cpu"))
 
 
+def test_a_lone_sidecar_is_the_file_the_refusal_names(ckpt_dir, tmp_path):
+    # only FILE.json is there: the message named FILE, which did not exist
+    lone = tmp_path / "lone.pt"
+    lone.with_name("lone.pt.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"lone.pt.json already exists; use --overwrite to replace lone.pt and lone.pt.json"):
+        export_model(ckpt_dir, lone, format="torchscript")
+
+
 def test_validation_failure_is_an_error_and_keeps_the_earlier_file(ckpt_dir, tmp_path, capsys):
     good = export_model(ckpt_dir, tmp_path / "m.pt", format="torchscript")
     before = (good.path.read_bytes(), good.meta_path.read_text())
     # an existing file is not replaced without --overwrite
     assert main(["export", str(ckpt_dir), "--format", "torchscript", "--out", str(good.path)]) == 2
     assert "already exists; use --overwrite" in capsys.readouterr().err
-    # only the sidecar is there: the message names it, not the missing model file
-    (tmp_path / "other").mkdir()
-    lone = tmp_path / "other" / "lone.pt"
-    lone.with_name("lone.pt.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"lone.pt.json already exists; use --overwrite to replace lone.pt and lone.pt.json"):
-        export_model(ckpt_dir, lone, format="torchscript")
     # an impossible tolerance: the check really compares numbers, and the failed export does not
     # replace the good file (nor leave it beside another model's metadata)
     with pytest.raises(ExportError, match=r"differs from PyTorch .* kept for inspection at m.pt.rejected"):
