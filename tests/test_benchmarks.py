@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -89,3 +90,11 @@ def test_time_to_accuracy_reads_the_test_accuracy_of_each_seed(tmp_path, capsys)
     metrics = json.loads((tmp_path / "fmnist-speedrun-s0" / "eval" / "test" / "metrics.json").read_text())
     assert f"seed 0: test accuracy {metrics['accuracy']:.4f}" in text
     assert "fmnist-speedrun: n=1 test accuracy mean" in text
+
+
+def test_probe_transfer_control_trains_the_control_cell_and_counts_live_head_units(capsys):
+    assert _script("probe_transfer_control").main(["--seeds", "0", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"seed 0: last train loss [0-9.]+; pooled features mean [0-9.]+ std [0-9.]+; head hidden units active "
+                     r"on any of 180 training images: \d+ of 64; logit std across images [0-9.]+", out), out
+    assert "command: python benchmarks/probe_transfer_control.py --study recipes/study-transfer.yaml --seeds 0 --epochs 1" in out
