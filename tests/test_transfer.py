@@ -108,6 +108,22 @@ def test_grayscale_model_gets_summed_rgb_stem(tv_resnet18_file):
     assert torch.allclose(model.conv1.weight, tv_state["conv1.weight"].sum(1, keepdim=True))
 
 
+def test_grayscale_source_into_a_colour_model_gives_the_same_response_on_a_gray_image(tmp_path):
+    # it was refused as "another architecture?" (shape mismatch at conv1.weight)
+    src = create_model("resnet20", num_classes=10, in_channels=1).eval()
+    run = tmp_path / "run"
+    ck.save_checkpoint(run / "checkpoints" / "best", src, _meta(src, "resnet20", {"num_classes": 10, "in_channels": 1},
+                                                                   [str(i) for i in range(10)]))
+    dst = create_model("resnet20", num_classes=10, in_channels=3).eval()
+    report = load_pretrained(dst, str(run), classes=[str(i) for i in range(10)])
+    assert report["adapted"] == ["conv1.weight"] and report["reinitialized"] == []
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(dst(x.expand(2, 3, 16, 16)), src(x), atol=1e-5, rtol=1e-5)
+    four = create_model("resnet20", num_classes=10, in_channels=4)
+    load_pretrained(four, str(run), classes=[str(i) for i in range(10)])
+    torch.testing.assert_close(four.conv1.weight, src.conv1.weight.repeat(1, 4, 1, 1) / 4)
+
+
 def test_resnetlab_checkpoint_loads_with_new_head(tmp_path):
     src = create_model("resnet20", num_classes=10, in_channels=1)
     run = tmp_path / "run"

@@ -262,6 +262,10 @@ class Trainer:
             from resnetlab.transfer import pretrained_preprocessing
 
             pre = pretrained_preprocessing(cfg.model.pretrained, arch=cfg.model.name)
+        if pre and pre.get("mean") and len(pre["mean"]) == 1 < s.image_shape[0]:
+            # a grayscale source for a colour model: its stem was tiled over the channels, so each
+            # channel gets the source's normalization
+            pre = {**pre, "mean": list(pre["mean"]) * s.image_shape[0], "std": list(pre["std"]) * s.image_shape[0]}
         if pre and pre.get("mean") and len(pre["mean"]) == s.image_shape[0]:
             self.mean, self.std = list(pre["mean"]), list(pre["std"])
         bs = cfg.train.batch_size

@@ -168,13 +168,20 @@ def _resolve_source(
 
 
 def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor | None:
-    """RGB stem weights for a grayscale model: sum over the input channels (timm's adapt_input_conv idea).
+    """Stem weights of a source with another input channel count (timm's adapt_input_conv idea).
 
-    A gray image x fed to the summed kernel gives the same response as the RGB kernel on (x, x, x).
+    Either way a gray image gives the source's response: to one channel the kernel is summed over
+    its input channels (x through the sum equals the RGB kernel on (x, x, x)); to more channels the
+    source's channels are tiled and scaled by ``source / target`` (a 1-channel kernel becomes
+    three thirds, so (x, x, x) through it equals the gray kernel on x).
     """
-    if weight.dim() == 4 and weight.shape[1] == 3 and in_channels == 1:
+    if weight.dim() != 4 or weight.shape[1] == in_channels:
+        return None
+    if in_channels == 1:
         return weight.sum(dim=1, keepdim=True)
-    return None
+    src = weight.shape[1]
+    reps = -(-in_channels // src)  # ceil
+    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (src / in_channels)
 
 
 def _reset_head(model: nn.Module) -> None:
@@ -287,7 +294,8 @@ def load_pretrained(
         f"; head re-initialized because {why}" if reset else "",
     )
     if adapted:
-        log.info("pretrained: summed RGB stem weights over channels for a %d-channel model: %s", in_channels, adapted)
+        how = "summed over the source's input channels" if in_channels == 1 else "tiled and scaled from the source's input channels"
+        log.info("pretrained: stem weights %s for a %d-channel model: %s", how, in_channels, adapted)
     return report
 
 
