@@ -636,6 +636,6 @@ def test_progress_bar_on_a_terminal_shows_each_epoch_and_the_live_window_figures
 def test_head_only_epochs_that_cover_the_whole_run_are_refused(tmp_path):
     # the body would never train (it ended equal to the pretrained weights)
     with pytest.raises(ConfigError, match=r"train.head_only_epochs=2 leaves no epoch to train the whole network "
-                                          r"\(this run has 2\); .* model.freeze_until=layer4"):
+                                          r"\(this run has 2\); .* model.freeze_until=layer3 to train only the head"):
         Trainer(tiny("train.head_only_epochs=2"), tmp_path / "r", progress=False)
     assert Trainer(tiny("train.head_only_epochs=1"), tmp_path / "ok", progress=False).epochs == 2

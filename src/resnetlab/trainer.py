@@ -331,9 +331,10 @@ class Trainer:
             raise ConfigError(f"train.progressive_resize needs at least 2 epochs (the last one trains at full size), "
                               f"this run has {self.epochs}; remove it or train longer")  # fmt: skip
         if cfg.train.head_only_epochs >= self.epochs:
+            last_stage = (list(getattr(self.model, "stage_names", None) or []) or ["layer4"])[-1]  # CIFAR models end at layer3
             raise ConfigError(
                 f"train.head_only_epochs={cfg.train.head_only_epochs} leaves no epoch to train the whole network "
-                f"(this run has {self.epochs}); use fewer head-only epochs, or model.freeze_until=layer4 to train only the head"
+                f"(this run has {self.epochs}); use fewer head-only epochs, or model.freeze_until={last_stage} to train only the head"
             )
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps, self.steps_per_epoch, cfg.optim.lr)
