@@ -424,7 +424,7 @@ def test_unknown_norm_through_create_model():
     assert "unknown norm 'batchnorm'" in _one_line(err)
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.0])
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True])  # True was a torch TypeError
 def test_num_classes_must_be_positive_int(bad):
     with pytest.raises(ValueError) as err:
         resnetlab.create_model("resnet8", num_classes=bad)
@@ -468,6 +468,10 @@ def test_wrong_input_channels_at_forward_time():
         ({"width": 0}, "width must be > 0, got 0"),
         ({"head": "mlp"}, "head must be 'linear'"),
         ({"in_channels": 0}, "in_channels must be an integer >= 1, got 0"),
+        # the config refused these; the Python API built a zero-width layer, or ignored the dropout
+        ({"head": [0]}, "every head hidden size must be an integer >= 1, got 0"),
+        ({"head_dropout": 0.5}, "head_dropout applies between the layers of an MLP head"),
+        ({"depth": 32}, "resnet8 has a fixed depth; for another use create_model('resnet_cifar', depth=32)"),
     ],
 )
 def test_other_bad_options(kwargs, words):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +179,29 @@ def make_stage(block, cin: int, planes: int, blocks: int, stride: int, norm_laye
     return nn.Sequential(*layers)
 
 
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_head(head: Any, head_dropout: float) -> list[int] | None:
+    """The validated hidden sizes of an MLP head (None: linear), as the config checks them."""
+    if isinstance(head, str):
+        if head != "linear":
+            raise ValueError(f"head must be 'linear' or a list of hidden sizes, got {head!r}")
+        head = None
+    if head is not None:
+        head = list(head)
+        for width in head:
+            _check_count("every head hidden size", width)
+    if not 0.0 <= float(head_dropout) < 1.0:
+        raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout!r}")
+    if head_dropout > 0 and not head:
+        raise ValueError(f"head_dropout applies between the layers of an MLP head; give head (e.g. [256]) or use dropout "
+                         f"(before the classifier), got head_dropout={head_dropout}")  # fmt: skip
+    return head or None
+
+
 def make_head(in_features: int, num_classes: int, hidden: Sequence[int] | None, dropout: float, act_layer) -> nn.Module:
     """A linear classifier, or an MLP ``in -> hidden[0] -> ... -> num_classes`` with dropout."""
     if not hidden:
@@ -244,10 +268,8 @@ class ResNet(nn.Module):
         block_cls = BLOCKS.get(block, block) if isinstance(block, str) else block
         if isinstance(block, str) and block not in BLOCKS:
             raise ValueError(unknown_name("block", block, BLOCKS))
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"in_channels must be an integer >= 1, got {in_channels!r}")
+        _check_count("num_classes", num_classes)
+        _check_count("in_channels", in_channels)
         if stem not in STEMS:
             raise ValueError(unknown_name("stem", stem, STEMS))
         shortcut = str(shortcut).upper()
@@ -255,14 +277,9 @@ class ResNet(nn.Module):
             raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (1x1 conv), got {shortcut!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if not 0.0 <= float(head_dropout) < 1.0:
-            raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout!r}")
         if not float(width) > 0:
             raise ValueError(f"width must be > 0, got {width!r}")
-        if isinstance(head, str):
-            if head != "linear":
-                raise ValueError(f"head must be 'linear' or a list of hidden sizes, got {head!r}")
-            head = None
+        head = _check_head(head, head_dropout)
 
         norm_layer = get_norm_layer(norm, groups=groups)
         act_layer = get_act_layer(act)
@@ -352,7 +369,7 @@ class ResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, head: Sequence[int] | None = None, head_dropout: float = 0.0) -> None:
         """Replace the classifier (transfer learning), keeping the body."""
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        _check_count("num_classes", num_classes)
+        head = _check_head(head, head_dropout)
         self.num_classes = num_classes
         self.fc = make_head(self.num_features, num_classes, head, head_dropout, get_act_layer(self.act_name))
