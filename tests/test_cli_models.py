@@ -23,7 +23,7 @@ def test_models_json_lists_every_model_with_its_numbers(capsys):
     rows = _models_json(capsys)
     assert [r["name"] for r in rows] == resnetlab.list_models()
     for r in rows:
-        assert set(r) == {"name", "params", "flops", "input_size"}
+        assert set(r) == {"name", "params", "flops", "macs", "input_size"} and r["macs"] * 2 == r["flops"]
         assert isinstance(r["params"], int) and isinstance(r["flops"], int) and r["flops"] > r["params"]
     by_name = {r["name"]: r for r in rows}
     assert by_name["resnet18"]["params"] == 11_689_512
@@ -46,6 +46,15 @@ def test_flops_match_the_published_figures(capsys):
     assert cifar == sorted(cifar) and len(set(cifar)) == 4
 
 
+def test_text_listing_shows_macs_beside_flops_and_says_which_is_which(capsys):
+    capsys.readouterr()
+    assert cli.main(["models", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("resnet18 "))
+    assert row.split()[2:4] == ["1.814", "3.628"]  # torchvision's 1.81 "GFLOPS" is the GMACs column
+    assert "GFLOPs = 2 x GMACs" in out
+
+
 def test_count_flops_scales_with_batch_and_input():
     model = resnetlab.create_model("resnet8")
     one = count_flops(model, (3, 32, 32))
@@ -59,11 +68,11 @@ def test_models_table(capsys):
     capsys.readouterr()
     assert cli.main(["models", "resnet5*"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:3] == ["name", "params", "GFLOPs"]
-    rows = {line.split()[0]: line.split() for line in out[1:]}
-    assert set(rows) == {"resnet50", "resnet56"}
-    assert rows["resnet50"][1] == "25,557,032" and rows["resnet50"][3] == "3x224x224"
-    assert float(rows["resnet50"][2]) == pytest.approx(8.18, abs=0.01)
+    assert out[0].split()[:4] == ["name", "params", "GMACs", "GFLOPs"]
+    rows = {line.split()[0]: line.split() for line in out[1:-1]}
+    assert set(rows) == {"resnet50", "resnet56"} and out[-1].startswith("GMACs: multiply-adds per image")
+    assert rows["resnet50"][1] == "25,557,032" and rows["resnet50"][4] == "3x224x224"
+    assert float(rows["resnet50"][2]) == pytest.approx(4.09, abs=0.01) and float(rows["resnet50"][3]) == pytest.approx(8.18, abs=0.01)
 
 
 def test_models_pattern_without_match(capsys):
@@ -89,7 +98,8 @@ def test_models_json_as_a_subprocess():
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["name"] for r in rows] == ["resnet20"]
-    assert rows[0] == {"name": "resnet20", "params": 269_722, "flops": rows[0]["flops"], "input_size": [3, 32, 32]}
+    assert rows[0] == {"name": "resnet20", "params": 269_722, "flops": rows[0]["flops"], "macs": rows[0]["flops"] // 2,
+                       "input_size": [3, 32, 32]}
     assert abs(rows[0]["flops"] / 0.082e9 - 1) < 0.02
 
 

@@ -18,13 +18,16 @@ def run(args) -> int:
 
     rows = describe_models(args.pattern)
     if args.json:
-        print(json.dumps([{k: r[k] for k in ("name", "params", "flops", "input_size")} for r in rows], indent=2))
+        # flops counts a multiply-add as 2; macs (multiply-adds) is what torchvision and the papers quote
+        print(json.dumps([{**{k: r[k] for k in ("name", "params", "flops")}, "macs": r["flops"] // 2, "input_size": r["input_size"]}
+                          for r in rows], indent=2))
         return 0 if rows else 1  # no match: exit 1, as in text mode
     if not rows:
         print(f"no model matches {args.pattern!r}")
         return 1
-    print(f"{'name':<28} {'params':>12} {'GFLOPs':>9}  input      description")
+    print(f"{'name':<28} {'params':>12} {'GMACs':>8} {'GFLOPs':>8}  input      description")
     for r in rows:
         size = "x".join(str(s) for s in r["input_size"])
-        print(f"{r['name']:<28} {r['params']:>12,} {r['flops'] / 1e9:>9.3f}  {size:<10} {r['description']}")
+        print(f"{r['name']:<28} {r['params']:>12,} {r['flops'] / 2e9:>8.3f} {r['flops'] / 1e9:>8.3f}  {size:<10} {r['description']}")
+    print("GMACs: multiply-adds per image at the input size shown (torchvision's and the papers' 'FLOPs'); GFLOPs = 2 x GMACs")
     return 0
