@@ -227,7 +227,9 @@ class ResNet(nn.Module):
         num_classes: output classes (>= 1).
         in_channels: input image channels (1 grayscale, 3 RGB).
         stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool), ``"cifar"`` (3x3/1 conv, no pool)
-            or ``"cifar-pool"`` (3x3/1 conv + 3x3/2 max-pool, report 004).
+            or ``"cifar-pool"`` (3x3/1 conv + 3x3/2 max-pool with padding 1, so 32 -> 16, as the
+            imagenet stem pools; report 004's code pools without padding, 32 -> 15, and reaches
+            the same 4x4 final map).
         stem_width: stem output channels before ``width`` scaling (default ``widths[0]``).
         width: multiplier on every channel count.
         shortcut: ``"A"`` (zero-pad, parameter-free) or ``"B"`` (1x1 conv + norm) where shapes change.
