@@ -205,6 +205,19 @@ def test_best_cell_is_chosen_on_validation_even_when_test_disagrees(tmp_path):
     assert html.count("data:image/png;base64,") >= 2 and "src='study_files" not in html
 
 
+def test_curves_keep_each_cells_colour_and_label_when_a_cell_has_no_validation(monkeypatch):
+    figs = []
+    monkeypatch.setattr(st, "_png", lambda fig: figs.append(fig) or b"")
+    withval = {"epoch": [1, 2], "val_acc": [0.5, 0.6], "train_loss": [1.0, 0.8]}
+    noval = {"epoch": [1, 2], "val_acc": [None, None], "train_loss": [1.2, 0.9]}
+    st._curves_figure([("noval", [noval]), ("withval", [withval])], "t")
+    val_ax, loss_ax = figs[0].axes
+    colour = {ln.get_label(): ln.get_color() for ln in loss_ax.get_lines()}
+    assert [ln.get_label() for ln in val_ax.get_lines()] == ["withval"]
+    assert val_ax.get_lines()[0].get_color() == colour["withval"] != colour["noval"]  # it took noval's colour
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["noval", "withval"]  # noval had no label
+
+
 def test_interrupted_study_resumes_without_rerunning_finished_cells(finished, tmp_path, monkeypatch):
     path, reference = finished
     out = tmp_path / "out"

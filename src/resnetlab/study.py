@@ -787,19 +787,20 @@ def _curves_figure(groups: list[tuple[str, list[dict]]], title: str) -> bytes:
     panels = [("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0)]
     for i, (key, ylabel, scale) in enumerate(panels):
         ax = fig.add_subplot(1, 2, i + 1)
-        for name, curves in groups:
+        for j, (name, curves) in enumerate(groups):
             x, m, s = _mean_curve(curves, key)
-            if not x:
+            if not x:  # e.g. no validation split: the cell keeps its colour in the other panel
                 continue
             m_, s_ = [v * scale for v in m], [v * scale for v in s]
-            (line,) = ax.plot(x, m_, marker="o" if len(x) < 3 else None, label=name)
+            (line,) = ax.plot(x, m_, marker="o" if len(x) < 3 else None, label=name, color=f"C{j % 10}")
             if any(s_):
                 ax.fill_between(x, [a - b for a, b in zip(m_, s_)], [a + b for a, b in zip(m_, s_)], color=line.get_color(), alpha=0.15)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    fig.axes[0].legend(fontsize=8, loc="lower right")
+    # on the training-loss panel: every cell that trained is there (validation may be missing)
+    fig.axes[1].legend(fontsize=8, loc="upper right")
     fig.suptitle(title)
     fig.tight_layout()
     return _png(fig)
