@@ -8,8 +8,10 @@ or spaces (``"crop:padding=4; flip"``).
 
 Augmentations are ``kornia.augmentation`` modules working on float batches in ``[0, 1]`` of
 shape ``(B, C, H, W)`` — salt-and-pepper included (``RandomSaltAndPepperNoise``) — except random
-crop and horizontal flip, which are written here as fused per-sample index maps because kornia's
-versions are the bottleneck on CPU (see the comment above ``_IndexOp``). All parameters are drawn
+crop, horizontal flip and center crop, which are written here as fused per-sample index maps
+because kornia's versions are the bottleneck on CPU (see the comment above ``_IndexOp``; the
+center crop is also placed as torchvision places it), and resize, which is torch's antialiased
+``interpolate`` (torchvision's ``Resize`` to the pixel). All parameters are drawn
 from the global torch RNG, which the loader reseeds per step (see :mod:`resnetlab.data.loader`).
 
 Names and parameters (defaults in brackets):
@@ -46,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.errors import DataError, unknown_name
@@ -306,17 +309,21 @@ def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, 
         return mod, shape
     if name == "random-resized-crop":
         th, tw = _hw(p["size"], (h, w)) if p["size"] is not None else (h, w)
-        # torchvision's geometry (align_corners=False; kornia defaults to True). The crop is resized
-        # up to ``size`` unless ``size`` is below the image's, so kornia's lack of antialiasing
-        # shows only when shrinking.
-        return K.RandomResizedCrop((th, tw), scale=p["scale"], ratio=p["ratio"], align_corners=False), (c, th, tw)
+        # torchvision's geometry (align_corners=False; kornia defaults to True). kornia's crop does
+        # not antialias, which only matters when the output is smaller than the image: then the crop
+        # is taken at the image's size and shrunk by an antialiased resize, as torchvision's
+        # RandomResizedCrop(antialias=True) shrinks it in one step.
+        if th >= h and tw >= w:
+            return K.RandomResizedCrop((th, tw), scale=p["scale"], ratio=p["ratio"], align_corners=False), (c, th, tw)
+        crop = K.RandomResizedCrop((h, w), scale=p["scale"], ratio=p["ratio"], align_corners=False)
+        return nn.Sequential(crop, AntialiasedResize((th, tw))), (c, th, tw)
     if name == "resize":
         size = p["size"]
         if isinstance(size, int):  # shorter side -> size, aspect kept
             th, tw = (size, round(w * size / h)) if h <= w else (round(h * size / w), size)
         else:
             th, tw = size
-        return K.Resize((th, tw), antialias=True), (c, th, tw)
+        return AntialiasedResize((th, tw)), (c, th, tw)
     if name == "center-crop":
         th, tw = _hw(p["size"], (h, w))
         if th > h or tw > w:
@@ -341,6 +348,18 @@ def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, 
     raise AssertionError(name)  # pragma: no cover - _canonical guards this
 
 
+class AntialiasedResize(nn.Module):
+    """Bilinear resize to ``size`` with torch's antialiasing: torchvision's ``Resize(antialias=True)``
+    to the pixel (kornia's antialiasing blurs with a Gaussian first, another filter)."""
+
+    def __init__(self, size: tuple[int, int]):
+        super().__init__()
+        self.size = tuple(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # float (B, C, H, W)
+        return F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # Crop and flip as index maps (hand-written, on purpose)
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +369,7 @@ def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, 
 # slower than a per-image DataLoader. The standard CIFAR pair is pure indexing, so here each op
 # only edits per-sample row/column index maps, consecutive ops are fused, and a single gather
 # produces the batch — on uint8, before the float conversion (exact, and 4x less memory traffic).
-# Every other augmentation is kornia's.
+# Every other augmentation but resize is kornia's.
 class _IndexOp(nn.Module):
     """A geometric op expressible as per-sample row and column index maps."""
 
