@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,3 +65,103 @@ def test_a_batch_larger_than_each_ranks_share_is_refused(tmp_path):
     assert proc.returncode != 0
     assert "train.batch_size=256 per process is larger than each of the 2 processes' share of the training split (135 images)" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def _torchrun() -> str:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return str(torchrun) if torchrun.exists() else shutil.which("torchrun")
+
+
+def _worker_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker process with RANK=rank (read from /proc)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) != parent:
+                continue
+            env = (d / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(d.name)
+    return None
+
+
+@pytest.mark.timeout(600)
+def test_a_signal_to_one_rank_stops_both_at_one_step_then_resume_needs_the_same_process_count(tmp_path):
+    """SIGTERM to rank 1 alone: both ranks stop after the same step (they agree at the next logging
+    window), rank 0 saves that state and alone says so, every rank exits 130. A resume on 1 process
+    is refused (the counters and schedule are per process); on 2 it finishes with equal weights."""
+    import json
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}
+    out = tmp_path / "run"
+    # 1,293 images over 2 ranks at batch 8: 80 steps per epoch, logging windows at 25, 50, 75, 80
+    cmd = [_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train", "--model", "resnet8",
+           "--data", "digits", "--epochs", "6", "--batch-size", "8", "--schedule", "onecycle",
+           "--set", "output.report=false", "--set", "train.num_threads=1", "--set", "train.device=cpu", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not ((out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 2):
+            time.sleep(0.2)
+        time.sleep(1.0)  # into epoch 2
+        pid = _worker_pid(proc.pid, 1)
+        assert pid, "rank 1's process"
+        os.kill(pid, signal.SIGTERM)
+        log, _ = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    saves = [line for line in log.splitlines() if "received: saved" in line]
+    assert len(saves) == 1, log[-3000:]  # rank 0 alone; rank 1 used to claim a save it never made
+    assert "Connection closed by peer" not in log and "Traceback" not in log.split("received: saved")[0]
+    meta = json.loads((out / "checkpoints" / "last" / "meta.json").read_text())
+    epoch, step = (int(v) for v in re.search(r"at epoch (\d+) step (\d+)", saves[0]).groups())
+    assert meta["world_size"] == 2 and meta["epoch"] == epoch - 1 and meta["step"] == (epoch - 1) * 80 + step, (meta, saves)
+    assert step in (25, 50, 75, 80)
+    # one process: refused, nothing changed
+    before = (out / "metrics.csv").read_text()
+    one = subprocess.run([sys.executable, "-m", "resnetlab", "train", "--resume", str(out)], capture_output=True, text=True, env=env)
+    assert one.returncode == 2 and "was trained on 2 process(es) and this resume runs on 1" in one.stderr, one.stderr
+    assert (out / "metrics.csv").read_text() == before
+    two = subprocess.run([_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train", "--resume", str(out)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=400)  # fmt: skip
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    assert "weights identical on all 2 ranks" in two.stdout + two.stderr
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5, 6] and [int(r["step"]) for r in rows] == [80 * e for e in range(1, 7)]
+
+
+@pytest.mark.timeout(300)
+def test_processes_started_with_different_configs_are_refused_before_training(tmp_path):
+    """Two processes of one job (as two nodes would start them) with different seeds: the seed
+    shards and splits the data, so they would train on overlapping shards; refused at start."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank, seed in ((0, 0), (1, 1)):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+               "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        cmd = [sys.executable, "-m", "resnetlab", "train", "--model", "resnet8", "--data", "digits", "--epochs", "1",
+               "--seed", str(seed), "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))
+    errs = [p.communicate(timeout=240)[1] for p in procs]
+    assert all(p.returncode == 2 for p in procs), errs
+    assert "the torchrun processes were started with different configs (seed: 0 (rank 0) vs 1 (rank 1))" in errs[0], errs[0]
+    assert not (tmp_path / "r" / "metrics.csv").exists()
+
+
+def test_a_study_under_torchrun_is_refused(tmp_path, monkeypatch):
+    from resnetlab import study as st
+    from resnetlab.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="resnetlab study does not run under torchrun"):
+        st.run_study(tmp_path / "any.yaml")

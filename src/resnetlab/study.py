@@ -502,6 +502,10 @@ def run_study(
     Example:
         >>> r = run_study("recipes/study-optimizer.yaml", smoke=True, jobs=2)  # doctest: +SKIP
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # every process would run the whole study: the same cells trained and written twice at once
+        raise ConfigError("resnetlab study does not run under torchrun: start it as a plain command "
+                          "(--jobs N trains N cells at once); its cells are ordinary single-process runs")  # fmt: skip
     spec = study if isinstance(study, StudySpec) else load_study(study, overrides=overrides)
     if seeds is not None:
         if seeds < 1:

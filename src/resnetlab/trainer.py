@@ -369,6 +369,19 @@ class Trainer:
         if self.world_size > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend=backend)
+        if self.world_size > 1:
+            # Every process must train the same run: a different seed shards and splits the data
+            # differently (overlapping shards, one rank's validation images in another's training),
+            # a different batch size deadlocks the collectives, a different lr ends in weights
+            # that differ. Compared once, here, so the error names the key before any step.
+            mine = self.cfg.model_dump(mode="json")
+            every: list[Any] = [None] * self.world_size
+            torch.distributed.all_gather_object(every, mine)
+            for rank, theirs in enumerate(every):
+                diff = config_difference(every[0], theirs, labels=("rank 0", f"rank {rank}"))
+                if diff:
+                    raise ConfigError(f"the torchrun processes were started with different configs ({diff}); "
+                                      f"start every process (on every node) with the same command and config")  # fmt: skip
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         net = model
@@ -430,6 +443,8 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.global_step,
             "dataset": self.splits.name if hasattr(self.splits, "name") else self.cfg.data.name,
+            # the step counters, schedule length and data shards are per process: a resume needs as many
+            "world_size": self.world_size,
         }
 
     def _eval_model(self) -> nn.Module:
@@ -550,14 +565,30 @@ class Trainer:
                 cb.on_fit_end(self)
         return FitResult(self.run_dir, self.best_val_acc, self.epoch, self.history, interrupted=interrupted)
 
+    def _stop_agreed(self, collective: bool = True) -> bool:
+        """Whether to stop now. One process: its own signal flag. Several: only where ``collective``
+        (every rank reaches that point at the same step), true if any rank was signalled; a rank
+        that was not takes the signal's name as SIGINT's (torchrun forwards its signal to all)."""
+        if self.world_size == 1:
+            return self._stop_signal is not None
+        if not collective:
+            return False
+        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0 and self._stop_signal is None:
+            self._stop_signal = int(signal.SIGINT)
+        return flag.item() > 0
+
     def _stop_if_signalled(self) -> None:
         """Between epochs (``last`` holds the finished epoch): stop on a signal that came after the
         step loop's own check, during validation or the checkpoint write. After the last epoch
         that skips the test evaluation and the report, which ``--resume`` then writes."""
-        if self._stop_signal is None:
+        if not self._stop_agreed():
             return
         name = signal.Signals(self._stop_signal).name
         last = self.run_dir / "checkpoints" / "last"
+        if not self.is_main:
+            raise _Interrupted()
         if self.epoch >= self.epochs or self.global_step >= self.total_steps:
             log.warning("%s received: training finished and %s is saved; the test evaluation and report were skipped: "
                         "resnetlab train --resume %s writes them", name, last, self.run_dir)  # fmt: skip
@@ -582,9 +613,12 @@ class Trainer:
         dev = self.device
         # Running sums live on the device: read once per window, never per step.
         p = self._partial or {}
-        loss_sum = torch.tensor(p.get("loss_sum", 0.0), device=dev, dtype=torch.float64)
-        correct = torch.tensor(p.get("correct", 0.0), device=dev, dtype=torch.float64)
-        seen = int(p.get("seen", 0))
+        # the saved partial sums are over all processes: rank 0 carries them, the others start at 0,
+        # and the epoch-end all-reduce adds everything once
+        own = p if self.rank == 0 else {}
+        loss_sum = torch.tensor(own.get("loss_sum", 0.0), device=dev, dtype=torch.float64)
+        correct = torch.tensor(own.get("correct", 0.0), device=dev, dtype=torch.float64)
+        seen = int(own.get("seen", 0))
         elapsed_before = float(p.get("elapsed", 0.0))
         window_losses = torch.zeros(NAN_CHECK_EVERY, device=dev)
         clip = self.cfg.train.grad_clip
@@ -633,19 +667,25 @@ class Trainer:
             seen += y.shape[0]
             step += 1
             self.global_step += 1
-            if step % NAN_CHECK_EVERY == 0 or step == self.steps_per_epoch:
+            window_end = step % NAN_CHECK_EVERY == 0 or step == self.steps_per_epoch
+            if window_end:
                 self._check_finite(window_losses, step, epoch)
                 elapsed = elapsed_before + time.perf_counter() - t0
                 for cb in self.callbacks:
                     cb.on_window_end(self, step, (loss_sum / max(seen, 1)).item(), (correct / max(seen, 1)).item(), seen / max(elapsed, 1e-9))
-            if self._stop_signal is not None:
-                self._partial = {"loss_sum": loss_sum.item(), "correct": correct.item(), "seen": seen, "elapsed": elapsed_before + time.perf_counter() - t0}
+            # One process checks its signal flag every step; several agree on it at window ends
+            # (a collective), so they all stop after the same step and rank 0's save is the state of all.
+            if self._stop_agreed(window_end):
+                sums = _all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=dev, dtype=torch.float64)]))
+                self._partial = {"loss_sum": sums[0].item(), "correct": sums[1].item(), "seen": int(sums[2].item()),
+                                 "elapsed": elapsed_before + time.perf_counter() - t0}  # fmt: skip
                 self.start_step = step
                 self._check_finite(window_losses, step, epoch)
                 self.save_last()
-                name = signal.Signals(self._stop_signal).name
-                log.warning("%s received: saved %s at epoch %d step %d; resume with: resnetlab train --resume %s",
-                            name, self.run_dir / "checkpoints" / "last", epoch + 1, step, self.run_dir)  # fmt: skip
+                if self.is_main:
+                    name = signal.Signals(self._stop_signal).name
+                    log.warning("%s received: saved %s at epoch %d step %d; resume with: resnetlab train --resume %s",
+                                name, self.run_dir / "checkpoints" / "last", epoch + 1, step, self.run_dir)  # fmt: skip
                 raise _Interrupted()
             if self.global_step >= self.total_steps:
                 break
@@ -865,32 +905,38 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResul
     trainer = Trainer(cfg, run_dir, progress=progress)
     loaded = None
     problems = []
-    for i, cand in enumerate(candidates):
+    for cand in candidates:
         try:
             trainer.load_state(cand)
             loaded = cand
-            if i > 0:
-                log.warning("checkpoint %s is unreadable; resumed from the previous one, %s", candidates[0], cand)
-                # Move the unreadable folder aside (kept for inspection): otherwise the next save
-                # would rotate it into last.prev and delete the good one, and a crash during that
-                # save would leave only the unreadable checkpoint.
-                aside = candidates[0].with_name(candidates[0].name + ".unreadable")
-                if aside.exists():
-                    shutil.rmtree(aside)
-                os.replace(candidates[0], aside)
             break
         except CheckpointError as exc:
             problems.append(str(exc))
-            log.warning("skipping checkpoint %s: %s", cand, exc)
+            if trainer.is_main:
+                log.warning("skipping checkpoint %s: %s", cand, exc)
+    if trainer.world_size > 1:
+        torch.distributed.barrier()  # every process has read its checkpoint before rank 0 changes the folder
+    if loaded is not None and loaded != candidates[0] and trainer.is_main:
+        log.warning("checkpoint %s is unreadable; resumed from the previous one, %s", candidates[0], loaded)
+        # Move the unreadable folder aside (kept for inspection): otherwise the next save
+        # would rotate it into last.prev and delete the good one, and a crash during that
+        # save would leave only the unreadable checkpoint.
+        aside = candidates[0].with_name(candidates[0].name + ".unreadable")
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(candidates[0], aside)
     if loaded is None and candidates:
         # Restarting from scratch would rotate these folders away: refuse and keep them.
         raise CheckpointError(
             f"no usable checkpoint in {run_dir / 'checkpoints'} ({'; '.join(problems)}); "
             f"nothing was changed; train again with --overwrite to start over"
         )
-    if loaded is None:
+    if loaded is None and trainer.is_main:
         log.warning("no checkpoint in %s yet: starting the run from the beginning", run_dir)
-    _truncate_metrics(run_dir / "metrics.csv", trainer.epoch)
+    if trainer.is_main:
+        _truncate_metrics(run_dir / "metrics.csv", trainer.epoch)
+    if trainer.world_size > 1:
+        torch.distributed.barrier()
     trainer.history = _read_metrics(run_dir / "metrics.csv")
     if trainer.epoch >= trainer.epochs:
         log.info("run %s already finished (%d epochs)", run_dir, trainer.epoch)
@@ -906,12 +952,22 @@ RESUME_MAY_CHANGE = ("name", "output", "train.num_threads", "train.tune_malloc",
 
 
 def _check_resume_config(run_dir: Path, cfg: Config, candidates: Sequence[Path]) -> None:
-    """Refuse a resume whose config.yaml was edited since its checkpoint was written."""
+    """Refuse a resume whose config.yaml was edited since its checkpoint was written, or that runs
+    on another number of processes than the checkpoint was trained on."""
     for cand in candidates:
         try:
-            saved = ckpt.load_meta(cand).get("config")
+            meta = ckpt.load_meta(cand)
         except CheckpointError:
             continue  # resume() reports unreadable checkpoints itself
+        world = dist_info()[1]
+        saved_world = int(meta.get("world_size", 1))  # checkpoints from before it was recorded: 1 process
+        if saved_world != world:
+            how = "without torchrun" if saved_world == 1 else f"with torchrun --nproc_per_node={saved_world} (in all, over the nodes)"
+            raise ConfigError(
+                f"{run_dir} was trained on {saved_world} process(es) and this resume runs on {world}; its step counters, "
+                f"schedule and data shards are per process: resume it {how}"
+            )
+        saved = meta.get("config")
         if not isinstance(saved, dict):
             return
         diff = config_difference(saved, cfg.model_dump(mode="json"), ignore=RESUME_MAY_CHANGE, labels=("checkpoint", "config.yaml"))

@@ -109,7 +109,8 @@ def run(args) -> int:
             cfg = smoke_fallback(cfg)
         result = train(cfg, run_dir=args.out, overwrite=args.overwrite, progress=None if not args.quiet else False)
     if os.environ.get("RANK", "0") != "0":
-        return 0  # under torchrun, rank 0 reports
+        # under torchrun, rank 0 reports; every rank exits with the run's status
+        return 128 + int(signal.SIGINT) if result.interrupted else 0
     if result.interrupted:
         print(f"interrupted: resume with `resnetlab train --resume {result.run_dir}`")
         return 128 + int(signal.SIGINT)
