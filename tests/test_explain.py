@@ -295,6 +295,37 @@ def test_activation_maps_converts_rgb_with_notice(digits_run, tmp_path, caplog, 
     assert rc == 2
 
 
+def test_activations_predict_as_the_run_evaluates_and_last_gets_its_own_folder(digits_run, tmp_path, caplog):
+    import re
+    import shutil
+
+    from resnetlab.predict import predict
+
+    src, _, _ = digits_run
+    run = tmp_path / "run"
+    shutil.copytree(src / "checkpoints" / "best", run / "checkpoints" / "best")
+    shutil.copytree(src / "checkpoints" / "best", run / "checkpoints" / "last")
+    img = tmp_path / "d.png"
+    Image.fromarray((np.random.default_rng(3).random((8, 8)) * 255).astype(np.uint8)).save(img)
+
+    def logged_prob(**kw):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="resnetlab"):
+            path = activation_maps(run, img, layers=["layer1"], **kw)
+        return path, float(re.search(r"predicted \S+, ([0-9.]+);", caplog.text).group(1))
+
+    meta_path = run / "checkpoints" / "best" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["train"] = {"tta_flip": True}
+    meta_path.write_text(json.dumps(meta))
+    _, prob = logged_prob()
+    assert prob == pytest.approx(predict(run, [img], top_k=1)[0]["top"][0]["prob"], abs=1e-4)
+    assert prob != pytest.approx(predict(run, [img], top_k=1, tta_flip=False)[0]["top"][0]["prob"], abs=1e-4)
+    # --which last writes beside explain's explain-last/, not over the best checkpoint's figure
+    path, _ = logged_prob(which="last")
+    assert path == run / "explain-last" / "activations_d.png"
+
+
 def test_activations_default_output_is_not_replaced_silently(digits_run, tmp_path, capsys):
     # two images with the same name from different folders map to the same default figure:
     # the second is refused (the first figure kept) unless --overwrite says to replace it

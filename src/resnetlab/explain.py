@@ -544,7 +544,8 @@ def activation_maps(
         checkpoint_or_run: a run folder, checkpoint folder, or loaded ``Checkpoint``.
         image_path: an image file; resized to the model's input and converted to its channel
             count (with a logged notice when the file has another one).
-        out: the PNG to write; default ``<run>/explain/activations_<image stem>.png``.
+        out: the PNG to write; default ``<run>/explain/activations_<image stem>.png``
+            (``explain-last/`` for ``which="last"``, as :func:`explain` names its folders).
         layers: stage names (default: all of ``model.stages()``).
         max_channels: channels shown per stage.
         device: where the model runs.
@@ -567,7 +568,7 @@ def activation_maps(
     """
     from resnetlab.checkpoint import Checkpoint, load_checkpoint
     from resnetlab.data.images import png_path, preprocess
-    from resnetlab.evaluate import resolve_device, run_dir_of
+    from resnetlab.evaluate import resolve_device, run_dir_of, tta_flip_of
     from resnetlab.predict import load_as_evaluated
 
     check_int("max_channels", max_channels, 1)
@@ -579,7 +580,9 @@ def activation_maps(
             model.get_stage(n)  # fail before reading the image
     if out is None:
         run = run_dir_of(ckpt.path)
-        out = (run if run is not None else ckpt.path) / "explain" / f"activations_{_slug(Path(image_path).stem)}.png"
+        # explain's folders: explain/ for the best checkpoint, explain-last/ for another
+        folder = "explain" if run is None or ckpt.path.name == "best" else f"explain-{ckpt.path.name}"
+        out = (run if run is not None else ckpt.path) / folder / f"activations_{_slug(Path(image_path).stem)}.png"
     out = png_path(out)  # matplotlib adds .png to a name without a suffix: that is the file checked
     if not overwrite and os.path.lexists(out):
         raise ResnetlabError(f"{out} already exists; use --overwrite to replace it, or another --out")
@@ -588,7 +591,10 @@ def activation_maps(
     x = preprocess(raw, meta["mean"], meta["std"], device=device, channels_last=False)
     acts = stage_activations(model, x, layers)
     with torch.no_grad():
-        probs = model(x).softmax(1)[0]
+        logits = model(x)
+        if tta_flip_of(meta):  # the prediction in the title is the one evaluate and predict give
+            logits = (logits + model(torch.flip(x, dims=(3,)))) / 2
+        probs = logits.softmax(1)[0]
     conf, pred = probs.max(0)
 
     plt = _plt()
@@ -614,5 +620,5 @@ def activation_maps(
         raise ResnetlabError(f"cannot write {out}: {exc.strerror or exc}") from exc
     finally:
         plt.close(fig)
-    log.info("activation maps of %s (%d stages) -> %s", image_path, len(acts), out)
+    log.info("activation maps of %s (predicted %s, %.4f; %d stages) -> %s", image_path, classes[int(pred)], float(conf), len(acts), out)
     return out
