@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import json
 
 import pytest
@@ -102,7 +104,7 @@ def test_roof_matmul_uses_tf32_only_where_the_convolutions_do(monkeypatch):
 
 
 @pytest.mark.parametrize("amp,dtype", [("off", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
-def test_amp_runs_training_and_inference_in_its_dtype(monkeypatch, amp, dtype):
+def test_amp_runs_training_and_inference_in_its_dtype(monkeypatch, caplog, amp, dtype):
     """--amp autocasts the forward of both measurements (the logits come out in that dtype), and
     the roof matmul runs in the same dtype so the fraction compares like with like."""
     import resnetlab.bench as bench
@@ -118,9 +120,12 @@ def test_amp_runs_training_and_inference_in_its_dtype(monkeypatch, amp, dtype):
     dtypes = []
     real = bench.matmul_gflops
     monkeypatch.setattr(bench, "matmul_gflops", lambda size, device, dtype: dtypes.append(dtype) or real(64, 1, device, dtype))
-    r = bench.run_bench("resnet8", batch_size=2, input_size="1x8x8", steps=1, warmup=0, repeats=1, amp=amp)
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        r = bench.run_bench("resnet8", batch_size=2, input_size="1x8x8", steps=1, warmup=0, repeats=1, amp=amp)
     assert r["amp"] == amp and r["matmul_dtype"] == str(dtype).removeprefix("torch.")
     assert dtypes == [dtype, dtype]
+    # on the CPU a half-precision figure is not the trainer's speed (it trains in fp32 there): said
+    assert ("the trainer trains in fp32 on the CPU" in caplog.text) == (amp != "off")
 
 
 def test_bench_amp_choice_is_checked(capsys):

@@ -202,6 +202,13 @@ def test_explain_galleries_match_predictions(digits_run):
     assert html.count("data:image/png;base64,") == 12  # 10 galleries + confused pairs + top losses
     md = (run / "report_sections" / "explain.md").read_text()
     assert "](explain/gallery_000_0.png)" in md and "| true | predicted |" in md
+    # in the report: one heading, in both formats (there were two, "Explain" and "Explanations")
+    from resnetlab.report import build_report
+
+    html_path, md_path = build_report(run)
+    report_md, report_html = md_path.read_text(), html_path.read_text()
+    assert report_md.count("## Explanations") == 1 and "## Explain\n" not in report_md
+    assert report_html.count("<h2>Explanations</h2>") == 1 and "<h2>Explain</h2>" not in report_html
 
 
 def test_explain_of_the_last_checkpoint_goes_beside_the_best_ones(digits_run, tmp_path):
@@ -251,6 +258,14 @@ def test_cli_explain_every_method(digits_run, tmp_path, capsys):
     assert not (tmp_path / "report_sections").exists()  # nothing written beside the --out folders
     text = capsys.readouterr().out
     assert "integrated-gradients: 360 test images" in text and "gradcam @ layer3" in text
+    assert "add it to report.html" not in text  # --out elsewhere: not the run's section
+    # the run's own section: the command says how to get it into report.html (it was not rebuilt)
+    import shutil
+
+    inside = tmp_path / "inside"
+    shutil.copytree(run, inside)
+    assert main(["explain", str(inside), "--n", "1", "--pairs", "1", "--top-loss", "1", "--device", "cpu"]) == 0
+    assert f"(add it to report.html: resnetlab report {inside})" in capsys.readouterr().out
     rc = main(["explain", str(run), "--layer", "layer7", "--out", str(tmp_path / "x")])
     assert rc == 2 and "error: unknown layer 'layer7'" in capsys.readouterr().err
 

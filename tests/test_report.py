@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import base64
 import csv
 import json
@@ -101,6 +103,34 @@ def test_median_images_per_s_of_an_even_number_of_epochs_is_the_middle_pair_mean
     run = fresh_checkpoint_run(tmp_path, {"name": "digits"}, metrics_rows=rows)
     _, md_path = build_report(run)
     assert "| median images/s | 673.4 |" in md_path.read_text()  # (635.7 + 711.0) / 2; it showed 711
+
+
+def test_class_names_are_escaped_in_the_markdown_tables():
+    from resnetlab.report import _Table
+
+    md = _Table(["class", "f1"], [("pipe|bar", 0.5), ("<script>x<b>", 0.25)], numeric=[False, True]).md()
+    assert "| pipe\\|bar | 0.5 |" in md
+    assert "<script>" not in md and "&lt;script&gt;x&lt;b&gt;" in md
+    assert all(line.count(" | ") == 1 for line in md.splitlines()[2:])  # two cells per row
+
+
+def test_report_of_a_run_with_only_its_last_checkpoint_reads_evaluates_folder_for_it(tmp_path):
+    # an interrupted run before its first validated epoch: evaluate RUN writes eval/test-last, and
+    # the report kept saying "run resnetlab evaluate" because it only read eval/test
+    import shutil
+
+    from resnetlab.evaluate import evaluate
+
+    run = fresh_checkpoint_run(tmp_path, {"name": "digits"})
+    shutil.move(run / "checkpoints" / "best", run / "checkpoints" / "last")
+    _, md_path = build_report(run)
+    assert "Not evaluated on the test split yet" in md_path.read_text()
+    m = evaluate(run, device="cpu")
+    assert Path(m["predictions"]).parent == run / "eval" / "test-last"
+    _, md_path = build_report(run)
+    md = md_path.read_text()
+    assert "Not evaluated" not in md and "Of the last checkpoint: the run has no best checkpoint yet" in md
+    assert f"| accuracy | {m['accuracy']:.4f} |" in md
 
 
 def test_report_without_training_or_evaluation(tmp_path):

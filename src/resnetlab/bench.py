@@ -331,6 +331,9 @@ def run_bench(
     from resnetlab.evaluate import resolve_device
 
     dev = resolve_device(device)
+    if dev.type == "cpu" and amp != "off":
+        log.warning("--amp %s on the CPU measures %s autocast and a %s matmul roof; the trainer trains in fp32 on the CPU "
+                    "(train.amp), so these figures are not its speed", amp, amp, amp)  # fmt: skip
     n_threads = configure_threads(threads)
     from resnetlab.runtime import tune_malloc
 

@@ -472,16 +472,19 @@ def _write_sections(summary: dict[str, Any], out: Path, sections: Path, base: Pa
               ([("Highest losses", files["top_losses"])] if "top_losses" in files else []) + \
               [(f"Class {g['class_name']}", p) for g, p in zip(summary["galleries"], files["galleries"])]
 
-    md = ["## Explanations", "", head, ""]
+    from resnetlab.report import md_escape
+
+    # "# Title" is the section's title for the report (read_extra_sections), which adds the heading
+    md = ["# Explanations", "", head, ""]
     if pairs:
         md += ["| true | predicted | count | share of true class |", "|---|---|---:|---:|"]
-        md += [f"| {p['true_name']} | {p['pred_name']} | {p['count']} | {p['share_of_true']:.3f} |" for p in pairs]
+        md += [f"| {md_escape(p['true_name'])} | {md_escape(p['pred_name'])} | {p['count']} | {p['share_of_true']:.3f} |" for p in pairs]
         md.append("")
     for title, p in figures:
-        md += [f"### {title}", "", f"![{title}]({_rel(p, base)})", ""]
+        md += [f"### {md_escape(title)}", "", f"![{md_escape(title)}]({_rel(p, base)})", ""]
     (sections / "explain.md").write_text("\n".join(md))
 
-    h = ['<section id="explanations">', "<h2>Explanations</h2>", f"<p>{html.escape(head)}</p>"]
+    h = ['<section id="explanations">', f"<p>{html.escape(head)}</p>"]
     if pairs:
         h.append("<table><tr><th>true</th><th>predicted</th><th>count</th><th>share of true class</th></tr>")
         h += [f"<tr><td>{html.escape(p['true_name'])}</td><td>{html.escape(p['pred_name'])}</td>"

@@ -150,6 +150,13 @@ class _Figure:
         return f"![{self.alt}]({REPORT_FILES}/{self.name})"
 
 
+def md_escape(text: Any) -> str:
+    """Text (a class name) for a Markdown table cell or heading: ``|`` would split the cell, and
+    ``<``, ``>`` would be read as HTML (a class named ``<b>`` bolded the rest of report.md)."""
+    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("\n", " "))  # fmt: skip
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -194,11 +201,16 @@ def _curves_figure(rows: list[dict], test: dict | None, label_smoothing: float =
         if ax.lines:
             ax.legend()
     x, y = series("lr")
-    axes[2].plot(x, y, "-", color="tab:green")
+    axes[2].plot(x, y, "-o", markersize=3, color="tab:green")  # a marker: one epoch is one point
     axes[2].set_title("Learning rate (end of epoch)")
     axes[2].set_xlabel("epoch")
     axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].grid(alpha=0.3)
+    known = sorted({e for e in epochs if e is not None})
+    if len(known) == 1:  # one epoch (a --smoke run): the integer locator finds no tick in a +-0.05 range
+        for ax in axes:
+            ax.set_xlim(known[0] - 1, known[0] + 1)
+            ax.set_xticks([known[0]])
     fig.tight_layout()
     return _png(fig)
 
@@ -258,7 +270,7 @@ class _Table:
 
     def md(self) -> str:
         def cell(v: Any) -> str:
-            return _fmt(v).replace("|", "\\|").replace("\n", " ")
+            return md_escape(_fmt(v))
 
         lines = ["| " + " | ".join(self.header) + " |", "|" + "|".join("---:" if n else "---" for n in self.numeric) + "|"]
         lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
@@ -464,13 +476,17 @@ def build_report(
         raise ResnetlabError(f"{run} is not a run folder (no config.yaml, metrics.csv or checkpoints/)")
 
     meta = None
+    tag = ""  # evaluate's folder suffix for the checkpoint reported: "" for best, "-last" for a run without one
     try:
-        meta = load_meta(resolve_checkpoint(run, "best"))
+        ckpt_dir = resolve_checkpoint(run, "best")
+        meta = load_meta(ckpt_dir)
+        tag = "" if ckpt_dir.name == "best" or ckpt_dir.parent.name != "checkpoints" else f"-{ckpt_dir.name}"
     except CheckpointError as exc:
         log.warning("report without model details: %s", exc)
     config = _read_config(run, meta)
     rows = read_metrics_csv(run / "metrics.csv")
-    eval_dir = run / "eval" / split
+    # an interrupted run before its first validated epoch has only last: evaluate RUN writes eval/test-last
+    eval_dir = run / "eval" / f"{split}{tag}"
     test = _read_json(eval_dir / "metrics.json")
     classes = [str(c) for c in ((test or {}).get("classes") or (meta or {}).get("classes") or [])]
     name = config.get("name") or run.name
@@ -482,7 +498,7 @@ def build_report(
     s = _Section("Summary")
     best = max((r for r in rows if r.get("val_acc") is not None), key=lambda r: r["val_acc"], default=None)
     train_time = sum(r.get("epoch_time_s") or 0.0 for r in rows)
-    train_eval = _read_json(run / "eval" / "train" / "metrics.json")  # output.evaluate_train
+    train_eval = _read_json(run / "eval" / f"train{tag}" / "metrics.json")  # output.evaluate_train
     summary = [
         ("run", name),
         ("dataset", (config.get("data") or {}).get("name")),
@@ -547,6 +563,8 @@ def build_report(
                 ("precision_micro", "precision (micro)"), ("recall_micro", "recall (micro)"), ("f1_micro", "F1 (micro)"),
                 ("precision_weighted", "precision (weighted)"), ("recall_weighted", "recall (weighted)"),
                 ("f1_weighted", "F1 (weighted)"), ("num_samples", "images")]
+        if tag:
+            s.text(f"Of the {tag[1:]} checkpoint: the run has no best checkpoint yet (it stopped before a validated epoch).")
         s.add(_Table(["metric", "value"], [(label, test.get(k)) for k, label in keys], numeric=[False, True]))
         sections.append(s)
 

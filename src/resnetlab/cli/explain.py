@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from resnetlab.cli import int_at_least
 
 
@@ -38,5 +40,9 @@ def run(args) -> int:
     for p in s["confused_pairs"]:
         print(f"  confused: {p['true_name']} -> {p['pred_name']}: {p['count']} ({p['share_of_true']:.1%} of {p['true_name']})")
     print(f"summary: {s['files']['summary']}")
-    print(f"report section: {s['files']['html']}")
+    section = Path(s["files"]["html"])
+    if section.parent.name == "report_sections":  # the run's own section: read by the next report build
+        print(f"report section: {section} (add it to report.html: resnetlab report {section.parent.parent})")
+    else:
+        print(f"report section: {section}")
     return 0
