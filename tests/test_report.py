@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import base64
 import csv
 import json
 import re
+from pathlib import Path
 
 import pytest
 from _eval_runs import fresh_checkpoint_run, trained_run
@@ -178,4 +177,9 @@ def test_best_epoch_defaults_of_optional_sections_and_a_subset_evaluation(tmp_pa
     lines = pred.read_text().splitlines()
     pred.write_text("\n".join(lines[:-5]) + "\n")
     _, md_path = build_report(run)
-    assert f"(images unavailable: the evaluation used {len(lines) - 6} of the {len(lines) - 1} test images)" in md_path.read_text()
+    md = md_path.read_text()
+    assert f"(images unavailable: the evaluation used {len(lines) - 6} of the {len(lines) - 1} test images)" in md
+    # the mistakes are still listed, from predictions.csv (the section had the heading and no rows)
+    wrong = sorted((r for r in csv.DictReader(open(pred)) if r["target"] != r["prediction"]), key=lambda r: -float(r["confidence"]))
+    assert wrong and "| image | true | predicted | confidence |" in md
+    assert f"| {wrong[0]['index']} | {wrong[0]['target']} | {wrong[0]['prediction']} |" in md

@@ -412,8 +412,19 @@ def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str
         f"{len(wrong)} of {len(rows)} test images are misclassified; the {len(shown)} most confident mistakes "
         "(true -> predicted, confidence):"
     )
+    def name(i: str) -> str:
+        k = int(i)
+        return classes[k] if 0 <= k < len(classes) else i
+
+    def without_images(why: str) -> _Section:
+        # the mistakes are in predictions.csv even when the pictures cannot be shown
+        sec.text(f"(images unavailable: {why})")
+        return sec.add(_Table(["image", "true", "predicted", "confidence"],
+                              [(r.get("path") or r["index"], name(r["target"]), name(r["prediction"]), float(r["confidence"])) for r in shown],
+                              numeric=[False, False, False, True]))  # fmt: skip
+
     if meta is None:
-        return sec.text("(images unavailable: no checkpoint metadata to rebuild the dataset)"), None
+        return without_images("no checkpoint metadata to rebuild the dataset"), None
     try:
         if splits is None:
             from resnetlab.evaluate import load_splits_for
@@ -422,15 +433,11 @@ def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str
         if len(splits.test) != len(rows):
             # predictions.csv indexes the split that was evaluated: a subset of it (a smoke
             # study's capped test split) would show other images under these labels
-            return sec.text(f"(images unavailable: the evaluation used {len(rows)} of the {len(splits.test)} test images)"), None
+            return without_images(f"the evaluation used {len(rows)} of the {len(splits.test)} test images"), None
         images = splits.test.get([int(r["index"]) for r in shown])
     except Exception as exc:  # a dataset that moved or needs a download: the report still builds
         log.warning("misclassified examples skipped: cannot load the dataset (%s)", str(exc).splitlines()[0])
-        return sec.text(f"(images unavailable: {str(exc).splitlines()[0]})"), None
-
-    def name(i: str) -> str:
-        k = int(i)
-        return classes[k] if 0 <= k < len(classes) else i
+        return without_images(str(exc).splitlines()[0]), None
 
     titles = [f"{name(r['target'])} -> {name(r['prediction'])}\n{float(r['confidence']):.2f}" for r in shown]
     fig = _Figure("misclassified.png", _misclassified_figure(images, titles), "misclassified test images")
