@@ -163,6 +163,16 @@ def test_cli_evaluate_summary(run, capsys):
     assert (run / "tr" / "predictions.csv").is_file()
 
 
+def test_quiet_works_for_every_command_before_or_after_it(run, tmp_path, capsys):
+    # only train and study had --quiet; `resnetlab --quiet evaluate` was refused
+    for i, argv in enumerate((["--quiet", "evaluate"], ["evaluate", "-q"])):
+        assert main([*argv, str(run), "--split", "val", "--out", str(tmp_path / f"q{i}")]) == 0
+        captured = capsys.readouterr()
+        assert captured.err == "" and "val split of digits" in captured.out
+    assert main(["evaluate", str(run), "--split", "val", "--out", str(tmp_path / "loud")]) == 0
+    assert capsys.readouterr().err != ""  # without it the INFO lines are there: the test can fail
+
+
 # -- image folders: the path column ------------------------------------------------------
 
 

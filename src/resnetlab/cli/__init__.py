@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors (any command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _discover(sub)
     return parser
@@ -118,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # --debug may come after the subcommand too.
     debug = "--debug" in argv or os.environ.get("RESNETLAB_DEBUG") == "1"
-    argv = [a for a in argv if a != "--debug"]
+    # --quiet / -q too, for every command (train and study also list it in their own --help)
+    quiet = "--quiet" in argv or "-q" in argv
+    argv = [a for a in argv if a not in ("--debug", "--quiet", "-q")]
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # name the subcommand whose options were mistyped, not the top-level parser
@@ -127,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help / --version (0) or a usage error (2, already printed)
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     args.debug = debug
+    args.quiet = quiet
     # Under torchrun only rank 0 talks; the other ranks report warnings and errors.
     other_rank = os.environ.get("RANK", "0") != "0"
-    setup_logging(debug=debug, quiet=getattr(args, "quiet", False) or other_rank)
+    setup_logging(debug=debug, quiet=quiet or other_rank)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
