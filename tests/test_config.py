@@ -122,6 +122,31 @@ def test_smoke_scales_down_but_keeps_recipe():
     assert spr.train.epochs == 2  # a small epoch, then one at full size
 
 
+def test_smoke_runs_in_its_own_folder_and_never_grows_the_subset():
+    # the smoke run took the real run's folder (runs/<name>), so the real run was refused after it
+    assert smoke_config(load_config(None, ["name=demo"])).run_name() == "demo-smoke"
+    assert smoke_config(load_config(None, ["model.name=resnet8", "data.name=digits"])).run_name() == "resnet8-digits-smoke"
+    assert smoke_config(smoke_config(load_config(None, ["name=demo"]))).run_name() == "demo-smoke"
+    assert smoke_config(load_config(None, ["data.subset=200"])).data.subset == 200  # it became 256
+
+
+def test_smoke_fallback_is_for_missing_data_not_for_a_misspelt_name(tmp_path):
+    from resnetlab.config import smoke_fallback
+    from resnetlab.errors import DataError
+
+    with pytest.raises(DataError, match="unknown dataset 'fmnist'; did you mean"):
+        smoke_fallback(smoke_config(load_config(None, ["data.name=fmnist"])))
+    # a dataset smaller than the smoke subset trains on all of it (subset=256 of 28 images was an error)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for j in range(12):
+            from PIL import Image
+
+            Image.new("L", (6, 6), color=j * 20).save(tmp_path / "imgs" / c / f"{j}.png")
+    cfg = smoke_fallback(smoke_config(load_config(None, [f"data.name=imagefolder:{tmp_path / 'imgs'}", "data.image_size=6"])))
+    assert cfg.data.name.startswith("imagefolder:") and cfg.data.subset is None
+
+
 def test_every_config_key_is_documented():
     from pathlib import Path
 

@@ -469,7 +469,8 @@ def test_a_failed_download_is_one_line_naming_the_dataset_and_a_smoke_run_falls_
     class Offline:
         def __init__(self, root, train=True, download=False):
             tried.append(download)
-            raise urllib.error.URLError("[Errno -2] Name or service not known")
+            # torchvision's own message spans lines: the URLs it tried, then the cause
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n<urlopen error [Errno -2] Name or service not known>\n")
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
     monkeypatch.setattr("resnetlab.data.datasets.SYSTEM_FASHION_MNIST", str(tmp_path / "none"))

@@ -411,12 +411,17 @@ def smoke_config(cfg: Config, subset: int = 256) -> Config:
     progressive resizing: one small, one at full size).
 
     Keeps the model family, norm, optimizer, schedule and augmentations, so every code path
-    the recipe uses is exercised; caps the input size at 64 pixels and the batch at 64.
+    the recipe uses is exercised; caps the input size at 64 pixels and the batch at 64. The run
+    is named ``<run name>-smoke``, so its folder is not the real run's.
     """
     data = cfg.model_dump(mode="json")
+    run_name = cfg.run_name()
+    data["name"] = run_name if run_name.endswith("-smoke") else f"{run_name}-smoke"
     data["train"].update(epochs=2 if cfg.train.progressive_resize else 1, iterations=None, head_only_epochs=min(cfg.train.head_only_epochs, 0), eval_every=1)
     data["train"]["batch_size"] = min(cfg.train.batch_size, 64)
-    data["data"]["subset"] = subset
+    given = cfg.data.subset
+    # never more than the recipe's own subset (a count); smoke_fallback caps it at the dataset's pool
+    data["data"]["subset"] = min(subset, given) if isinstance(given, int) else subset
     if cfg.data.image_size and cfg.data.image_size > 64:
         data["data"]["image_size"] = 64
         pr = cfg.train.progressive_resize
@@ -439,12 +444,17 @@ def smoke_fallback(cfg: Config) -> Config:
     import logging
 
     from resnetlab.data import load_dataset
+    from resnetlab.data.datasets import dataset_key
     from resnetlab.errors import DataError
 
+    dataset_key(cfg.data.name)  # a misspelt name fails here: only a dataset that is not on this machine falls back
     data = cfg.model_dump(mode="json")
     try:
-        classes = len(load_dataset(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, val_fraction=0,
-                                   download=cfg.data.download).classes)  # fmt: skip
+        found = load_dataset(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, val_fraction=0,
+                             download=cfg.data.download)  # fmt: skip
+        classes = len(found.classes)
+        if isinstance(cfg.data.subset, int) and cfg.data.subset > len(found.train):
+            data["data"]["subset"] = None  # a dataset smaller than the smoke subset: all of it
     except DataError as exc:
         key = cfg.data.name.split(":")[0]
         side = cfg.data.image_size or 64
@@ -453,7 +463,7 @@ def smoke_fallback(cfg: Config) -> Config:
         name = f"synthetic:{shape}:{classes}:{n}"
         logging.getLogger(__name__).warning("smoke run: %s; using %s instead", str(exc).splitlines()[0], name)
         data["data"].update(name=name, download=False)
-    subset = cfg.data.subset
+    subset = data["data"]["subset"]
     if isinstance(subset, int) and cfg.data.val_fraction > 0:
         # a stratified split of a small subset needs one validation image per class
         data["data"]["val_fraction"] = round(min(0.5, max(cfg.data.val_fraction, classes / subset)), 4)

@@ -155,6 +155,22 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else Path("~/.cache/resnetlab").expanduser()
 
 
+def dataset_key(name: str) -> tuple[str, str]:
+    """``"imagefolder:PATH"`` -> ``("imagefolder", "PATH")``, aliases resolved (``fashionmnist``).
+
+    Raises:
+        DataError: not one of :data:`DATASET_NAMES` (with a did-you-mean).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(unknown_name("dataset", str(name), DATASET_NAMES))
+    key, _, arg = name.strip().partition(":")
+    key = key.lower().replace("_", "-")
+    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}.get(key, key)
+    if key not in DATASET_NAMES:
+        raise DataError(unknown_name("dataset", name, DATASET_NAMES))
+    return key, arg
+
+
 def _check_root(root: Path, explicit: bool) -> None:
     if root.exists() and not root.is_dir():
         raise DataError(f"data root {str(root)!r} is not a directory")
@@ -275,7 +291,8 @@ def _download(cls, root: Path, name: str) -> None:
     try:
         cls(str(root), train=True, download=True)
     except Exception as exc:  # URLError, HTTPError, OSError, RuntimeError (checksum) from torchvision
-        raise DataError(f"{name}: download into {str(root)!r} failed ({exc}); check the network, or copy the files there") from None
+        why = " ".join(str(exc).split())  # torchvision's message spans lines (URLs tried, the cause): one line
+        raise DataError(f"{name}: download into {str(root)!r} failed ({why}); check the network, or copy the files there") from None
 
 
 def _read_cifar(root: Path, name: str, download: bool):
@@ -604,13 +621,7 @@ def load_dataset(
         >>> s.image_shape, len(s.classes), len(s.test)
         ((1, 8, 8), 10, 360)
     """
-    if not isinstance(name, str) or not name.strip():
-        raise DataError(unknown_name("dataset", str(name), DATASET_NAMES))
-    key, _, arg = name.strip().partition(":")
-    key = key.lower().replace("_", "-")
-    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}.get(key, key)
-    if key not in DATASET_NAMES:
-        raise DataError(unknown_name("dataset", name, DATASET_NAMES))
+    key, arg = dataset_key(name)
     if not (0.0 <= float(val_fraction) < 1.0):
         raise DataError(f"val_fraction={val_fraction!r} is out of range (allowed: 0 <= val_fraction < 1)")
     size = _size_arg(image_size)
