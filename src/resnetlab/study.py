@@ -31,9 +31,9 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import csv
-import contextlib
 import datetime as _dt
 import html
 import io
@@ -97,7 +97,6 @@ TIMING_METRICS = ("train_time_s", "images_per_s")  # depend on the machine and o
 SMOKE_TEST_IMAGES = 512  # smoke studies evaluate a stratified subset of the test split
 # Keys that do not change what a run computes: ignored when deciding whether a cell folder
 # holds this cell's run (the study sets them per execution mode).
-# keys that change how a cell runs, not what it computes: a folder trained with other values is the same cell
 _EXECUTION_KEYS = ("output", "train.num_threads", "train.tune_malloc")
 
 
