@@ -377,8 +377,10 @@ class Trainer:
             mine = self.cfg.model_dump(mode="json")
             every: list[Any] = [None] * self.world_size
             torch.distributed.all_gather_object(every, mine)
+            # what may differ between machines: where the data lives, threads, what rank 0 writes
+            per_node = (*RESUME_MAY_CHANGE, "data.root")
             for rank, theirs in enumerate(every):
-                diff = config_difference(every[0], theirs, labels=("rank 0", f"rank {rank}"))
+                diff = config_difference(every[0], theirs, ignore=per_node, labels=("rank 0", f"rank {rank}"))
                 if diff:
                     raise ConfigError(f"the torchrun processes were started with different configs ({diff}); "
                                       f"start every process (on every node) with the same command and config")  # fmt: skip
