@@ -962,8 +962,8 @@ def _check_resume_config(run_dir: Path, cfg: Config, candidates: Sequence[Path])
         except CheckpointError:
             continue  # resume() reports unreadable checkpoints itself
         world = dist_info()[1]
-        saved_world = int(meta.get("world_size", 1))  # checkpoints from before it was recorded: 1 process
-        if saved_world != world:
+        saved_world = meta.get("world_size")  # None: a checkpoint from before it was recorded, not known
+        if saved_world is not None and int(saved_world) != world:
             how = "without torchrun" if saved_world == 1 else f"with torchrun --nproc_per_node={saved_world} (in all, over the nodes)"
             raise ConfigError(
                 f"{run_dir} was trained on {saved_world} process(es) and this resume runs on {world}; its step counters, "
