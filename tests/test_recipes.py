@@ -140,3 +140,4 @@ def test_study_smoke(path, tmp_path):
     assert max(payload["test_images"]) <= st.SMOKE_TEST_IMAGES
     html = (result.out_dir / "study.html").read_text()
     assert "SMOKE RUN" in html and "data:image/png;base64," in html
+    assert "the batch capped at 64" in html  # a cell labelled batch_size=128 ran at 64: the report says so

@@ -920,7 +920,9 @@ def write_study_report(
         notes.append(f"FAILED runs, left out of the means (their cell's n is lower, and such a cell is not chosen as best): "
                      + "; ".join(f"{name}: {why}" for name, why in failed.items()) + ". Rerunning the same command retries them.")  # fmt: skip
     if smoke:
-        notes.append(f"SMOKE RUN: one epoch on a small subset, one seed, test on {test_images or '?'} images; the numbers say nothing about the question.")
+        notes.append(f"SMOKE RUN: one epoch on at most 256 training images, with the batch capped at 64 and images at 64 px "
+                     f"(a cell's label keeps the value it asks for: a batch_size=128 cell ran at 64), one seed, test on "
+                     f"{test_images or '?'} images; the numbers say nothing about the question.")  # fmt: skip
     md = [f"# Study: {spec.name}", "", *[n for n in notes if n], "", best_line, "",
           "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]  # fmt: skip
     md += ["| " + " | ".join(row) + " |" for row in body]
