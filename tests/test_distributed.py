@@ -16,6 +16,11 @@ import pytest
 from resnetlab.checkpoint import load_checkpoint
 
 
+def _torchrun() -> str:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return str(torchrun) if torchrun.exists() else shutil.which("torchrun")
+
+
 # head_only: epoch 1 trains the head only, epoch 2 the whole net; DDP must reduce the body's
 # gradients in epoch 2 too (it did not when the wrapper was built around a frozen body)
 @pytest.mark.timeout(600)
@@ -25,9 +30,7 @@ from resnetlab.checkpoint import load_checkpoint
     "extra", [[], ["--set", "train.head_only_epochs=1"], ["--set", "train.sync_bn=true"]], ids=["plain", "head_only", "sync_bn"]
 )
 def test_torchrun_two_cpu_ranks(tmp_path, extra):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        torchrun = shutil.which("torchrun")
+    torchrun = _torchrun()
     assert torchrun, "torchrun ships with torch"
     out = tmp_path / "ddp run"  # a space in the path on purpose
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}  # torchelastic_* dirs stay in tmp_path
@@ -55,9 +58,7 @@ def test_torchrun_two_cpu_ranks(tmp_path, extra):
 def test_a_batch_larger_than_each_ranks_share_is_refused(tmp_path):
     """300 images over 2 ranks is 135 training images each (after the validation hold-out):
     batch 256 would give every rank 0 steps (the last partial batch is dropped) and train nothing."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        torchrun = shutil.which("torchrun")
+    torchrun = _torchrun()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train", "--model", "resnet8",
            "--data", "digits", "--subset", "300", "--batch-size", "256", "--epochs", "1", "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
@@ -65,11 +66,6 @@ def test_a_batch_larger_than_each_ranks_share_is_refused(tmp_path):
     assert proc.returncode != 0
     assert "train.batch_size=256 per process is larger than each of the 2 processes' share of the training split (135 images)" in proc.stderr
     assert not (tmp_path / "r").exists()
-
-
-def _torchrun() -> str:
-    torchrun = Path(sys.executable).with_name("torchrun")
-    return str(torchrun) if torchrun.exists() else shutil.which("torchrun")
 
 
 def _worker_pid(parent: int, rank: int) -> int | None:

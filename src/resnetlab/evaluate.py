@@ -130,6 +130,14 @@ def run_dir_of(checkpoint_path: str | os.PathLike) -> Path | None:
     return None
 
 
+def checkpoint_suffix(checkpoint_path: str | os.PathLike) -> str:
+    """The suffix of the folders evaluate and explain write for a checkpoint: ``""`` for a run's
+    ``best`` (or a checkpoint outside a run: what the run's report reads), ``"-last"`` for its
+    ``last`` (``eval/test-last``, ``explain-last``), beside the best one's rather than over it."""
+    p = Path(checkpoint_path)
+    return "" if run_dir_of(p) is None or p.name == "best" else f"-{p.name}"
+
+
 def _data_config(meta: dict[str, Any]) -> dict[str, Any]:
     config = meta.get("config") or {}
     data = config.get("data") if isinstance(config, dict) else None
@@ -382,10 +390,8 @@ def evaluate(
 
     if out_dir is None:
         run = run_dir_of(ckpt.path)
-        # the run's report reads eval/<split> as the best checkpoint's result: another one goes beside
-        # it, named after the checkpoint actually loaded (a checkpoints/last path, or --which last)
-        folder = split if run is None or ckpt.path.name == "best" else f"{split}-{ckpt.path.name}"
-        out = (run if run is not None else ckpt.path) / "eval" / folder
+        # named after the checkpoint actually loaded (a checkpoints/last path, or --which last)
+        out = (run if run is not None else ckpt.path) / "eval" / f"{split}{checkpoint_suffix(ckpt.path)}"
     else:
         out = Path(out_dir)
     extra = {"split": split, "checkpoint": str(ckpt.path), "dataset": data_name, "classes": list(ckpt.classes)}

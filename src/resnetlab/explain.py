@@ -330,7 +330,7 @@ def explain(
     """
     from resnetlab.checkpoint import Checkpoint, load_checkpoint
     from resnetlab.data.images import preprocess
-    from resnetlab.evaluate import SPLITS, collect_outputs, open_split, resolve_device, run_dir_of
+    from resnetlab.evaluate import SPLITS, checkpoint_suffix, collect_outputs, open_split, resolve_device, run_dir_of
 
     method = _method(method)
     if split not in SPLITS:
@@ -380,8 +380,8 @@ def explain(
     run = run_dir_of(ckpt.path)
     base = run if run is not None else ckpt.path
     # The run's report shows the best checkpoint: another one (--which last) explains beside it.
-    is_best = run is None or ckpt.path.name == "best"
-    out = Path(out_dir) if out_dir is not None else base / ("explain" if is_best else f"explain-{ckpt.path.name}")
+    is_best = checkpoint_suffix(ckpt.path) == ""
+    out = Path(out_dir) if out_dir is not None else base / f"explain{checkpoint_suffix(ckpt.path)}"
     # Inside the run folder the best checkpoint's section goes where the run's report reads it;
     # anything else keeps its section in its own folder (nothing written beside an --out elsewhere).
     inside = is_best and out.resolve().is_relative_to(base.resolve())
@@ -570,8 +570,8 @@ def activation_maps(
         PosixPath('runs/demo/explain/activations_shoe.png')
     """
     from resnetlab.checkpoint import Checkpoint, load_checkpoint
-    from resnetlab.data.images import png_path, preprocess
-    from resnetlab.evaluate import resolve_device, run_dir_of, tta_flip_of
+    from resnetlab.data.images import preprocess, unused_png_path
+    from resnetlab.evaluate import checkpoint_suffix, resolve_device, run_dir_of, tta_flip_of
     from resnetlab.predict import load_as_evaluated
 
     check_int("max_channels", max_channels, 1)
@@ -584,11 +584,9 @@ def activation_maps(
     if out is None:
         run = run_dir_of(ckpt.path)
         # explain's folders: explain/ for the best checkpoint, explain-last/ for another
-        folder = "explain" if run is None or ckpt.path.name == "best" else f"explain-{ckpt.path.name}"
-        out = (run if run is not None else ckpt.path) / folder / f"activations_{_slug(Path(image_path).stem)}.png"
-    out = png_path(out)  # matplotlib adds .png to a name without a suffix: that is the file checked
-    if not overwrite and os.path.lexists(out):
-        raise ResnetlabError(f"{out} already exists; use --overwrite to replace it, or another --out")
+        folder = (run if run is not None else ckpt.path) / f"explain{checkpoint_suffix(ckpt.path)}"
+        out = folder / f"activations_{_slug(Path(image_path).stem)}.png"
+    out = unused_png_path(out, overwrite)  # matplotlib adds .png to a name without a suffix: that file is checked
     # as evaluation and predict see a file: the run's data size, then its resize / center-crop
     raw = load_as_evaluated([image_path], meta)  # logs a notice when it converts channels
     x = preprocess(raw, meta["mean"], meta["std"], device=device, channels_last=False)

@@ -472,7 +472,7 @@ def build_report(
     """
     from resnetlab.checkpoint import load_meta, resolve_checkpoint
     from resnetlab.errors import CheckpointError, ResnetlabError
-    from resnetlab.evaluate import plot_confusion_matrix
+    from resnetlab.evaluate import checkpoint_suffix, plot_confusion_matrix
 
     run = Path(run_dir).expanduser()
     if run.exists() and not run.is_dir():
@@ -487,7 +487,7 @@ def build_report(
     try:
         ckpt_dir = resolve_checkpoint(run, "best")
         meta = load_meta(ckpt_dir)
-        tag = "" if ckpt_dir.name == "best" or ckpt_dir.parent.name != "checkpoints" else f"-{ckpt_dir.name}"
+        tag = checkpoint_suffix(ckpt_dir)
     except CheckpointError as exc:
         log.warning("report without model details: %s", exc)
     config = _read_config(run, meta)

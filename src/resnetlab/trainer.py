@@ -623,6 +623,10 @@ class Trainer:
         seen = int(own.get("seen", 0))
         elapsed_before = float(p.get("elapsed", 0.0))
         window_losses = torch.zeros(NAN_CHECK_EVERY, device=dev)
+
+        def totals() -> torch.Tensor:  # (loss sum, correct, images) over every process
+            return _all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=dev, dtype=torch.float64)]))
+
         clip = self.cfg.train.grad_clip
         clip_value = self.cfg.train.grad_clip_mode == "value"
         bin_norms = [m for m in model.modules() if isinstance(m, BatchInstanceNorm2d)]
@@ -678,7 +682,7 @@ class Trainer:
             # One process checks its signal flag every step; several agree on it at window ends
             # (a collective), so they all stop after the same step and rank 0's save is the state of all.
             if self._stop_agreed(window_end):
-                sums = _all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=dev, dtype=torch.float64)]))
+                sums = totals()
                 self._partial = {"loss_sum": sums[0].item(), "correct": sums[1].item(), "seen": int(sums[2].item()),
                                  "elapsed": elapsed_before + time.perf_counter() - t0}  # fmt: skip
                 self.start_step = step
@@ -695,7 +699,7 @@ class Trainer:
 
         # epoch end: reduce across ranks, validate, log, checkpoint ------------------------
         self._sync_buffers()
-        sums = _all_reduce_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), device=dev, dtype=torch.float64)]))
+        sums = totals()
         elapsed = elapsed_before + time.perf_counter() - t0
         self.epoch = epoch + 1
         self.start_step = 0

@@ -40,14 +40,9 @@ def refuse_existing_out(path: str | None, overwrite: bool) -> str | None:
     """
     if path is None:
         return None
-    from resnetlab.data.images import png_path
+    from resnetlab.data.images import unused_png_path
 
-    path = str(png_path(path))
-    if os.path.lexists(path) and not overwrite:
-        from resnetlab.errors import ResnetlabError
-
-        raise ResnetlabError(f"{path} already exists; use --overwrite to replace it, or another --out")
-    return path
+    return str(unused_png_path(path, overwrite))
 
 
 def int_at_least(low: int):

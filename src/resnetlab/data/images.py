@@ -22,6 +22,17 @@ def png_path(path: str | os.PathLike) -> Path:
     p = Path(path)
     return p if p.suffix else p.with_name(p.name + ".png")
 
+
+def unused_png_path(path: str | os.PathLike, overwrite: bool) -> Path:
+    """:func:`png_path`, refused (one line) when a file is already there, unless ``overwrite``:
+    a figure command never replaces an earlier figure without being asked."""
+    p = png_path(path)
+    if os.path.lexists(p) and not overwrite:
+        from resnetlab.errors import ResnetlabError
+
+        raise ResnetlabError(f"{p} already exists; use --overwrite to replace it, or another --out")
+    return p
+
 log = logging.getLogger(__name__)
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.errors import unknown_name
+from resnetlab.errors import check_int, unknown_name
 from resnetlab.norms import get_norm_layer, is_norm
 
 __all__ = ["BasicBlock", "Bottleneck", "TwoConvBottleneck", "ResNet", "ZeroPadShortcut", "get_act_layer", "ACT_NAMES"]
@@ -179,11 +179,6 @@ def make_stage(block, cin: int, planes: int, blocks: int, stride: int, norm_laye
     return nn.Sequential(*layers)
 
 
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 def _check_head(head: Any, head_dropout: float) -> list[int] | None:
     """The validated hidden sizes of an MLP head (None: linear), as the config checks them."""
     if isinstance(head, str):
@@ -193,7 +188,7 @@ def _check_head(head: Any, head_dropout: float) -> list[int] | None:
     if head is not None:
         head = list(head)
         for width in head:
-            _check_count("every head hidden size", width)
+            check_int("every head hidden size", width, 1)
     if not 0.0 <= float(head_dropout) < 1.0:
         raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout!r}")
     if head_dropout > 0 and not head:
@@ -270,8 +265,8 @@ class ResNet(nn.Module):
         block_cls = BLOCKS.get(block, block) if isinstance(block, str) else block
         if isinstance(block, str) and block not in BLOCKS:
             raise ValueError(unknown_name("block", block, BLOCKS))
-        _check_count("num_classes", num_classes)
-        _check_count("in_channels", in_channels)
+        check_int("num_classes", num_classes, 1)
+        check_int("in_channels", in_channels, 1)
         if stem not in STEMS:
             raise ValueError(unknown_name("stem", stem, STEMS))
         shortcut = str(shortcut).upper()
@@ -371,7 +366,7 @@ class ResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, head: Sequence[int] | None = None, head_dropout: float = 0.0) -> None:
         """Replace the classifier (transfer learning), keeping the body."""
-        _check_count("num_classes", num_classes)
+        check_int("num_classes", num_classes, 1)
         head = _check_head(head, head_dropout)
         self.num_classes = num_classes
         self.fc = make_head(self.num_features, num_classes, head, head_dropout, get_act_layer(self.act_name))
