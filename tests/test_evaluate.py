@@ -195,6 +195,32 @@ def test_image_folder_predictions_have_paths(tmp_path):
     assert "\n" not in str(exc.value)
 
 
+
+def test_class_names_without_glyphs_give_one_warning_line(tmp_path, capsys):
+    # matplotlib's default font has no CJK characters: it warned once per character per figure,
+    # a screenful of "Glyph ... missing from font(s)" lines on stderr for a few class names
+    folder = make_image_folder(tmp_path / "animals", classes=("\u732b", "\u72ac", "\u9ce5 bird"))
+    run = fresh_checkpoint_run(tmp_path, {"name": f"imagefolder:{folder}", "image_size": 16})
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert (run / "eval" / "test" / "confusion_matrix.png").is_file()
+    assert "Glyph" not in err
+    told = [line for line in err.splitlines() if "lacks characters such as" in line]
+    assert len(told) == 1 and "'\u72ac'" in told[0] and "matplotlibrc" in told[0]  # classes sort: the first drawn
+    # other warnings go on to whatever showed them before (here a recorder)
+    import warnings
+
+    from resnetlab.cli import summarise_glyph_warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with summarise_glyph_warnings():
+            warnings.warn("something else", UserWarning, stacklevel=1)
+            warnings.warn("Glyph 29483 (\\N{CJK UNIFIED IDEOGRAPH-732B}) missing from font(s) DejaVu Sans.", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["something else"]
+    assert "lacks characters such as '\u732b'" in capsys.readouterr().err
+
 # -- bad input: one line, exit code 2 -----------------------------------------------------
 
 

@@ -9,12 +9,15 @@ is adding a file. Commands are thin: parse, call the library, print.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import pkgutil
 import sys
+import re
 import traceback
+import warnings
 
 from resnetlab import __version__
 
@@ -106,6 +109,47 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
     root.propagate = False
 
 
+_GLYPH = re.compile(r"Glyph \d+ \((.*)\) missing from font\(s\) (.*)\.$")
+
+
+@contextlib.contextmanager
+def summarise_glyph_warnings():
+    """matplotlib warns once per missing character per figure (class names in Chinese, say, with
+    its default DejaVu Sans): dozens of lines on stderr. The command logs one line instead, naming
+    the first such character and the fix; every other warning is shown as Python shows it."""
+    show = warnings.showwarning
+    told = False
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        nonlocal told
+        m = _GLYPH.match(str(message)) if issubclass(category, UserWarning) else None
+        if m is None:
+            return show(message, category, filename, lineno, file, line)
+        if told:
+            return None
+        told = True
+        char = m.group(1)
+        if char.startswith("\\N{") and char.endswith("}"):  # matplotlib writes \N{NAME}
+            import unicodedata
+
+            try:
+                char = unicodedata.lookup(char[3:-1])
+            except KeyError:
+                pass
+        log.warning(
+            "the figures' font (%s) lacks characters such as %r (in a class name?): they are drawn as "
+            "boxes. Set font.family in a matplotlibrc to a font that has them, e.g. Noto Sans CJK",
+            m.group(2), char,
+        )
+        return None
+
+    warnings.showwarning = showwarning
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     from resnetlab.runtime import default_wait_policy
 
@@ -133,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with summarise_glyph_warnings():
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
