@@ -226,6 +226,34 @@ def test_explain_of_the_last_checkpoint_goes_beside_the_best_ones(digits_run, tm
     assert (run / "explain-last" / "summary.json").is_file()
 
 
+
+def test_a_run_with_only_its_last_checkpoint_reports_its_explanations(digits_run, tmp_path, capsys):
+    # an interrupted run before its first validated epoch: the report shows last (eval/test-last),
+    # and explain wrote explain-last/, which the report did not read
+    import shutil
+
+    from resnetlab.cli import main
+    from resnetlab.report import build_report
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run[0], run)
+    shutil.rmtree(run / "report_sections", ignore_errors=True)
+    shutil.move(run / "checkpoints" / "best", run / "checkpoints" / "last")
+    capsys.readouterr()
+    assert main(["explain", str(run), "--n", "1", "--pairs", "1", "--top-loss", "1"]) == 0
+    assert f"resnetlab report {run}" in capsys.readouterr().out
+    assert (run / "explain-last" / "explain.md").is_file() and not (run / "report_sections").exists()
+    html_path, md_path = build_report(run)
+    md = md_path.read_text()
+    assert md.count("## Explanations") == 1 and "](explain-last/gallery_000_0.png)" in md
+    assert (run / "explain-last" / "gallery_000_0.png").is_file()
+    assert html_path.read_text().count("<h2>Explanations</h2>") == 1
+    # once the run has a best checkpoint the report shows it, and last's explanations leave it
+    shutil.copytree(run / "checkpoints" / "last", run / "checkpoints" / "best")
+    assert "## Explanations" not in build_report(run)[1].read_text()
+    assert main(["explain", str(run), "--which", "last", "--n", "1", "--pairs", "1", "--top-loss", "1"]) == 0
+    assert "resnetlab report" not in capsys.readouterr().out
+
 def test_maps_are_scaled_min_to_max_per_image():
     from resnetlab.explain import _normalize_maps
 

@@ -308,6 +308,8 @@ def explain(
         out_dir: default ``<run>/explain`` (``<run>/explain-last`` for the last checkpoint). The
             best checkpoint's report section goes to ``<run>/report_sections`` (read by the run's
             report) when ``out_dir`` is inside the run folder; otherwise into ``out_dir`` itself.
+            The report of a run that has no best checkpoint yet shows last, and reads the
+            section in ``<run>/explain-last``.
         data_root: dataset root, replacing the recorded one.
         n_pairs: how many most-confused class pairs to show.
         n_top_loss: how many highest-loss examples to show.

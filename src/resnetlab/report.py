@@ -339,25 +339,45 @@ def _title_from_stem(stem: str) -> str:
     return (words[:1].upper() + words[1:]) if words else stem
 
 
-def read_extra_sections(run_dir: str | os.PathLike) -> list[tuple[str, str, str]]:
+def read_extra_sections(run_dir: str | os.PathLike, checkpoint_tag: str = "") -> list[tuple[str, str, str]]:
     """Sections from ``<run>/report_sections/<name>.html`` and/or ``<name>.md``, sorted by name.
 
     The title comes from the name (``10-grad_cam`` -> ``Grad cam``) unless the Markdown starts
     with a ``# Title`` line. An HTML-only section gets a pointer in the Markdown; a Markdown-only
     one is shown preformatted in the HTML.
 
+    ``checkpoint_tag`` is the suffix of the checkpoint the report shows (``"-last"`` for a run
+    that has no best yet, :func:`resnetlab.evaluate.checkpoint_suffix`): explain keeps that
+    checkpoint's section in ``<run>/explain-last/``, and it replaces an ``explain`` section of
+    ``report_sections`` (which would describe another checkpoint).
+
     Example:
         >>> read_extra_sections("runs/demo")  # doctest: +SKIP
         [('Grad-CAM', '<img src=...>', '![...](...)')]
     """
-    folder = Path(run_dir) / SECTIONS_DIR
+    run = Path(run_dir)
+    sections = dict(_read_sections(run / SECTIONS_DIR))
+    if checkpoint_tag:
+        tagged = f"explain{checkpoint_tag}"
+        sections.update(_read_sections(run / tagged, only="explain", link_prefix=f"{tagged}/"))
+    return [sections[stem] for stem in sorted(sections)]
+
+
+_MD_IMG_RE = re.compile(r"(!\[[^\]]*\]\()(?!data:|https?:|/)([^)\s]+)\)")
+
+
+def _read_sections(folder: Path, only: str | None = None, link_prefix: str = "") -> list[tuple[str, tuple[str, str, str]]]:
+    """``(stem, (title, html, md))`` for the ``.html`` / ``.md`` files of ``folder`` (``only`` one stem).
+    ``link_prefix`` makes the Markdown's relative image links relative to the run folder."""
     if not folder.is_dir():
         return []
     stems = sorted({p.stem for p in folder.iterdir() if p.suffix in (".html", ".md") and p.is_file()})
     out = []
-    for stem in stems:
+    for stem in stems if only is None else [s for s in stems if s == only]:
         h, m = folder / f"{stem}.html", folder / f"{stem}.md"
         md_text = m.read_text() if m.is_file() else ""
+        if link_prefix:
+            md_text = _MD_IMG_RE.sub(lambda g: f"{g.group(1)}{link_prefix}{g.group(2)})", md_text)
         title = _title_from_stem(stem)
         if md_text.startswith("# "):
             first, _, rest = md_text.partition("\n")
@@ -365,8 +385,8 @@ def read_extra_sections(run_dir: str | os.PathLike) -> list[tuple[str, str, str]
         html_text = h.read_text() if h.is_file() else f"<pre>{html.escape(md_text)}</pre>"
         html_text = _inline_images(html_text, folder)
         if not m.is_file():
-            md_text = f"See this section in report.html ({SECTIONS_DIR}/{stem}.html)."
-        out.append((title, html_text, md_text))
+            md_text = f"See this section in report.html ({folder.name}/{h.name})."
+        out.append((stem, (title, html_text, md_text)))
     return out
 
 
@@ -603,7 +623,7 @@ def build_report(
             _Section("Evaluation").text(f"Not evaluated on the {split} split yet: run `resnetlab evaluate {run}`.")
         )
 
-    for title, h, m in [*(extra_sections or []), *read_extra_sections(run)]:
+    for title, h, m in [*(extra_sections or []), *read_extra_sections(run, tag)]:
         sections.append(_Section(title).raw(h, m))
 
     # write

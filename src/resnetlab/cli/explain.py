@@ -41,8 +41,24 @@ def run(args) -> int:
         print(f"  confused: {p['true_name']} -> {p['pred_name']}: {p['count']} ({p['share_of_true']:.1%} of {p['true_name']})")
     print(f"summary: {s['files']['summary']}")
     section = Path(s["files"]["html"])
-    if section.parent.name == "report_sections":  # the run's own section: read by the next report build
+    if _read_by_report(section):  # the run's own section: read by the next report build
         print(f"report section: {section} (add it to report.html: resnetlab report {section.parent.parent})")
     else:
         print(f"report section: {section}")
     return 0
+
+
+def _read_by_report(section: Path) -> bool:
+    """Whether the run's report shows this section: ``report_sections/`` (the best checkpoint's), or
+    ``explain-last/`` of a run whose report shows last (it has no best yet)."""
+    from resnetlab.checkpoint import resolve_checkpoint
+    from resnetlab.errors import CheckpointError
+    from resnetlab.evaluate import checkpoint_suffix
+
+    folder, run = section.parent, section.parent.parent
+    if folder.name == "report_sections":
+        return True
+    try:
+        return folder.name.startswith("explain-") and folder.name == f"explain{checkpoint_suffix(resolve_checkpoint(run, 'best'))}"
+    except CheckpointError:
+        return False
