@@ -199,6 +199,11 @@ def test_resize_is_torchvisions_antialiased_resize():
 
     x = torch.rand(3, 3, 32, 48)
     torch.testing.assert_close(build_augment("resize:size=12", (3, 32, 48))(x), TF.resize(x, [12, 18], antialias=True), atol=1e-5, rtol=0)
+    # an int size: the longer side is truncated as torchvision truncates it (it was rounded: 16x12, 224x299)
+    for h, w, size in ((17, 13, 12), (375, 500, 224), (13, 17, 12)):
+        x = torch.rand(2, 3, h, w)
+        y = build_augment(f"resize:size={size}", (3, h, w))(x)
+        torch.testing.assert_close(y, TF.resize(x, size, antialias=True), atol=1e-5, rtol=0)
 
 
 def test_cutout_erases_one_square_of_the_given_size():

@@ -143,6 +143,24 @@ def test_float32_layers_match_torch():
         assert max_abs_diff(ours(x), ref(x)) < 1e-5, type(ours).__name__
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["bn", "in", "bin", "ln", "gn"])
+def test_half_precision_inputs_get_fp32_statistics(name, dtype):
+    # Under CUDA autocast a convolution hands the norm fp16 / bf16. The statistics were computed in
+    # it: in fp16 a channel with std > 256 had variance inf and the layer output zeros, and bf16
+    # was 2-6x coarser than torch's norms (fp32 statistics). Shift 30, std 300: both at once.
+    torch.manual_seed(0)
+    x32 = torch.randn(8, 8, 6, 6) * 300 + 30
+    x = x32.to(dtype)
+    ours = get_norm_layer(name, groups=4)(8)
+    ref = get_norm_layer(name, groups=4)(8)
+    ref.load_state_dict(ours.state_dict())
+    y, want = ours(x), ref(x.float()).to(dtype).float()  # the same input, statistics in fp32, rounded once
+    assert y.dtype == dtype  # back to the input's dtype, as torch's batch norm returns it
+    tol = 4e-3 if dtype == torch.float16 else 3e-2  # one rounding of values of size ~2
+    assert (y.float() - want).abs().max() < tol, (y.float() - want).abs().max()
+
 def test_layernorm2d_equals_nn_layernorm_without_affine():
     """Statistics over (C, H, W) of each sample, as nn.LayerNorm([C, H, W]) computes them."""
     x = torch.randn(3, 5, 4, 6, dtype=torch.float64)

@@ -45,6 +45,14 @@ __all__ = [
 ]
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """fp16 / bf16 (what a convolution returns under CUDA autocast) -> fp32; fp32 and fp64 stay.
+    The statistics are computed in it, as torch's own norms do: in fp16 a variance above 65,504
+    is inf (the layer then outputs zeros), and bf16 sums are coarse. Outputs return to the
+    input's dtype."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _affine(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
     # x: (B, C, H, W); weight, bias: (C,)
     if weight is not None:
@@ -102,9 +110,10 @@ class BatchNorm2d(nn.Module):
         return self.running_mean, self.running_var
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        mean, var = self.batch_stats(x)
-        x = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
-        return _affine(x, self.weight, self.bias)
+        xf = _at_least_fp32(x)
+        mean, var = self.batch_stats(xf)
+        y = (xf - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
+        return _affine(y, self.weight, self.bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
@@ -130,7 +139,7 @@ def _global_var_mean(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     The sums and the count are at least fp32: under fp16 autocast a count of more than
     65,504 values per channel (batch 128 at 32x32) would be inf in fp16, and the sums overflow."""
     c = x.shape[1]
-    x = x.to(torch.promote_types(x.dtype, torch.float32))  # fp16/bf16 -> fp32; fp64 stays
+    x = _at_least_fp32(x)
     count = torch.full((1,), x.numel() // c, dtype=x.dtype, device=x.device)
     total = _all_reduce_sum(torch.cat([x.sum(dim=(0, 2, 3)), count]))
     n = total[c]
@@ -159,7 +168,7 @@ def enable_sync_batch_stats(model: nn.Module, replace_torch: bool = False) -> in
     return len(layers)
 
 
-def _instance_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+def _instance_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:  # x: at least fp32
     var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)  # (B, C, 1, 1)
     return (x - mean) * torch.rsqrt(var + eps)
 
@@ -184,7 +193,7 @@ class InstanceNorm2d(nn.Module):
                 f"instance norm needs more than one value per channel, got a 1x1 feature map (input {list(x.shape)}): "
                 "the images are too small for this model; use a larger data.image_size, model.stem=cifar, or another model.norm"
             )
-        return _affine(_instance_normalize(x, self.eps), self.weight, self.bias)
+        return _affine(_instance_normalize(_at_least_fp32(x), self.eps), self.weight, self.bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -208,6 +217,7 @@ class BatchInstanceNorm2d(BatchNorm2d):
         self.rho.clamp_(0.0, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype, x = x.dtype, _at_least_fp32(x)
         mean, var = self.batch_stats(x)
         x_bn = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
         x_in = _instance_normalize(x, self.eps)
@@ -217,7 +227,7 @@ class BatchInstanceNorm2d(BatchNorm2d):
         # each step, as the paper does.
         rho = self.rho + (self.rho.clamp(0.0, 1.0) - self.rho).detach()
         rho = rho.view(1, -1, 1, 1)
-        return _affine(rho * x_bn + (1 - rho) * x_in, self.weight, self.bias)
+        return _affine(rho * x_bn + (1 - rho) * x_in, self.weight, self.bias).to(dtype)
 
 
 class LayerNorm2d(nn.Module):
@@ -235,8 +245,9 @@ class LayerNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var, mean = torch.var_mean(x, dim=(1, 2, 3), keepdim=True, correction=0)  # (B, 1, 1, 1)
-        return _affine((x - mean) * torch.rsqrt(var + self.eps), self.weight, self.bias)
+        xf = _at_least_fp32(x)
+        var, mean = torch.var_mean(xf, dim=(1, 2, 3), keepdim=True, correction=0)  # (B, 1, 1, 1)
+        return _affine((xf - mean) * torch.rsqrt(var + self.eps), self.weight, self.bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -260,10 +271,10 @@ class GroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        g = x.reshape(b, self.num_groups, c // self.num_groups * h * w)  # (B, G, C/G*H*W)
+        g = _at_least_fp32(x).reshape(b, self.num_groups, c // self.num_groups * h * w)  # (B, G, C/G*H*W)
         var, mean = torch.var_mean(g, dim=2, keepdim=True, correction=0)
         g = (g - mean) * torch.rsqrt(var + self.eps)
-        return _affine(g.reshape(b, c, h, w), self.weight, self.bias)
+        return _affine(g.reshape(b, c, h, w), self.weight, self.bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"

@@ -319,8 +319,8 @@ def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, 
         return nn.Sequential(crop, AntialiasedResize((th, tw))), (c, th, tw)
     if name == "resize":
         size = p["size"]
-        if isinstance(size, int):  # shorter side -> size, aspect kept
-            th, tw = (size, round(w * size / h)) if h <= w else (round(h * size / w), size)
+        if isinstance(size, int):  # shorter side -> size, aspect kept; the longer one truncated, as torchvision does
+            th, tw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
         else:
             th, tw = size
         return AntialiasedResize((th, tw)), (c, th, tw)
