@@ -36,7 +36,7 @@ def test_the_recipes_the_issue_asks_for_exist():
     for what in ("normalization", "batch-size", "optimizer", "regularization", "dropout", "augmentation", "depth"):
         assert f"study-{what}.yaml" in names
     for name in ("resnet18-3class-imagefolder", "resnet14-birds256-imagefolder", "resnet20-cifar10", "resnet18-cifar10",
-                 "resnet38_bottleneck_cifar-cifar100", "resnet20-cifar10-paper"):  # fmt: skip
+                 "resnet38_bottleneck_cifar-cifar100", "resnet26_bottleneck2_cifar-cifar100", "resnet20-cifar10-paper"):  # fmt: skip
         assert f"{name}.yaml" in names
 
 
@@ -86,9 +86,12 @@ def test_report_details_in_the_recipes():
     assert (r002.model.shortcut, r002.optim.weight_decay, r002.data.name) == ("B", 5e-4, "cifar10")
     r003 = r["resnet18-cifar10"]
     assert (r003.model.stem, r003.train.epochs) == ("cifar", 50)
-    r004 = r["resnet38_bottleneck_cifar-cifar100"]
-    assert (r004.optim.name, r004.schedule.name, r004.optim.lr, r004.train.grad_clip, r004.optim.weight_decay, r004.train.epochs) == (
-        "adam", "onecycle", 1e-3, 0.1, 1e-5, 100)  # fmt: skip
+    r004 = r["resnet26_bottleneck2_cifar-cifar100"]
+    assert r004.model.name == "resnet26_bottleneck2_cifar"  # the report's two-convolution blocks
+    for c in (r004, r["resnet38_bottleneck_cifar-cifar100"]):  # the same training for the standard block
+        assert (c.optim.name, c.schedule.name, c.optim.lr, c.train.grad_clip, c.train.grad_clip_mode, c.optim.weight_decay, c.train.epochs) == (
+            "adam", "onecycle", 1e-3, 0.1, "value", 1e-5, 100)  # fmt: skip
+        assert c.schedule.pct_start == r004.schedule.pct_start and c.data.name == "cifar100" and not c.optim.exclude_norm_bias
     # the recipe's schedule gives the learning rates report 004 logged after epochs 9 / 13 / 17
     from resnetlab.optim import build_scheduler
 
