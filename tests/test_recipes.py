@@ -87,6 +87,7 @@ def test_report_details_in_the_recipes():
     assert (r002.model.shortcut, r002.optim.weight_decay, r002.data.name) == ("B", 5e-4, "cifar10")
     r003 = r["resnet18-cifar10"]
     assert (r003.model.stem, r003.train.epochs) == ("cifar", 50)
+    assert r000.output.test_every_epoch and r002.output.test_every_epoch and r003.output.test_every_epoch  # their per-epoch test curves
     r004 = r["resnet26_bottleneck2_cifar-cifar100"]
     assert r004.model.name == "resnet26_bottleneck2_cifar"  # the report's two-convolution blocks
     for c in (r004, r["resnet38_bottleneck_cifar-cifar100"]):  # the same training for the standard block

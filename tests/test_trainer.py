@@ -509,6 +509,34 @@ def test_metrics_csv_columns_and_values(tmp_path):
     assert float(rows[-1]["val_acc"]) == pytest.approx(r.history[-1]["val_acc"], abs=1e-6)
 
 
+
+def test_test_every_epoch_adds_test_curves_that_pick_nothing(tmp_path):
+    # reports 000, 002 and 003 plot the test split per epoch; the checkpoint stays chosen on val_acc
+    from resnetlab.evaluate import evaluate
+    from resnetlab.report import build_report
+    from resnetlab.trainer import _truncate_metrics
+
+    run = tmp_path / "t"
+    r = train(tiny("train.epochs=3", "output.test_every_epoch=true", "train.tta_flip=true"), run, progress=False)
+    rows = read_rows(run / "metrics.csv")
+    assert list(rows[0])[-2:] == ["test_loss", "test_acc"] and len(rows) == 3
+    # the last row's test figures are those of the last checkpoint's weights on the test split
+    last = evaluate(run, which="last", device="cpu")
+    assert float(rows[-1]["test_acc"]) == pytest.approx(last["accuracy"], abs=1e-6)
+    assert float(rows[-1]["test_loss"]) == pytest.approx(last["loss"], rel=1e-4)
+    assert r.history[-1]["test_acc"] == pytest.approx(last["accuracy"], abs=1e-6)
+    best_epoch = max(range(3), key=lambda i: (float(rows[i]["val_acc"]), -i)) + 1
+    assert json.loads((run / "checkpoints" / "best" / "meta.json").read_text())["epoch"] == best_epoch
+    md = build_report(run)[1].read_text()
+    assert "| epoch | lr | train_loss | train_acc | val_loss | val_acc | test_loss | test_acc |" in md
+    assert f"| 3 | {float(rows[-1]['lr']):.4g} |" in md
+    # a resume that drops rows written after its checkpoint keeps the file's own columns
+    _truncate_metrics(run / "metrics.csv", 2)
+    assert list(read_rows(run / "metrics.csv")[0])[-2:] == ["test_loss", "test_acc"] and len(read_rows(run / "metrics.csv")) == 2
+    # off (the default): no test columns
+    train(tiny("train.epochs=1"), tmp_path / "off", progress=False)
+    assert "test_acc" not in read_rows(tmp_path / "off" / "metrics.csv")[0]
+
 def test_progressive_resize_trains_small_first_and_evaluates_at_full_size(tmp_path):
     cfg = tiny(
         "data.name=synthetic:1x16x16:4:160",

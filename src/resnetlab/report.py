@@ -183,12 +183,13 @@ def _curves_figure(rows: list[dict], test: dict | None, label_smoothing: float =
         return [p[0] for p in pts], [p[1] * scale for p in pts]
 
     for ax, key, title, scale in ((axes[0], "loss", "Loss", 1.0), (axes[1], "acc", "Accuracy (%)", 100.0)):
-        for split, style in (("train", "-o"), ("val", "-s")):
+        for split, style in (("train", "-o"), ("val", "-s"), ("test", "--^")):  # test: output.test_every_epoch
             x, y = series(f"{split}_{key}", scale)
             if x:
                 # the training loss is the one minimized: with label smoothing it is not val's cross-entropy
                 smoothed = split == "train" and key == "loss" and label_smoothing
-                ax.plot(x, y, style, markersize=3, label=f"train (label smoothing {label_smoothing:g})" if smoothed else split)
+                label = f"train (label smoothing {label_smoothing:g})" if smoothed else split
+                ax.plot(x, y, style, markersize=3, label="test (each epoch; picks nothing)" if split == "test" else label)
         best = _best_epoch(rows)
         if test is not None and best is not None:
             value = test.get("loss") if key == "loss" else test.get("accuracy")
@@ -578,6 +579,11 @@ def build_report(
         s.text(f"Per epoch, from metrics.csv; the star marks the {split} result of the best checkpoint, at its epoch." if test else
                "Per epoch, from metrics.csv.")
         s.add(fig)
+        if any(r.get("test_acc") is not None for r in rows):  # output.test_every_epoch
+            s.text("The test split was also evaluated at every validation (output.test_every_epoch), to be read only: "
+                   "the checkpoint is chosen on validation accuracy.")
+            cols = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"]
+            s.add(_Table(cols, [[r.get(c) for c in cols] for r in rows], numeric=[True] * len(cols)))
     else:
         s.text("No metrics.csv in the run folder.")
     sections.append(s)

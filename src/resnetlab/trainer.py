@@ -37,7 +37,7 @@ from resnetlab.norms import BatchInstanceNorm2d
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "Callback", "train", "resume", "FitResult", "METRIC_COLUMNS"]
+__all__ = ["Trainer", "Callback", "train", "resume", "FitResult", "METRIC_COLUMNS", "TEST_COLUMNS"]
 
 METRIC_COLUMNS = [
     "epoch",
@@ -50,6 +50,8 @@ METRIC_COLUMNS = [
     "epoch_time_s",
     "images_per_s",
 ]
+# output.test_every_epoch: the test split after every validation (curves only, never selection)
+TEST_COLUMNS = ["test_loss", "test_acc"]
 TIMING_COLUMNS = ("epoch_time_s", "images_per_s")
 NAN_CHECK_EVERY = 25  # steps between host syncs that check the loss is finite
 
@@ -82,18 +84,19 @@ class Callback:
 
 
 class CSVLogger(Callback):
-    """Appends one row per epoch to ``metrics.csv``."""
+    """Appends one row per epoch to ``metrics.csv``: ``columns`` (default :data:`METRIC_COLUMNS`)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, columns: Sequence[str] = METRIC_COLUMNS):
         self.path = path
+        self.columns = list(columns)
 
     def on_epoch_end(self, trainer, row):
         new = not self.path.exists()
         with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            w = csv.DictWriter(f, fieldnames=self.columns)
             if new:
                 w.writeheader()
-            w.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+            w.writerow({k: _fmt(row.get(k)) for k in self.columns})
 
 
 def _fmt(v):
@@ -129,6 +132,8 @@ class LogLines(Callback):
             self.bar.close()
             self.bar = None
         val = f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}" if row.get("val_acc") is not None else ""
+        if row.get("test_acc") is not None:
+            val += f"  test_loss {row['test_loss']:.4f}  test_acc {row['test_acc']:.4f}"
         log.info(
             "epoch %d/%d  lr %.4g  train_loss %.4f  train_acc %.4f%s  %.1fs  %.0f img/s",
             row["epoch"], trainer.epochs, row["lr"], row["train_loss"], row["train_acc"], val,
@@ -155,7 +160,7 @@ class TensorBoardLogger(Callback):
         self.writer = self._writer_cls(str(self.logdir))
 
     def on_epoch_end(self, trainer, row):
-        for k in ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "images_per_s"):
+        for k in ("lr", "train_loss", "train_acc", "val_loss", "val_acc", *TEST_COLUMNS, "images_per_s"):
             if row.get(k) is not None:
                 self.writer.add_scalar(k, row[k], row["epoch"])
         self.writer.flush()
@@ -280,6 +285,10 @@ class Trainer:
         )
         # Evaluation applies the deterministic part of the augmentations (resize, center crop).
         self.val_loader = build_loader(s.val, max(bs, 256), train=False, augment=cfg.augment, **common) if len(s.val) else None
+        # the test split after every validation: curves for the report, never a selection
+        self.test_loader = None
+        if cfg.output.test_every_epoch and len(s.test):
+            self.test_loader = build_loader(s.test, max(bs, 256), train=False, augment=cfg.augment, **common)
         self.input_size = list(output_shape(cfg.augment, s.image_shape, train=False))
         self.train_shape = tuple(output_shape(cfg.augment, s.image_shape, train=True))
         if list(self.train_shape) != self.input_size and self.is_main:
@@ -358,7 +367,8 @@ class Trainer:
         self.callbacks: list[Callback] = []
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.callbacks += [CSVLogger(self.run_dir / "metrics.csv"), LogLines(progress)]
+            columns = METRIC_COLUMNS + (TEST_COLUMNS if self.test_loader is not None else [])
+            self.callbacks += [CSVLogger(self.run_dir / "metrics.csv", columns), LogLines(progress)]
             if cfg.output.tensorboard:
                 with contextlib.suppress(ImportError):
                     self.callbacks.append(TensorBoardLogger(self.run_dir / "tensorboard"))
@@ -521,8 +531,11 @@ class Trainer:
 
     # -- evaluation --------------------------------------------------------------------
     @torch.no_grad()
-    def validate(self) -> tuple[float | None, float | None]:
-        if self.val_loader is None:
+    def validate(self, loader=None) -> tuple[float | None, float | None]:
+        """Loss and accuracy of the evaluated weights (EMA if on, flip TTA if on) on the
+        validation split, or on ``loader`` (the test split's, for ``output.test_every_epoch``)."""
+        loader = self.val_loader if loader is None else loader
+        if loader is None:
             return None, None
         from resnetlab.evaluate import collect_outputs
         from resnetlab.runtime import release_free_memory
@@ -530,7 +543,7 @@ class Trainer:
         release_free_memory()  # the training steps' kept buffers do not fit evaluation's batch
 
         tta = self.cfg.train.tta_flip
-        logits, targets, _ = collect_outputs(self._eval_model(), self.val_loader, self.device, tta_flip=tta)
+        logits, targets, _ = collect_outputs(self._eval_model(), loader, self.device, tta_flip=tta)
         loss = F.cross_entropy(logits.float(), targets).item()
         acc = (logits.argmax(1) == targets).float().mean().item()
         return loss, acc
@@ -718,6 +731,8 @@ class Trainer:
         last_epoch = self.epoch >= self.epochs or self.global_step >= self.total_steps
         if self.epoch % self.cfg.train.eval_every == 0 or last_epoch:
             row["val_loss"], row["val_acc"] = self.validate()
+            if self.test_loader is not None:  # a curve only: the checkpoint is chosen on val_acc below
+                row["test_loss"], row["test_acc"] = self.validate(self.test_loader)
         self.history.append(row)
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
@@ -998,12 +1013,14 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
     if not path.exists():
         return
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = reader.fieldnames or METRIC_COLUMNS  # the file's own (test columns or not)
     keep = [r for r in rows if r.get("epoch") and int(float(r["epoch"])) <= epochs_done]
     if len(keep) != len(rows):
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            w = csv.DictWriter(f, fieldnames=columns)
             w.writeheader()
             w.writerows(keep)
         os.replace(tmp, path)
