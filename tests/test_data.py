@@ -318,6 +318,28 @@ def test_imagefolder_val_or_test_without_train_is_refused(tmp_path):
         load_dataset(f"imagefolder:{tmp_path}")
 
 
+
+def test_imagefolder_valid_and_validation_name_the_validation_split(tmp_path, caplog):
+    # Kaggle-style datasets ship valid/: it was ignored without a word and 20% of train/ became the test split
+    import logging
+
+    rng = np.random.default_rng(0)
+    counts = {"train": 6, "valid": 3, "test": 2, "notes": 1}
+    for split, n in counts.items():
+        for c in ("a", "b"):
+            for j in range(n):
+                _save(tmp_path / "ds" / split / c / f"{j}.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        s = load_dataset(f"imagefolder:{tmp_path / 'ds'}", image_size=6)
+    assert (len(s.train), len(s.val), len(s.test)) == (12, 6, 4)
+    assert all("/valid/" in p for p in s.val.paths) and all("/test/" in p for p in s.test.paths)
+    assert "ignoring folder(s) notes/ beside train/" in caplog.text  # a folder no split reads is named
+    (tmp_path / "ds" / "valid").rename(tmp_path / "ds" / "validation")
+    assert len(load_dataset(f"imagefolder:{tmp_path / 'ds'}", image_size=6).val) == 6
+    (tmp_path / "ds" / "val").mkdir()
+    with pytest.raises(DataError, match=r"has val/ and validation/: keep one validation folder"):
+        load_dataset(f"imagefolder:{tmp_path / 'ds'}", image_size=6)
+
 def test_hidden_folders_inside_a_class_are_left_out_by_training_and_predict(tmp_path):
     from resnetlab.predict import collect_image_files
 

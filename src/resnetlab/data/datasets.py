@@ -9,8 +9,8 @@ Names (see :data:`DATASET_NAMES`):
   ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
 - ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, no download); a fixed stratified
   20 % test split (seed 0, independent of the run's seed).
-- ``imagefolder:PATH``: one sub-folder per class; ``train/``, ``val/``, ``test/`` sub-folders when
-  present, otherwise a stratified split (20 % test, fixed seed 0). Images are resized to cover
+- ``imagefolder:PATH``: one sub-folder per class; ``train/``, ``val/`` (or ``valid/``,
+  ``validation/``), ``test/`` sub-folders when present, otherwise a stratified split (20 % test, fixed seed 0). Images are resized to cover
   ``image_size`` (default 224) and center-cropped. Bad files are skipped with one warning.
   Folders larger than ``stream_threshold_gb`` as uint8 stream from disk (see loader.py).
 - ``synthetic[:CxHxW[:CLASSES[:N]]]``: deterministic class-dependent random images, default
@@ -479,15 +479,38 @@ def _list_class_files(folder: Path) -> dict[str, list[str]]:
     return out
 
 
+_SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+def _split_dirs(base: Path, path: str) -> dict[str, Path]:
+    """``train`` / ``val`` / ``test`` -> their sub-folder of ``base`` (``valid/`` and ``validation/``
+    name the validation split too, as Kaggle-style datasets ship it). Beside ``train/``, any other
+    visible folder is named in a warning: it is not read."""
+    found: dict[str, Path] = {}
+    for split, names in _SPLIT_NAMES.items():
+        present = [n for n in names if (base / n).is_dir()]
+        if len(present) > 1:
+            raise DataError(f"image folder {path!r} has {' and '.join(f'{n}/' for n in present)}: keep one validation folder")
+        if present:
+            found[split] = base / present[0]
+    if "train" in found:
+        known = {p.name for p in found.values()}
+        other = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in known and not p.name.startswith("."))
+        if other:
+            log.warning("image folder %s: ignoring folder(s) %s beside train/ (the splits read are train/, val/ or valid/ "
+                        "or validation/, and test/)", path, ", ".join(f"{n}/" for n in other))  # fmt: skip
+    return found
+
+
 def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: float, workers: int):
     base = Path(path).expanduser()
     if not base.is_dir():
         raise DataError(f"image folder {path!r} does not exist or is not a directory")
     if not os.access(base, os.R_OK | os.X_OK):
         raise DataError(f"image folder {path!r} is not readable")
-    split_dirs = {s: base / s for s in ("train", "val", "test") if (base / s).is_dir()}
+    split_dirs = _split_dirs(base, path)
     if split_dirs and "train" not in split_dirs:
-        named = " and ".join(f"{s}/" for s in split_dirs)
+        named = " and ".join(f"{d.name}/" for d in split_dirs.values())
         raise DataError(
             f"image folder {path!r} has {named} but no train/ sub-folder; put the training images in "
             f"{path}/train/<class>/ (or, if these are class names, rename them: 'val' and 'test' name splits)"
