@@ -60,7 +60,7 @@ def test_study_parses_and_every_cell_validates(path):
     assert len(cells) >= 2 and spec.seeds >= 1
     configs = [st.cell_config(spec, c, k) for c in cells for k in range(spec.seeds)]
     assert len({(c.model_dump_json()) for c in configs}) == len(cells) * spec.seeds  # cells x seeds all differ
-    if path.name != "study-transfer.yaml":
+    if path.name not in ("study-transfer.yaml", "study-transfer-imagenet-cifar10.yaml"):  # transfer needs a source
         assert spec.base["data"]["name"] == "fashion-mnist", "studies run offline by default"
         assert "the report's:" in path.read_text(), "a comment names the one-key switch to the report's dataset"
 
@@ -107,6 +107,19 @@ def test_report_details_in_the_recipes():
             logged[step // spe - 1] = round(opt.param_groups[0]["lr"], 5)
         sched.step()
     assert logged == {9: 0.00028, 13: 0.00047, 17: 0.00067}
+    # report 003's transfer arms: torchvision ResNet-18 on CIFAR-10, 30 epochs, its two heads behind 7 frozen layers
+    tr = st.load_study(next(p for p in STUDIES if p.name == "study-transfer-imagenet-cifar10.yaml"))
+    arms = {c.label: st.cell_config(tr, c) for c in st.expand_cells(tr)}
+    assert {k: (c.model.pretrained, c.model.freeze_until, c.model.head, c.model.head_dropout) for k, c in arms.items()} == {
+        "scratch": (None, None, None, 0.0), "finetune": ("torchvision:IMAGENET1K_V1", None, None, 0.0),
+        "config1": ("torchvision:IMAGENET1K_V1", 7, [128], 0.3),
+        "config2": ("torchvision:IMAGENET1K_V1", 7, [256, 128, 128, 64, 32], 0.2)}  # fmt: skip
+    assert {(c.model.name, c.model.stem, c.data.name, c.train.epochs) for c in arms.values()} == {("resnet18", "imagenet", "cifar10", 30)}
+    from resnetlab.models import create_model
+    from resnetlab.transfer import freeze
+
+    frozen = freeze(create_model("resnet18", num_classes=10), arms["config1"].model.freeze_until)
+    assert {n.split(".")[0] for n in frozen} == {"conv1", "bn1", "layer1", "layer2", "layer3"}  # the report's "first 7 layers"
     bs = st.load_study(next(p for p in STUDIES if p.name == "study-batch-size.yaml"))
     lrs = {c.label: st.cell_config(bs, c).optim.lr for c in st.expand_cells(bs)}
     assert lrs["norm=bn,batch_size=8"] == pytest.approx(0.1 * 8 / 128) and lrs["norm=gn,batch_size=128"] == pytest.approx(0.1)
