@@ -211,12 +211,29 @@ def test_curves_keep_each_cells_colour_and_label_when_a_cell_has_no_validation(m
     withval = {"epoch": [1, 2], "val_acc": [0.5, 0.6], "train_loss": [1.0, 0.8]}
     noval = {"epoch": [1, 2], "val_acc": [None, None], "train_loss": [1.2, 0.9]}
     st._curves_figure([("noval", [noval]), ("withval", [withval])], "t")
-    val_ax, loss_ax = figs[0].axes
+    axes = {ax.get_ylabel().split(" (")[0]: ax for ax in figs[0].axes}
+    val_ax, loss_ax = axes["validation accuracy"], axes["training loss"]
     colour = {ln.get_label(): ln.get_color() for ln in loss_ax.get_lines()}
     assert [ln.get_label() for ln in val_ax.get_lines()] == ["withval"]
     assert val_ax.get_lines()[0].get_color() == colour["withval"] != colour["noval"]  # it took noval's colour
     assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["noval", "withval"]  # noval had no label
 
+
+
+def test_curves_show_training_accuracy_validation_loss_and_a_test_curve_when_recorded(monkeypatch):
+    # report 003 compares its arms on training and validation loss and accuracy (and test, per epoch)
+    figs = []
+    monkeypatch.setattr(st, "_png", lambda fig: figs.append(fig) or b"")
+    run = {"epoch": [1, 2], "val_acc": [0.5, 0.6], "val_loss": [1.1, 0.9], "train_acc": [0.4, 0.7], "train_loss": [1.0, 0.8],
+           "test_acc": [None, None], "test_loss": [None, None]}  # fmt: skip
+    st._curves_figure([("a", [run])], "t")
+    labels = sorted(ax.get_ylabel() for ax in figs[0].axes)
+    assert labels == ["training accuracy (%), running, augmented", "training loss", "validation accuracy (%)", "validation loss"]
+    ys = {ax.get_ylabel(): [round(float(v), 6) for v in ax.get_lines()[0].get_ydata()] for ax in figs[0].axes}
+    assert ys["validation loss"] == [1.1, 0.9] and ys["training accuracy (%), running, augmented"] == [40.0, 70.0]
+    st._curves_figure([("a", [{**run, "test_acc": [0.45, 0.55], "test_loss": [1.2, 1.0]}])], "t")
+    ys = {ax.get_ylabel(): [round(float(v), 6) for v in ax.get_lines()[0].get_ydata()] for ax in figs[1].axes}
+    assert ys["test accuracy (%), picks nothing"] == [45.0, 55.0] and ys["test loss"] == [1.2, 1.0] and len(ys) == 6
 
 def test_interrupted_study_resumes_without_rerunning_finished_cells(finished, tmp_path, monkeypatch):
     path, reference = finished

@@ -683,7 +683,12 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         "curves": {
             "epoch": [r["epoch"] for r in rows],
             "val_acc": [r.get("val_acc") for r in rows],
+            "val_loss": [r.get("val_loss") for r in rows],
+            "train_acc": [r.get("train_acc") for r in rows],
             "train_loss": [r["train_loss"] for r in rows],
+            # output.test_every_epoch runs: the test curve (to read only: the best cell is chosen on val)
+            "test_acc": [r.get("test_acc") for r in rows],
+            "test_loss": [r.get("test_loss") for r in rows],
         },
     }
 
@@ -786,12 +791,17 @@ def _curves_figure(groups: list[tuple[str, list[dict]]], title: str) -> bytes:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(11, 4), dpi=100)
-    panels = [("val_acc", "validation accuracy (%)", 100.0), ("train_loss", "training loss", 1.0)]
+    panels = [("val_acc", "validation accuracy (%)", 100.0), ("train_acc", "training accuracy (%), running, augmented", 100.0),
+              ("val_loss", "validation loss", 1.0), ("train_loss", "training loss", 1.0)]  # fmt: skip
+    if any(v is not None for _, curves in groups for c in curves for v in c.get("test_acc", [])):
+        panels[2:2] = [("test_acc", "test accuracy (%), picks nothing", 100.0)]
+        panels.append(("test_loss", "test loss", 1.0))
+    cols = len(panels) // 2
+    fig = Figure(figsize=(5.5 * cols, 8), dpi=100)
     for i, (key, ylabel, scale) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, i + 1)
+        ax = fig.add_subplot(2, cols, i + 1)
         for j, (name, curves) in enumerate(groups):
-            x, m, s = _mean_curve(curves, key)
+            x, m, s = _mean_curve([c for c in curves if key in c], key)
             if not x:  # e.g. no validation split: the cell keeps its colour in the other panel
                 continue
             m_, s_ = [v * scale for v in m], [v * scale for v in s]
@@ -803,7 +813,7 @@ def _curves_figure(groups: list[tuple[str, list[dict]]], title: str) -> bytes:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     # on the training-loss panel: every cell that trained is there (validation may be missing)
-    fig.axes[1].legend(fontsize=8, loc="upper right")
+    fig.axes[[k for k, *_ in panels].index("train_loss")].legend(fontsize=8, loc="upper right")
     fig.suptitle(title)
     fig.tight_layout()
     return _png(fig)
