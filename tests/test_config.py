@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from resnetlab.config import apply_overrides, config_keys, load_config, save_config, smoke_config
+from resnetlab.config import apply_overrides, config_keys, load_config, save_config, smoke_config, smoke_fallback
 from resnetlab.errors import ConfigError
 
 
@@ -162,3 +162,18 @@ def test_boundary_values_of_the_schedule_and_dropout_and_empty_overrides():
     with pytest.raises(ConfigError, match="model.dropout"):
         load_config(None, ["model.dropout=1"])  # zeroes every feature
     assert load_config(None, ["model.dropout=0.99"]).model.dropout == 0.99
+
+
+def test_smoke_uses_the_source_runs_smoke_folder_when_the_source_run_is_missing(tmp_path, caplog):
+    # study-transfer --smoke needed the full source run: the source recipe's --smoke writes <name>-smoke
+    import logging
+
+    src = tmp_path / "runs" / "fmnist-pretrain"
+    (tmp_path / "runs" / "fmnist-pretrain-smoke").mkdir(parents=True)
+    cfg = smoke_config(load_config(None, [f"model.pretrained={src}"]))
+    with caplog.at_level(logging.WARNING):
+        assert smoke_fallback(cfg).model.pretrained == f"{src}-smoke"
+    assert "using" in caplog.text and "the source's smoke run" in caplog.text
+    src.mkdir()  # the real source run exists: it is used
+    assert smoke_fallback(cfg).model.pretrained == str(src)
+    assert smoke_fallback(smoke_config(load_config(None, ["model.pretrained=torchvision:IMAGENET1K_V1", "model.name=resnet18"]))).model.pretrained == "torchvision:IMAGENET1K_V1"

@@ -464,6 +464,11 @@ def smoke_fallback(cfg: Config) -> Config:
         name = f"synthetic:{shape}:{classes}:{n}"
         logging.getLogger(__name__).warning("smoke run: %s; using %s instead", str(exc).splitlines()[0], name)
         data["data"].update(name=name, download=False)
+    pre = cfg.model.pretrained
+    if pre and ":" not in pre and not Path(pre).expanduser().exists() and Path(f"{pre}-smoke").expanduser().is_dir():
+        # a study's source run (say runs/fmnist-pretrain) that only its own --smoke made (runs/fmnist-pretrain-smoke)
+        logging.getLogger(__name__).warning("smoke run: pretrained weights %s not found; using %s-smoke, the source's smoke run", pre, pre)
+        data["model"]["pretrained"] = f"{pre}-smoke"
     subset = data["data"]["subset"]
     if isinstance(subset, int) and cfg.data.val_fraction > 0:
         # a stratified split of a small subset needs one validation image per class
