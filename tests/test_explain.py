@@ -309,6 +309,74 @@ def test_stage_activations_shapes():
         stage_activations(model, torch.randn(1, 1, 28, 28), ["layer4"])
 
 
+def test_activations_of_any_module_first_call_of_a_reused_activation():
+    # report 003 shows the first convolution before its norm, a block's ReLU, its second conv ...
+    model = create_model("resnet8", in_channels=1).eval()
+    x = torch.randn(2, 1, 12, 12)
+    names = ["conv1", "bn1", "stem", "maxpool", "layer1.0.conv1", "layer1.0.act", "layer1.0.conv2", "layer1.0.act#2", "layer1.0"]
+    acts = stage_activations(model, x, names)
+    assert list(acts) == names
+    blk = model.layer1[0]
+    with torch.no_grad():
+        conv1 = model.conv1(x)
+        bn1 = model.bn1(conv1)
+        stem = model.maxpool(F.relu(bn1))
+        relu1 = F.relu(blk.bn1(blk.conv1(stem)))
+        conv2 = blk.conv2(relu1)
+        block = F.relu(blk.bn2(conv2) + stem)
+    # conv1 before its norm, bn1 before the in-place activation that follows it
+    torch.testing.assert_close(acts["conv1"], conv1)
+    torch.testing.assert_close(acts["bn1"], bn1)
+    assert not (acts["bn1"] >= 0).all()
+    torch.testing.assert_close(acts["stem"], stem)
+    torch.testing.assert_close(acts["maxpool"], stem)
+    torch.testing.assert_close(acts["layer1.0.conv1"], blk.conv1(stem).detach())
+    torch.testing.assert_close(acts["layer1.0.conv2"], conv2)
+    # the block's one activation module runs twice: its name gives the first call, #2 the second
+    torch.testing.assert_close(acts["layer1.0.act"], relu1)
+    torch.testing.assert_close(acts["layer1.0.act#2"], block)
+    torch.testing.assert_close(acts["layer1.0"], block)
+    assert not torch.equal(acts["layer1.0.act"], acts["layer1.0.act#2"])
+    # a stage and its module name at once: one hook, both filled
+    both = stage_activations(model, x, ["layer2", "layer2.0", "layer2.0.act#1"])
+    torch.testing.assert_close(both["layer2"], both["layer2.0"])
+    with pytest.raises(ValueError, match=r"layer 'layer1.0.act#3': layer1.0.act runs 2 time\(s\) per forward pass "
+                                         r"\(allowed: layer1.0.act, layer1.0.act#2\)"):
+        stage_activations(model, x, ["layer1.0.act#3"])
+
+
+def test_unknown_layer_names_the_closest_and_how_to_list_them():
+    model = create_model("resnet8", in_channels=1)
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError) as e:
+        stage_activations(model, x, ["layer1.0.conv3"])
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("unknown layer 'layer1.0.conv3'; did you mean 'layer1.0.conv")
+    assert "stages stem, layer1, layer2, layer3" in msg and "resnetlab activations RUN --list-layers" in msg
+    # torchvision names the activation relu; here it is act
+    with pytest.raises(ValueError, match=r"unknown layer 'layer1.0.relu'; did you mean 'layer1.0.act'"):
+        stage_activations(model, x, ["layer1.0.relu"])
+    with pytest.raises(ValueError, match=r"unknown layer 'relu'; did you mean 'act'"):
+        stage_activations(model, x, ["relu"])
+
+
+def test_cli_activations_of_module_names(digits_run, tmp_path, capsys):
+    run, _, _ = digits_run
+    img = tmp_path / "d.png"
+    Image.fromarray((np.random.default_rng(2).random((8, 8)) * 255).astype(np.uint8)).save(img)
+    out = tmp_path / "m.png"
+    argv = ["activations", str(run), str(img), "--channels", "4", "--layers"]
+    assert main([*argv, "conv1", "layer1.0.conv1", "layer1.0.act", "layer1.0.act#2", "layer2", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 1000
+    assert main([*argv, "layer1.0.conv3", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown layer 'layer1.0.conv3'; did you mean") and "\n" not in err
+    assert "--list-layers" in err
+    assert main([*argv, "fc", "--out", str(tmp_path / "x.png")]) == 2  # the classifier gives (1, 10): no maps
+    assert "error: layer 'fc' gives (1, 10), not feature maps (1, C, H, W)" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_activation_maps_converts_rgb_with_notice(digits_run, tmp_path, caplog, capsys):
     run, _, _ = digits_run
     img = tmp_path / "rgb.png"

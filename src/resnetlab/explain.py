@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.errors import ResnetlabError, check_int, unknown_name
+from resnetlab.errors import ResnetlabError, check_int, did_you_mean, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -504,20 +504,96 @@ def _write_sections(summary: dict[str, Any], out: Path, sections: Path, base: Pa
 # ---------------------------------------------------------------------------------------------
 
 
+INPUT_LAYER = "input"
+# "layer1.0.act#2": the second call of a module that a forward pass runs more than once (a block's
+# one activation module is applied after its first norm and again after the residual sum)
+_CALL = re.compile(r"(?P<base>.+)#(?P<call>[1-9][0-9]*)")
+_LIST_HINT = "list them with: resnetlab activations RUN --list-layers"
+
+
+def _layer_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every name a layer can be given by: the stage names (``stem`` is the stem's last module),
+    then every module name as ``model.named_modules()`` gives it."""
+    return {**model.stages(), **{n: m for n, m in model.named_modules() if n}}
+
+
+def _split_call(name: str) -> tuple[str, int]:
+    m = _CALL.fullmatch(name)
+    return (m["base"], int(m["call"])) if m else (name, 1)
+
+
+def _unknown_layer(name: str, model: nn.Module, modules: dict[str, nn.Module]) -> str:
+    from resnetlab.models.resnet import ACT_NAMES
+
+    base, _ = _split_call(name)
+    parent, _, leaf = base.rpartition(".")
+    act = f"{parent}.act" if parent else "act"
+    if leaf.lower() in ACT_NAMES and act in modules:  # torchvision calls it relu; here it is act
+        hint = f"; did you mean {act!r} (the activation module)?"
+    else:
+        hint = did_you_mean(base, [INPUT_LAYER, *modules])
+    return (f"unknown layer {name!r}{hint} (allowed: {INPUT_LAYER}, the stages {', '.join(model.stages())}, or a module "
+            f"name such as conv1 or layer1.0.conv1, NAME#2 for a module's second call; {_LIST_HINT})")
+
+
+def _resolve_layer(model: nn.Module, name: str) -> tuple[nn.Module | None, int]:
+    """``(module, call number)`` of a layer name; ``(None, 1)`` for ``input``."""
+    if name == INPUT_LAYER:
+        return None, 1
+    base, call = _split_call(str(name))
+    modules = _layer_modules(model)
+    if base not in modules:
+        raise ValueError(_unknown_layer(str(name), model, modules))
+    return modules[base], call
+
+
 def stage_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """Outputs of the named stages for input ``x``, captured with forward hooks.
+    """Outputs of named layers for input ``x``, captured with forward hooks.
+
+    Args:
+        model: a resnetlab model (run in eval mode, without gradients).
+        x: normalized input ``(N, C, H, W)``.
+        layers: names, in the order wanted (default: the stages ``stem``, ``layer1`` ...). A name
+            is ``input`` (``x`` itself), a stage name, or any module name from
+            ``model.named_modules()`` (``conv1``, ``bn1``, ``layer1.0``, ``layer1.0.conv1`` ...).
+            A module that runs more than once per forward pass gives its first call's output;
+            ``NAME#k`` gives the k-th (a block's ``act`` runs after its first norm and again
+            after the residual sum, so ``layer1.0.act#2`` is the block's output).
+
+    Returns:
+        ``{name: (N, ...) tensor}`` in the order of ``layers``.
+
+    Raises:
+        ValueError: an unknown name (with the closest names), or a call number beyond the
+            module's calls.
 
     Example:
         >>> from resnetlab import create_model
         >>> acts = stage_activations(create_model("resnet8"), torch.randn(1, 3, 16, 16))
         >>> {k: tuple(v.shape) for k, v in acts.items()}
         {'stem': (1, 16, 16, 16), 'layer1': (1, 16, 16, 16), 'layer2': (1, 32, 8, 8), 'layer3': (1, 64, 4, 4)}
+        >>> acts = stage_activations(create_model("resnet8"), torch.randn(1, 3, 16, 16), ["input", "conv1", "layer2.0.act#2"])
+        >>> {k: tuple(v.shape) for k, v in acts.items()}
+        {'input': (1, 3, 16, 16), 'conv1': (1, 16, 16, 16), 'layer2.0.act#2': (1, 32, 8, 8)}
     """
-    names = list(layers) if layers else list(model.stages())
-    modules = {n: model.get_stage(n) for n in names}  # ValueError lists the stages
+    names = list(dict.fromkeys(layers)) if layers else list(model.stages())
+    wanted = {n: _resolve_layer(model, n) for n in names}
+    # one hook per module, however many names (a stage and its module name, several calls) point at it
+    by_module: dict[int, tuple[nn.Module, list[tuple[str, int]]]] = {}
+    for n, (module, call) in wanted.items():
+        if module is not None:
+            by_module.setdefault(id(module), (module, []))[1].append((n, call))
+    calls: dict[int, int] = {}
     captured: dict[str, torch.Tensor] = {}
-    handles = [m.register_forward_hook(lambda _m, _i, o, n=n: captured.__setitem__(n, o.detach().clone()))
-               for n, m in modules.items()]
+
+    def hook(key: int, out: Any) -> None:
+        calls[key] = calls.get(key, 0) + 1
+        for n, call in by_module[key][1]:
+            if call == calls[key] and isinstance(out, torch.Tensor):
+                # cloned now: an in-place activation further on (bn1 -> act) would overwrite it
+                captured[n] = out.detach().clone()
+
+    handles = [m.register_forward_hook(lambda _m, _i, o, k=k: hook(k, o)) for k, (m, _) in by_module.items()]
     was_training = model.training
     model.eval()
     try:
@@ -527,7 +603,21 @@ def stage_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str] |
         for hd in handles:
             hd.remove()
         model.train(was_training)
-    return {n: captured[n] for n in names}
+    out: dict[str, torch.Tensor] = {}
+    for n, (module, call) in wanted.items():
+        if module is None:
+            out[n] = x.detach().clone()
+        elif n in captured:
+            out[n] = captured[n]
+        else:
+            base, ran = _split_call(n)[0], calls.get(id(module), 0)
+            if ran == 0:
+                raise ValueError(f"layer {n!r} does not run in the model's forward pass; {_LIST_HINT}")
+            if ran < call:
+                allowed = ", ".join([base] + [f"{base}#{k}" for k in range(2, ran + 1)])
+                raise ValueError(f"layer {n!r}: {base} runs {ran} time(s) per forward pass (allowed: {allowed})")
+            raise ValueError(f"layer {n!r} gives no tensor; {_LIST_HINT}")
+    return out
 
 
 def activation_maps(
@@ -540,10 +630,10 @@ def activation_maps(
     which: str = "best",
     overwrite: bool = True,
 ) -> Path:
-    """Feature-map grids for each named stage of a checkpoint, for one image.
+    """Feature-map grids for named layers of a checkpoint, for one image.
 
-    Each row is a stage (``stem``, ``layer1`` ...): the input image, then the ``max_channels``
-    most active channels (highest mean activation), each scaled to its own range.
+    Each row is a layer (default the stages ``stem``, ``layer1`` ...): the input image, then the
+    ``max_channels`` most active channels (highest mean activation), each scaled to its own range.
 
     Args:
         checkpoint_or_run: a run folder, checkpoint folder, or loaded ``Checkpoint``.
@@ -551,7 +641,10 @@ def activation_maps(
             count (with a logged notice when the file has another one).
         out: the PNG to write; default ``<run>/explain/activations_<image stem>.png``
             (``explain-last/`` for ``which="last"``, as :func:`explain` names its folders).
-        layers: stage names (default: all of ``model.stages()``).
+        layers: layer names (default: all of ``model.stages()``): stage names, or any module
+            name of the model (``conv1`` is the first convolution before its norm,
+            ``layer1.0.conv1``, ``layer1.0.act`` ...; ``NAME#2`` for a module's second call), as
+            :func:`stage_activations` takes them.
         max_channels: channels shown per stage.
         device: where the model runs.
         which: ``best`` or ``last`` checkpoint of a run folder.
@@ -563,7 +656,8 @@ def activation_maps(
         The written PNG's path.
 
     Raises:
-        ValueError: an unknown layer (lists the valid ones).
+        ValueError: an unknown layer (with the closest names), or one whose output is not a
+            feature map (``fc``).
         DataError: the image cannot be read.
         ResnetlabError: the output exists and ``overwrite`` is ``False``.
 
@@ -580,9 +674,8 @@ def activation_maps(
     device = resolve_device(device)
     ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
     model, meta = ckpt.model.to(device), ckpt.meta
-    if layers:
-        for n in layers:
-            model.get_stage(n)  # fail before reading the image
+    for n in layers or ():
+        _resolve_layer(model, n)  # fail before reading the image
     if out is None:
         run = run_dir_of(ckpt.path)
         # explain's folders: explain/ for the best checkpoint, explain-last/ for another
@@ -593,6 +686,10 @@ def activation_maps(
     raw = load_as_evaluated([image_path], meta)  # logs a notice when it converts channels
     x = preprocess(raw, meta["mean"], meta["std"], device=device, channels_last=False)
     acts = stage_activations(model, x, layers)
+    for name, a in acts.items():
+        if a.dim() != 4:  # the head's layers (drop, fc) give (1, features)
+            raise ValueError(f"layer {name!r} gives {tuple(a.shape)}, not feature maps (1, C, H, W); pick a layer "
+                             f"before the classifier ({_LIST_HINT})")
     with torch.no_grad():
         logits = model(x)
         if tta_flip_of(meta):  # the prediction in the title is the one evaluate and predict give
@@ -623,5 +720,5 @@ def activation_maps(
         raise ResnetlabError(f"cannot write {out}: {exc.strerror or exc}") from exc
     finally:
         plt.close(fig)
-    log.info("activation maps of %s (predicted %s, %.4f; %d stages) -> %s", image_path, classes[int(pred)], float(conf), len(acts), out)
+    log.info("activation maps of %s (predicted %s, %.4f; %d layers) -> %s", image_path, classes[int(pred)], float(conf), len(acts), out)
     return out
