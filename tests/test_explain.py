@@ -377,6 +377,43 @@ def test_cli_activations_of_module_names(digits_run, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory):
+    """An (untrained) resnet8 on 3-channel 8x8 images, with a mean and std per channel."""
+    args = {"num_classes": 2, "in_channels": 3}
+    torch.manual_seed(0)
+    model = create_model("resnet8", **args).eval()
+    run = tmp_path_factory.mktemp("runs") / "rgb"
+    meta = {"arch": "resnet8", "arch_args": args, "classes": ["a", "b"], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3],
+            "input_size": [3, 8, 8], "metrics": {}, "epoch": 1, "step": 1, "dataset": "synthetic", "config": {"seed": 0}}
+    ck.save_checkpoint(run / "checkpoints" / "best", model, meta)
+    return run
+
+
+def test_activations_input_row_shows_the_normalized_channels_in_order(rgb_run, tmp_path, monkeypatch):
+    # report 003's "layer 0": the input split into its channels, each its own map
+    import matplotlib.pyplot as plt
+
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", figs.append)
+    rng = np.random.default_rng(0)
+    # R darkest, B brightest: ordered by mean activation the row would read B, G, R
+    pixels = np.stack([rng.integers(lo, lo + 40, (8, 8)) for lo in (10, 100, 200)], -1).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "rgb.png")
+    activation_maps(rgb_run, tmp_path / "rgb.png", out=tmp_path / "a.png", layers=["input", "conv1"], max_channels=16)
+    fig = figs[0]
+    axes = np.array(fig.axes).reshape(2, 17)  # rows x (image + 16 channels)
+    assert axes[0][0].get_title() == "input\n(3, 8, 8)" and axes[1][0].get_title() == "conv1\n(16, 8, 8)"
+    assert [ax.get_title() for ax in axes[0][1:4]] == ["ch 0 R", "ch 1 G", "ch 2 B"]
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    expected = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - mean[:, None, None]) / std[:, None, None]
+    for c in range(3):
+        np.testing.assert_allclose(np.asarray(axes[0][1 + c].get_images()[0].get_array()), expected[c].numpy(), atol=1e-5)
+    assert not any(ax.get_images() for ax in axes[0][4:])  # three channels, three maps
+    assert all(ax.get_images() for ax in axes[1][1:])  # conv1: its 16 most active channels
+    close(fig)
+
+
 def test_activation_maps_converts_rgb_with_notice(digits_run, tmp_path, caplog, capsys):
     run, _, _ = digits_run
     img = tmp_path / "rgb.png"

@@ -509,6 +509,7 @@ INPUT_LAYER = "input"
 # one activation module is applied after its first norm and again after the residual sum)
 _CALL = re.compile(r"(?P<base>.+)#(?P<call>[1-9][0-9]*)")
 _LIST_HINT = "list them with: resnetlab activations RUN --list-layers"
+_CHANNEL_NAMES = {1: ("gray",), 3: ("R", "G", "B")}  # images are loaded as L or RGB
 
 
 def _layer_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -634,6 +635,8 @@ def activation_maps(
 
     Each row is a layer (default the stages ``stem``, ``layer1`` ...): the input image, then the
     ``max_channels`` most active channels (highest mean activation), each scaled to its own range.
+    The row ``input`` (report 003's "layer 0") shows the normalized input's channels in order
+    (R, G, B), each as its own map.
 
     Args:
         checkpoint_or_run: a run folder, checkpoint folder, or loaded ``Checkpoint``.
@@ -641,11 +644,11 @@ def activation_maps(
             count (with a logged notice when the file has another one).
         out: the PNG to write; default ``<run>/explain/activations_<image stem>.png``
             (``explain-last/`` for ``which="last"``, as :func:`explain` names its folders).
-        layers: layer names (default: all of ``model.stages()``): stage names, or any module
+        layers: layer names (default: all of ``model.stages()``): ``input``, stage names, or any module
             name of the model (``conv1`` is the first convolution before its norm,
             ``layer1.0.conv1``, ``layer1.0.act`` ...; ``NAME#2`` for a module's second call), as
             :func:`stage_activations` takes them.
-        max_channels: channels shown per stage.
+        max_channels: channels shown per layer.
         device: where the model runs.
         which: ``best`` or ``last`` checkpoint of a run folder.
         overwrite: replace a PNG already at the output path; with ``False`` an existing file
@@ -702,14 +705,17 @@ def activation_maps(
     fig, axes = plt.subplots(len(acts), cols, figsize=(cols * 1.1, len(acts) * 1.2 + 0.6), squeeze=False)
     for r, (name, a) in enumerate(acts.items()):
         fmap = a[0].float().cpu()  # (C, H', W')
-        top = torch.argsort(fmap.flatten(1).mean(1), descending=True)[:max_channels].tolist()
+        if name == INPUT_LAYER:  # the normalized image's own channels, in order (report 003's "layer 0")
+            top, channel_names = list(range(min(max_channels, len(fmap)))), _CHANNEL_NAMES.get(len(fmap))
+        else:
+            top, channel_names = torch.argsort(fmap.flatten(1).mean(1), descending=True)[:max_channels].tolist(), None
         for col in range(cols):
             axes[r][col].axis("off")
         axes[r][0].imshow(_to_rgb(raw[0]), interpolation="nearest")
         axes[r][0].set_title(f"{name}\n{tuple(fmap.shape)}", fontsize=6)
         for j, ch in enumerate(top):
             axes[r][j + 1].imshow(fmap[ch].numpy(), cmap="viridis", interpolation="nearest")
-            axes[r][j + 1].set_title(f"ch {ch}", fontsize=5)
+            axes[r][j + 1].set_title(f"ch {ch}" + (f" {channel_names[ch]}" if channel_names else ""), fontsize=5)
     classes = ckpt.classes
     fig.suptitle(f"{Path(image_path).name}: predicted {classes[int(pred)]} ({float(conf):.2f})", fontsize=8)
     fig.tight_layout()

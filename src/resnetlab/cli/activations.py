@@ -12,8 +12,9 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="PNG to write (default <run>/explain/activations_<image>.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file (--out or the default)")
     p.add_argument("--layers", nargs="+", default=None,
-                   help="layers to show, one row each (default: the stages stem, layer1, ...): a stage or any module "
-                        "name (conv1, bn1, layer1.0, layer1.0.conv1, layer1.0.act; NAME#2 for a module's second call)")
+                   help="layers to show, one row each (default: the stages stem, layer1, ...): input (the normalized "
+                        "image's channels), a stage, or any module name (conv1, bn1, layer1.0, layer1.0.conv1, "
+                        "layer1.0.act; NAME#2 for a module's second call)")
     p.add_argument("--channels", type=int_at_least(1), default=16, help="most active channels shown per layer (default 16)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
