@@ -377,6 +377,41 @@ def test_cli_activations_of_module_names(digits_run, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_list_layers_gives_every_drawable_name_in_forward_order_with_its_shape(digits_run):
+    from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.explain import list_layers
+
+    run, _, _ = digits_run
+    rows = list_layers(run)
+    names = [r["name"] for r in rows]
+    assert names[:5] == ["input", "conv1", "bn1", "act", "maxpool"] and rows[0]["shape"] == (1, 8, 8)
+    assert [r["stage"] for r in rows if r["stage"]] == ["stem"] and rows[4]["stage"] == "stem"
+    # a block's layers, the activation's second call, then the block and its stage
+    i = names.index("layer1.0.conv1")
+    assert names[i:i + 8] == ["layer1.0.conv1", "layer1.0.bn1", "layer1.0.act", "layer1.0.conv2", "layer1.0.bn2",
+                              "layer1.0.act#2", "layer1.0", "layer1"]
+    assert "fc" not in names and "drop" not in names and names[-1] == "avgpool"  # (1, 10) and (1, 64): no maps
+    assert {r["module"] for r in rows} >= {"input", "Conv2d", "ReLU", "BasicBlock", "Sequential"}
+    # every listed name is accepted, with the listed shape
+    model = load_checkpoint(run).model
+    acts = stage_activations(model, torch.zeros(1, 1, 8, 8), names)
+    assert {n: tuple(a.shape[1:]) for n, a in acts.items()} == {r["name"]: r["shape"] for r in rows}
+
+
+def test_cli_list_layers_needs_no_image(digits_run, capsys):
+    run, _, _ = digits_run
+    capsys.readouterr()
+    assert main(["activations", str(run), "--list-layers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "(1, 8, 8) input" in lines[0]
+    rows = {ln.split()[0]: ln.split(None, 1)[1] for ln in lines[1:]}
+    assert rows["conv1"].startswith("(16, 8, 8)") and "Conv2d" in rows["conv1"]
+    assert "(stage stem)" in rows["maxpool"] and "layer1.0.act#2" in rows and "normalized image" in rows["input"]
+    assert main(["activations", str(run)]) == 2  # neither an image nor --list-layers
+    err = capsys.readouterr().err.strip()
+    assert err == "error: resnetlab activations needs an IMAGE to draw (or --list-layers to list the layer names)"
+
+
 @pytest.fixture(scope="module")
 def rgb_run(tmp_path_factory):
     """An (untrained) resnet8 on 3-channel 8x8 images, with a mean and std per channel."""

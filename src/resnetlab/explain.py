@@ -44,7 +44,8 @@ from resnetlab.errors import ResnetlabError, check_int, did_you_mean, unknown_na
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "CAM_METHODS", "attribution_maps", "explain", "activation_maps", "overlay"]
+__all__ = ["METHODS", "CAM_METHODS", "attribution_maps", "explain", "activation_maps", "stage_activations", "layer_shapes",
+           "list_layers", "overlay"]
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam")
 METHODS = CAM_METHODS + ("saliency", "integrated-gradients")
@@ -560,6 +561,7 @@ def stage_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str] |
             A module that runs more than once per forward pass gives its first call's output;
             ``NAME#k`` gives the k-th (a block's ``act`` runs after its first norm and again
             after the residual sum, so ``layer1.0.act#2`` is the block's output).
+            :func:`layer_shapes` lists the names with their shapes.
 
     Returns:
         ``{name: (N, ...) tensor}`` in the order of ``layers``.
@@ -621,6 +623,68 @@ def stage_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str] |
     return out
 
 
+def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+    """The layer names :func:`activation_maps` draws, in the order a forward pass of ``x``
+    produces them, with their output shapes: ``input``, then every module output that is a
+    feature map ``(N, C, H, W)`` (the classifier's ``fc`` is not), ``NAME#k`` for a module's k-th call.
+
+    Returns:
+        ``[{"name", "module" (class name), "shape" (C, H, W), "stage" (the stage name this
+        module's output also goes by, e.g. ``stem`` for ``maxpool``, else None)}, ...]``
+
+    Example:
+        >>> from resnetlab import create_model
+        >>> rows = layer_shapes(create_model("resnet8"), torch.zeros(1, 3, 16, 16))
+        >>> [(r["name"], r["shape"]) for r in rows[:3]], [r["name"] for r in rows if r["stage"]]
+        ([('input', (3, 16, 16)), ('conv1', (16, 16, 16)), ('bn1', (16, 16, 16))], ['maxpool'])
+        >>> [r["name"] for r in rows if r["name"].startswith("layer1")]
+        ['layer1.0.conv1', 'layer1.0.bn1', 'layer1.0.act', 'layer1.0.conv2', 'layer1.0.bn2', 'layer1.0.act#2', 'layer1.0', 'layer1']
+    """
+    names = {id(m): n for n, m in model.named_modules() if n}
+    stage_of = {id(m): s for s, m in model.stages().items() if names.get(id(m)) != s}
+    rows: list[dict[str, Any]] = [{"name": INPUT_LAYER, "module": "input", "shape": tuple(x.shape[1:]), "stage": None}]
+    calls: dict[int, int] = {}
+
+    def hook(module: nn.Module, _inp: Any, out: Any) -> None:
+        key = id(module)
+        calls[key] = calls.get(key, 0) + 1
+        if isinstance(out, torch.Tensor) and out.dim() == 4:
+            first = calls[key] == 1
+            rows.append({"name": names[key] + ("" if first else f"#{calls[key]}"), "module": type(module).__name__,
+                         "shape": tuple(out.shape[1:]), "stage": stage_of.get(key) if first else None})
+
+    # hooks fire as outputs are produced: a block's layers come before the block itself
+    handles = [m.register_forward_hook(hook) for n, m in model.named_modules() if n]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hd in handles:
+            hd.remove()
+        model.train(was_training)
+    return rows
+
+
+def list_layers(checkpoint_or_run, device: str | torch.device = "cpu", which: str = "best") -> list[dict[str, Any]]:
+    """:func:`layer_shapes` of a checkpoint's model for its input size (``meta["input_size"]``,
+    the size after the run's evaluation resize / crop): the names ``--layers`` takes.
+
+    Example:
+        >>> [r["name"] for r in list_layers("runs/demo-digits")][:4]  # doctest: +SKIP
+        ['input', 'conv1', 'bn1', 'act']
+    """
+    from resnetlab.checkpoint import Checkpoint, load_checkpoint
+    from resnetlab.evaluate import resolve_device
+
+    device = resolve_device(device)
+    ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
+    model = ckpt.model.to(device)
+    x = torch.zeros(1, *(int(v) for v in ckpt.meta["input_size"]), device=device)
+    return layer_shapes(model, x)
+
+
 def activation_maps(
     checkpoint_or_run,
     image_path: str | os.PathLike,
@@ -647,7 +711,8 @@ def activation_maps(
         layers: layer names (default: all of ``model.stages()``): ``input``, stage names, or any module
             name of the model (``conv1`` is the first convolution before its norm,
             ``layer1.0.conv1``, ``layer1.0.act`` ...; ``NAME#2`` for a module's second call), as
-            :func:`stage_activations` takes them.
+            :func:`stage_activations` takes them; :func:`list_layers` lists them with their
+            shapes (``resnetlab activations RUN --list-layers``).
         max_channels: channels shown per layer.
         device: where the model runs.
         which: ``best`` or ``last`` checkpoint of a run folder.

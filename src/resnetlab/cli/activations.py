@@ -1,4 +1,5 @@
-"""``resnetlab activations CHECKPOINT_OR_RUN IMAGE``: feature-map grids of named layers."""
+"""``resnetlab activations CHECKPOINT_OR_RUN IMAGE``: feature-map grids of named layers;
+``--list-layers`` prints the names."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ from resnetlab.cli import int_at_least
 def register(sub) -> None:
     p = sub.add_parser("activations", help="feature maps of each stage (stem, layer1, ...) or any layer, for one image")
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="a run folder or checkpoint folder")
-    p.add_argument("image", metavar="IMAGE", help="an image file (resized and converted to the model's input)")
+    p.add_argument("image", metavar="IMAGE", nargs="?", default=None,
+                   help="an image file (resized and converted to the model's input); not needed with --list-layers")
     p.add_argument("--out", default=None, help="PNG to write (default <run>/explain/activations_<image>.png)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file (--out or the default)")
     p.add_argument("--layers", nargs="+", default=None,
                    help="layers to show, one row each (default: the stages stem, layer1, ...): input (the normalized "
                         "image's channels), a stage, or any module name (conv1, bn1, layer1.0, layer1.0.conv1, "
                         "layer1.0.act; NAME#2 for a module's second call)")
+    p.add_argument("--list-layers", action="store_true",
+                   help="print the names --layers takes, in forward order, with their output shapes (C, H, W) for the "
+                        "checkpoint's input size, and exit")
     p.add_argument("--channels", type=int_at_least(1), default=16, help="most active channels shown per layer (default 16)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
@@ -22,7 +27,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from resnetlab.explain import activation_maps
+    from resnetlab.errors import ResnetlabError
+    from resnetlab.explain import activation_maps, list_layers
+
+    if args.list_layers:
+        rows = list_layers(args.checkpoint, device=args.device, which=args.which)
+        width = max(len(r["name"]) for r in rows)
+        print(f"layers for --layers, in forward order, with their output (C, H, W) for a {rows[0]['shape']} input:")
+        for r in rows:
+            shape = "(" + ", ".join(str(v) for v in r["shape"]) + ")"
+            what = "the normalized image, one map per channel" if r["name"] == "input" else r["module"]
+            also = f" (stage {r['stage']})" if r["stage"] else ""
+            print(f"  {r['name']:<{width}}  {shape:<16}  {what}{also}")
+        return 0
+    if args.image is None:
+        raise ResnetlabError("resnetlab activations needs an IMAGE to draw (or --list-layers to list the layer names)")
 
     # the library refuses an existing output (--out or the default path) before computing anything
     path = activation_maps(args.checkpoint, args.image, out=args.out, layers=args.layers,
