@@ -1,4 +1,4 @@
-"""Explanations: where a model looks (Grad-CAM & co), galleries, activation maps.
+"""Explanations: where a model looks (Grad-CAM & co), galleries, activation maps of any layer.
 
 The attribution methods come from libraries: Grad-CAM, Grad-CAM++ and Score-CAM from the
 ``grad-cam`` package (pytorch_grad_cam), saliency and integrated gradients from captum. This
@@ -9,6 +9,15 @@ writing a report section.
 Speed: predictions for the whole split come from one batched pass (the evaluation loader);
 attribution maps are then computed, also in batches, only for the images that are shown, so a
 10,000-image test split is explained in well under a minute on two CPU cores for Grad-CAM.
+
+Activation maps (:func:`activation_maps`, ``resnetlab activations``) draw, for one image, the
+feature maps of named layers: ``input`` (the normalized image's channels, each its own map), the
+stages (``stem``, ``layer1`` ...), or any module name of ``model.named_modules()`` (``conv1``
+before its norm, ``layer1.0.conv1``, ``layer1.0.act`` ...). A module that runs more than once per
+forward pass (a block's ``act``: twice in a basic block, three times in a bottleneck) gives its first
+call's output by its name, the k-th as ``NAME#k``. :func:`list_layers` (``resnetlab activations
+RUN --list-layers``) lists the names in forward order with their output shapes. Grad-CAM's
+``layer`` stays a stage name.
 
 Files written by :func:`explain` (``<run>/explain/`` and ``<run>/report_sections/``)::
 
