@@ -89,8 +89,10 @@ def test_evaluate_files_agree_with_an_independent_forward_pass(run):
     assert m["loss"] == pytest.approx(float(torch.nn.functional.nll_loss(probs.log(), splits.test.targets)), rel=1e-4)
 
     rows = _read_csv(out / "predictions.csv")
-    assert rows[0] == ["index", "target", "prediction", "confidence"]  # no path column for digits
-    body = np.array(rows[1:], dtype=float)
+    assert rows[0] == ["index", "target", "prediction", "confidence", "target_name", "prediction_name"]  # no path for digits
+    # the class names beside the indices (report 004 read its predictions as names)
+    assert all(r[4] == splits.classes[int(r[1])] and r[5] == splits.classes[int(r[2])] for r in rows[1:])
+    body = np.array([r[:4] for r in rows[1:]], dtype=float)
     assert body.shape == (360, 4)
     order = body[:, 0].astype(int)
     assert sorted(order.tolist()) == list(range(360))
@@ -181,7 +183,8 @@ def test_image_folder_predictions_have_paths(tmp_path):
     run = fresh_checkpoint_run(tmp_path, {"name": f"imagefolder:{folder}", "image_size": 16})
     m = evaluate(run, device="cpu")
     rows = list(csv.DictReader(open(m["predictions"])))
-    assert list(rows[0]) == ["index", "target", "prediction", "confidence", "path"]
+    assert list(rows[0]) == ["index", "target", "prediction", "confidence", "target_name", "prediction_name", "path"]
+    assert {(r["target_name"], r["prediction_name"]) for r in rows} <= {(a, b) for a in ("circle", "square", "stripes") for b in ("circle", "square", "stripes")}
     assert len(rows) == m["num_samples"] == 6  # 20 % of 30 images, stratified
     for r in rows:
         assert r["path"].startswith(str(folder)) and r["path"].endswith(".png")

@@ -9,7 +9,7 @@ too); ``evaluate`` rebuilds the checkpoint's dataset, computes
     confusion_matrix.csv / .json      counts (rows = true class, columns = predicted)
     confusion_matrix_normalized.csv   row-normalized (each true class sums to 1)
     confusion_matrix.png              heat map of the counts (colour = row-normalized share)
-    predictions.csv                   index, target, prediction, confidence[, path]
+    predictions.csv                   index, target, prediction, confidence, target_name, prediction_name[, path]
 """
 
 from __future__ import annotations
@@ -261,10 +261,11 @@ def write_eval_files(out: Path, metrics: dict, classes: Sequence[str], logits: t
 
     probs = torch.softmax(logits.double(), dim=1)
     conf, pred = probs.max(1)
-    header = ["index", "target", "prediction", "confidence"] + (["path"] if paths is not None else [])
+    header = ["index", "target", "prediction", "confidence", "target_name", "prediction_name"] + (["path"] if paths is not None else [])
     rows = []
     for i in range(len(targets)):
-        row = [int(indices[i]), int(targets[i]), int(pred[i]), f"{float(conf[i]):.6f}"]
+        t, p = int(targets[i]), int(pred[i])
+        row = [int(indices[i]), t, p, f"{float(conf[i]):.6f}", classes[t], classes[p]]
         if paths is not None:
             row.append(str(paths[int(indices[i])]))
         rows.append(row)
