@@ -32,6 +32,12 @@ def _onnx_file(c) -> str:
     return str(path)
 
 
+def _pt_file(c) -> str:
+    path = c.tmp / "model.pt"
+    path.write_bytes(b"PK\x03\x04")  # what a TorchScript (zip) file starts with; its content is never read
+    return str(path)
+
+
 def _png(path: Path, mode: str = "RGB", size: int = 12, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -187,6 +193,8 @@ CASES = {
     "a file as checkpoint": (lambda c: ["evaluate", str(c.file)], ["is not a resnetlab checkpoint"]),
     "an ONNX file without --backend onnx": (lambda c: ["predict", _onnx_file(c), str(c.img)],
                                             ["is not a resnetlab checkpoint", "an exported ONNX file is read by resnetlab predict --backend onnx"]),  # fmt: skip
+    "a TorchScript file without --backend torchscript": (lambda c: ["predict", _pt_file(c), str(c.img)],
+                                                         ["is not a resnetlab checkpoint", "read by resnetlab predict --backend torchscript"]),  # fmt: skip
     # -- predict / explain -----------------------------------------------------------------------
     "predict a non-image": (lambda c: ["predict", str(c.run), str(c.file)], ["cannot read image", "a file.txt"]),
     "predict a missing image": (lambda c: ["predict", str(c.run), str(c.tmp / "none.png")], ["does not exist"]),

@@ -146,6 +146,41 @@ def test_predict_onnx_backend_equals_torch(ckpt_dir, onnx_dynamic, tmp_path):
         assert max(abs(ta["prob"] - tb["prob"]) for ta, tb in zip(ra["top"], rb["top"])) < 1e-5
 
 
+def test_predict_torchscript_backend_equals_torch(ckpt_dir, tmp_path, capsys):
+    """A TorchScript export is usable by predict (there was no backend for it): same classes and
+    probabilities as the checkpoint, through the library and the CLI; a fixed-batch export runs any
+    number of images; the sidecar's tta_flip is followed as with ONNX."""
+    from resnetlab.checkpoint import CheckpointError
+    from resnetlab.export import torchscript_backend
+    from resnetlab.predict import predict
+
+    paths = _random_pngs(tmp_path)
+    ts = export_model(ckpt_dir, tmp_path / "m.pt", format="torchscript")
+    fixed = export_model(ckpt_dir, tmp_path / "fixed.pt", format="torchscript", batch_size=4)
+    b = predict(ckpt_dir, paths, top_k=3, batch_size=2, backend="torch")
+    for out, batch in ((ts.path, 2), (fixed.path, 3)):  # 5 images at batch 3 on a batch-4 model: 3, then 2 padded
+        a = predict(out, paths, top_k=3, batch_size=batch, backend="torchscript")
+        assert [r["path"] for r in a] == [r["path"] for r in b] and len(a) == 5
+        for ra, rb in zip(a, b):
+            assert [t["class"] for t in ra["top"]] == [t["class"] for t in rb["top"]]
+            assert max(abs(ta["prob"] - tb["prob"]) for ta, tb in zip(ra["top"], rb["top"])) < 1e-5
+    capsys.readouterr()
+    assert main(["predict", str(ts.path), str(paths[0]), "--backend", "torchscript", "--top-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["prob"] == pytest.approx(b[0]["top"][0]["prob"], abs=1e-5)
+    # the sidecar's tta_flip is followed, as for an ONNX export
+    meta = json.loads(ts.meta_path.read_text())
+    ts.meta_path.write_text(json.dumps({**meta, "tta_flip": True}))
+    flip = predict(ts.path, paths, top_k=3, backend="torchscript")
+    want = predict(ckpt_dir, paths, top_k=3, backend="torch", tta_flip=True)
+    assert [t["prob"] for r in flip for t in r["top"]] == pytest.approx([t["prob"] for r in want for t in r["top"]], abs=1e-5)
+    assert [t["prob"] for r in flip for t in r["top"]] != pytest.approx([t["prob"] for r in b for t in r["top"]], abs=1e-5)
+    # a checkpoint is not a TorchScript file; a .pt given to the torch backend says which backend reads it
+    with pytest.raises(ValueError, match="needs an exported TorchScript file"):
+        torchscript_backend(ckpt_dir, torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="an exported TorchScript file is read by resnetlab predict --backend torchscript"):
+        predict(ts.path, paths, backend="torch")
+
+
 def test_predict_torch_compile_backend_equals_torch(ckpt_dir, tmp_path):
     """Inductor with weight freezing on the BN-folded model; 5 images at batch 2 end with a batch of
     1, which the backend pads to the compiled shape (a recompile would also be correct, only slow)."""

@@ -205,7 +205,10 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
     if p.is_file():
         if p.suffix == ".safetensors" and (p.parent / META).exists():
             return p.parent
-        hint = "; an exported ONNX file is read by resnetlab predict --backend onnx" if p.suffix.lower() == ".onnx" else ""
+        hint = {
+            ".onnx": "; an exported ONNX file is read by resnetlab predict --backend onnx",
+            ".pt": "; an exported TorchScript file is read by resnetlab predict --backend torchscript",
+        }.get(p.suffix.lower(), "")
         raise CheckpointError(
             f"{p} is not a resnetlab checkpoint (expected a run folder, a checkpoint folder with "
             f"{WEIGHTS} and {META}, or a {WEIGHTS} file next to {META}){hint}"

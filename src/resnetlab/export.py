@@ -11,7 +11,9 @@ ONNX goes through ``torch.onnx.export(dynamo=True)`` (the ``torch.export`` based
 TorchScript through ``torch.jit.trace`` (the trunk's forward has no data-dependent control
 flow, so a trace is the whole model; the shape check at its top is re-validated on reload).
 
-:class:`OnnxClassifier` wraps an ONNX Runtime session: ``OnnxClassifier(path)(x) -> logits``.
+:class:`OnnxClassifier` wraps an ONNX Runtime session: ``OnnxClassifier(path)(x) -> logits``;
+:func:`onnx_backend` and :func:`torchscript_backend` are ``resnetlab predict``'s ``onnx`` and
+``torchscript`` backends.
 """
 
 from __future__ import annotations
@@ -34,7 +36,17 @@ from resnetlab.errors import ResnetlabError, unknown_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "ExportResult", "ExportError", "export_model", "OnnxClassifier", "sidecar_path", "onnx_backend"]
+__all__ = [
+    "FORMATS",
+    "ExportResult",
+    "ExportError",
+    "export_model",
+    "OnnxClassifier",
+    "sidecar_path",
+    "read_sidecar",
+    "onnx_backend",
+    "torchscript_backend",
+]
 
 FORMATS = ("onnx", "torchscript")
 META_FORMAT = "resnetlab-export/1"
@@ -59,6 +71,23 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     """The metadata file next to an exported model: ``model.onnx`` -> ``model.onnx.json``."""
     p = Path(path)
     return p.with_name(p.name + ".json")
+
+
+def read_sidecar(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
+    """The metadata written next to an exported ``fmt`` model (classes, mean, std, input_size, ...)."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise ResnetlabError(
+            f"{side} is missing: export with 'resnetlab export ... --format {fmt}' to get the metadata "
+            f"(classes, mean, std, input_size) next to the model"
+        )
+    return json.loads(side.read_text())
+
+
+def _load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice (FutureWarning)
+        return torch.jit.load(str(path), map_location=device).eval()
 
 
 def _parse_batch_size(batch_size: int | str | None) -> int | None:
@@ -106,9 +135,7 @@ def _runner(fmt: str, path: Path):
     """Load the exported file with its own runtime: (float32 numpy (B, C, H, W)) -> numpy logits."""
     if fmt == "onnx":
         return OnnxClassifier(path, read_meta=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+    module = _load_torchscript(path)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -309,13 +336,7 @@ class OnnxClassifier:
             raise ResnetlabError(f"ONNX model not found: {self.path}")
         self.meta: dict[str, Any] = {}
         if read_meta:
-            side = sidecar_path(self.path)
-            if not side.is_file():
-                raise ResnetlabError(
-                    f"{side} is missing: export with 'resnetlab export ... --format onnx' to get the metadata "
-                    f"(classes, mean, std, input_size) next to the model"
-                )
-            self.meta = json.loads(side.read_text())
+            self.meta = read_sidecar(self.path, "onnx")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
@@ -363,3 +384,46 @@ def onnx_backend(source, device: torch.device, which: str = "best"):
         return torch.from_numpy(clf(x)).to(x.device)
 
     return run, dict(clf.meta)
+
+
+def torchscript_backend(source, device: torch.device, which: str = "best"):
+    """Backend factory for :func:`resnetlab.predict.predict`: a TorchScript export -> (run, meta).
+
+    The file is loaded with ``torch.jit.load`` onto ``device``; ``run`` maps the normalized batch to
+    float logits without autograd, and a fixed-batch export (``--batch-size N``, traced and
+    validated at N only) is run on slices of N, the last one zero-padded and trimmed, as
+    :class:`OnnxClassifier` does. The meta comes from the sidecar written by :func:`export_model`;
+    ``which`` does not apply to a single exported file and is ignored.
+    """
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if path is None or path.is_dir():
+        raise ValueError(f"the torchscript backend needs an exported TorchScript file (resnetlab export --format "
+                         f"torchscript), got {str(source)!r}")  # fmt: skip
+    if not path.is_file():
+        raise ResnetlabError(f"TorchScript model not found: {path}")
+    meta = read_sidecar(path, "torchscript")
+    try:
+        module = _load_torchscript(path, device)
+    except Exception as exc:  # RuntimeError from the zip reader / unpickler, for any file that is not one
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ResnetlabError(f"cannot load TorchScript model {path}: {first}") from exc
+    fixed = meta.get("batch_size")
+    fixed = fixed if isinstance(fixed, int) and not isinstance(fixed, bool) and fixed > 0 else None
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(x).float()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        n = len(x)
+        if fixed is None or n == fixed:
+            return forward(x)
+        outs = []
+        for start in range(0, n, fixed):
+            part = x[start : start + fixed]
+            if len(part) < fixed:
+                part = torch.cat([part, part.new_zeros((fixed - len(part), *part.shape[1:]))])
+            outs.append(forward(part))
+        return torch.cat(outs)[:n]
+
+    return run, dict(meta)

@@ -10,8 +10,10 @@ export's sidecar records the setting).
 
 Backends turn a checkpoint into a function from a normalized float batch to logits:
 ``"torch"`` (eager), ``"torch-compile"`` (BN-folded and compiled by inductor with weight freezing;
-pays for large jobs, see :func:`resnetlab.fold.compile_for_inference`) and ``"onnx"`` (an exported
-file run by ONNX Runtime, :mod:`resnetlab.export`).
+pays for large jobs, see :func:`resnetlab.fold.compile_for_inference`), ``"onnx"`` (an exported
+file run by ONNX Runtime, :mod:`resnetlab.export`) and ``"torchscript"`` (an exported TorchScript
+file run by ``torch.jit``). The two exported-file backends take their preprocessing from the
+export's ``FILE.json`` sidecar.
 """
 
 from __future__ import annotations
@@ -116,6 +118,15 @@ def _onnx_backend(source, device: torch.device, which: str = "best") -> tuple[Ru
     from resnetlab.export import onnx_backend
 
     return onnx_backend(source, device, which)
+
+
+@register_backend("torchscript")
+def _torchscript_backend(source, device: torch.device, which: str = "best") -> tuple[Runner, dict]:
+    # An exported TorchScript file (resnetlab export --format torchscript) loaded with torch.jit
+    # onto the device; preprocessing from its FILE.json sidecar.
+    from resnetlab.export import torchscript_backend
+
+    return torchscript_backend(source, device, which)
 
 
 def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:

@@ -17,7 +17,8 @@ def register(sub) -> None:
         description="Classify image files (directories are walked for images) with the checkpoint's own "
         "preprocessing: size, channels and mean/std come from its metadata.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="run folder, checkpoint folder or model.safetensors")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN",
+                   help="run folder, checkpoint folder or model.safetensors; an exported file with --backend onnx or torchscript")
     p.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files and/or folders of images")
     p.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K", help="classes per image (default: 5)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {path, top: [{class, index, prob}]}")
