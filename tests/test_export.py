@@ -205,6 +205,8 @@ def test_predict_torch_compile_backend_equals_torch(ckpt_dir, tmp_path):
         (["--format", "onnx", "--opset", "99"], "ONNX opset must be 18.."),  # was a library traceback, then a late error
         (["--format", "torchscript", "--opset", "5"], "--opset applies only to --format onnx"),  # was ignored
         (["--format", "onnx", "--no-fold"], "--no-fold applies only to --format torchscript"),  # was ignored
+        (["--format", "onnx", "--rtol", "-1"], "--rtol must be a finite number >= 0, got -1.0"),
+        (["--format", "onnx", "--atol", "inf"], "--atol must be a finite number >= 0, got inf"),  # was accepted: a check that cannot fail
     ],
 )
 def test_export_bad_args_one_line_exit_2(ckpt_dir, tmp_path, capsys, extra, needle):
@@ -241,7 +243,7 @@ def test_validation_failure_is_an_error_and_keeps_the_earlier_file(ckpt_dir, tmp
     # an impossible tolerance: the check really compares numbers, and the failed export does not
     # replace the good file (nor leave it beside another model's metadata)
     with pytest.raises(ExportError, match=r"differs from PyTorch .* kept for inspection at m.pt.rejected"):
-        export_model(ckpt_dir, good.path, format="torchscript", atol=1e-30, overwrite=True)
+        export_model(ckpt_dir, good.path, format="torchscript", atol=1e-30, rtol=0, overwrite=True)
     assert (good.path.read_bytes(), good.meta_path.read_text()) == before
     assert (tmp_path / "m.pt.rejected").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.json", "m.pt.rejected"]  # no partial files
@@ -261,10 +263,34 @@ def test_validation_takes_the_worst_batch_and_compares_with_atol(tmp_path, monke
     x = torch.randn(2, 3, 2, 2, generator=g)
     monkeypatch.setattr(ex, "_runner", runner_off_by({1: 1.0}))  # only the batch of 1 is wrong
     with pytest.raises(ExportError, match="differs from PyTorch by 1"):
-        ex._validate("torchscript", tmp_path / ".m.pt.partial", ref, x, False, [3, 2, 2], g, 1e-4, None)
+        ex._validate("torchscript", tmp_path / ".m.pt.partial", ref, x, False, [3, 2, 2], g, 1e-4, 0.0, None)
     monkeypatch.setattr(ex, "_runner", runner_off_by({2: 5e-5, 1: 5e-5, 5: 5e-5}))
-    info = ex._validate("torchscript", tmp_path / ".m.pt.partial", ref, x, False, [3, 2, 2], g, 1e-4, None)
+    info = ex._validate("torchscript", tmp_path / ".m.pt.partial", ref, x, False, [3, 2, 2], g, 1e-4, 0.0, None)
     assert info["max_abs_diff"] == pytest.approx(5e-5, rel=1e-3) and info["validated_batches"] == [2, 1, 5]
     monkeypatch.setattr(ex, "_runner", runner_off_by({5: 1e-3}))
-    with pytest.raises(ExportError, match=r"\(> atol 0.0001\)"):
-        ex._validate("torchscript", tmp_path / ".m.pt.partial", ref, x, False, [3, 2, 2], g, 1e-4, None)
+    with pytest.raises(ExportError, match=r"more than atol 0.0001 \+ rtol 0 x \|logit\|"):
+        ex._validate("torchscript", tmp_path / ".m.pt.partial", ref, x, False, [3, 2, 2], g, 1e-4, 0.0, None)
+
+
+def test_the_check_allows_a_difference_relative_to_the_logits(ckpt_dir, tmp_path, monkeypatch):
+    """Logits of ~1000 carry fp32 rounding of ~4e-4 through a folded export: an absolute 1e-4 refused
+    a sound export (a ResNet-152 with real BN statistics failed the same way at logits of ~2);
+    atol + rtol * |logit| passes it, and a file that really differs (1%) still fails."""
+    import resnetlab.export as ex
+
+    ckpt = load_checkpoint(ckpt_dir)
+    with torch.no_grad():
+        ckpt.model.fc.weight.mul_(1e4)
+        ckpt.model.fc.bias.mul_(1e4)
+    big = tmp_path / "big"
+    save_checkpoint(big, ckpt.model, {k: v for k, v in ckpt.meta.items() if k not in ("format", "versions")})
+    r = export_model(big, tmp_path / "big.pt", format="torchscript")
+    assert r.max_abs_diff > 1e-4  # an absolute 1e-4 would have refused it: the test can fail
+    assert r.meta["atol"] == 1e-4 and r.meta["rtol"] == 1e-3
+    with pytest.raises(ExportError, match=r"more than atol 0.0001 \+ rtol 0 x \|logit\|.*--atol/--rtol loosen"):
+        export_model(big, tmp_path / "abs.pt", format="torchscript", rtol=0)
+    real = ex._runner
+    monkeypatch.setattr(ex, "_runner", lambda fmt, path: (lambda x, run=real(fmt, path): run(x) * 1.01))
+    with pytest.raises(ExportError, match=r"differs from PyTorch by .* more than atol 0.0001 \+ rtol 0.001 x \|logit\|"):
+        export_model(big, tmp_path / "off.pt", format="torchscript")
+    assert not (tmp_path / "off.pt").exists() and (tmp_path / "off.pt.rejected").exists()

@@ -24,7 +24,11 @@ def register(sub) -> None:
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder (default: best)")
     p.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True, help="fold batch norms (default: on; ONNX always folds: --no-fold is for torchscript)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset, >= 18 (default: the exporter's)")
-    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed logit difference (default: 1e-4)")
+    p.add_argument("--atol", type=float, default=1e-4,
+                   help="absolute part of the allowed logit difference, atol + rtol x |PyTorch logit| (default: 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-3,
+                   help="relative part of the allowed logit difference (default: 1e-3; deep nets' fp32 rounding grows "
+                        "with the logits)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing FILE and FILE.json")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -42,6 +46,7 @@ def run(args) -> int:
         fold=args.fold,
         opset=args.opset,
         atol=args.atol,
+        rtol=args.rtol,
         overwrite=args.overwrite,
     )
     if args.json:
@@ -49,5 +54,6 @@ def run(args) -> int:
                           "batch_size": r.batch_size or "dynamic", "max_abs_diff": r.max_abs_diff}))
         return 0
     print(f"wrote {r.path} ({r.format}, batch {r.batch_size or 'dynamic'}) and {r.meta_path}")
-    print(f"max abs diff vs PyTorch: {r.max_abs_diff:.3g} (batches {r.meta['validated_batches']})")
+    print(f"max abs diff vs PyTorch: {r.max_abs_diff:.3g} (batches {r.meta['validated_batches']}; allowed: "
+          f"atol {r.meta['atol']:g} + rtol {r.meta['rtol']:g} x |logit|)")
     return 0
