@@ -294,3 +294,40 @@ def test_the_check_allows_a_difference_relative_to_the_logits(ckpt_dir, tmp_path
     with pytest.raises(ExportError, match=r"differs from PyTorch by .* more than atol 0.0001 \+ rtol 0.001 x \|logit\|"):
         export_model(big, tmp_path / "off.pt", format="torchscript")
     assert not (tmp_path / "off.pt").exists() and (tmp_path / "off.pt.rejected").exists()
+
+
+@pytest.fixture(scope="module")
+def ts_export(ckpt_dir):
+    return export_model(ckpt_dir, ckpt_dir.parent / "out" / "model.pt", format="torchscript")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda m: "{bad", "export metadata is not valid JSON: {side} (Expecting property name"),  # was json's own message
+        (lambda m: "{}", "{side} is not resnetlab export metadata (format None, expected 'resnetlab-export/1')"),  # was 'classes'
+        (lambda m: "[1, 2]", "{side} is not resnetlab export metadata (format 'list'"),
+        (lambda m: {k: v for k, v in m.items() if k != "classes"}, "export metadata {side} lacks 'classes'"),
+        (lambda m: {**m, "classes": "zero one two"}, "export metadata {side} has classes 'zero one two', not a non-empty list"),
+        (lambda m: {k: v for k, v in m.items() if k != "input_size"}, "metadata {side} lacks 'input_size'"),
+        (lambda m: {k: v for k, v in m.items() if k != "std"}, "metadata {side} lacks 'std'"),
+        (lambda m: {**m, "mean": [0.3, 0.3]}, "metadata {side}: mean must be a list of 1 numbers"),
+        (lambda m: {**m, "model_format": "onnx" if m["model_format"] == "torchscript" else "torchscript"}, "{side} describes a '"),
+    ],
+)
+def test_a_corrupt_or_incomplete_sidecar_is_one_line_naming_it(onnx_dynamic, ts_export, tmp_path, capsys, fmt, edit, needle):
+    import shutil
+
+    src = onnx_dynamic if fmt == "onnx" else ts_export
+    model = tmp_path / src.path.name
+    shutil.copy(src.path, model)
+    side = sidecar_path(model)
+    new = edit(json.loads(src.meta_path.read_text()))
+    side.write_text(new if isinstance(new, str) else json.dumps(new))
+    img = _random_pngs(tmp_path, n=1)[0]
+    capsys.readouterr()
+    assert main(["predict", str(model), str(img), "--backend", fmt]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert needle.format(side=side) in err, err

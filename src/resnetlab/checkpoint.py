@@ -48,6 +48,7 @@ __all__ = [
     "resume_candidates",
     "library_versions",
     "build_model_from_meta",
+    "require_preprocessing",
 ]
 
 
@@ -238,6 +239,24 @@ def load_meta(directory: str | os.PathLike) -> dict[str, Any]:
         if key not in meta:
             raise CheckpointError(f"checkpoint metadata {path} lacks {key!r}")
     return meta
+
+
+def require_preprocessing(meta: dict[str, Any], source: str | os.PathLike, hint: str = "") -> None:
+    """Refuse metadata (``meta.json``, an export's sidecar) without the preprocessing predict and
+    export need: ``input_size`` ``[C, H, W]`` and per-channel ``mean`` / ``std``. ``source`` is the
+    file named in the one-line :class:`CheckpointError`, ``hint`` ends it (``"; ..."``)."""
+    for key in ("input_size", "mean", "std"):
+        if meta.get(key) is None:
+            raise CheckpointError(f"metadata {source} lacks {key!r}, which predict and export need (input_size "
+                                  f"[C, H, W], mean and std: one number per channel){hint}")  # fmt: skip
+    size = meta["input_size"]
+    if not (isinstance(size, list) and len(size) == 3 and all(type(v) is int and v > 0 for v in size)):
+        raise CheckpointError(f"metadata {source}: input_size must be [C, H, W], three integers >= 1, got {size!r}{hint}")
+    for key in ("mean", "std"):
+        values = meta[key]
+        if not (isinstance(values, list) and len(values) == size[0] and all(type(v) in (int, float) for v in values)):
+            raise CheckpointError(f"metadata {source}: {key} must be a list of {size[0]} numbers (one per input "
+                                  f"channel, input_size {size}), got {values!r}{hint}")  # fmt: skip
 
 
 def load_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:

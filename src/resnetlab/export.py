@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnetlab.errors import ResnetlabError, unknown_name
+from resnetlab.errors import CheckpointError, ResnetlabError, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,36 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 
 
 def read_sidecar(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
-    """The metadata written next to an exported ``fmt`` model (classes, mean, std, input_size, ...)."""
+    """The metadata written next to an exported ``fmt`` model (classes, mean, std, input_size, ...).
+
+    Raises:
+        CheckpointError: the sidecar is missing, not JSON, not written by :func:`export_model`
+            (its ``format``), describes another kind of export, or lacks classes / preprocessing.
+    """
+    from resnetlab.checkpoint import require_preprocessing
+
     side = sidecar_path(path)
+    again = f"export again with 'resnetlab export ... --format {fmt} --out {Path(path).name}'"
     if not side.is_file():
-        raise ResnetlabError(
-            f"{side} is missing: export with 'resnetlab export ... --format {fmt}' to get the metadata "
-            f"(classes, mean, std, input_size) next to the model"
-        )
-    return json.loads(side.read_text())
+        raise CheckpointError(f"{side} is missing: {again} to get the metadata (classes, mean, std, input_size) next "
+                              f"to the model")  # fmt: skip
+    try:
+        meta = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        why = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise CheckpointError(f"export metadata is not valid JSON: {side} ({why}); {again}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{side} is not resnetlab export metadata (format {found!r}, expected {META_FORMAT!r}); {again}")
+    kind = meta.get("model_format", fmt)
+    if kind != fmt:
+        raise CheckpointError(f"{side} describes a {kind!r} export, not {fmt}: use --backend {kind}")
+    classes = meta.get("classes")
+    if not (isinstance(classes, list) and classes):
+        what = "lacks 'classes'" if classes is None else f"has classes {classes!r}, not a non-empty list of names"
+        raise CheckpointError(f"export metadata {side} {what}; {again}")
+    require_preprocessing(meta, side, f"; {again}")
+    return meta
 
 
 def _load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
