@@ -148,6 +148,66 @@ def test_last_checkpoint_evaluates_beside_the_best_ones_result(run):
     assert json.loads((run / "eval" / "val" / "metrics.json").read_text())["accuracy"] == best["accuracy"]
 
 
+def _run_with(tmp_path, *names):
+    """A run folder holding the named checkpoint folders, each a tiny model whose meta names it."""
+    from resnetlab.checkpoint import save_checkpoint
+    from resnetlab.models import create_model
+
+    run = tmp_path / "r"
+    model = create_model("resnet8", num_classes=2, width=4)
+    for name in names:
+        save_checkpoint(run / "checkpoints" / name, model, {"arch": "resnet8", "arch_args": {"num_classes": 2, "width": 4},
+                                                            "name": name}, keep_previous=False)  # fmt: skip
+    return run
+
+
+@pytest.mark.parametrize(
+    "present,which,loaded",
+    [
+        (("best", "last", "last.prev"), "best", "best"),
+        (("best", "last", "last.prev"), "last", "last"),
+        (("best", "last.prev"), "last", "last.prev"),  # was best: the previous last is the newer weights
+        (("last.prev", "best"), "last", "last.prev"),
+        (("best",), "last", "best"),
+        (("last", "last.prev"), "best", "last"),  # interrupted before its first validated epoch: documented
+        (("best.prev", "last"), "best", "best.prev"),  # a save of best killed between its two renames
+    ],
+)
+def test_which_falls_back_newest_first_and_says_so(tmp_path, caplog, present, which, loaded):
+    import logging
+
+    from resnetlab.checkpoint import resolve_checkpoint
+
+    run = _run_with(tmp_path, *present)
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        ck = load_checkpoint(run, which=which)
+    assert ck.path == run / "checkpoints" / loaded and ck.meta["name"] == loaded
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if loaded == which:
+        assert warned == []
+    else:
+        assert warned == [f"no {which} checkpoint in {run / 'checkpoints'}; using {loaded} instead"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):  # a lookup that says itself what it found
+        assert resolve_checkpoint(run, which, warn=False) == ck.path
+    assert not caplog.records
+
+
+def test_which_must_be_best_or_last(tmp_path, caplog):
+    from resnetlab.checkpoint import resolve_checkpoint
+
+    run = _run_with(tmp_path, "best", "last")
+    with pytest.raises(CheckpointError, match=r"^unknown checkpoint \(which\) 'lastt'; did you mean 'last'\? \(allowed: best, last\)$"):
+        load_checkpoint(run, which="lastt")  # loaded best
+    for bad in ("", "best.prev", "Last", None):
+        with pytest.raises(CheckpointError, match=r"\(allowed: best, last\)"):
+            resolve_checkpoint(run, bad)
+    with pytest.raises(CheckpointError, match="allowed: best, last"):  # a checkpoint folder too: which is never ignored
+        evaluate(run / "checkpoints" / "best", which="lastt")
+    # a checkpoint folder named directly is loaded whatever which says, without a warning
+    assert load_checkpoint(run / "checkpoints" / "best", which="last").meta["name"] == "best" and not caplog.records
+
+
 def test_cli_evaluate_json_prints_one_object(run, capsys):
     assert main(["evaluate", str(run), "--json", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

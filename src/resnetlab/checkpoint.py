@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnetlab.errors import CheckpointError
+from resnetlab.errors import CheckpointError, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ FORMAT = "resnetlab-checkpoint/1"
 WEIGHTS = "model.safetensors"
 META = "meta.json"
 STATE = "trainer_state.pt"
+WHICH = ("best", "last")  # the checkpoints of a run folder
 
 __all__ = [
     "Checkpoint",
@@ -195,11 +196,20 @@ def _json_default(obj):
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
+def resolve_checkpoint(path: str | os.PathLike, which: str = "best", warn: bool = True) -> Path:
     """A run folder, a checkpoint folder or a ``.safetensors`` file -> the checkpoint folder.
 
-    For a run folder, ``which`` picks ``best`` (falling back to ``last``) or ``last``.
+    For a run folder, ``which`` picks ``best`` or ``last``: ``best`` falls back to ``best.prev``
+    (a save killed between its two renames), then ``last`` (a run interrupted before its first
+    validated epoch has no best), then ``last.prev``; ``last`` falls back to ``last.prev``, then
+    ``best``, then ``best.prev``. A fallback is logged as a warning (``warn=False``: not, for
+    callers that only look the folder up and say which one they use themselves).
+
+    Raises:
+        CheckpointError: ``which`` is not ``best`` or ``last``, or no checkpoint is found.
     """
+    if which not in WHICH:
+        raise CheckpointError(unknown_name("checkpoint (which)", which, WHICH))
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"checkpoint or run folder not found: {p}")
@@ -217,9 +227,12 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = "best") -> Path:
     if (p / META).exists() or (p / WEIGHTS).exists():
         return p
     ckdir = p / "checkpoints"
-    order = [which, "last" if which == "best" else "best", f"{which}.prev"]
+    other = "last" if which == "best" else "best"
+    order = [which, f"{which}.prev", other, f"{other}.prev"]
     for name in order:
         if (ckdir / name / META).exists():
+            if name != which and warn:
+                log.warning("no %s checkpoint in %s; using %s instead", which, ckdir, name)
             return ckdir / name
     raise CheckpointError(f"no checkpoint in {p} (looked for {', '.join(str(ckdir / n) for n in order)})")
 

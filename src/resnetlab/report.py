@@ -506,7 +506,7 @@ def build_report(
     meta = None
     tag = ""  # evaluate's folder suffix for the checkpoint reported: "" for best, "-last" for a run without one
     try:
-        ckpt_dir = resolve_checkpoint(run, "best")
+        ckpt_dir = resolve_checkpoint(run, "best", warn=False)  # the report says which checkpoint it shows
         meta = load_meta(ckpt_dir)
         tag = checkpoint_suffix(ckpt_dir)
     except CheckpointError as exc:

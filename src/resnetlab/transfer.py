@@ -332,7 +332,7 @@ def pretrained_preprocessing(spec: str | None, arch: str | None = None) -> dict[
         from resnetlab import checkpoint as ck
 
         try:
-            meta = ck.load_meta(ck.resolve_checkpoint(path, "best"))
+            meta = ck.load_meta(ck.resolve_checkpoint(path, "best", warn=False))  # the weights' own lookup warns
         except CheckpointError:
             return None
         if meta.get("mean") is None:

@@ -59,6 +59,6 @@ def _read_by_report(section: Path) -> bool:
     if folder.name == "report_sections":
         return True
     try:
-        return folder.name.startswith("explain-") and folder.name == f"explain{checkpoint_suffix(resolve_checkpoint(run, 'best'))}"
+        return folder.name.startswith("explain-") and folder.name == f"explain{checkpoint_suffix(resolve_checkpoint(run, 'best', warn=False))}"
     except CheckpointError:
         return False
