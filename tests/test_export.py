@@ -11,6 +11,7 @@ import torch
 from resnetlab import create_model
 from resnetlab.checkpoint import load_checkpoint, save_checkpoint
 from resnetlab.cli import main
+from resnetlab.errors import CheckpointError
 from resnetlab.export import ExportError, OnnxClassifier, export_model, sidecar_path
 
 CLASSES = ["zero", "one", "two"]
@@ -150,7 +151,6 @@ def test_predict_torchscript_backend_equals_torch(ckpt_dir, tmp_path, capsys):
     """A TorchScript export is usable by predict (there was no backend for it): same classes and
     probabilities as the checkpoint, through the library and the CLI; a fixed-batch export runs any
     number of images; the sidecar's tta_flip is followed as with ONNX."""
-    from resnetlab.checkpoint import CheckpointError
     from resnetlab.export import torchscript_backend
     from resnetlab.predict import predict
 
@@ -331,3 +331,67 @@ def test_a_corrupt_or_incomplete_sidecar_is_one_line_naming_it(onnx_dynamic, ts_
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
     assert needle.format(side=side) in err, err
+
+
+def _edited_copy(ckpt_dir, tmp_path, edit):
+    """A copy of the checkpoint with its meta.json edited by hand."""
+    import shutil
+
+    d = tmp_path / "edited"
+    shutil.copytree(ckpt_dir, d)
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps(edit(meta)))
+    return d
+
+
+@pytest.mark.parametrize("key", ["input_size", "mean", "std"])
+def test_predict_names_the_missing_preprocessing_key_and_file(ckpt_dir, tmp_path, capsys, key):
+    d = _edited_copy(ckpt_dir, tmp_path, lambda m: {k: v for k, v in m.items() if k != key})
+    img = _random_pngs(tmp_path, n=1)[0]
+    capsys.readouterr()
+    assert main(["predict", str(d), str(img)]) == 2  # was "error: 'input_size'"
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: metadata {d / 'meta.json'} lacks {key!r}, which predict and export need") and "\n" not in err
+
+
+def test_classes_that_do_not_name_every_output_are_refused(ckpt_dir, onnx_dynamic, tmp_path, capsys):
+    """Two names for three outputs: predict said 'list index out of range', export wrote them into
+    the sidecar. An export's sidecar edited the same way is caught by predict."""
+    from resnetlab.predict import predict
+
+    d = _edited_copy(ckpt_dir, tmp_path, lambda m: {**m, "classes": ["zero", "one"]})
+    img = _random_pngs(tmp_path, n=1)[0]
+    want = f"checkpoint metadata {d / 'meta.json'} lists 2 classes but the model has 3 outputs"
+    with pytest.raises(CheckpointError, match="^" + want):
+        load_checkpoint(d)
+    capsys.readouterr()
+    assert main(["predict", str(d), str(img)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: " + want) and "\n" not in err
+    with pytest.raises(CheckpointError, match=want):
+        export_model(d, tmp_path / "m.pt", format="torchscript")
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.pt.json").exists()
+    # no classes at all is fine: outputs are named by index
+    plain = _edited_copy(ckpt_dir, tmp_path / "p", lambda m: {**m, "classes": None})
+    assert {t["class"] for t in predict(plain, [img], top_k=3)[0]["top"]} == {"0", "1", "2"}
+    # the sidecar of an export, edited by hand
+    import shutil
+
+    shutil.copy(onnx_dynamic.path, tmp_path / "e.onnx")
+    sidecar_path(tmp_path / "e.onnx").write_text(json.dumps({**onnx_dynamic.meta, "classes": ["zero", "one"]}))
+    with pytest.raises(CheckpointError, match=r"e.onnx: the model gives 3 logits per image but its metadata lists 2 classes"):
+        predict(tmp_path / "e.onnx", [img], backend="onnx")
+
+
+def test_export_without_input_size_uses_the_models_channels_and_needs_mean_std(ckpt_dir, tmp_path, caplog):
+    import logging
+
+    d = _edited_copy(ckpt_dir, tmp_path, lambda m: {k: v for k, v in m.items() if k != "input_size"})
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        r = export_model(d, tmp_path / "m.pt", format="torchscript")  # was traced at 3x32x32: a 1-channel model refused it
+    assert r.meta["input_size"] == [1, 32, 32]  # resnet8's registry default is 3x32x32
+    assert f"{d / 'meta.json'} has no input_size; exporting at the model's default [1, 32, 32]" in caplog.text
+    nomean = _edited_copy(ckpt_dir, tmp_path / "n", lambda m: {k: v for k, v in m.items() if k != "mean"})
+    with pytest.raises(CheckpointError, match=rf"^metadata {nomean / 'meta.json'} lacks 'mean'"):
+        export_model(nomean, tmp_path / "n.pt", format="torchscript")  # wrote "mean": null into the sidecar
+    assert not (tmp_path / "n.pt").exists()

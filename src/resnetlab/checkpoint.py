@@ -304,6 +304,21 @@ def build_model_from_meta(meta: dict[str, Any]) -> nn.Module:
         raise CheckpointError(f"cannot rebuild model {meta.get('arch')!r} from checkpoint: {exc}") from exc
 
 
+def check_classes(meta: dict[str, Any], model: nn.Module, source: str | os.PathLike) -> None:
+    """Refuse ``classes`` metadata that does not name each of the model's outputs (a hand-edited
+    ``meta.json``): predict would index past the list, export write a wrong sidecar. Absent
+    ``classes`` are fine (outputs are then named by index, :attr:`Checkpoint.classes`)."""
+    classes = meta.get("classes")
+    n = getattr(model, "num_classes", None)
+    if not classes or n is None:
+        return
+    if not isinstance(classes, list):
+        raise CheckpointError(f"checkpoint metadata {source}: classes must be a list of {n} names, got {classes!r}")
+    if len(classes) != n:
+        raise CheckpointError(f"checkpoint metadata {source} lists {len(classes)} classes but the model has {n} outputs "
+                              f"(num_classes {n}); classes must name each output, in order")  # fmt: skip
+
+
 def describe_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], keys=None, optional=()) -> str | None:
     """``None`` when ``state`` fits ``own`` (over ``keys``, default all), else a one-line account
     of the first mismatching keys. Keys ending in one of ``optional`` may be absent from ``state``."""
@@ -352,6 +367,7 @@ def load_checkpoint(path: str | os.PathLike, which: str = "best", device: str | 
     directory = resolve_checkpoint(path, which)
     meta = load_meta(directory)
     model = build_model_from_meta(meta)
+    check_classes(meta, model, directory / META)
     load_state_dict_checked(model, load_weights(directory), str(directory / WEIGHTS))
     model.to(device).eval()
     return Checkpoint(model=model, meta=meta, path=directory)

@@ -211,7 +211,7 @@ def export_model(
         >>> r.max_abs_diff < 1e-4  # doctest: +SKIP
         True
     """
-    from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.checkpoint import META, load_checkpoint, require_preprocessing
     from resnetlab.evaluate import tta_flip_of
     from resnetlab.fold import fold_batchnorm
 
@@ -244,7 +244,14 @@ def export_model(
     ckpt = load_checkpoint(checkpoint_or_run, which=which, device="cpu")
     reference = ckpt.model.eval()
     model = fold_batchnorm(reference) if fold else reference
-    input_size = [int(v) for v in ckpt.meta.get("input_size") or getattr(reference, "default_input_size")]
+    input_size = ckpt.meta.get("input_size")
+    if input_size is None and getattr(reference, "default_input_size", None):
+        # the registry's default size, with the model's own channels (a grayscale resnet18 is not 3x224x224)
+        default = list(reference.default_input_size)
+        input_size = [int(getattr(reference, "in_channels", default[0])), *default[1:]]
+        log.warning("%s has no input_size; exporting at the model's default %s (add input_size [C, H, W] to it to "
+                    "choose the size predict resizes images to)", ckpt.path / META, input_size)  # fmt: skip
+    require_preprocessing({**ckpt.meta, "input_size": input_size}, ckpt.path / META)  # the sidecar needs them
     g = torch.Generator().manual_seed(seed)
     example_batch = fixed or 2
     example = torch.randn(example_batch, *input_size, generator=g)  # (B, C, H, W)

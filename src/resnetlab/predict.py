@@ -59,12 +59,17 @@ def register_backend(name: str):
 
 
 def _load(source, device: torch.device, which: str):
-    """The checkpoint (loaded unless given) and its metadata with ``classes`` filled in."""
-    from resnetlab.checkpoint import Checkpoint, load_checkpoint
+    """The checkpoint (loaded unless given) and its metadata with ``classes`` filled in.
+
+    Raises:
+        CheckpointError: the metadata lacks the preprocessing (``input_size``, ``mean``, ``std``).
+    """
+    from resnetlab.checkpoint import META, Checkpoint, load_checkpoint, require_preprocessing
 
     ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source, which=which, device=device)
+    require_preprocessing(ckpt.meta, ckpt.path / META)
     meta = dict(ckpt.meta)
-    meta.setdefault("classes", ckpt.classes)
+    meta["classes"] = ckpt.classes  # by index where the metadata has none (null included)
     return ckpt, meta
 
 
@@ -239,6 +244,7 @@ def predict(
         >>> predict("runs/demo", ["digit.png"], top_k=3)[0]["top"][0]["class"]  # doctest: +SKIP
         '7'
     """
+    from resnetlab.checkpoint import CheckpointError
     from resnetlab.data.images import preprocess
     from resnetlab.evaluate import tta_flip_of
 
@@ -281,6 +287,10 @@ def predict(
             images = torch.cat(decoded)
         x = preprocess(images, meta["mean"], meta["std"], device=device)
         logits = run(x).float()
+        if logits.ndim != 2 or logits.shape[1] != len(classes):  # a hand-edited classes list (an export's sidecar)
+            k_out = logits.shape[1] if logits.ndim == 2 else tuple(logits.shape[1:])
+            raise CheckpointError(f"{checkpoint_or_run}: the model gives {k_out} logits per image but its metadata "
+                                  f"lists {len(classes)} classes; classes must name each output, in order")  # fmt: skip
         if tta:  # as evaluation: the mean of the two logits (collect_outputs)
             logits = (logits + run(torch.flip(x, dims=(3,))).float()) / 2
         probs = torch.softmax(logits.double(), dim=1).cpu()
