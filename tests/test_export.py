@@ -395,3 +395,41 @@ def test_export_without_input_size_uses_the_models_channels_and_needs_mean_std(c
     with pytest.raises(CheckpointError, match=rf"^metadata {nomean / 'meta.json'} lacks 'mean'"):
         export_model(nomean, tmp_path / "n.pt", format="torchscript")  # wrote "mean": null into the sidecar
     assert not (tmp_path / "n.pt").exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_file_the_runtime_cannot_load_is_an_export_error_naming_out(ckpt_dir, tmp_path, monkeypatch, fmt):
+    """onnxruntime / torch.jit failing on the fresh file raised their own error naming the hidden
+    .OUT.partial file and left it behind; now: ExportError naming --out, the file kept as
+    OUT.rejected, an earlier OUT untouched, no temp file."""
+    import onnxruntime
+
+    import resnetlab.export as ex
+
+    out = tmp_path / f"m.{'onnx' if fmt == 'onnx' else 'pt'}"
+    good = export_model(ckpt_dir, out, format=fmt)
+    before = (out.read_bytes(), good.meta_path.read_text())
+
+    def refuse(path, *args, **kwargs):
+        raise RuntimeError(f"failed to load {path}: not a model\nsecond line")  # as the runtimes name the file
+
+    if fmt == "onnx":
+        monkeypatch.setattr(onnxruntime, "InferenceSession", refuse)
+        runtime = "ONNX Runtime"
+    else:
+        monkeypatch.setattr(ex, "_load_torchscript", refuse)
+        runtime = "torch.jit"
+    with pytest.raises(ExportError) as info:
+        export_model(ckpt_dir, out, format=fmt, overwrite=True)
+    msg = str(info.value)
+    assert msg.startswith(f"{runtime} cannot load or run the model exported for --out {out} (") and "\n" not in msg
+    assert f"kept for inspection at {out.name}.rejected" in msg and ".partial" not in msg
+    assert (out.read_bytes(), good.meta_path.read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, f"{out.name}.json", f"{out.name}.rejected"])
+    # interrupted during the check (Ctrl-C): nothing new is left either
+    (tmp_path / f"{out.name}.rejected").unlink()
+    monkeypatch.setattr(ex, "_validate", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        export_model(ckpt_dir, out, format=fmt, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, f"{out.name}.json"])
+    assert (out.read_bytes(), good.meta_path.read_text()) == before

@@ -203,8 +203,9 @@ def export_model(
     Raises:
         ValueError: an unknown format, a bad batch size or tolerance, an opset below 18, an
             existing ``out``.
-        ExportError: a logit differs from PyTorch's by more than ``atol + rtol * |logit|`` (it is kept as
-            ``out + ".rejected"``; an earlier file at ``out`` is left as it was).
+        ExportError: a logit differs from PyTorch's by more than ``atol + rtol * |logit|``, or the
+            runtime cannot load the file (it is kept as ``out + ".rejected"``; an earlier file at
+            ``out`` is left as it was).
 
     Example:
         >>> r = export_model("runs/demo", "demo.onnx")  # doctest: +SKIP
@@ -268,11 +269,24 @@ def export_model(
     except OSError as exc:
         part.unlink(missing_ok=True)
         raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    except BaseException:  # the exporter's own errors, Ctrl-C: no hidden temp file left behind
+        part.unlink(missing_ok=True)
+        raise
+    rejected = out.with_name(out.name + ".rejected")
     try:
         meta = _validate(fmt, part, reference, example, fixed, input_size, g, atol, rtol, opset)
     except ExportError:
-        rejected = out.with_name(out.name + ".rejected")
         os.replace(part, rejected)
+        raise
+    except Exception as exc:  # the runtime cannot load or run the file it was just given
+        os.replace(part, rejected)
+        runtime = "ONNX Runtime" if fmt == "onnx" else "torch.jit"
+        # its message names the hidden temp file, which is gone: name --out instead
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace(str(part), str(out)).replace(part.name, out.name)
+        raise ExportError(f"{runtime} cannot load or run the model exported for --out {out} ({why}); kept for inspection at "
+                          f"{rejected.name}, any earlier file at --out left as it was") from exc  # fmt: skip
+    except BaseException:
+        part.unlink(missing_ok=True)
         raise
     meta = {
         "format": META_FORMAT,
