@@ -208,6 +208,20 @@ def test_which_must_be_best_or_last(tmp_path, caplog):
     assert load_checkpoint(run / "checkpoints" / "best", which="last").meta["name"] == "best" and not caplog.records
 
 
+def test_a_safetensors_file_other_than_model_safetensors_is_refused(tmp_path, capsys):
+    """ema.safetensors beside a checkpoint's meta.json loaded the folder's model.safetensors instead."""
+    import shutil
+
+    best = _run_with(tmp_path, "best") / "checkpoints" / "best"
+    shutil.copy(best / "model.safetensors", best / "ema.safetensors")
+    want = f"{best / 'ema.safetensors'} is not a checkpoint's model.safetensors: the meta.json beside it describes"
+    with pytest.raises(CheckpointError, match="^" + want):
+        load_checkpoint(best / "ema.safetensors")
+    assert _cli_error(capsys, ["evaluate", str(best / "ema.safetensors")]) == f"error: {want} model.safetensors, not this " \
+        "file; give the checkpoint folder or its model.safetensors"  # fmt: skip
+    assert load_checkpoint(best / "model.safetensors").path == best
+
+
 def test_cli_evaluate_json_prints_one_object(run, capsys):
     assert main(["evaluate", str(run), "--json", "--device", "cpu"]) == 0
     out = capsys.readouterr().out

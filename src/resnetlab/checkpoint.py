@@ -215,6 +215,9 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = "best", warn: bool 
         raise CheckpointError(f"checkpoint or run folder not found: {p}")
     if p.is_file():
         if p.suffix == ".safetensors" and (p.parent / META).exists():
+            if p.name != WEIGHTS:  # the folder's model.safetensors would be loaded, not this file
+                raise CheckpointError(f"{p} is not a checkpoint's {WEIGHTS}: the {META} beside it describes "
+                                      f"{WEIGHTS}, not this file; give the checkpoint folder or its {WEIGHTS}")  # fmt: skip
             return p.parent
         hint = {
             ".onnx": "; an exported ONNX file is read by resnetlab predict --backend onnx",
