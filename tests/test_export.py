@@ -433,3 +433,18 @@ def test_a_file_the_runtime_cannot_load_is_an_export_error_naming_out(ckpt_dir, 
         export_model(ckpt_dir, out, format=fmt, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, f"{out.name}.json"])
     assert (out.read_bytes(), good.meta_path.read_text()) == before
+
+
+def test_onnx_runtime_uses_torchs_thread_count(onnx_dynamic, monkeypatch):
+    """Intra-op threads were os.cpu_count(): OMP_NUM_THREADS and the CLI's thread settings (which set
+    torch's) did not reach ONNX Runtime, which took every core of a shared machine."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert OnnxClassifier(onnx_dynamic.path).session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)
+    assert OnnxClassifier(onnx_dynamic.path, threads=3).session.get_session_options().intra_op_num_threads == 3

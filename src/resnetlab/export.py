@@ -372,7 +372,9 @@ class OnnxClassifier:
 
     Args:
         path: the ``.onnx`` file.
-        threads: intra-op threads (``None``: one per core, as :mod:`resnetlab.bench` uses).
+        threads: intra-op threads (``None``: ``torch.get_num_threads()``, so ``OMP_NUM_THREADS`` and
+            the CLI's thread settings apply to ONNX Runtime as to PyTorch; all cores on a machine
+            shared with others would slow everyone down).
         providers: ONNX Runtime execution providers (``None``: CPU).
         read_meta: read the ``FILE.json`` sidecar into :attr:`meta` (classes, mean, std, input_size).
 
@@ -398,7 +400,7 @@ class OnnxClassifier:
         if read_meta:
             self.meta = read_sidecar(self.path, "onnx")
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads() or 1)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
