@@ -340,6 +340,35 @@ def test_imagefolder_valid_and_validation_name_the_validation_split(tmp_path, ca
     with pytest.raises(DataError, match=r"has val/ and validation/: keep one validation folder"):
         load_dataset(f"imagefolder:{tmp_path / 'ds'}", image_size=6)
 
+
+def test_a_corrupt_png_is_skipped_not_a_crash_of_the_process(tmp_path):
+    # torchvision's libpng decoder segfaulted on corrupt PNG data (one flipped byte): train,
+    # evaluate and predict died with exit 139 and no file named. Run in a child process, so a
+    # crash fails this test instead of killing the suite.
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        for j in range(5):
+            _save(tmp_path / "ds" / c / f"{j}.png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    good = (tmp_path / "ds" / "a" / "0.png").read_bytes()
+    bad = bytearray(good)
+    bad[good.index(b"IDAT") + 4 + 100] ^= 0xFF  # inside the compressed pixels, header intact
+    (tmp_path / "ds" / "a" / "flipped.png").write_bytes(bytes(bad))
+    code = (
+        "import sys; from resnetlab.data import load_dataset; from resnetlab.data.images import load_images\n"
+        f"s = load_dataset('imagefolder:{tmp_path / 'ds'}', image_size=16, val_fraction=0)\n"
+        "try:\n"
+        f"    load_images(['{tmp_path / 'ds' / 'a' / 'flipped.png'}'], 16)\n"
+        "except Exception as exc:\n"
+        "    err = type(exc).__name__\n"
+        "print(len(s.train) + len(s.test), s.skipped, err)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-500:])
+    assert r.stdout.split()[0] == "10" and "flipped.png" in r.stdout and r.stdout.split()[-1] == "DataError"  # named, one line
+
 def test_hidden_folders_inside_a_class_are_left_out_by_training_and_predict(tmp_path):
     from resnetlab.predict import collect_image_files
 
@@ -508,3 +537,15 @@ def test_a_failed_download_is_one_line_naming_the_dataset_and_a_smoke_run_falls_
     cfg = smoke_fallback(load_config(None, ["data.name=fashion-mnist", f"data.root={tmp_path / 'new'}", "data.download=true"]))
     assert cfg.data.name.startswith("synthetic:1x28x28:10:") and cfg.data.download is False
     assert tried == [True, True]
+
+
+def test_an_image_over_pillows_pixel_limit_is_a_named_bad_file(tmp_path, monkeypatch):
+    # PIL's DecompressionBombError is not an OSError: predict on a folder aborted on one huge photo
+    from PIL import Image
+
+    from resnetlab.data.images import load_images
+
+    _save(tmp_path / "big.png", np.zeros((16, 16, 3), dtype=np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 256 pixels > 2 x the limit: an error, not a warning
+    with pytest.raises(DataError, match=r"cannot read image .*big\.png.*exceeds limit"):
+        load_images([tmp_path / "big.png"], 16)

@@ -119,7 +119,7 @@ class ImageSet:
         for j, i in enumerate(idx.tolist()):
             try:
                 out[j] = read_image(self.paths[i], channels=c, size=(h, w))
-            except (OSError, RuntimeError, ValueError):
+            except Exception:  # OSError, RuntimeError, ValueError, PIL's DecompressionBombError ...
                 log.warning("could not decode %s; using a blank image", self.paths[i])
         return out
 
