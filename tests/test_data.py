@@ -549,3 +549,15 @@ def test_an_image_over_pillows_pixel_limit_is_a_named_bad_file(tmp_path, monkeyp
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 256 pixels > 2 x the limit: an error, not a warning
     with pytest.raises(DataError, match=r"cannot read image .*big\.png.*exceeds limit"):
         load_images([tmp_path / "big.png"], 16)
+
+
+def test_channel_stats_are_exact_over_chunks():
+    # integer sums per chunk (the float64 copy of up to 8,192 images took ~17x their size)
+    from resnetlab.data.datasets import _channel_stats
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 32, 32), generator=g, dtype=torch.uint8)
+    ref = x.double().div(255)
+    mean, std = _channel_stats(x, chunk_bytes=5000)  # chunks of 1 image: the sums carry over exactly
+    np.testing.assert_allclose(mean, ref.mean(dim=(0, 2, 3)).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(std, ref.std(dim=(0, 2, 3), correction=0).numpy(), rtol=1e-10)

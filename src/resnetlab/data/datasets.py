@@ -213,21 +213,27 @@ def stratified_split(
     return np.sort(keep), np.sort(out)
 
 
-def _channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std of uint8 images in [0, 1] units (float64 accumulation, chunked)."""
+def _channel_stats(images: torch.Tensor, chunk_bytes: int = 1 << 20) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of uint8 images in [0, 1] units.
+
+    Exact integer sums of the pixels and of their squares, over chunks of about ``chunk_bytes``
+    of images: the float64 copy this used to make per 8,192 images took ~17x the images' own
+    size (+3.6 GB for a 207 MB split at 224 pixels)."""
     c = images.shape[1]
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
+    s = torch.zeros(c, dtype=torch.int64)
+    s2 = torch.zeros(c, dtype=torch.int64)
     n = 0
-    for i in range(0, len(images), chunk):
-        x = images[i : i + chunk].to(torch.float64).div_(255.0)
-        s += x.sum(dim=(0, 2, 3))
-        s2 += x.square().sum(dim=(0, 2, 3))
+    per_image = max(1, images[0].numel()) if len(images) else 1
+    step = max(1, chunk_bytes // per_image)
+    for i in range(0, len(images), step):
+        x = images[i : i + step]
+        s += x.sum(dim=(0, 2, 3), dtype=torch.int64)
+        s2 += x.to(torch.int32).square_().sum(dim=(0, 2, 3), dtype=torch.int64)  # 255^2 fits an int32
         n += x.shape[0] * x.shape[2] * x.shape[3]
     if n == 0:
         return [0.0] * c, [1.0] * c
-    mean = s / n
-    std = (s2 / n - mean.square()).clamp_min(1e-12).sqrt()
+    mean = s.double() / (255.0 * n)
+    std = (s2.double() / (255.0**2 * n) - mean.square()).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.tolist()
 
 
