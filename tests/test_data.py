@@ -561,3 +561,30 @@ def test_channel_stats_are_exact_over_chunks():
     mean, std = _channel_stats(x, chunk_bytes=5000)  # chunks of 1 image: the sums carry over exactly
     np.testing.assert_allclose(mean, ref.mean(dim=(0, 2, 3)).numpy(), rtol=1e-12)
     np.testing.assert_allclose(std, ref.std(dim=(0, 2, 3), correction=0).numpy(), rtol=1e-10)
+
+
+def test_file_and_class_names_that_are_not_utf8_train_evaluate_and_report(tmp_path, capsys):
+    # names from another system's disk (Latin-1 bytes): training ran to the end, then writing
+    # predictions.csv failed ("surrogates not allowed"), leaving no report; figures failed too
+    import csv
+    import json
+
+    from resnetlab.cli import main
+
+    root = os.fsencode(tmp_path / "d")
+    rng = np.random.default_rng(0)
+    for c in (b"chat_\xe9", b"dog"):
+        for j in range(8):
+            _save(Path(os.fsdecode(os.path.join(root, c, b"caf\xe9_%d.png" % j))), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    run = tmp_path / "run"
+    args = ["train", "--data", f"imagefolder:{tmp_path / 'd'}", "--model", "resnet8", "--image-size", "16", "--epochs", "1",
+            "--out", str(run), "--set", "data.val_fraction=0.2", "--set", "train.batch_size=4", "--quiet"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["classes"] == ["chat_\\xe9", "dog"]  # the byte escaped in the name shown
+    with open(run / "eval" / "test" / "predictions.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(os.path.isfile(r["path"]) for r in rows)  # the paths are the files' own bytes
+    assert "xe9" in (run / "report.md").read_text()  # its per-class table names the class
+    assert main(["predict", str(run), os.fsdecode(os.path.join(root, b"dog"))]) == 0
+    assert capsys.readouterr().out.count("caf") == 8

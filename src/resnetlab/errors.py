@@ -52,3 +52,15 @@ def unknown_name(kind: str, value: str, allowed: Iterable[str]) -> str:
     allowed = sorted(str(a) for a in allowed)
     shown = ", ".join(allowed[:40]) + (", ..." if len(allowed) > 40 else "")
     return f"unknown {kind} {value!r}{did_you_mean(value, allowed)} (allowed: {shown})"
+
+
+def printable(name: str) -> str:
+    """A file or folder name as text any file, figure or terminal takes: bytes that are not UTF-8
+    (a name from another system's disk, which Python holds as surrogates) are shown escaped,
+    ``b"caf\\xe9"`` -> ``"caf\\xe9"``.
+
+    Example:
+        >>> printable("caf\\udce9.png")
+        'caf\\\\xe9.png'
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -227,7 +227,9 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], classes: Sequence[str], t
 
 
 def _write_csv(path: Path, header: Sequence[str], rows) -> None:
-    with open(path, "w", newline="") as f:
+    # surrogateescape: a file or class name that is not UTF-8 (bytes from another system's disk)
+    # is written back as its own bytes, so predictions.csv's paths still open the files
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)

@@ -494,7 +494,7 @@ def _write_sections(summary: dict[str, Any], out: Path, sections: Path, base: Pa
         md.append("")
     for title, p in figures:
         md += [f"### {md_escape(title)}", "", f"![{md_escape(title)}]({_rel(p, base)})", ""]
-    (sections / "explain.md").write_text("\n".join(md))
+    (sections / "explain.md").write_text("\n".join(md), encoding="utf-8", errors="backslashreplace")  # names not in UTF-8
 
     h = ['<section id="explanations">', f"<p>{html.escape(head)}</p>"]
     if pairs:
@@ -506,7 +506,7 @@ def _write_sections(summary: dict[str, Any], out: Path, sections: Path, base: Pa
         data = base64.b64encode(Path(p).read_bytes()).decode()
         h.append(f"<h3>{html.escape(title)}</h3><img alt=\"{html.escape(title)}\" src=\"data:image/png;base64,{data}\">")
     h.append("</section>")
-    (sections / "explain.html").write_text("\n".join(h))
+    (sections / "explain.html").write_text("\n".join(h), encoding="utf-8", errors="backslashreplace")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -422,7 +422,7 @@ def _model_section(meta: dict) -> _Section:
 
 def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str], splits=None) -> tuple[_Section, _Figure | None]:
     sec = _Section("Misclassified test images")
-    with open(pred_path, newline="") as f:
+    with open(pred_path, newline="", encoding="utf-8", errors="surrogateescape") as f:  # as evaluate writes it
         rows = list(csv.DictReader(f))
     wrong = [r for r in rows if r["target"] != r["prediction"]]
     if not wrong:
@@ -646,8 +646,9 @@ def build_report(
         files_dir.mkdir(exist_ok=True)
         for fig in figures:
             (files_dir / fig.name).write_bytes(fig.png)
-        html_path.write_text(doc, encoding="utf-8")
-        md_path.write_text(md, encoding="utf-8")
+        # a name that is not UTF-8 (a file's bytes) is shown as \xe9 rather than stopping the report
+        html_path.write_text(doc, encoding="utf-8", errors="backslashreplace")
+        md_path.write_text(md, encoding="utf-8", errors="backslashreplace")
     except OSError as exc:
         raise ResnetlabError(f"cannot write the report into {run}: {exc.strerror or exc}") from exc
     log.info("report written: %s", html_path)

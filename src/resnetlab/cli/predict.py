@@ -48,8 +48,10 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(results))
         return 0
+    from resnetlab.errors import printable
+
     for r in results:
-        print(r["path"])
+        print(printable(r["path"]))  # a name that is not UTF-8 is shown escaped
         for t in r["top"]:
             print(f"  {t['prob']:7.2%}  {t['class']}")
     return 0

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnetlab.errors import DataError, unknown_name
+from resnetlab.errors import DataError, printable, unknown_name
 from resnetlab.data.images import image_mode, is_gray_mode, read_image, resize_cover
 
 log = logging.getLogger(__name__)
@@ -541,6 +541,9 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
 
     # Header pass (cheap): drops non-images and empty files, and decides gray vs RGB.
     entries = {s: [(f, classes.index(c)) for c in sorted(lst) for f in lst[c]] for s, lst in listing.items()}
+    # A folder name that is not UTF-8 (bytes from another system) comes as surrogates, which no
+    # file, figure or terminal takes: the class is named with the byte escaped ("chat_\xe9").
+    classes = [printable(c) for c in classes]
     skipped: list[str] = []
     gray = True
     valid: dict[str, list[tuple[str, int]]] = {}
