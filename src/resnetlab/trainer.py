@@ -392,6 +392,10 @@ class Trainer:
             for rank, theirs in enumerate(every):
                 diff = config_difference(every[0], theirs, ignore=per_node, labels=("rank 0", f"rank {rank}"))
                 if diff:
+                    # every process finds the same difference and stops here; the group is taken
+                    # down first, else gloo's threads abort the process at exit ("terminate called
+                    # without an active exception") and the exit code is not the error's 2
+                    torch.distributed.destroy_process_group()
                     raise ConfigError(f"the torchrun processes were started with different configs ({diff}); "
                                       f"start every process (on every node) with the same command and config")  # fmt: skip
 

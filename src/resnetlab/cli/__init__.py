@@ -185,11 +185,22 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except Exception as exc:  # one line for users, the traceback with --debug
+        _leave_process_group()
         if debug:
             traceback.print_exc()
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+
+
+def _leave_process_group() -> None:
+    """Under torchrun, take the process group down before exiting on an error: left to the
+    interpreter's exit, gloo's threads abort the process ("terminate called without an active
+    exception") and the exit code is a signal's, not the error's."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover
