@@ -366,3 +366,36 @@ def test_data_root_replaces_the_recorded_root(tmp_path, capsys):
     assert len(json.loads(capsys.readouterr().out)["per_class"]) == 10
     rows = list(csv.DictReader(open(run / "eval" / "test" / "predictions.csv")))
     assert len(rows) == 30
+
+
+def test_evaluate_and_resume_say_when_the_image_folder_changed_since_training(tmp_path, caplog):
+    # one file added to a folder without test/ moved images between the splits; evaluate reported
+    # on the new split without a word, and --resume continued on it
+    import logging
+    import shutil
+
+    from resnetlab.config import load_config
+    from resnetlab.trainer import train
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=12)
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"data.name=imagefolder:{folder}", "data.image_size=16", "model.name=resnet8", "train.epochs=2",
+                             "train.batch_size=8", "output.report=false", "output.tensorboard=false", "train.device=cpu"])  # fmt: skip
+    train(cfg, run, progress=False)
+    meta = json.loads((run / "checkpoints" / "best" / "meta.json").read_text())
+    assert meta["splits"]["test"]["images"] == 8 and len(meta["splits"]["test"]["sha1"]) == 40
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        evaluate(run, device="cpu")
+    assert "changed since training" not in caplog.text  # the same folder: silent
+    shutil.copy(folder / "circle" / "circle_00.png", folder / "circle" / "extra.png")
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        evaluate(run, device="cpu", out_dir=tmp_path / "e2")  # this file left the test split as it was
+        assert "changed since training" not in caplog.text
+        evaluate(run, split="train", device="cpu", out_dir=tmp_path / "e3")
+    assert "the train split is not the one the run had: 26 images now, 25 then; the image folder changed" in caplog.text
+    caplog.clear()
+    from resnetlab.trainer import Trainer
+
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):  # what --resume runs once the run is rebuilt
+        Trainer(cfg, run, progress=False).load_state(run / "checkpoints" / "last")
+    assert "resuming on a changed dataset: the train split is not the one the run had" in caplog.text

@@ -335,6 +335,11 @@ def open_split(checkpoint_or_run, split: str, data_root=None, splits=None, which
     imageset = getattr(splits, split)
     if imageset is None or len(imageset) == 0:
         raise ResnetlabError(f"dataset {data_name!r} has no {split!r} split to {purpose} (try --split test)")
+    from resnetlab.data.datasets import fingerprint_change
+
+    change = fingerprint_change((meta.get("splits") or {}).get(split), imageset, split)
+    if change:  # the figures are then not comparable with the run's
+        log.warning("%s", change)
     return SplitSource(
         ckpt=ckpt,
         splits=splits,

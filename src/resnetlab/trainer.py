@@ -31,6 +31,7 @@ from torch import nn
 
 from resnetlab import checkpoint as ckpt
 from resnetlab.config import Config, ProgressiveResizeConfig, config_difference, config_from_dict, read_yaml, save_config
+from resnetlab.data.datasets import fingerprint_change, split_fingerprint
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, TrainingDiverged
 from resnetlab.evaluate import resolve_device
 from resnetlab.norms import BatchInstanceNorm2d
@@ -461,6 +462,8 @@ class Trainer:
             "dataset": self.splits.name if hasattr(self.splits, "name") else self.cfg.data.name,
             # the step counters, schedule length and data shards are per process: a resume needs as many
             "world_size": self.world_size,
+            # image folders: which files each split held (evaluate and --resume say when the folder changed)
+            "splits": {k: split_fingerprint(getattr(self.splits, k)) for k in ("train", "val", "test")},
         }
 
     def _eval_model(self) -> nn.Module:
@@ -501,7 +504,11 @@ class Trainer:
             CheckpointError: the checkpoint is unreadable, unsafe or from another run
                 (a state that loads but lacks keys or does not fit the optimizer).
         """
-        ckpt.load_meta(directory)  # evaluate/predict need it: a broken meta.json is a broken checkpoint
+        meta = ckpt.load_meta(directory)  # evaluate/predict need it: a broken meta.json is a broken checkpoint
+        for split, recorded in (meta.get("splits") or {}).items():
+            change = fingerprint_change(recorded, getattr(self.splits, split, None), split)
+            if change and self.is_main:
+                log.warning("resuming on a changed dataset: %s", change)
         state = ckpt.load_trainer_state(directory)
         weights = ckpt.load_weights(directory)
         try:

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,6 +154,29 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
         return Path(root).expanduser()
     env = os.environ.get("RESNETLAB_DATA")
     return Path(env).expanduser() if env else Path("~/.cache/resnetlab").expanduser()
+
+
+def split_fingerprint(imageset: ImageSet | None) -> dict[str, Any] | None:
+    """What identifies an image folder's split: its size and a digest of its files (paths relative
+    to the split's common folder, so a moved dataset keeps its fingerprint) and labels. ``None``
+    for the built-in datasets, whose splits depend only on the seed. Recorded in checkpoints so
+    ``evaluate`` and ``--resume`` can say when the folder changed since training."""
+    if imageset is None or imageset.paths is None or not len(imageset):
+        return None
+    base = os.path.commonpath([os.path.dirname(p) for p in imageset.paths])
+    digest = hashlib.sha1()
+    for p, y in sorted(zip((os.path.relpath(p, base) for p in imageset.paths), imageset.targets.tolist())):
+        digest.update(f"{p}\0{y}\n".encode("utf-8", "surrogateescape"))
+    return {"images": len(imageset), "sha1": digest.hexdigest()}
+
+
+def fingerprint_change(recorded: dict[str, Any] | None, imageset: ImageSet | None, split: str) -> str | None:
+    """One line saying how ``split`` differs from the fingerprint a checkpoint recorded, or None."""
+    now = split_fingerprint(imageset)
+    if not recorded or now is None or now == recorded:
+        return None
+    return (f"the {split} split is not the one the run had: {now['images']} images now, {recorded['images']} then"
+            f"{'' if now['images'] != recorded['images'] else ' (other files)'}; the image folder changed since training")
 
 
 def dataset_key(name: str) -> tuple[str, str]:
