@@ -605,16 +605,7 @@ def stage_activations(model: nn.Module, x: torch.Tensor, layers: Sequence[str] |
                 # cloned now: an in-place activation further on (bn1 -> act) would overwrite it
                 captured[n] = out.detach().clone()
 
-    handles = [m.register_forward_hook(lambda _m, _i, o, k=k: hook(k, o)) for k, (m, _) in by_module.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for hd in handles:
-            hd.remove()
-        model.train(was_training)
+    _hooked_forward(model, x, [(m, lambda _m, _i, o, k=k: hook(k, o)) for k, (m, _) in by_module.items()])
     out: dict[str, torch.Tensor] = {}
     for n, (module, call) in wanted.items():
         if module is None:
@@ -663,7 +654,14 @@ def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
                          "shape": tuple(out.shape[1:]), "stage": stage_of.get(key) if first else None})
 
     # hooks fire as outputs are produced: a block's layers come before the block itself
-    handles = [m.register_forward_hook(hook) for n, m in model.named_modules() if n]
+    _hooked_forward(model, x, [(m, hook) for n, m in model.named_modules() if n])
+    return rows
+
+
+def _hooked_forward(model: nn.Module, x: torch.Tensor, hooks: Sequence[tuple[nn.Module, Any]]) -> None:
+    """One eval-mode, no-grad forward pass of ``x`` with forward ``hooks`` ``(module, fn)``
+    attached; the hooks are removed and the model's mode restored afterwards."""
+    handles = [m.register_forward_hook(fn) for m, fn in hooks]
     was_training = model.training
     model.eval()
     try:
@@ -673,7 +671,6 @@ def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
         for hd in handles:
             hd.remove()
         model.train(was_training)
-    return rows
 
 
 def list_layers(checkpoint_or_run, device: str | torch.device = "cpu", which: str = "best") -> list[dict[str, Any]]:
