@@ -36,3 +36,17 @@ def rng() -> torch.Generator:
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """Largest absolute elementwise difference, as a float (for readable assert messages)."""
     return (a.detach().double() - b.detach().double()).abs().max().item()
+
+
+def write_png_folder(root: Path, n: int = 40, side: int = 16, classes: int = 2) -> str:
+    """``n`` RGB PNGs of ``side`` x ``side`` pixels in ``classes`` class folders (class-dependent
+    brightness plus noise); returns the dataset name ``imagefolder:ROOT``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    for j in range(n):
+        c = j % classes
+        arr = (np.full((side, side, 3), 60 * c, np.uint8) + rng.integers(0, 120, (side, side, 3), dtype=np.uint8))
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(root / f"c{c}" / f"{j:03d}.png")
+    return f"imagefolder:{root}"

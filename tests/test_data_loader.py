@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.image as mpimg
 import pytest
 import torch
+from conftest import write_png_folder
 
 from resnetlab.cli import main
 from resnetlab.data import build_loader, derive_seed, load_dataset, preprocess
@@ -190,3 +191,24 @@ def test_augmentation_draws_differ_between_epochs():
     x0, x1 = next(dl.iter_epoch(0))[0], next(dl.iter_epoch(1))[0]
     assert torch.equal(next(dl.iter_epoch(0))[0], x0)  # the same epoch repeats exactly
     assert not torch.equal(x0, x1)
+
+
+def test_streaming_without_augmentation_draws_like_in_memory_and_resumes_exactly(tmp_path):
+    """No augmentation, so only the reseed makes the step's dropout depend on (seed, epoch, step):
+    it was skipped without augmentation ops, and each streaming DataLoader iterator (an epoch, a
+    validation) drew its workers' seed from the global RNG, so streaming and in-memory runs and a
+    mid-epoch resume diverged."""
+    name = write_png_folder(tmp_path / "imgs")
+    mem = load_dataset(name, image_size=16, val_fraction=0.25, seed=0)
+    big = load_dataset(name, image_size=16, val_fraction=0.25, seed=0, stream_threshold_gb=1e-9)
+    assert mem.train.in_memory and not big.train.in_memory and big.train.paths == mem.train.paths
+    kw = dict(mean=mem.mean, std=mem.std, seed=2)
+    ref = _epoch(build_loader(mem.train, 4, **kw), 1, with_dropout=True)
+    torch.manual_seed(7)  # another global RNG state before the epoch: the same draws
+    got = _epoch(build_loader(big.train, 4, num_workers=1, **kw), 1, with_dropout=True)
+    assert len(ref) == 6 and _same(ref, got)
+    state = torch.get_rng_state()
+    assert len(list(build_loader(big.val, 8, train=False, num_workers=1, **kw).iter_epoch(0))) == 1
+    assert torch.equal(torch.get_rng_state(), state)  # a validation pass leaves the global RNG alone
+    torch.manual_seed(12345)
+    assert _same(ref[3:], _epoch(build_loader(big.train, 4, num_workers=0, **kw), 1, start=3, with_dropout=True))

@@ -8,10 +8,12 @@ Determinism contract (training mode):
 - the shuffle of epoch ``e`` is ``randperm`` from a generator seeded with ``derive_seed(seed, e)``;
   every rank computes the same permutation and takes ``perm[rank::world_size]`` (after dropping
   the ``n % world_size`` tail so shards are disjoint and equal);
-- before augmenting step ``s`` of epoch ``e`` the loader reseeds the *global* torch RNG with
-  ``derive_seed(seed, e, s)`` (``derive_seed(seed, e, s, rank)`` when ``world_size > 1``), so the
-  augmentation and whatever random ops the training step runs next (dropout) depend only on
-  ``(seed, e, s)``; ``iter_epoch(e, start_step=k)`` therefore reproduces the tail of the epoch.
+- before assembling step ``s`` of epoch ``e`` (with or without augmentations) the loader reseeds
+  the *global* torch RNG with ``derive_seed(seed, e, s)`` (``derive_seed(seed, e, s, rank)`` when
+  ``world_size > 1``), so the augmentation and whatever random ops the training step runs next
+  (dropout) depend only on ``(seed, e, s)``; ``iter_epoch(e, start_step=k)`` therefore reproduces
+  the tail of the epoch, and the in-memory and streaming loaders give the same batches and draws;
+- neither loader draws from the global RNG itself (the streaming DataLoader has its own generator).
 
 Evaluation loaders keep the dataset order, apply only deterministic transforms, and shard
 ``arange(n)[rank::world_size]`` (complete and disjoint; shard sizes may differ by one item).
@@ -150,9 +152,12 @@ class _BaseLoader:
             return self._assemble(x, epoch, step)
 
     def _assemble(self, x: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        if self.train:
+            # every training step, augmented or not: the step's dropout then depends only on
+            # (seed, epoch, step), not on what drew from the global RNG before (a DataLoader's
+            # worker seeds, a validation pass), so both loaders and a mid-epoch resume agree
+            self._reseed(self._step_seed(epoch, step))
         if len(self.augment.ops):
-            if self.train:
-                self._reseed(self._step_seed(epoch, step))
             x = self.augment(x)  # uint8 stays uint8 through crop/flip; kornia ops give float [0, 1]
         if x.dtype == torch.uint8:
             x = x.to(torch.float32, memory_format=torch.channels_last)
@@ -300,9 +305,11 @@ class StreamLoader(_BaseLoader):
         batches = [order[s * self.batch_size : (s + 1) * self.batch_size].tolist() for s in range(start_step, len(self))]
         if not batches:
             return
+        # A generator of its own: without one, every DataLoader iterator (each epoch, each
+        # validation) draws its workers' base seed from the global RNG that dropout uses.
         dl = torch.utils.data.DataLoader(
             self._data, batch_sampler=batches, num_workers=self.num_workers, collate_fn=_collate,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)),
         )
         for step, (x, y, idx, ok) in enumerate(dl, start=start_step):
             if not bool(ok.all()):
