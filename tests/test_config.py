@@ -50,6 +50,10 @@ def test_yaml_roundtrip(tmp_path):
         ("schedule.name=onecycle --set schedule.warmup_epochs=1", "onecycle warms up for schedule.pct_start=0.25 of the steps"),
         ("schedule.name=multistep --set schedule.milestones_unit=iteration --set schedule.milestones=[0.5]",
          "schedule.milestones are optimizer steps, whole numbers >= 1"),
+        ("data.stream_threshold_gb=0", "config data.stream_threshold_gb: Input should be greater than 0 (got 0)"),
+        ("data.num_workers=-1", "config data.num_workers: Input should be greater than or equal to 0 (got -1)"),
+        ("data.cache=[a]", "config data.cache: must be false, true (PATH/.resnetlab-cache) or a folder path, got ['a']"),
+        ("data.cache='  '", "config data.cache: must be false, true"),
     ],
 )
 def test_bad_values_give_one_line(override, expected):
@@ -145,6 +149,19 @@ def test_smoke_fallback_is_for_missing_data_not_for_a_misspelt_name(tmp_path):
             Image.new("L", (6, 6), color=j * 20).save(tmp_path / "imgs" / c / f"{j}.png")
     cfg = smoke_fallback(smoke_config(load_config(None, [f"data.name=imagefolder:{tmp_path / 'imgs'}", "data.image_size=6"])))
     assert cfg.data.name.startswith("imagefolder:") and cfg.data.subset is None
+
+
+def test_streaming_keys_reach_load_dataset_and_the_cache_folder_is_absolute(tmp_path, monkeypatch):
+    cfg = load_config(None)
+    assert (cfg.data.stream_threshold_gb, cfg.data.cache, cfg.data.num_workers) == (2.0, False, 2)
+    kw = cfg.data.load_kwargs(0)
+    assert kw["stream_threshold_gb"] == 2.0 and kw["cache"] is None and "num_workers" not in kw
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["data.stream_threshold_gb=0.5", "data.cache=c/../cache", "data.num_workers=0"])
+    assert cfg.data.load_kwargs(0) | {} == {**kw, "stream_threshold_gb": 0.5, "cache": str(tmp_path / "cache")}
+    assert cfg.data.num_workers == 0
+    assert load_config(None, ["data.cache=true"]).data.load_kwargs(0)["cache"] is True
+    assert load_config(None, ["data.cache="]).data.cache is False
 
 
 def test_every_config_key_is_documented():

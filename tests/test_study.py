@@ -435,3 +435,13 @@ def test_signal_to_a_parallel_study_starts_no_queued_cell(tmp_path, sig):
         meta = json.loads((run / "checkpoints" / "last" / "meta.json").read_text())
         assert meta["epoch"] < 400  # stopped early, at a checkpoint a rerun resumes
         assert "SIGINT received: saved" in (run / "study-cell.log").read_text()
+
+
+def test_how_a_cell_reads_its_images_does_not_make_it_another_cell(tmp_path):
+    # streaming, the cache and the decode processes change how images are read, not the run
+    from resnetlab.config import load_config, save_config
+
+    save_config(load_config(None, ["data.num_workers=0", "data.cache=true", "data.stream_threshold_gb=5"]), tmp_path / "config.yaml")
+    assert st.cell_status(tmp_path, load_config(None)) == "fresh"
+    with pytest.raises(ResnetlabError, match=r"another config \(data.val_fraction: 0.1 \(folder\) vs 0.2 \(study\)\)"):
+        st.cell_status(tmp_path, load_config(None, ["data.val_fraction=0.2"]))

@@ -109,36 +109,71 @@ def test_streaming_run_without_augmentation_equals_in_memory_and_resumes_exactly
     # With dropout and no augmentation, the streaming DataLoader's worker seeds were drawn from
     # the global RNG each epoch and validation (epoch-1 train_loss 0.3978 vs 0.4106 in memory),
     # and a resumed epoch drew them once more than the uninterrupted one.
-    import functools
+    import yaml
 
-    import resnetlab.data
     import resnetlab.trainer
     from conftest import write_png_folder
     from resnetlab.config import save_config
+    from resnetlab.evaluate import open_split
 
     name = write_png_folder(tmp_path / "imgs")  # 32 train+val images: 24 train / batch 4 = 6 steps
-    cfg = tiny(f"data.name={name}", "data.subset=", "data.val_fraction=0.25", "data.image_size=16", "augment=[]",
-               "model.dropout=0.5", "train.batch_size=4", "train.device=cpu")  # fmt: skip
-    train(cfg, tmp_path / "mem", progress=False)
-    monkeypatch.setattr(resnetlab.data, "load_dataset", functools.partial(resnetlab.data.load_dataset, stream_threshold_gb=1e-9))
-    train(cfg, tmp_path / "stream", progress=False)
+    args = [f"data.name={name}", "data.subset=", "data.val_fraction=0.25", "data.image_size=16", "augment=[]",
+            "model.dropout=0.5", "train.batch_size=4", "train.device=cpu"]  # fmt: skip
+    train(tiny(*args), tmp_path / "mem", progress=False)
+    streaming = tiny(*args, "data.stream_threshold_gb=1e-9", "data.num_workers=1")
+    train(streaming, tmp_path / "stream", progress=False)
     rows = read_rows(tmp_path / "stream" / "metrics.csv")
     assert len(rows) == 2 and rows == read_rows(tmp_path / "mem" / "metrics.csv")
     ref = load_weights(tmp_path / "stream" / "checkpoints" / "last")
     mem = load_weights(tmp_path / "mem" / "checkpoints" / "last")
     assert all(torch.equal(ref[k], mem[k]) for k in ref)
+    assert open_split(tmp_path / "stream", "val").loader(8, "cpu").num_workers == 1  # evaluate decodes as the run did
 
     monkeypatch.setattr(resnetlab.trainer, "NAN_CHECK_EVERY", 4)  # a window end (and the signal) at step 4 of 6
     run = tmp_path / "cut"
     run.mkdir()
-    save_config(cfg, run / "config.yaml")
-    trainer = Trainer(cfg, run, progress=False, callbacks=[_SignalAt(epoch=1)])
+    save_config(streaming, run / "config.yaml")
+    trainer = Trainer(streaming, run, progress=False, callbacks=[_SignalAt(epoch=1)])
     assert not trainer.splits.train.in_memory
     assert trainer.fit().interrupted and trainer.epoch == 1 and trainer.start_step == 4
+    # how the images are read may change on --resume
+    data = yaml.safe_load((run / "config.yaml").read_text())
+    data["data"].update(num_workers=0, cache=str(tmp_path / "cache"), stream_threshold_gb=1e-8)
+    (run / "config.yaml").write_text(yaml.safe_dump(data))
     assert not resume(run, progress=False).interrupted
     got = load_weights(run / "checkpoints" / "last")
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert read_rows(run / "metrics.csv") == rows
+
+
+def test_a_resume_that_now_streams_the_folder_keeps_the_checkpoints_normalization(tmp_path):
+    # data.stream_threshold_gb may change on --resume, and a folder that streams now but was held
+    # in memory gets other mean/std (an estimate from 2,000 images; here a truncated PNG, dropped in
+    # memory but listed when streaming, changes the splits): the weights were trained with the
+    # checkpoint's values, and the resumed epochs and the checkpoints they write keep them.
+    import yaml
+
+    from conftest import write_png_folder
+    from resnetlab.config import save_config
+    from resnetlab.data import load_dataset
+
+    name = write_png_folder(tmp_path / "imgs")
+    whole = (tmp_path / "imgs" / "c0" / "000.png").read_bytes()
+    (tmp_path / "imgs" / "c0" / "999.png").write_bytes(whole[: len(whole) // 2])
+    cfg = tiny(f"data.name={name}", "data.subset=", "data.image_size=16", "train.batch_size=4")
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    assert Trainer(cfg, run, progress=False, callbacks=[_SignalAtEpochEnd(1)]).fit().interrupted
+    saved = load_checkpoint(run, which="last").meta
+    streamed = load_dataset(name, **{**cfg.data.load_kwargs(cfg.seed), "stream_threshold_gb": 1e-9})
+    assert streamed.mean != saved["mean"]
+    data = yaml.safe_load((run / "config.yaml").read_text())
+    data["data"]["stream_threshold_gb"] = 1e-9
+    (run / "config.yaml").write_text(yaml.safe_dump(data))
+    assert not resume(run, progress=False).interrupted
+    meta = load_checkpoint(run, which="last").meta
+    assert meta["epoch"] == 2 and (meta["mean"], meta["std"]) == (saved["mean"], saved["std"])
 
 
 class _SignalAtEpochEnd(Callback):

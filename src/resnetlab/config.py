@@ -88,6 +88,19 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, ge=0, lt=1)  # of the training split, stratified, seeded
     subset: int | float | None = Field(None, gt=0)  # of the training pool (before the val hold-out): float <= 1 a fraction, int a count; test is never reduced
     download: bool = False
+    stream_threshold_gb: float = Field(2.0, gt=0)  # image folders larger than this as uint8 (GB, 1e9 bytes) stream from disk
+    cache: bool | str = False  # streaming only: memory-mapped cache of the resized images; true = PATH/.resnetlab-cache, or a folder
+    num_workers: int = Field(2, ge=0)  # decode processes of a streaming image folder; 0 = in the training process
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_folder(cls, v: Any) -> bool | str:
+        if v is None or isinstance(v, bool):
+            return bool(v)
+        if not isinstance(v, (str, os.PathLike)) or not str(v).strip():
+            raise ValueError(f"must be false, true (PATH/.resnetlab-cache) or a folder path, got {v!r}")
+        # absolute, like the image folder: evaluate and resume read it from config.yaml anywhere
+        return os.path.abspath(os.path.expanduser(str(v).strip()))
 
     @field_validator("name")
     @classmethod
@@ -104,7 +117,8 @@ class DataConfig(_Section):
         """Arguments of :func:`resnetlab.data.load_dataset` (besides the name) for this config.
 
         The trainer and every command that rebuilds a run's dataset call this, so the
-        validation split and subset are the same everywhere.
+        validation split and subset are the same everywhere. ``num_workers`` is the loaders'
+        (:func:`resnetlab.data.build_loader`), not a loading option.
         """
         return {
             "root": self.root,
@@ -113,6 +127,8 @@ class DataConfig(_Section):
             "subset": self.subset,
             "seed": seed,
             "download": self.download,
+            "stream_threshold_gb": self.stream_threshold_gb,
+            "cache": self.cache or None,
         }
 
 

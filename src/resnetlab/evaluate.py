@@ -295,6 +295,7 @@ class SplitSource:
     std: list[float]
     augment: list[Any]
     tta_flip: bool
+    num_workers: int = 2  # decode processes when the split streams (the run's data.num_workers)
 
     def images(self, indices: torch.Tensor) -> torch.Tensor:
         """The images at ``indices`` as :meth:`loader` feeds them, before normalization: after
@@ -307,7 +308,7 @@ class SplitSource:
         from resnetlab.data import build_loader
 
         return build_loader(self.imageset, batch_size=batch_size, train=False, augment=self.augment,
-                            mean=self.mean, std=self.std, device=device)  # fmt: skip
+                            mean=self.mean, std=self.std, device=device, num_workers=self.num_workers)  # fmt: skip
 
 
 def tta_flip_of(meta: dict[str, Any]) -> bool:
@@ -340,6 +341,7 @@ def open_split(checkpoint_or_run, split: str, data_root=None, splits=None, which
     change = fingerprint_change((meta.get("splits") or {}).get(split), imageset, split)
     if change:  # the figures are then not comparable with the run's
         log.warning("%s", change)
+    workers = (config.get("data") or {}).get("num_workers", 2)
     return SplitSource(
         ckpt=ckpt,
         splits=splits,
@@ -349,6 +351,7 @@ def open_split(checkpoint_or_run, split: str, data_root=None, splits=None, which
         std=meta.get("std") or list(splits.std),
         augment=config.get("augment") or [],
         tta_flip=tta_flip_of(meta),
+        num_workers=workers if isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0 else 2,
     )
 
 

@@ -97,7 +97,8 @@ TIMING_METRICS = ("train_time_s", "images_per_s")  # depend on the machine and o
 SMOKE_TEST_IMAGES = 512  # smoke studies evaluate a stratified subset of the test split
 # Keys that do not change what a run computes: ignored when deciding whether a cell folder
 # holds this cell's run (the study sets them per execution mode).
-_EXECUTION_KEYS = ("output", "train.num_threads", "train.tune_malloc")
+# The data keys say only how images are read (a resume keeps its checkpoint's mean/std).
+_EXECUTION_KEYS = ("output", "train.num_threads", "train.tune_malloc", "data.stream_threshold_gb", "data.cache", "data.num_workers")
 
 
 # ---------------------------------------------------------------------------------------

@@ -230,6 +230,8 @@ class Trainer:
         run_dir: the run folder (created; must not hold another run unless resuming).
         progress: show a progress bar (defaults to "stderr is a terminal").
         callbacks: extra callbacks.
+        normalization: ``(mean, std)`` to normalize with instead of the dataset's (or the
+            pretrained source's): a resume's, from its checkpoint.
 
     Example:
         >>> from resnetlab.config import load_config
@@ -237,7 +239,8 @@ class Trainer:
         >>> Trainer(cfg, "runs/x").fit()  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: Config, run_dir: str | os.PathLike, progress: bool | None = None, callbacks: Sequence[Callback] = ()):
+    def __init__(self, cfg: Config, run_dir: str | os.PathLike, progress: bool | None = None, callbacks: Sequence[Callback] = (),
+                 normalization: tuple[Sequence[float], Sequence[float]] | None = None):  # fmt: skip
         from resnetlab.data import build_loader, load_dataset, output_shape
         from resnetlab.data.augment import eval_transforms
         from resnetlab.models import create_model
@@ -274,13 +277,18 @@ class Trainer:
             pre = {**pre, "mean": list(pre["mean"]) * s.image_shape[0], "std": list(pre["std"]) * s.image_shape[0]}
         if pre and pre.get("mean") and len(pre["mean"]) == s.image_shape[0]:
             self.mean, self.std = list(pre["mean"]), list(pre["std"])
+        if normalization is not None and all(len(v) == s.image_shape[0] for v in normalization):
+            # a resume goes on with what its weights were trained with: the dataset's estimate can
+            # differ (a folder that streams now and did not then: from 2,000 images, not all)
+            self.mean, self.std = [float(v) for v in normalization[0]], [float(v) for v in normalization[1]]
         bs = cfg.train.batch_size
         if bs > len(s.train):
             raise ConfigError(f"train.batch_size={bs} is larger than the training split ({len(s.train)} images); lower it")
         if bs > len(s.train) // self.world_size:  # each process drops its last partial batch
             raise ConfigError(f"train.batch_size={bs} per process is larger than each of the {self.world_size} processes' "
                               f"share of the training split ({len(s.train) // self.world_size} images); lower it")  # fmt: skip
-        common = dict(mean=self.mean, std=self.std, device=self.device, seed=cfg.seed, channels_last=cfg.train.channels_last)
+        common = dict(mean=self.mean, std=self.std, device=self.device, seed=cfg.seed, channels_last=cfg.train.channels_last,
+                      num_workers=d.num_workers)  # fmt: skip
         self.train_loader = build_loader(
             s.train, bs, train=True, augment=cfg.augment, rank=self.rank, world_size=self.world_size, **common
         )
@@ -389,7 +397,9 @@ class Trainer:
             every: list[Any] = [None] * self.world_size
             torch.distributed.all_gather_object(every, mine)
             # what may differ between machines: where the data lives, threads, what rank 0 writes
-            per_node = (*RESUME_MAY_CHANGE, "data.root")
+            # (not data.stream_threshold_gb: a node that streams where another holds the images may
+            # split and normalize them differently)
+            per_node = (*(k for k in RESUME_MAY_CHANGE if k != "data.stream_threshold_gb"), "data.root")
             for rank, theirs in enumerate(every):
                 diff = config_difference(every[0], theirs, ignore=per_node, labels=("rank 0", f"rank {rank}"))
                 if diff:
@@ -934,7 +944,7 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResul
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
     candidates = ckpt.resume_candidates(run_dir)
     _check_resume_config(run_dir, cfg, candidates)
-    trainer = Trainer(cfg, run_dir, progress=progress)
+    trainer = Trainer(cfg, run_dir, progress=progress, normalization=_checkpoint_normalization(candidates))
     loaded = None
     problems = []
     for cand in candidates:
@@ -980,7 +990,10 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResul
 # What a resume may change in config.yaml: where and how fast it runs, and what it writes at the end.
 # Anything else (epochs, batch size, schedule, data ...) would continue the saved optimizer and
 # schedule state under another plan: a cosine schedule sized for 2 epochs trained epochs 3-4 at lr 0.
-RESUME_MAY_CHANGE = ("name", "output", "train.num_threads", "train.tune_malloc", "train.device", "train.compile")
+# The data keys only say how the images are read (streamed or held, cached, decoded by how many
+# processes); a resume normalizes with its checkpoint's mean/std, whichever way they are read.
+RESUME_MAY_CHANGE = ("name", "output", "train.num_threads", "train.tune_malloc", "train.device", "train.compile",
+                     "data.stream_threshold_gb", "data.cache", "data.num_workers")  # fmt: skip
 
 
 def _check_resume_config(run_dir: Path, cfg: Config, candidates: Sequence[Path]) -> None:
@@ -1010,6 +1023,18 @@ def _check_resume_config(run_dir: Path, cfg: Config, candidates: Sequence[Path])
                 f"(--pretrained {run_dir} starts it from these weights)"
             )
         return
+
+
+def _checkpoint_normalization(candidates: Sequence[Path]) -> tuple[list[float], list[float]] | None:
+    """The mean/std the run was trained with, from the first of its checkpoints that records them."""
+    for cand in candidates:
+        try:
+            meta = ckpt.load_meta(cand)
+        except CheckpointError:
+            continue
+        if isinstance(meta.get("mean"), list) and isinstance(meta.get("std"), list):
+            return meta["mean"], meta["std"]
+    return None
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
