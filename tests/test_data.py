@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import needs_fmnist
+from conftest import needs_fmnist, write_png_folder
 
 from resnetlab.data import DATASET_NAMES, build_loader, load_dataset, load_images, preprocess, stratified_split
 from resnetlab.errors import DataError
@@ -452,6 +452,50 @@ def test_the_stream_cache_never_serves_stale_or_blank_pixels(tmp_path):
         _save(p, np.full((8, 8, 3), 200, np.uint8))
     train2, changed = _stream_pixels(tmp_path, name)
     assert train2.cache != cached and all(abs(v - 200) < 0.5 for v in changed.values())
+
+
+@pytest.mark.parametrize("failure", ["full-disk", "read-only"])
+def test_a_stream_cache_that_cannot_be_made_is_skipped_with_one_warning(tmp_path, monkeypatch, caplog, failure):
+    # The cache was a sparse file written through a memmap: a full disk killed the run with
+    # SIGBUS (exit 135, no checkpoint), a read-only folder with "[Errno 30] Read-only file system".
+    import errno
+
+    name = write_png_folder(tmp_path / "imgs")
+    s = load_dataset(name, image_size=8, val_fraction=0.0, stream_threshold_gb=1e-9, cache=tmp_path / "cache")
+    reserved = []
+    if failure == "full-disk":
+        def fallocate(fd, offset, length):
+            reserved.append(length)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "posix_fallocate", fallocate)
+        why = "No space left on device"
+    else:
+        def mkdir(self, *args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        why = "Read-only file system"
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        dl = build_loader(s.train, batch_size=8, train=False, num_workers=0)
+        n = sum(len(idx) for _, _, idx in dl.iter_epoch(0))
+    assert n == len(s.train)  # decoded without the cache
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and f"image cache folder {tmp_path / 'cache'} is not used ({why}" in warned[0]
+    assert reserved == ([len(s.train)] if failure == "full-disk" else [])  # the flags' blocks were asked for first
+    assert not list(tmp_path.joinpath("cache").glob("*"))  # no half-made file left behind
+
+
+def test_the_stream_cache_reserves_its_blocks_up_front(tmp_path, monkeypatch):
+    reserved = []
+    real = os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, off, n: (reserved.append(n), real(fd, off, n))[1])
+    name = write_png_folder(tmp_path / "imgs")
+    s = load_dataset(name, image_size=8, val_fraction=0.0, stream_threshold_gb=1e-9, cache=tmp_path / "cache")
+    build_loader(s.train, batch_size=8, train=False, num_workers=0)
+    n = len(s.train)
+    assert reserved == [n, n * 3 * 8 * 8]
+    assert os.stat(s.train.cache).st_blocks * 512 >= n * 3 * 8 * 8  # allocated, not sparse
 
 
 # ---------------------------------------------------------------------------------------------

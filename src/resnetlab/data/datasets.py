@@ -21,6 +21,8 @@ The data root is ``root`` if given, else ``$RESNETLAB_DATA``, else ``~/.cache/re
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import hashlib
 import logging
@@ -277,6 +279,55 @@ def cache_file_for(imageset: ImageSet, folder: str | os.PathLike, split: str) ->
     digest = hashlib.sha1((listing + repr(imageset.image_shape)).encode()).hexdigest()[:12]
     c, h, w = imageset.image_shape
     return str(Path(folder) / f"{split}-{c}x{h}x{w}-{digest}.u8")
+
+
+def _allocate(path: str, size: int) -> None:
+    """A zero-filled file of ``size`` bytes at ``path``, its blocks reserved on disk, written under a
+    temporary name and renamed into place (a reader never sees it half made)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            if size and hasattr(os, "posix_fallocate"):
+                # real blocks now: a full disk fails here, not as SIGBUS at a memmap write mid-epoch
+                os.posix_fallocate(f.fileno(), 0, size)
+            else:
+                f.truncate(size)  # sparse (no posix_fallocate on this platform)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def reserve_cache(path: str, rows: int, image_shape: tuple[int, int, int]) -> bool:
+    """Make the memory-mapped cache ``path`` (``rows`` uint8 images of ``image_shape``) and its
+    ``path + ".done"`` flags (one byte per row, all 0) unless both exist at those sizes.
+
+    Returns:
+        ``False`` after one warning naming the folder and the reason when they cannot be made or
+        written (a read-only folder, a full disk): streaming then decodes every image each epoch.
+    """
+    pixels, flags = path, path + ".done"
+    size = rows * int(np.prod(image_shape))
+    folder = str(Path(path).parent)
+
+    def has(p: str, n: int) -> bool:
+        return os.path.isfile(p) and os.path.getsize(p) == n
+
+    try:
+        if has(pixels, size) and has(flags, rows):
+            if not (os.access(pixels, os.W_OK) and os.access(flags, os.W_OK)):
+                raise PermissionError(errno.EACCES, "its files are not writable")
+            return True
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        # the flags first: a (re)made pixel file never meets the old "done" flags
+        _allocate(flags, rows)
+        _allocate(pixels, size)
+        return True
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        log.warning("image cache folder %s is not used (%s, for %.2f GB); decoding the images in every epoch instead", folder, why, size / 1e9)
+        return False
 
 
 def _resize_all(images: torch.Tensor, size: tuple[int, int], chunk: int = 4096) -> torch.Tensor:

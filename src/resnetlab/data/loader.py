@@ -28,16 +28,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from resnetlab.data.augment import build_augment
-from resnetlab.data.datasets import ImageSet
+from resnetlab.data.datasets import ImageSet, reserve_cache
 from resnetlab.data.images import read_image
 from resnetlab.errors import DataError
 
@@ -240,11 +238,11 @@ class _DecodeDataset(torch.utils.data.Dataset):
     """Item ``i`` -> (uint8 image, target, i, ok). A file that fails to decode gives ok=False
     instead of an exception, so one bad file never kills an epoch."""
 
-    def __init__(self, imageset: ImageSet) -> None:
+    def __init__(self, imageset: ImageSet, cache: str | None) -> None:
         self.paths = imageset.paths
         self.targets = imageset.targets
         self.shape = imageset.image_shape
-        self.cache_path = imageset.cache
+        self.cache_path = cache
         self._cache: np.memmap | None = None
         self._flags: np.memmap | None = None
 
@@ -285,16 +283,8 @@ class StreamLoader(_BaseLoader):
         if imageset.paths is None:
             raise DataError("StreamLoader needs an ImageSet with paths")
         self.num_workers = max(0, int(num_workers))
-        if imageset.cache:
-            n = len(imageset)
-            Path(imageset.cache).parent.mkdir(parents=True, exist_ok=True)
-            fresh = False  # a (re)created pixel file must never keep the old "done" flags
-            for path, size in ((imageset.cache, n * int(np.prod(imageset.image_shape))), (imageset.cache + ".done", n)):
-                if fresh or not os.path.exists(path) or os.path.getsize(path) != size:
-                    with open(path, "wb") as f:
-                        f.truncate(size)  # sparse zero file; ".done" flags all 0
-                    fresh = True
-        self._data = _DecodeDataset(imageset)
+        cache = imageset.cache if imageset.cache and reserve_cache(imageset.cache, len(imageset), imageset.image_shape) else None
+        self._data = _DecodeDataset(imageset, cache)
         self._warned: set[int] = set()
 
     def iter_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
