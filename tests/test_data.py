@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import needs_fmnist, write_png_folder
 
 from resnetlab.data import DATASET_NAMES, build_loader, load_dataset, load_images, preprocess, stratified_split
+from resnetlab.data.datasets import open_cache
 from resnetlab.errors import DataError
 
 
@@ -422,8 +423,8 @@ def test_imagefolder_streaming_with_cache_matches_in_memory(tmp_path, caplog):
         assert seen == len(big.train) - 1
         warned = [r.getMessage() for r in caplog.records if "truncated.jpg" in r.getMessage()]
         assert len(warned) == int(epoch == 0)  # the loader warns once per file, not per epoch
-    flags = np.fromfile(big.train.cache + ".done", dtype=np.uint8)
-    assert int(flags.sum()) == seen  # every decodable training image was cached
+    flags, _ = open_cache(big.train.cache, big.image_shape)
+    assert int(flags.sum()) == seen  # every decodable training image was cached (the test split's rows not yet)
 
 
 def _stream_pixels(tmp_path, name):
@@ -442,7 +443,7 @@ def test_the_stream_cache_never_serves_stale_or_blank_pixels(tmp_path):
     train, first = _stream_pixels(tmp_path, name)
     assert all(abs(v - 10) < 0.5 for v in first.values())  # decoded and cached
     cached = train.cache
-    # the pixel file lost, its "done" flags kept: not a cache of zeros
+    # the cache file lost: made again, not a cache of zeros (flags and pixels are one file)
     os.remove(cached)
     _, again = _stream_pixels(tmp_path, name)
     assert all(abs(v - 10) < 0.5 for v in again.values())
@@ -461,7 +462,6 @@ def test_a_stream_cache_that_cannot_be_made_is_skipped_with_one_warning(tmp_path
     import errno
 
     name = write_png_folder(tmp_path / "imgs")
-    s = load_dataset(name, image_size=8, val_fraction=0.0, stream_threshold_gb=1e-9, cache=tmp_path / "cache")
     reserved = []
     if failure == "full-disk":
         def fallocate(fd, offset, length):
@@ -477,12 +477,13 @@ def test_a_stream_cache_that_cannot_be_made_is_skipped_with_one_warning(tmp_path
         monkeypatch.setattr(Path, "mkdir", mkdir)
         why = "Read-only file system"
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        s = load_dataset(name, image_size=8, val_fraction=0.0, stream_threshold_gb=1e-9, cache=tmp_path / "cache")
         dl = build_loader(s.train, batch_size=8, train=False, num_workers=0)
         n = sum(len(idx) for _, _, idx in dl.iter_epoch(0))
-    assert n == len(s.train)  # decoded without the cache
+    assert s.train.cache is None and n == len(s.train)  # decoded without the cache
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and f"image cache folder {tmp_path / 'cache'} is not used ({why}" in warned[0]
-    assert reserved == ([len(s.train)] if failure == "full-disk" else [])  # the flags' blocks were asked for first
+    assert reserved == ([16 + 40 * (1 + 3 * 8 * 8)] if failure == "full-disk" else [])  # header, flags, pixels
     assert not list(tmp_path.joinpath("cache").glob("*"))  # no half-made file left behind
 
 
@@ -493,9 +494,58 @@ def test_the_stream_cache_reserves_its_blocks_up_front(tmp_path, monkeypatch):
     name = write_png_folder(tmp_path / "imgs")
     s = load_dataset(name, image_size=8, val_fraction=0.0, stream_threshold_gb=1e-9, cache=tmp_path / "cache")
     build_loader(s.train, batch_size=8, train=False, num_workers=0)
-    n = len(s.train)
-    assert reserved == [n, n * 3 * 8 * 8]
-    assert os.stat(s.train.cache).st_blocks * 512 >= n * 3 * 8 * 8  # allocated, not sparse
+    size = 16 + 40 * (1 + 3 * 8 * 8)  # header, a flag and the pixels of every image of the folder
+    assert reserved == [size] and os.path.getsize(s.train.cache) == size
+    assert os.stat(s.train.cache).st_blocks * 512 >= size  # allocated, not sparse
+
+
+def test_one_stream_cache_serves_every_split_and_seed_and_stale_ones_are_removed(tmp_path, caplog):
+    # The cache was keyed per split and per seed (a 3-seed study kept 3 copies) and never pruned.
+    name = write_png_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    mem = load_dataset(name, image_size=8, val_fraction=0.25, seed=0)
+    ref = {p: mem.train.images[i] for i, p in enumerate(mem.train.paths)}
+    ref.update({p: mem.val.images[i] for i, p in enumerate(mem.val.paths)})
+    ref.update({p: mem.test.images[i] for i, p in enumerate(mem.test.paths)})
+    kw = dict(image_size=8, val_fraction=0.25, subset=28, stream_threshold_gb=1e-9, cache=cache)
+    seeds = [load_dataset(name, seed=0, **{**kw, "subset": None})] + [load_dataset(name, seed=seed, **kw) for seed in (1, 2)]
+    assert {s.cache for d in seeds for s in (d.train, d.val, d.test)} == {seeds[0].train.cache}
+    assert [p.name for p in cache.iterdir()] == [os.path.basename(seeds[0].train.cache)]
+    assert sorted(seeds[1].train.paths) != sorted(seeds[2].train.paths)  # other subsets and splits, one cache
+    # seed 0's splits fill the cache; with the files gone, seed 1's splits read every image from it
+    for split in ("train", "val", "test"):
+        list(build_loader(getattr(seeds[0], split), 8, train=False, num_workers=0).iter_epoch(0))
+    assert int(open_cache(seeds[0].train.cache, (3, 8, 8))[0].sum()) == 40
+    moved = tmp_path / "moved"
+    os.rename(tmp_path / "imgs", moved)
+    try:
+        for split in ("train", "val", "test"):
+            part = getattr(seeds[1], split)
+            served = 0
+            for x, _, idx in build_loader(part, 8, train=False, num_workers=1).iter_epoch(0):
+                for k, i in enumerate(idx.tolist()):
+                    assert torch.equal((x[k] * 255).round().to(torch.uint8), ref[part.paths[i]])
+                served += len(idx)
+            assert served == len(part)  # none had to be decoded (the files are gone)
+    finally:
+        os.rename(moved, tmp_path / "imgs")
+    # another image size, another image folder: caches of their own, kept
+    other = write_png_folder(tmp_path / "other", n=8)
+    kept = {load_dataset(name, seed=0, **{**kw, "image_size": 6}).train.cache,
+            load_dataset(other, seed=0, **{**kw, "subset": None}).train.cache}  # fmt: skip
+    # the folder changed: a new cache, and the old listing's is removed (and said so)
+    running = build_loader(seeds[2].train, 8, train=False, num_workers=0)  # a run still on the old listing
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "imgs" / "c0" / "new.png")
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        new = load_dataset(name, seed=0, **kw).train.cache
+    assert new != seeds[0].train.cache
+    assert sorted(str(p) for p in cache.iterdir()) == sorted({new, *kept})
+    assert any(f"removed 1 stale image cache file(s) of {tmp_path / 'imgs'}" in r.getMessage()
+               and os.path.basename(seeds[0].train.cache) in r.getMessage() for r in caplog.records)  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        assert sum(len(idx) for _, _, idx in running.iter_epoch(0)) == len(seeds[2].train)  # decoded instead
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"image cache {seeds[2].train.cache} could not be opened"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ class ImageSet:
         image_shape: ``(C, H, W)`` of every item.
         classes: class names (shared by all splits).
         cache: optional path of a memory-mapped cache of the resized images (streaming only).
+        cache_rows: int64 ``(N,)`` row of each item in ``cache`` (``None``: item ``i`` is row ``i``);
+            the splits and subsets of one image folder share its one cache.
     """
 
     targets: torch.Tensor
@@ -72,9 +74,14 @@ class ImageSet:
     images: torch.Tensor | None = None
     paths: list[str] | None = None
     cache: str | None = None
+    cache_rows: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.targets = torch.as_tensor(self.targets, dtype=torch.int64)
+        if self.cache_rows is not None:
+            self.cache_rows = torch.as_tensor(self.cache_rows, dtype=torch.int64)
+            if len(self.cache_rows) != len(self.targets):
+                raise ValueError(f"ImageSet: {len(self.cache_rows)} cache rows but {len(self.targets)} targets")
         if self.images is None and self.paths is None:
             raise ValueError("ImageSet needs images or paths")
         n = len(self.targets)
@@ -103,13 +110,17 @@ class ImageSet:
     def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> ImageSet:
         """A new ImageSet with the given items (in that order)."""
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        rows = self.cache_rows
+        if rows is None and self.cache:
+            rows = torch.arange(len(self))
         return ImageSet(
             targets=self.targets[idx],
             image_shape=self.image_shape,
             classes=self.classes,
             images=None if self.images is None else self.images[idx],
             paths=None if self.paths is None else [self.paths[int(i)] for i in idx],
-            cache=None,  # a cache is indexed by the parent's order; a subset re-decodes
+            cache=self.cache,  # the parent's: the subset's items keep their rows
+            cache_rows=None if rows is None else rows[idx],
         )
 
     def get(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -271,19 +282,83 @@ def _stamp(path: str) -> str:
     return f"{path}\t{st.st_size}\t{st.st_mtime_ns}"
 
 
-def cache_file_for(imageset: ImageSet, folder: str | os.PathLike, split: str) -> str:
-    """Path of the memory-mapped cache for ``imageset`` in ``folder``; the name hashes the file
-    list with each file's size and modification time, and the image shape, so a changed folder,
-    a rewritten file or another size gets a fresh cache."""
-    listing = "\n".join(_stamp(p) for p in imageset.paths or [])
-    digest = hashlib.sha1((listing + repr(imageset.image_shape)).encode()).hexdigest()[:12]
-    c, h, w = imageset.image_shape
-    return str(Path(folder) / f"{split}-{c}x{h}x{w}-{digest}.u8")
+def _cache_prefix(source: str | os.PathLike, image_shape: tuple[int, int, int]) -> str:
+    """``NAME-FOLDERHASH-CxHxW-``: what the cache files of one image folder at one size share
+    (a cache folder may serve several image folders)."""
+    src = os.path.abspath(os.path.expanduser(str(source)))
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(src).name) or "folder"
+    c, h, w = image_shape
+    return f"{name}-{hashlib.sha1(src.encode()).hexdigest()[:8]}-{c}x{h}x{w}-"
 
 
-def _allocate(path: str, size: int) -> None:
-    """A zero-filled file of ``size`` bytes at ``path``, its blocks reserved on disk, written under a
-    temporary name and renamed into place (a reader never sees it half made)."""
+def cache_file_for(paths: Sequence[str], image_shape: tuple[int, int, int], folder: str | os.PathLike, source: str | os.PathLike) -> str:
+    """Path in ``folder`` of the one memory-mapped cache of the image folder ``source``, whose rows
+    are ``paths`` (every split's files, in order). The name hashes the listing with each file's size
+    and modification time, and the image shape, so a changed folder, a rewritten file or another
+    size gets a fresh cache; every split and seed of the same folder and size shares it."""
+    listing = "\n".join(_stamp(p) for p in paths)
+    digest = hashlib.sha1((listing + repr(tuple(image_shape))).encode()).hexdigest()[:12]
+    return str(Path(folder) / f"{_cache_prefix(source, image_shape)}{digest}.u8")
+
+
+def _prune_stale_caches(path: str, source: str | os.PathLike, image_shape: tuple[int, int, int]) -> None:
+    """Remove the caches of ``source`` at this size other than ``path``: made for an earlier listing
+    of the folder, they would never be read again."""
+    folder, keep = Path(path).parent, Path(path).name
+    prefix = _cache_prefix(source, image_shape)
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(prefix) and p.name.endswith(".u8") and p.name != keep:
+            with contextlib.suppress(OSError):
+                size = p.stat().st_size
+                p.unlink()
+                removed.append(f"{p.name} ({size / 1e9:.2f} GB)")
+    if removed:
+        log.info("removed %d stale image cache file(s) of %s from %s: %s", len(removed), source, folder, ", ".join(removed))
+
+
+# The cache file: a header (magic, row count), one "done" flag byte per row, then the rows' uint8
+# pixels. One file, replaced as a whole, so flags and pixels always belong together.
+_CACHE_MAGIC = b"RLCACHE1"
+_CACHE_HEADER = 16
+
+
+def _header_rows(f, image_shape: tuple[int, int, int]) -> int | None:
+    head = f.read(_CACHE_HEADER)
+    if len(head) < _CACHE_HEADER or head[:8] != _CACHE_MAGIC:
+        return None
+    rows = int.from_bytes(head[8:], "little")
+    return rows if os.fstat(f.fileno()).st_size == _CACHE_HEADER + rows * (1 + int(np.prod(image_shape))) else None
+
+
+def cache_layout(path: str, image_shape: tuple[int, int, int]) -> int | None:
+    """The row count of the cache file ``path`` for images of ``image_shape``, or ``None`` when it
+    is missing, is not a cache, or has another size than its header says."""
+    try:
+        with open(path, "rb") as f:
+            return _header_rows(f, image_shape)
+    except OSError:
+        return None
+
+
+def open_cache(path: str, image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(flags, pixels)`` of the cache file ``path``: writable uint8 views ``(rows,)`` and
+    ``(rows, C, H, W)`` of one mapping (a row is valid once its flag is 1).
+
+    Raises:
+        OSError: missing, unreadable, or not a cache of this image shape.
+    """
+    with open(path, "r+b") as f:  # one open file: header and views are of the same file, even if it is replaced
+        rows = _header_rows(f, image_shape)
+        if rows is None:
+            raise FileNotFoundError(errno.ENOENT, "not a cache of this image size", path)
+        m = np.memmap(f, dtype=np.uint8, mode="r+", offset=_CACHE_HEADER, shape=(rows * (1 + int(np.prod(image_shape))),))
+    return m[:rows], m[rows:].reshape(rows, *image_shape)
+
+
+def _allocate(path: str, size: int, header: bytes = b"") -> None:
+    """A zero-filled file of ``size`` bytes at ``path`` starting with ``header``, its blocks reserved
+    on disk, written under a temporary name and renamed into place (a reader never sees it half made)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -292,6 +367,7 @@ def _allocate(path: str, size: int) -> None:
                 os.posix_fallocate(f.fileno(), 0, size)
             else:
                 f.truncate(size)  # sparse (no posix_fallocate on this platform)
+            f.write(header)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -300,29 +376,23 @@ def _allocate(path: str, size: int) -> None:
 
 
 def reserve_cache(path: str, rows: int, image_shape: tuple[int, int, int]) -> bool:
-    """Make the memory-mapped cache ``path`` (``rows`` uint8 images of ``image_shape``) and its
-    ``path + ".done"`` flags (one byte per row, all 0) unless both exist at those sizes.
+    """Make the memory-mapped cache file ``path`` for ``rows`` uint8 images of ``image_shape`` (all
+    rows "not done"), unless a cache of at least ``rows`` rows is there.
 
     Returns:
-        ``False`` after one warning naming the folder and the reason when they cannot be made or
+        ``False`` after one warning naming the folder and the reason when it cannot be made or
         written (a read-only folder, a full disk): streaming then decodes every image each epoch.
     """
-    pixels, flags = path, path + ".done"
-    size = rows * int(np.prod(image_shape))
+    size = _CACHE_HEADER + rows * (1 + int(np.prod(image_shape)))
     folder = str(Path(path).parent)
-
-    def has(p: str, n: int) -> bool:
-        return os.path.isfile(p) and os.path.getsize(p) == n
-
     try:
-        if has(pixels, size) and has(flags, rows):
-            if not (os.access(pixels, os.W_OK) and os.access(flags, os.W_OK)):
-                raise PermissionError(errno.EACCES, "its files are not writable")
+        have = cache_layout(path, image_shape)
+        if have is not None and have >= rows:
+            if not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, "its file is not writable")
             return True
         Path(folder).mkdir(parents=True, exist_ok=True)
-        # the flags first: a (re)made pixel file never meets the old "done" flags
-        _allocate(flags, rows)
-        _allocate(pixels, size)
+        _allocate(path, size, _CACHE_MAGIC + rows.to_bytes(8, "little"))
         return True
     except OSError as exc:
         why = exc.strerror or str(exc)
@@ -639,11 +709,14 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
     streaming = n_total * channels * size[0] * size[1] > stream_threshold_gb * 1e9
 
     sets: dict[str, ImageSet] = {}
+    listing: list[str] = []  # streaming: every split's files, the rows of the folder's one cache
     for split, items in valid.items():
         paths = [f for f, _ in items]
         ys = [y for _, y in items]
         if streaming:
-            sets[split] = ImageSet(torch.tensor(ys, dtype=torch.int64), shape, classes, paths=paths)
+            rows = torch.arange(len(listing), len(listing) + len(paths))
+            listing += paths
+            sets[split] = ImageSet(torch.tensor(ys, dtype=torch.int64), shape, classes, paths=paths, cache_rows=rows)
             continue
         # Full decode now (threads: the decoders release the GIL); failures are skipped.
         def load(f: str) -> torch.Tensor | None:
@@ -679,7 +752,7 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
         full = sets["all"]
         keep, held = stratified_split(full.targets.numpy(), _TEST_FRACTION, _SPLIT_SEED)
         train, val, test = full.subset(keep), None, full.subset(held)
-    return train, val, test, classes, skipped
+    return train, val, test, classes, skipped, listing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -714,7 +787,10 @@ def load_dataset(
         download: fetch CIFAR / MNIST / Fashion-MNIST with torchvision when missing.
         stream_threshold_gb: image folders larger than this as uint8 stream from disk.
         cache: streaming only: a folder (or ``True`` for ``PATH/.resnetlab-cache``) for a
-            memory-mapped cache of the resized images, filled during the first epoch.
+            memory-mapped cache of the resized images, filled during the first epoch; one file per
+            folder listing and image size, shared by every split and seed (older listings' files
+            of the folder are removed when it is made). A cache that cannot be made (a full disk,
+            a read-only folder) is skipped with a warning.
         workers: decode threads for image folders (default: CPU count).
 
     Returns:
@@ -745,7 +821,7 @@ def load_dataset(
     else:
         if not arg:
             raise DataError("imagefolder needs a path: 'imagefolder:PATH'")
-        train, val, test, classes, skipped = _read_imagefolder(
+        train, val, test, classes, skipped, listing = _read_imagefolder(
             arg, size or (224, 224), stream_threshold_gb, workers or os.cpu_count() or 1
         )
 
@@ -781,9 +857,14 @@ def load_dataset(
             val = train.subset([])
 
     if cache and not train.in_memory:
-        cache_dir = Path(arg).expanduser() / ".resnetlab-cache" if isinstance(cache, bool) else Path(cache)
-        for split, s in (("train", train), ("val", val), ("test", test)):
-            s.cache = cache_file_for(s, cache_dir, split)
+        cache_dir = Path(arg).expanduser() / ".resnetlab-cache" if isinstance(cache, bool) else Path(cache).expanduser()
+        path = cache_file_for(listing, train.image_shape, cache_dir, arg)
+        fresh = cache_layout(path, train.image_shape) is None
+        if reserve_cache(path, len(listing), train.image_shape):
+            if fresh:
+                _prune_stale_caches(path, arg, train.image_shape)
+            for s in (train, val, test):
+                s.cache = path  # their cache_rows index it
 
     if train.in_memory:
         mean, std = _channel_stats(train.images)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from resnetlab.data.augment import build_augment
-from resnetlab.data.datasets import ImageSet, reserve_cache
+from resnetlab.data.datasets import ImageSet, open_cache, reserve_cache
 from resnetlab.data.images import read_image
 from resnetlab.errors import DataError
 
@@ -243,14 +243,19 @@ class _DecodeDataset(torch.utils.data.Dataset):
         self.targets = imageset.targets
         self.shape = imageset.image_shape
         self.cache_path = cache
-        self._cache: np.memmap | None = None
-        self._flags: np.memmap | None = None
+        # item i -> its row of the cache, which the folder's other splits share
+        # (a NumPy array: a list of Python ints would be copied into every worker as they touch it)
+        self.rows = np.arange(len(imageset)) if imageset.cache_rows is None else imageset.cache_rows.numpy()
+        self._cache: np.ndarray | None = None
+        self._flags: np.ndarray | None = None
 
     def _open_cache(self) -> None:
         if self.cache_path is not None and self._cache is None:
-            n = len(self.paths)
-            self._cache = np.memmap(self.cache_path, dtype=np.uint8, mode="r+", shape=(n, *self.shape))
-            self._flags = np.memmap(self.cache_path + ".done", dtype=np.uint8, mode="r+", shape=(n,))
+            try:
+                self._flags, self._cache = open_cache(self.cache_path, self.shape)
+            except OSError as exc:  # removed or replaced since the loader checked it (another run's)
+                log.warning("image cache %s could not be opened (%s); decoding without it", self.cache_path, exc.strerror or exc)
+                self.cache_path = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -258,15 +263,16 @@ class _DecodeDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         self._open_cache()
         c, h, w = self.shape
-        if self._flags is not None and self._flags[i]:
-            return torch.from_numpy(np.array(self._cache[i])), int(self.targets[i]), i, True
+        row = int(self.rows[i])
+        if self._flags is not None and self._flags[row]:
+            return torch.from_numpy(np.array(self._cache[row])), int(self.targets[i]), i, True
         try:
             img = read_image(self.paths[i], channels=c, size=(h, w))
         except Exception:  # corrupt / truncated / vanished: dropped from the batch, reported by the loader
             return torch.zeros(self.shape, dtype=torch.uint8), int(self.targets[i]), i, False
         if self._cache is not None:
-            self._cache[i] = img.numpy()
-            self._flags[i] = 1  # written after the pixels, so a crash leaves the entry "not done"
+            self._cache[row] = img.numpy()
+            self._flags[row] = 1  # written after the pixels, so a crash leaves the entry "not done"
         return img, int(self.targets[i]), i, True
 
 
@@ -283,7 +289,8 @@ class StreamLoader(_BaseLoader):
         if imageset.paths is None:
             raise DataError("StreamLoader needs an ImageSet with paths")
         self.num_workers = max(0, int(num_workers))
-        cache = imageset.cache if imageset.cache and reserve_cache(imageset.cache, len(imageset), imageset.image_shape) else None
+        rows = len(imageset) if imageset.cache_rows is None else int(imageset.cache_rows.max()) + 1 if len(imageset) else 0
+        cache = imageset.cache if imageset.cache and reserve_cache(imageset.cache, rows, imageset.image_shape) else None
         self._data = _DecodeDataset(imageset, cache)
         self._warned: set[int] = set()
 
