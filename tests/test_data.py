@@ -548,6 +548,37 @@ def test_one_stream_cache_serves_every_split_and_seed_and_stale_ones_are_removed
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"image cache {seeds[2].train.cache} could not be opened"]
 
 
+def test_streaming_mean_std_leave_out_undecodable_files_and_are_not_estimated_for_a_checkpoint(tmp_path, monkeypatch):
+    # Undecodable files counted as black images in the streaming estimate; evaluate and explain
+    # decoded up to 2,000 images for an estimate they never used (they take the checkpoint's).
+    import resnetlab.data.datasets as ds
+    from resnetlab.config import load_config
+    from resnetlab.data import read_image
+    from resnetlab.data.datasets import _channel_stats
+    from resnetlab.evaluate import load_splits_for
+
+    name = write_png_folder(tmp_path / "imgs")
+    whole = (tmp_path / "imgs" / "c0" / "000.png").read_bytes()
+    for j in range(4):  # headers read, pixels do not: listed when streaming
+        (tmp_path / "imgs" / f"c{j % 2}" / f"bad{j}.png").write_bytes(whole[: len(whole) // 2])
+    s = load_dataset(name, image_size=8, val_fraction=0.0, stream_threshold_gb=1e-9)
+    good = [p for p in s.train.paths if "bad" not in p]
+    assert len(good) < len(s.train)
+    expected = _channel_stats(torch.stack([read_image(p, channels=3, size=(8, 8)) for p in good]))
+    assert np.allclose(s.mean, expected[0], rtol=1e-12) and np.allclose(s.std, expected[1], rtol=1e-12)
+
+    decoded = []
+    monkeypatch.setattr(ds, "read_image", lambda *a, **k: decoded.append(a) or read_image(*a, **k))
+    cfg = load_config(None, [f"data.name={name}", "data.image_size=8", "data.stream_threshold_gb=1e-9"])
+    meta = {"config": cfg.model_dump(mode="json"), "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
+    splits = load_splits_for(meta)
+    assert not splits.train.in_memory and decoded == []  # nothing decoded to load the dataset
+    assert (splits.mean, splits.std) == (meta["mean"], meta["std"])
+    with pytest.raises(DataError, match=r"^the given normalization has 1 mean and 1 std values but imagefolder:.* has 3 "
+                                        r"channel\(s\) \(allowed: one of each per channel; a checkpoint of other images\?\)$"):
+        load_splits_for({**meta, "mean": [0.5], "std": [0.5]})
+
+
 # ---------------------------------------------------------------------------------------------
 # Predict helpers
 # ---------------------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def test_streaming_run_without_augmentation_equals_in_memory_and_resumes_exactly
     assert read_rows(run / "metrics.csv") == rows
 
 
-def test_a_resume_that_now_streams_the_folder_keeps_the_checkpoints_normalization(tmp_path):
+def test_a_resume_that_now_streams_the_folder_keeps_the_checkpoints_normalization(tmp_path, monkeypatch):
     # data.stream_threshold_gb may change on --resume, and a folder that streams now but was held
     # in memory gets other mean/std (an estimate from 2,000 images; here a truncated PNG, dropped in
     # memory but listed when streaming, changes the splits): the weights were trained with the
@@ -171,7 +171,12 @@ def test_a_resume_that_now_streams_the_folder_keeps_the_checkpoints_normalizatio
     data = yaml.safe_load((run / "config.yaml").read_text())
     data["data"]["stream_threshold_gb"] = 1e-9
     (run / "config.yaml").write_text(yaml.safe_dump(data))
+    import resnetlab.data.datasets as ds
+
+    decoded, real = [], ds.read_image
+    monkeypatch.setattr(ds, "read_image", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
     assert not resume(run, progress=False).interrupted
+    assert decoded == []  # no estimate decoded for the resume (the loaders decode on their own)
     meta = load_checkpoint(run, which="last").meta
     assert meta["epoch"] == 2 and (meta["mean"], meta["std"]) == (saved["mean"], saved["std"])
 

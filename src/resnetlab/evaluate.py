@@ -152,7 +152,8 @@ def load_splits_for(meta: dict[str, Any], data_root: str | os.PathLike | None = 
     """Rebuild the dataset a checkpoint was trained on, from ``meta["config"]["data"]``.
 
     Only keys that :func:`resnetlab.data.load_dataset` accepts are passed (a config's data
-    section may hold loader options too); ``data_root`` replaces the recorded root.
+    section may hold loader options too); ``data_root`` replaces the recorded root. The splits carry
+    the checkpoint's mean/std (what evaluation normalizes with) instead of computing them.
 
     Example:
         >>> splits = load_splits_for(load_checkpoint("runs/demo").meta)  # doctest: +SKIP
@@ -163,6 +164,10 @@ def load_splits_for(meta: dict[str, Any], data_root: str | os.PathLike | None = 
     kwargs = cfg.data.load_kwargs(cfg.seed)
     if data_root is not None:
         kwargs["root"] = str(data_root)
+    if isinstance(meta.get("mean"), list) and isinstance(meta.get("std"), list):
+        # evaluation normalizes with the checkpoint's values: no estimate to compute (a streaming
+        # folder's decodes up to 2,000 images)
+        kwargs["normalization"] = (meta["mean"], meta["std"])
     log.debug("rebuilding dataset %s with %s", cfg.data.name, kwargs)
     return load_dataset(cfg.data.name, **kwargs)
 

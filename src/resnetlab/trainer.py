@@ -262,7 +262,9 @@ class Trainer:
 
         # data -------------------------------------------------------------------------
         d = cfg.data
-        self.splits = load_dataset(d.name, **d.load_kwargs(cfg.seed))
+        # a resume's normalization is its checkpoint's: nothing to compute (a streaming folder's
+        # estimate decodes up to 2,000 images)
+        self.splits = load_dataset(d.name, **d.load_kwargs(cfg.seed), normalization=normalization)
         s = self.splits
         self.classes = list(s.classes)
         self.mean, self.std = list(s.mean), list(s.std)

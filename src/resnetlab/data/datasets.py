@@ -755,6 +755,20 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
     return train, val, test, classes, skipped, listing
 
 
+def _decodable_sample(imageset: ImageSet, count: int) -> torch.Tensor:
+    """Up to ``count`` evenly spaced images of a streaming set, decoded; files that do not decode
+    are left out (the loader drops them from its batches too), not counted as black images."""
+    c, h, w = imageset.image_shape
+    pick = np.linspace(0, len(imageset) - 1, num=min(count, len(imageset))).astype(np.int64)
+    images = []
+    for i in pick.tolist():
+        try:
+            images.append(read_image(imageset.paths[i], channels=c, size=(h, w)))
+        except Exception:  # corrupt / truncated / vanished, as the loader's decode
+            continue
+    return torch.stack(images) if images else torch.zeros((0, c, h, w), dtype=torch.uint8)
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
@@ -770,6 +784,7 @@ def load_dataset(
     stream_threshold_gb: float = 2.0,
     cache: str | os.PathLike | bool | None = None,
     workers: int | None = None,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> DatasetSplits:
     """Load a dataset by name as train / val / test splits.
 
@@ -792,6 +807,9 @@ def load_dataset(
             of the folder are removed when it is made). A cache that cannot be made (a full disk,
             a read-only folder) is skipped with a warning.
         workers: decode threads for image folders (default: CPU count).
+        normalization: ``(mean, std)`` the caller will normalize with (evaluate and explain: the
+            checkpoint's): returned as the splits' ``mean`` / ``std`` instead of computing them
+            (a streaming folder's estimate decodes up to 2,000 images).
 
     Returns:
         :class:`DatasetSplits` with ``mean`` / ``std`` from the training split.
@@ -866,12 +884,16 @@ def load_dataset(
             for s in (train, val, test):
                 s.cache = path  # their cache_rows index it
 
-    if train.in_memory:
+    if normalization is not None:
+        mean, std = (list(map(float, v)) for v in normalization)
+        if len(mean) != train.image_shape[0] or len(std) != train.image_shape[0]:
+            raise DataError(f"the given normalization has {len(mean)} mean and {len(std)} std values but {name} has "
+                            f"{train.image_shape[0]} channel(s) (allowed: one of each per channel; a checkpoint of other "
+                            f"images?)")  # fmt: skip
+    elif train.in_memory:
         mean, std = _channel_stats(train.images)
     else:
-        # Streaming: estimate from up to 2,000 evenly spaced training images.
-        pick = np.linspace(0, len(train) - 1, num=min(2000, len(train))).astype(np.int64)
-        mean, std = _channel_stats(train.get(pick))
+        mean, std = _channel_stats(_decodable_sample(train, 2000))
     log.info(
         "dataset %s: %d train / %d val / %d test, %d classes, shape %s",
         name, len(train), len(val), len(test), len(classes), "x".join(map(str, train.image_shape)),
