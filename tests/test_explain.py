@@ -456,7 +456,7 @@ def test_activation_maps_converts_rgb_with_notice(digits_run, tmp_path, caplog, 
     with caplog.at_level(logging.INFO, logger="resnetlab"):
         path = activation_maps(run, img, layers=["stem", "layer3"], max_channels=4)
     assert path == run / "explain" / "activations_rgb.png" and path.stat().st_size > 1000
-    assert "converted RGB image to 1 channel" in caplog.text
+    assert "converted 1 image(s) to 1 channel(s) (RGB: 1)" in caplog.text
     with Image.open(path) as im:
         assert im.size[0] > 100
     with pytest.raises(ValueError, match="unknown layer 'layer5'"):

@@ -118,7 +118,7 @@ def test_backend_registry_is_the_extension_point(shapes_run, monkeypatch):
     assert register_backend("x")(fake) is fake and BACKENDS.pop("x") is fake
 
 
-def test_collect_image_files(tmp_path):
+def test_collect_image_files(tmp_path, caplog):
     folder = make_image_folder(tmp_path / "f", per_class=2)
     (folder / "readme.txt").write_text("x")
     files = collect_image_files([folder, folder / "circle" / "circle_00.png"])
@@ -126,6 +126,15 @@ def test_collect_image_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image files in directory"):
         collect_image_files([tmp_path / "empty"])
+    # beside inputs that have images, an empty folder is named in a warning, not the end of the job
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        assert len(collect_image_files([tmp_path / "empty", folder])) == 6
+    assert "no image files in" in caplog.text and "predicting the other inputs" in caplog.text
+    # the JPEG spellings Pillow opens are images too (.jfif was left out of a folder)
+    (folder / "circle" / "circle_00.png").rename(folder / "circle" / "photo.jfif")
+    assert any(f.name == "photo.jfif" for f in collect_image_files([folder]))
     with pytest.raises(DataError, match="does not exist"):
         collect_image_files([tmp_path / "nothing-here"])
 

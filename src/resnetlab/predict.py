@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 __all__ = ["predict", "collect_image_files", "BACKENDS", "register_backend", "IMAGE_EXTENSIONS"]
 
 # Extensions picked up when walking a directory (files named explicitly may have any name).
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
+                              ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".avif"})  # fmt: skip
 
 # A backend factory: (checkpoint source, loaded meta or None, device) -> run(x) -> logits.
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -143,7 +144,8 @@ def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     are checked when decoded.
 
     Raises:
-        DataError: a path that does not exist, or a directory with no image files.
+        DataError: a path that does not exist, or no image file at all (a directory without
+            image files beside other inputs that have some is named in a warning).
 
     Example:
         >>> collect_image_files(["photos/", "cat.jpg"])  # doctest: +SKIP
@@ -151,6 +153,7 @@ def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     from resnetlab.data.datasets import is_hidden
 
     files: list[Path] = []
+    empty: list[str] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
@@ -158,14 +161,17 @@ def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
                 f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(f, p)
             )
             if not found:
-                raise DataError(
-                    f"no image files in directory {str(p)!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
-                )
+                empty.append(str(p))
             files.extend(found)
         elif p.is_file():
             files.append(p)
         else:
             raise DataError(f"image file or directory {str(p)!r} does not exist")
+    if empty:
+        looked = f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        if not files:
+            raise DataError(f"no image files in directory {' or '.join(repr(e) for e in empty)} {looked}")
+        log.warning("no image files in %s %s; predicting the other inputs", ", ".join(empty), looked)
     seen: set[Path] = set()
     unique = []
     for f in files:

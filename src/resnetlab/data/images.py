@@ -170,6 +170,7 @@ def load_images(paths: Sequence[str | os.PathLike], size: int | Sequence[int], c
         torch.Size([2, 3, 32, 32])
     """
     out = []
+    converted: dict[str, int] = {}  # source mode -> files converted: one log line, not one per file
     for p in paths:
         p = os.fspath(p)
         if os.path.isdir(p):
@@ -183,8 +184,11 @@ def load_images(paths: Sequence[str | os.PathLike], size: int | Sequence[int], c
             raise DataError(f"cannot read image {p!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         src = 1 if is_gray_mode(mode) else (3 if mode in ("RGB", "YCbCr", "P") else None)
         if src != channels:
-            log.info("%s: converted %s image to %d channel(s)", p, mode, channels)
+            converted[mode] = converted.get(mode, 0) + 1
         out.append(img)
+    if converted:
+        log.info("converted %d image(s) to %d channel(s) (%s)", sum(converted.values()), channels,
+                 ", ".join(f"{m}: {k}" for m, k in sorted(converted.items())))  # fmt: skip
     if not out:
         raise DataError("no image files given")
     return torch.stack(out)
