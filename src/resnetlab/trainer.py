@@ -315,6 +315,9 @@ class Trainer:
         # what predict / export need to reproduce evaluation's geometry on arbitrary files: the
         # size the dataset stores images at, then the deterministic transforms (resize, center-crop)
         self.data_shape = list(s.image_shape)
+        # image folders: which files each split holds, recorded in every checkpoint (computed once:
+        # a digest of every path, which a large folder would otherwise pay at each save)
+        self.split_fingerprints = {k: split_fingerprint(getattr(s, k)) for k in ("train", "val", "test")}
         self.eval_transforms = eval_transforms(cfg.augment)
 
         # model ------------------------------------------------------------------------
@@ -475,7 +478,7 @@ class Trainer:
             # the step counters, schedule length and data shards are per process: a resume needs as many
             "world_size": self.world_size,
             # image folders: which files each split held (evaluate and --resume say when the folder changed)
-            "splits": {k: split_fingerprint(getattr(self.splits, k)) for k in ("train", "val", "test")},
+            "splits": self.split_fingerprints,
         }
 
     def _eval_model(self) -> nn.Module:
