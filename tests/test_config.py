@@ -194,3 +194,13 @@ def test_smoke_uses_the_source_runs_smoke_folder_when_the_source_run_is_missing(
     src.mkdir()  # the real source run exists: it is used
     assert smoke_fallback(cfg).model.pretrained == str(src)
     assert smoke_fallback(smoke_config(load_config(None, ["model.pretrained=torchvision:IMAGENET1K_V1", "model.name=resnet18"]))).model.pretrained == "torchvision:IMAGENET1K_V1"
+
+
+def test_amp_off_is_off_although_yaml_reads_it_as_false(tmp_path):
+    # YAML 1.1 reads a bare `off` as False: `--set train.amp=off` and `amp: off` were refused
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  amp: off\n")
+    assert load_config(recipe).train.amp == "off"
+    with pytest.raises(ConfigError, match="config train.amp: got true .*allowed: auto, off, bf16, fp16"):
+        load_config(None, ["train.amp=on"])

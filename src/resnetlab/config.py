@@ -192,6 +192,17 @@ class TrainConfig(_Section):
     tune_malloc: bool = True  # keep freed tensor buffers in the process (glibc): no page faults per step
     eval_every: int = Field(1, ge=1)  # epochs between validations
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare off / no / false as False: `amp: off` and `--set train.amp=off`
+        # mean "off", not a wrong type
+        if v is False:
+            return "off"
+        if v is True:
+            raise ValueError("got true (YAML reads on / yes / true as a boolean); allowed: auto, off, bf16, fp16")
+        return v
+
 
 class OutputConfig(_Section):
     dir: str = "runs"  # parent of run folders
