@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from resnetlab.config import apply_overrides, config_keys, load_config, save_config, smoke_config, smoke_fallback
+from resnetlab.config import apply_overrides, config_keys, load_config, read_yaml, save_config, smoke_config, smoke_fallback
 from resnetlab.errors import ConfigError
 
 
@@ -204,3 +204,18 @@ def test_amp_off_is_off_although_yaml_reads_it_as_false(tmp_path):
     assert load_config(recipe).train.amp == "off"
     with pytest.raises(ConfigError, match="config train.amp: got true .*allowed: auto, off, bf16, fp16"):
         load_config(None, ["train.amp=on"])
+
+
+def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path):
+    # PyYAML keeps the last one: the first optim section (its lr) was dropped without a word
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  lr: 0.05\ntrain:\n  epochs: 2\noptim:\n  momentum: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(recipe)
+    assert str(info.value) == (f"config file {recipe}: key 'optim' appears twice (lines 1 and 5); "
+                               f"the second would replace the first: merge them into one")  # fmt: skip
+    recipe.write_text("train:\n  epochs: 2\n  batch_size: 8\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="key 'epochs' appears twice"):
+        load_config(recipe)
+    recipe.write_text("base: &b {lr: 0.05, momentum: 0.5}\noptim:\n  <<: *b\n  lr: 0.01\n")  # a merge key may be overridden
+    assert read_yaml(recipe)["optim"] == {"lr": 0.01, "momentum": 0.5}
