@@ -219,3 +219,17 @@ def test_a_key_given_twice_in_a_recipe_is_refused(tmp_path):
         load_config(recipe)
     recipe.write_text("base: &b {lr: 0.05, momentum: 0.5}\noptim:\n  <<: *b\n  lr: 0.01\n")  # a merge key may be overridden
     assert read_yaml(recipe)["optim"] == {"lr": 0.01, "momentum": 0.5}
+
+
+def test_string_flags_of_train_are_taken_as_typed():
+    # the flags became `key=value` overrides parsed as YAML: --name 2024 was refused as a number,
+    # --name 001 too, and a path's " #..." was cut off as a comment
+    from resnetlab.cli import build_parser
+    from resnetlab.cli.train import build_config
+
+    argv = ["train", "--name", "001", "--data", "imagefolder:/tmp/set #2", "--data-root", "/data/on", "--freeze-until", "2", "--lr", "1e-3"]
+    args = build_parser().parse_args(argv)
+    cfg = build_config(args)
+    assert cfg.name == "001" and cfg.data.name == "imagefolder:/tmp/set #2" and cfg.data.root == "/data/on"
+    assert cfg.model.freeze_until == 2 and cfg.optim.lr == 1e-3  # typed flags keep their types
+    assert build_config(build_parser().parse_args(["train", "--name", "2024"])).name == "2024"

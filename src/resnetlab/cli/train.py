@@ -27,6 +27,9 @@ SHORT_FLAGS = {
     "freeze_until": "model.freeze_until",
     "name": "name",
 }
+# flags whose value is a string as typed: quoted for the YAML parse of overrides, so a run named
+# 2024 or 001 stays a string and a path keeps a " #" (YAML would read a number, or cut a comment)
+VERBATIM_FLAGS = frozenset({"model", "norm", "data", "data_root", "optimizer", "schedule", "device", "pretrained", "name"})
 
 
 def add_config_args(p) -> None:
@@ -66,16 +69,18 @@ def register(sub) -> None:
 
 
 def collect_overrides(args) -> list[str]:
+    import json
+
     overrides = []
     for attr, key in SHORT_FLAGS.items():
         value = getattr(args, attr, None)
         if value is not None:
             if attr == "subset" and float(value).is_integer() and value > 1:
                 value = int(value)
+            if attr in VERBATIM_FLAGS:
+                value = json.dumps(value)  # a JSON string is a YAML double-quoted string
             overrides.append(f"{key}={value}")
     if getattr(args, "aug", None):
-        import json
-
         overrides.append(f"augment={json.dumps(args.aug)}")
     return overrides + list(args.overrides or [])
 
