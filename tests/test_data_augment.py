@@ -270,3 +270,19 @@ def test_crop_p_below_one_keeps_centre_window():
     y = build_augment("crop:padding=2,p=0.5", (1, 8, 8))(x)
     same = sum(bool(torch.equal(y[i], x[i])) for i in range(64))
     assert 16 < same < 56  # about half untouched (centre window == identity at full size)
+
+
+def test_mapping_parameters_read_like_the_string_form_whatever_yaml_made_of_them():
+    # YAML 1.1 reads 1e-2 (no dot) as a string: {salt-pepper: {amount: 1e-2}} was "not a number"
+    # while 'salt-pepper:amount=1e-2' worked
+    import yaml
+
+    spec = yaml.safe_load("[{salt-pepper: {amount: 1e-2}}, {blur: {sigma: [5e-1, 1]}}, {erasing: {scale: '(0.1, 0.2)'}}, "
+                          "{crop: {padding_mode: reflect}}]")  # fmt: skip
+    assert spec[0]["salt-pepper"]["amount"] == "1e-2"  # the quirk itself
+    items = parse_augment(spec)
+    assert [str(i) for i in items] == ["salt-pepper:amount=0.01", "blur:sigma=(0.5,1.0)", "erasing:scale=(0.1,0.2)",
+                                       "crop:padding_mode=reflect"]  # fmt: skip
+    assert items == parse_augment("salt-pepper:amount=1e-2 blur:sigma=(5e-1,1) erasing:scale=(0.1,0.2) crop:padding_mode=reflect")
+    with pytest.raises(DataError, match="amount='lots' is not a number"):
+        parse_augment([{"salt-pepper": {"amount": "lots"}}])

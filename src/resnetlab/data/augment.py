@@ -124,6 +124,16 @@ def _literal(text: str) -> Any:
         return text  # a bare word such as ``reflect``
 
 
+def _mapping_value(v: Any) -> Any:
+    """A parameter from a YAML mapping, read as the string form reads it: YAML 1.1 leaves
+    ``1e-2`` (no dot) and ``(0.5, 1)`` as strings, which ``salt-pepper:amount=1e-2`` parses."""
+    if isinstance(v, str):
+        return _literal(v.strip())
+    if isinstance(v, list):
+        return [_mapping_value(x) for x in v]
+    return v
+
+
 def _canonical(name: str) -> str:
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
@@ -267,7 +277,7 @@ def parse_augment(spec: str | Sequence[Any] | AugmentItem | None) -> list[Augmen
             params = {} if params is None else params
             if not isinstance(params, Mapping):
                 raise DataError(f"augmentation {name!r}: parameters must be a mapping, got {params!r}")
-            items.append(_item(name, params))
+            items.append(_item(name, {k: _mapping_value(v) for k, v in params.items()}))
         else:
             raise DataError(f"augmentation spec item {entry!r} must be a name, 'name:k=v' or a mapping")
     return items
