@@ -233,3 +233,12 @@ def test_string_flags_of_train_are_taken_as_typed():
     assert cfg.name == "001" and cfg.data.name == "imagefolder:/tmp/set #2" and cfg.data.root == "/data/on"
     assert cfg.model.freeze_until == 2 and cfg.optim.lr == 1e-3  # typed flags keep their types
     assert build_config(build_parser().parse_args(["train", "--name", "2024"])).name == "2024"
+
+
+def test_nesterov_without_sgd_momentum_is_refused():
+    # it was accepted and ignored (torch's Adam has no nesterov; SGD's needs a momentum)
+    with pytest.raises(ConfigError, match=r"optim.nesterov=true applies to SGD with momentum > 0 .*got optim.name=adam$"):
+        load_config(None, ["optim.nesterov=true", "optim.name=adam"])
+    with pytest.raises(ConfigError, match="got optim.momentum=0$"):
+        load_config(None, ["optim.nesterov=true", "optim.momentum=0"])
+    assert load_config(None, ["optim.nesterov=true"]).optim.nesterov

@@ -136,7 +136,7 @@ class OptimConfig(_Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)  # peak learning rate
     momentum: float = Field(0.9, ge=0, lt=1)  # SGD only; with schedule onecycle the momentum cycle replaces it
-    nesterov: bool = False  # SGD with momentum > 0 only (ignored by adam / adamw and without momentum)
+    nesterov: bool = False  # SGD with momentum > 0 only (refused with adam / adamw and with momentum 0)
     weight_decay: float = Field(5e-4, ge=0)
     exclude_norm_bias: bool = True  # no weight decay on norm and bias parameters
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)  # Adam / AdamW; with schedule onecycle the momentum cycle replaces beta1
@@ -252,6 +252,10 @@ class Config(_Section):
         if self.model.head_dropout > 0 and not self.model.head:
             raise ValueError(f"model.head_dropout applies between the layers of an MLP head; set model.head (e.g. [256]) "
                              f"or use model.dropout (before the classifier), got head_dropout={self.model.head_dropout}")  # fmt: skip
+        o = self.optim
+        if o.nesterov and (o.name != "sgd" or o.momentum == 0):
+            got = f"optim.name={o.name}" if o.name != "sgd" else "optim.momentum=0"
+            raise ValueError(f"optim.nesterov=true applies to SGD with momentum > 0 (optim.name=sgd, optim.momentum > 0), got {got}")
         s = self.schedule
         if s.base_momentum > s.max_momentum:
             raise ValueError(f"schedule.base_momentum={s.base_momentum} must be <= schedule.max_momentum={s.max_momentum}")
