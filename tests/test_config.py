@@ -242,3 +242,10 @@ def test_nesterov_without_sgd_momentum_is_refused():
     with pytest.raises(ConfigError, match="got optim.momentum=0$"):
         load_config(None, ["optim.nesterov=true", "optim.momentum=0"])
     assert load_config(None, ["optim.nesterov=true"]).optim.nesterov
+
+
+def test_grad_clip_mode_value_without_grad_clip_is_refused():
+    # it was accepted and nothing was clipped
+    with pytest.raises(ConfigError, match=r"^train.grad_clip_mode=value says how train.grad_clip clips, and train.grad_clip is not set"):
+        load_config(None, ["train.grad_clip_mode=value"])
+    assert load_config(None, ["train.grad_clip_mode=value", "train.grad_clip=0.1"]).train.grad_clip == 0.1

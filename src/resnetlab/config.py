@@ -177,7 +177,7 @@ class TrainConfig(_Section):
     iterations: int | None = Field(None, ge=1)  # total optimizer steps; overrides epochs
     batch_size: int = Field(128, ge=1)
     grad_clip: float | None = Field(None, gt=0)
-    grad_clip_mode: Literal["norm", "value"] = "norm"  # how train.grad_clip clips (used only when it is set)
+    grad_clip_mode: Literal["norm", "value"] = "norm"  # how train.grad_clip clips (value without grad_clip: an error)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     head_only_epochs: int = Field(0, ge=0)  # fine-tune: train only the head for N epochs first
     ema: float | None = Field(None, gt=0, lt=1)  # EMA decay of the weights (evaluated instead)
@@ -252,6 +252,9 @@ class Config(_Section):
         if self.model.head_dropout > 0 and not self.model.head:
             raise ValueError(f"model.head_dropout applies between the layers of an MLP head; set model.head (e.g. [256]) "
                              f"or use model.dropout (before the classifier), got head_dropout={self.model.head_dropout}")  # fmt: skip
+        if self.train.grad_clip_mode == "value" and self.train.grad_clip is None:
+            raise ValueError("train.grad_clip_mode=value says how train.grad_clip clips, and train.grad_clip is not set "
+                             "(nothing would be clipped); set it too, e.g. train.grad_clip=0.1")  # fmt: skip
         o = self.optim
         if o.nesterov and (o.name != "sgd" or o.momentum == 0):
             got = f"optim.name={o.name}" if o.name != "sgd" else "optim.momentum=0"
