@@ -249,3 +249,12 @@ def test_grad_clip_mode_value_without_grad_clip_is_refused():
     with pytest.raises(ConfigError, match=r"^train.grad_clip_mode=value says how train.grad_clip clips, and train.grad_clip is not set"):
         load_config(None, ["train.grad_clip_mode=value"])
     assert load_config(None, ["train.grad_clip_mode=value", "train.grad_clip=0.1"]).train.grad_clip == 0.1
+
+
+def test_sync_bn_with_a_norm_without_batch_statistics_is_refused():
+    # it was accepted and synchronised nothing ("sync_bn: ... in 0 layers")
+    for norm in ("gn", "gn-torch", "ln", "in", "none"):
+        with pytest.raises(ConfigError, match=f"^train.sync_bn=true shares batch statistics between processes, and model.norm={norm} has none"):
+            load_config(None, ["train.sync_bn=true", f"model.norm={norm}"])
+    for norm in ("bn", "bn-torch", "bin"):
+        assert load_config(None, ["train.sync_bn=true", f"model.norm={norm}"]).train.sync_bn

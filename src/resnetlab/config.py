@@ -187,7 +187,7 @@ class TrainConfig(_Section):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16 on CUDA compute capability >= 8 (Ampere+), else fp16 with loss scaling; off on CPU; bf16/fp16 on CPU: fp32 with a warning
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
-    sync_bn: bool = False  # batch statistics over all torchrun processes (SyncBatchNorm)
+    sync_bn: bool = False  # batch statistics over all torchrun processes (SyncBatchNorm); norm bn, bn-torch or bin
     num_threads: int | None = Field(None, ge=1)  # CPU threads; None = all cores
     tune_malloc: bool = True  # keep freed tensor buffers in the process (glibc): no page faults per step
     eval_every: int = Field(1, ge=1)  # epochs between validations
@@ -252,6 +252,9 @@ class Config(_Section):
         if self.model.head_dropout > 0 and not self.model.head:
             raise ValueError(f"model.head_dropout applies between the layers of an MLP head; set model.head (e.g. [256]) "
                              f"or use model.dropout (before the classifier), got head_dropout={self.model.head_dropout}")  # fmt: skip
+        if self.train.sync_bn and self.model.norm not in ("bn", "bn-torch", "bin"):
+            raise ValueError(f"train.sync_bn=true shares batch statistics between processes, and model.norm={self.model.norm} "
+                             f"has none (allowed with norm bn, bn-torch, bin)")  # fmt: skip
         if self.train.grad_clip_mode == "value" and self.train.grad_clip is None:
             raise ValueError("train.grad_clip_mode=value says how train.grad_clip clips, and train.grad_clip is not set "
                              "(nothing would be clipped); set it too, e.g. train.grad_clip=0.1")  # fmt: skip
