@@ -174,7 +174,7 @@ def test_every_config_key_is_documented():
 
 def test_boundary_values_of_the_schedule_and_dropout_and_empty_overrides():
     assert load_config(None, ["train.grad_clip="]).train.grad_clip is None  # "key=" sets None
-    cfg = load_config(None, ["schedule.base_momentum=0.9", "schedule.max_momentum=0.9"])  # a flat cycle is allowed
+    cfg = load_config(None, ["schedule.name=onecycle", "schedule.base_momentum=0.9", "schedule.max_momentum=0.9"])  # a flat cycle is allowed
     assert cfg.schedule.base_momentum == cfg.schedule.max_momentum == 0.9
     with pytest.raises(ConfigError, match="model.dropout"):
         load_config(None, ["model.dropout=1"])  # zeroes every feature
@@ -258,3 +258,28 @@ def test_sync_bn_with_a_norm_without_batch_statistics_is_refused():
             load_config(None, ["train.sync_bn=true", f"model.norm={norm}"])
     for norm in ("bn", "bn-torch", "bin"):
         assert load_config(None, ["train.sync_bn=true", f"model.norm={norm}"]).train.sync_bn
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["schedule.gamma=0.5"], "schedule.gamma=0.5 applies to schedule.name=step or multistep; schedule.name=cosine does not read it"),
+        (["schedule.name=step", "schedule.milestones=[0.3]"], "schedule.milestones=[0.3] applies to schedule.name=multistep;"),
+        (["schedule.name=multistep", "schedule.step_size=5"], "schedule.step_size=5.0 applies to schedule.name=step;"),
+        (["schedule.name=onecycle", "schedule.min_lr=0.001"], "schedule.min_lr=0.001 applies to schedule.name=cosine;"),
+        (["schedule.pct_start=0.3"], "schedule.pct_start=0.3 applies to schedule.name=onecycle; schedule.name=cosine"),
+        (["schedule.name=constant", "schedule.cycle_momentum=false"], "schedule.cycle_momentum=false applies to schedule.name=onecycle;"),
+    ],
+)
+def test_a_schedule_option_the_schedule_does_not_read_is_refused(overrides, expected):
+    # they were accepted and ignored: --set schedule.gamma=0.5 on the default cosine changed nothing
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert str(info.value).startswith(expected)
+
+
+def test_schedule_options_of_the_schedule_in_use_and_defaults_are_accepted():
+    assert load_config(None, ["schedule.name=step", "schedule.gamma=0.5", "schedule.step_size=3"]).schedule.gamma == 0.5
+    assert load_config(None, ["schedule.name=multistep", "schedule.milestones=[0.3]", "schedule.gamma=0.2"]).schedule.milestones == [0.3]
+    assert load_config(None, ["schedule.name=onecycle", "schedule.pct_start=0.3", "schedule.cycle_momentum=false"]).schedule.pct_start == 0.3
+    assert load_config(None, ["schedule.min_lr=0.001", "schedule.gamma=0.1"]).schedule.min_lr == 0.001  # gamma at its default

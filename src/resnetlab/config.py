@@ -159,6 +159,17 @@ class ScheduleConfig(_Section):
     max_momentum: float = Field(0.95, ge=0, lt=1)  # onecycle: momentum at the start and the end
 
 
+# which schedules read each option (warmup_epochs: every one but onecycle, checked on its own)
+_SCHEDULE_OPTIONS = {
+    "step_size": ("step",),
+    "gamma": ("step", "multistep"),
+    "milestones": ("multistep",),
+    "milestones_unit": ("multistep",),
+    "min_lr": ("cosine",),
+    **{k: ("onecycle",) for k in ("pct_start", "div_factor", "final_div_factor", "cycle_momentum", "base_momentum", "max_momentum")},
+}
+
+
 class ProgressiveResizeConfig(_Section):
     """Progressive resizing (fastai's name): train at a lower resolution first, full size last.
 
@@ -265,6 +276,11 @@ class Config(_Section):
         s = self.schedule
         if s.base_momentum > s.max_momentum:
             raise ValueError(f"schedule.base_momentum={s.base_momentum} must be <= schedule.max_momentum={s.max_momentum}")
+        for key, names in _SCHEDULE_OPTIONS.items():
+            value = getattr(s, key)
+            if s.name not in names and value != ScheduleConfig.model_fields[key].default:
+                raise ValueError(f"schedule.{key}={str(value).lower() if isinstance(value, bool) else value} applies to schedule.name={' or '.join(names)}; schedule.name={s.name} "
+                                 f"does not read it (remove it, or set the schedule that uses it)")  # fmt: skip
         if s.name == "multistep" and s.milestones_unit == "fraction" and not all(0 < m <= 1 for m in s.milestones):
             raise ValueError(f"schedule.milestones are fractions of training in (0, 1] (schedule.milestones_unit=fraction), "
                              f"got {s.milestones}; for steps or epochs set schedule.milestones_unit")  # fmt: skip
