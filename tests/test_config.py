@@ -283,3 +283,13 @@ def test_schedule_options_of_the_schedule_in_use_and_defaults_are_accepted():
     assert load_config(None, ["schedule.name=multistep", "schedule.milestones=[0.3]", "schedule.gamma=0.2"]).schedule.milestones == [0.3]
     assert load_config(None, ["schedule.name=onecycle", "schedule.pct_start=0.3", "schedule.cycle_momentum=false"]).schedule.pct_start == 0.3
     assert load_config(None, ["schedule.min_lr=0.001", "schedule.gamma=0.1"]).schedule.min_lr == 0.001  # gamma at its default
+
+
+def test_an_option_of_another_optimizer_is_refused():
+    # optim.momentum with adam (meant as beta1?) and optim.betas with sgd were accepted and ignored
+    with pytest.raises(ConfigError, match=r"^optim.momentum=0.5 is SGD's; optim.name=adam does not read it \(its momentum is optim.betas\[0\], now 0.9\)$"):
+        load_config(None, ["optim.name=adam", "optim.momentum=0.5"])
+    with pytest.raises(ConfigError, match=r"^optim.betas=\[0.8, 0.99\] are Adam's and AdamW's; optim.name=sgd does not read them"):
+        load_config(None, ["optim.betas=[0.8, 0.99]"])
+    assert load_config(None, ["optim.name=adamw", "optim.betas=[0.8, 0.99]"]).optim.betas == (0.8, 0.99)
+    assert load_config(None, ["optim.name=adam", "optim.momentum=0.9"]).optim.name == "adam"  # the default value

@@ -270,6 +270,12 @@ class Config(_Section):
             raise ValueError("train.grad_clip_mode=value says how train.grad_clip clips, and train.grad_clip is not set "
                              "(nothing would be clipped); set it too, e.g. train.grad_clip=0.1")  # fmt: skip
         o = self.optim
+        if o.name != "sgd" and o.momentum != OptimConfig.model_fields["momentum"].default:
+            raise ValueError(f"optim.momentum={o.momentum} is SGD's; optim.name={o.name} does not read it "
+                             f"(its momentum is optim.betas[0], now {o.betas[0]})")  # fmt: skip
+        if o.name == "sgd" and tuple(o.betas) != OptimConfig.model_fields["betas"].default:
+            raise ValueError(f"optim.betas={list(o.betas)} are Adam's and AdamW's; optim.name=sgd does not read them "
+                             f"(its momentum is optim.momentum)")  # fmt: skip
         if o.nesterov and (o.name != "sgd" or o.momentum == 0):
             got = f"optim.name={o.name}" if o.name != "sgd" else "optim.momentum=0"
             raise ValueError(f"optim.nesterov=true applies to SGD with momentum > 0 (optim.name=sgd, optim.momentum > 0), got {got}")
