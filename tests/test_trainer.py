@@ -743,3 +743,14 @@ def test_head_only_epochs_that_cover_the_whole_run_are_refused(tmp_path):
                                           r"\(this run has 2\); .* model.freeze_until=layer3 to train only the head"):
         Trainer(tiny("train.head_only_epochs=2"), tmp_path / "r", progress=False)
     assert Trainer(tiny("train.head_only_epochs=1"), tmp_path / "ok", progress=False).epochs == 2
+
+
+def test_a_warmup_longer_than_a_run_of_iterations_is_refused_before_any_step():
+    # the config check compares warmup_epochs with train.epochs only: with train.iterations=5 a
+    # 3-epoch warmup (60 steps) ran, and the lr peaked at 5/60 of optim.lr without a word
+    from resnetlab.config import ScheduleConfig
+
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match=r"^schedule.warmup_epochs=3.0 is 60 steps and covers the whole run \(5 steps\)"):
+        build_scheduler(opt, ScheduleConfig(name="cosine", warmup_epochs=3), total_steps=5, steps_per_epoch=20, base_lr=0.1)
+    build_scheduler(opt, ScheduleConfig(name="cosine", warmup_epochs=0.2), total_steps=5, steps_per_epoch=20, base_lr=0.1)

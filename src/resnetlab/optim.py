@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from resnetlab.config import OptimConfig, ScheduleConfig
+from resnetlab.errors import ConfigError
 
 __all__ = ["build_optimizer", "build_scheduler", "LRFactor"]
 
@@ -103,5 +104,10 @@ def build_scheduler(
             max_momentum=cfg.max_momentum,
         )
     factor = LRFactor(cfg, total_steps, steps_per_epoch)
+    # the config alone cannot tell (train.iterations, epochs of unknown length): checked here,
+    # where the run's steps are known, before any step
+    if factor.warmup >= total_steps:
+        raise ConfigError(f"schedule.warmup_epochs={cfg.warmup_epochs} is {factor.warmup} steps and covers the whole run "
+                          f"({total_steps} steps): the lr would never reach optim.lr; use fewer warmup epochs")  # fmt: skip
     factor.min_ratio = cfg.min_lr / base_lr if base_lr > 0 else 0.0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
