@@ -754,3 +754,16 @@ def test_a_warmup_longer_than_a_run_of_iterations_is_refused_before_any_step():
     with pytest.raises(ConfigError, match=r"^schedule.warmup_epochs=3.0 is 60 steps and covers the whole run \(5 steps\)"):
         build_scheduler(opt, ScheduleConfig(name="cosine", warmup_epochs=3), total_steps=5, steps_per_epoch=20, base_lr=0.1)
     build_scheduler(opt, ScheduleConfig(name="cosine", warmup_epochs=0.2), total_steps=5, steps_per_epoch=20, base_lr=0.1)
+
+
+def test_milestones_at_or_past_the_end_of_the_run_are_refused():
+    # epoch / iteration milestones are not checked against the run's length: a 2-epoch run with
+    # milestones_unit=epoch and [1, 2] decayed once, and a milestone past the end never, silently
+    from resnetlab.config import ScheduleConfig
+
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match=r"^schedule.milestones \[2\] \(epochs\) are at or past the end of the run \(40 steps, 2 epochs\)"):
+        build_scheduler(opt, ScheduleConfig(name="multistep", milestones=[1, 2], milestones_unit="epoch"), 40, 20, 0.1)
+    with pytest.raises(ConfigError, match=r"^schedule.milestones \[40, 50\] \(iterations\)"):
+        build_scheduler(opt, ScheduleConfig(name="multistep", milestones=[50, 10, 40], milestones_unit="iteration"), 30, 20, 0.1)
+    build_scheduler(opt, ScheduleConfig(name="multistep", milestones=[1, 1.5], milestones_unit="epoch"), 40, 20, 0.1)

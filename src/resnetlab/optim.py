@@ -109,5 +109,10 @@ def build_scheduler(
     if factor.warmup >= total_steps:
         raise ConfigError(f"schedule.warmup_epochs={cfg.warmup_epochs} is {factor.warmup} steps and covers the whole run "
                           f"({total_steps} steps): the lr would never reach optim.lr; use fewer warmup epochs")  # fmt: skip
+    late = [m for m, step in zip(sorted(cfg.milestones), factor.milestones) if step >= total_steps]
+    if cfg.name == "multistep" and cfg.milestones_unit != "fraction" and late:
+        raise ConfigError(f"schedule.milestones [{', '.join(f'{m:g}' for m in late)}] ({cfg.milestones_unit}s) are at or past the end of the run "
+                          f"({total_steps} steps, {total_steps / max(1, steps_per_epoch):g} epochs): those decays never happen; "
+                          f"use milestones within the run, or schedule.milestones_unit=fraction")  # fmt: skip
     factor.min_ratio = cfg.min_lr / base_lr if base_lr > 0 else 0.0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
