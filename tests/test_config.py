@@ -293,3 +293,17 @@ def test_an_option_of_another_optimizer_is_refused():
         load_config(None, ["optim.betas=[0.8, 0.99]"])
     assert load_config(None, ["optim.name=adamw", "optim.betas=[0.8, 0.99]"]).optim.betas == (0.8, 0.99)
     assert load_config(None, ["optim.name=adam", "optim.momentum=0.9"]).optim.name == "adam"  # the default value
+
+
+def test_smoke_scales_the_augmentations_pixel_sizes_with_the_image():
+    # smoke_config shrank 256-pixel images to 64 and kept center-crop:size=224: --smoke failed with
+    # "size=224 is larger than the image 64x64" for a recipe that trains
+    from resnetlab.data.augment import output_shape
+
+    aug = ["resize:size=240", {"center-crop": {"size": [200, 224]}}, "flip", "cutout:size=32", "crop:padding=4"]
+    cfg = load_config(None, ["data.image_size=256", f"augment={aug}"])
+    s = smoke_config(cfg)
+    assert s.augment == ["resize:size=60", "center-crop:size=(50,56)", "flip", "cutout:size=8", "crop"]
+    assert output_shape(s.augment, (3, 64, 64), train=True) == (3, 50, 56)
+    plain = load_config(None, ["data.image_size=256", "augment=[flip, {crop: {padding: 8}}]"])
+    assert smoke_config(plain).augment == plain.augment  # nothing to scale: as the recipe wrote it

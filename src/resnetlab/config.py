@@ -500,8 +500,9 @@ def smoke_config(cfg: Config, subset: int = 256) -> Config:
     progressive resizing: one small, one at full size).
 
     Keeps the model family, norm, optimizer, schedule and augmentations, so every code path
-    the recipe uses is exercised; caps the input size at 64 pixels and the batch at 64. The run
-    is named ``<run name>-smoke``, so its folder is not the real run's.
+    the recipe uses is exercised; caps the input size at 64 pixels (the augmentations' pixel sizes
+    scaled with it) and the batch at 64. The run is named ``<run name>-smoke``, so its folder
+    is not the real run's.
     """
     data = cfg.model_dump(mode="json")
     run_name = cfg.run_name()
@@ -513,6 +514,7 @@ def smoke_config(cfg: Config, subset: int = 256) -> Config:
     data["data"]["subset"] = min(subset, given) if isinstance(given, int) else subset
     if cfg.data.image_size and cfg.data.image_size > 64:
         data["data"]["image_size"] = 64
+        data["augment"] = _scaled_augment(cfg.augment, 64, cfg.data.image_size)
         pr = cfg.train.progressive_resize
         if pr:  # keep the same fraction of the (now 64-pixel) size
             data["train"]["progressive_resize"]["start_size"] = max(8, min(60, pr.start_size * 64 // cfg.data.image_size))
@@ -520,6 +522,24 @@ def smoke_config(cfg: Config, subset: int = 256) -> Config:
     if cfg.schedule.milestones_unit != "fraction":
         data["schedule"].update(milestones=[0.5, 0.75], milestones_unit="fraction")
     return config_from_dict(data)
+
+
+def _scaled_augment(spec: list[str | dict[str, Any]], new: int, old: int) -> list[str | dict[str, Any]]:
+    """The augmentations for images of ``new`` pixels instead of ``old``: pixel sizes (crops,
+    resize, cutout) scaled by ``new / old``, so a ``center-crop:size=224`` of 256-pixel images
+    still fits when smoke_config shrinks them to 64."""
+    from resnetlab.data.augment import AugmentItem, parse_augment
+
+    def scale(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return tuple(scale(x) for x in v)
+        return max(1, v * new // old)
+
+    items = parse_augment(spec)
+    if not any(i.params.get("size") is not None for i in items):
+        return list(spec)  # as the recipe wrote it
+    return [str(AugmentItem(i.name, {**i.params, "size": scale(i.params["size"])})) if i.params.get("size") is not None else str(i)
+            for i in items]  # fmt: skip
 
 
 # Shapes used when a smoke run's dataset is not on this machine (CIFAR, a user's folder):
