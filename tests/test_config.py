@@ -307,3 +307,13 @@ def test_smoke_scales_the_augmentations_pixel_sizes_with_the_image():
     assert output_shape(s.augment, (3, 64, 64), train=True) == (3, 50, 56)
     plain = load_config(None, ["data.image_size=256", "augment=[flip, {crop: {padding: 8}}]"])
     assert smoke_config(plain).augment == plain.augment  # nothing to scale: as the recipe wrote it
+
+
+def test_an_override_inside_a_value_names_the_value():
+    # augment.0=flip made a mapping {'0': 'flip'}: "augmentation '0': parameters must be a mapping"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["augment.0=flip"])
+    assert str(info.value) == "override 'augment.0=flip': 'augment' is a value, not a section; set it whole: augment=VALUE (e.g. augment=[flip, 'crop:padding=4'])"
+    with pytest.raises(ConfigError, match=r"^override 'model.head.0=5': 'model.head' is a value, not a section; set it whole: model.head=VALUE$"):
+        load_config(None, ["model.head.0=5"])
+    assert load_config(None, ["train.progressive_resize.start_size=16"]).train.progressive_resize.start_size == 16

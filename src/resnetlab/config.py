@@ -386,8 +386,14 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides to a config dict (values parsed as YAML)."""
     data = copy.deepcopy(data or {})
+    values = set(config_keys())
     for item in overrides or []:
         parts, value = _parse_override(item)
+        for i in range(1, len(parts)):
+            key = ".".join(parts[:i])
+            if key in values:  # augment.0=flip made a mapping {'0': 'flip'}, refused as an augmentation named '0'
+                example = " (e.g. augment=[flip, 'crop:padding=4'])" if key == "augment" else ""
+                raise ConfigError(f"override {item!r}: {key!r} is a value, not a section; set it whole: {key}=VALUE{example}")
         node = data
         for p in parts[:-1]:
             child = node.get(p)
