@@ -377,6 +377,19 @@ def test_cli_activations_of_module_names(digits_run, tmp_path, capsys):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_cli_activations_image_may_follow_an_option(digits_run, tmp_path, capsys):
+    # IMAGE is an optional positional (not needed with --list-layers): argparse took it only right
+    # after the run folder, and `activations RUN --which best img.png` said "unrecognized arguments"
+    run, _, _ = digits_run
+    img = tmp_path / "d.png"
+    Image.fromarray((np.random.default_rng(3).random((8, 8)) * 255).astype(np.uint8)).save(img)
+    out = tmp_path / "late.png"
+    assert main(["activations", str(run), "--which", "best", "--channels", "2", str(img), "--layers", "layer1", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 1000
+    assert main(["activations", str(run), "--which", "best", str(img), str(img)]) == 2  # still one image
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
 def test_list_layers_gives_every_drawable_name_in_forward_order_with_its_shape(digits_run):
     from resnetlab.checkpoint import load_checkpoint
     from resnetlab.explain import list_layers

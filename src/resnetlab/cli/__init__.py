@@ -70,8 +70,24 @@ class _Parser(argparse.ArgumentParser):
     pointing at its ``--help``, exit code 2, instead of the usage block plus a line.
     Subcommand parsers inherit it (``add_subparsers`` uses the parent's class)."""
 
+    _intermixing = False
+
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"error: {self.prog}: {message} (see: {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        # An optional positional (activations' IMAGE) given after an option, as in
+        # `activations RUN --which last img.png`: argparse matches the positionals before the
+        # option, gives IMAGE nothing, and then calls img.png an unrecognized argument
+        # (python/cpython#59317). Options first, then positionals, takes it wherever it stands.
+        optional_positional = any(a.nargs in ("?", "*") for a in self._get_positional_actions())
+        if not optional_positional or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls parse_known_args (3.10-3.12)
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def build_parser() -> argparse.ArgumentParser:
