@@ -327,6 +327,16 @@ def test_seeds_flag_and_max_cells(finished, tmp_path):
     assert "--seeds 1 --out" in (tmp_path / "o" / "study.md").read_text() and "--max-cells 1" in (tmp_path / "o" / "study.md").read_text()
 
 
+def test_smoke_keeps_an_explicit_number_of_seeds(tmp_path, capsys):
+    # --smoke runs one seed; `--smoke --seeds 2` was silently one seed too
+    path = write_study(tmp_path, seeds=3)
+    assert main(["study", str(path), "--smoke", "--seeds", "2", "--max-cells", "1", "--out", str(tmp_path / "o"), "-q"]) == 0
+    assert "norm=bn" in capsys.readouterr().out and (tmp_path / "o" / "norm=bn" / "seed1").is_dir()
+    assert not (tmp_path / "o" / "norm=bn" / "seed2").exists()
+    md = (tmp_path / "o" / "study.md").read_text()
+    assert "SMOKE RUN" in md and "2 seeds" in md and "--smoke --seeds 2 --out" in md
+
+
 def test_empty_study_file_is_refused(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
     with pytest.raises(ConfigError, match=r"study file .*empty.yaml is empty; a study needs at least a grid or cells"):

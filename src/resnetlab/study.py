@@ -484,7 +484,7 @@ def run_study(
         out: the study folder; default ``<base output.dir>/study-<name>`` (``-smoke`` appended
             for smoke runs, so CI runs never mix with real ones).
         smoke: scale every cell down (:func:`resnetlab.config.smoke_config`, offline dataset
-            fallback, a 512-image stratified test subset) and run one seed.
+            fallback, a 512-image stratified test subset) and run one seed, unless ``seeds`` is given.
         jobs: cells trained at once, each in its own ``python -m resnetlab train`` process with
             ``cores // jobs`` torch threads; 1 trains in this process.
         seeds: replaces the study's number of seeds.
@@ -512,7 +512,7 @@ def run_study(
             raise ValueError(f"seeds must be >= 1, got {seeds}")
         spec = copy.copy(spec)
         spec.seeds = seeds
-    if smoke:
+    if smoke and seeds is None:  # an explicit --seeds still counts: a smoke test of the seed aggregation
         spec = copy.copy(spec)
         spec.seeds = 1
     check_int("jobs", jobs, 1)
@@ -932,7 +932,8 @@ def write_study_report(
                      + "; ".join(f"{name}: {why}" for name, why in failed.items()) + ". Rerunning the same command retries them.")  # fmt: skip
     if smoke:
         notes.append(f"SMOKE RUN: one epoch on at most 256 training images, with the batch capped at 64 and images at 64 px "
-                     f"(a cell's label keeps the value it asks for: a batch_size=128 cell ran at 64), one seed, test on "
+                     f"(a cell's label keeps the value it asks for: a batch_size=128 cell ran at 64), "
+                     f"{'one seed' if spec.seeds == 1 else f'{spec.seeds} seeds'}, test on "
                      f"{test_images or '?'} images; the numbers say nothing about the question.")  # fmt: skip
     md = [f"# Study: {spec.name}", "", *[n for n in notes if n], "", best_line, "",
           "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]  # fmt: skip

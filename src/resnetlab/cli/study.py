@@ -8,7 +8,7 @@ from resnetlab.cli import int_at_least
 def register(sub) -> None:
     p = sub.add_parser("study", help="run every cell x seed of a study file and write a comparison report")
     p.add_argument("study", metavar="STUDY.yaml", help="study file: base config, grid and/or cells, seeds")
-    p.add_argument("--smoke", action="store_true", help="scale every cell down (1 epoch, small subset, one seed)")
+    p.add_argument("--smoke", action="store_true", help="scale every cell down (1 epoch, small subset, one seed unless --seeds)")
     p.add_argument("--jobs", "-j", type=int_at_least(1), default=1, help="cells trained at once, in separate processes (default 1)")
     p.add_argument("--out", help="study folder (default <output.dir>/study-<name>)")
     p.add_argument("--seeds", type=int_at_least(1), help="seeds per cell (replaces the file's 'seeds')")
