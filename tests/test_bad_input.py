@@ -195,6 +195,11 @@ CASES = {
                                             ["is not a resnetlab checkpoint", "an exported ONNX file is read by resnetlab predict --backend onnx"]),  # fmt: skip
     "a TorchScript file without --backend torchscript": (lambda c: ["predict", _pt_file(c), str(c.img)],
                                                          ["is not a resnetlab checkpoint", "read by resnetlab predict --backend torchscript"]),  # fmt: skip
+    # --which picks from a run folder; with one checkpoint it was ignored (evaluate wrote best's eval/test)
+    "which of a checkpoint folder": (lambda c: ["evaluate", str(c.run / "checkpoints" / "best"), "--which", "last"],
+                                     ["--which last picks a checkpoint of a run folder", "checkpoints/best is one checkpoint already"]),  # fmt: skip
+    "which of a weights file": (lambda c: ["predict", str(c.run / "checkpoints" / "best" / "model.safetensors"), str(c.img), "--which", "last"],
+                                ["--which last picks a checkpoint of a run folder", "leave --which out"]),  # fmt: skip
     # -- predict / explain -----------------------------------------------------------------------
     "predict a non-image": (lambda c: ["predict", str(c.run), str(c.file)], ["cannot read image", "a file.txt"]),
     "predict a missing image": (lambda c: ["predict", str(c.run), str(c.tmp / "none.png")], ["does not exist"]),

@@ -18,6 +18,7 @@ import sys
 import re
 import traceback
 import warnings
+from pathlib import Path
 
 from resnetlab import __version__
 
@@ -63,6 +64,36 @@ def int_at_least(low: int):
         return value
 
     return parse
+
+
+def add_which(p) -> None:
+    """``--which``, for the commands that read a checkpoint (evaluate, predict, export, explain,
+    activations); :func:`which_of` gives its value."""
+    p.add_argument("--which", choices=("best", "last"), default=None,
+                   help="checkpoint of a run folder (default: best)")  # fmt: skip
+
+
+def which_of(args) -> str:
+    """The checkpoint ``--which`` picks from a run folder (``best`` unless given).
+
+    Given with one checkpoint (its folder, its model.safetensors, an exported file) there was
+    nothing to pick and it was ignored: ``evaluate CKPT_DIR --which last`` evaluated that
+    checkpoint and wrote where best's results go. A ``--which`` that names another checkpoint than
+    the one given is refused."""
+    from resnetlab.checkpoint import META, WEIGHTS
+    from resnetlab.errors import ResnetlabError
+
+    if args.which is None:
+        return "best"
+    p = Path(args.checkpoint).expanduser()
+    folder = p.parent if p.is_file() else p
+    one = (folder / META).exists() or (p / WEIGHTS).exists() or (p.is_file() and Path(f"{p}.json").is_file())  # an export's sidecar
+    if not one:
+        return args.which  # a run folder (or no checkpoint at all: the command says what is wrong)
+    if (folder / META).exists() and folder.name.split(".")[0] == args.which:
+        return args.which  # RUN/checkpoints/last --which last
+    raise ResnetlabError(f"--which {args.which} picks a checkpoint of a run folder, but {args.checkpoint} is one "
+                         f"checkpoint already; give the run folder, or leave --which out")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from resnetlab.cli import int_at_least
+from resnetlab.cli import add_which, int_at_least, which_of
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def register(sub) -> None:
                    help="print the names --layers takes, in forward order, with their output shapes (C, H, W) for the "
                         "checkpoint's input size, and exit")
     p.add_argument("--channels", type=int_at_least(1), default=16, help="most active channels shown per layer (default 16)")
-    p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
+    add_which(p)
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
     p.set_defaults(func=run)
 
@@ -31,7 +31,7 @@ def run(args) -> int:
     from resnetlab.explain import activation_maps, list_layers
 
     if args.list_layers:
-        rows = list_layers(args.checkpoint, device=args.device, which=args.which)
+        rows = list_layers(args.checkpoint, device=args.device, which=which_of(args))
         width = max(len(r["name"]) for r in rows)
         print(f"layers for --layers, in forward order, with their output (C, H, W) for a {rows[0]['shape']} input:")
         for r in rows:
@@ -45,7 +45,7 @@ def run(args) -> int:
 
     # the library refuses an existing output (--out or the default path) before computing anything
     path = activation_maps(args.checkpoint, args.image, out=args.out, layers=args.layers,
-                           max_channels=args.channels, device=args.device, which=args.which,
+                           max_channels=args.channels, device=args.device, which=which_of(args),
                            overwrite=args.overwrite)
     print(path)
     return 0

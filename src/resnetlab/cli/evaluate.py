@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from resnetlab.cli import int_at_least
+from resnetlab.cli import add_which, int_at_least, which_of
 from resnetlab.metrics import METRIC_KEYS
 
 # Keys of the --json object, in order (the contract of issue 4).
@@ -20,7 +20,7 @@ def register(sub) -> None:
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="run folder, checkpoint folder or model.safetensors")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split to evaluate (default: test)")
-    p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder (default: best)")
+    add_which(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--data-root", default=None, metavar="DIR", help="dataset root, replacing the one in the checkpoint")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <run>/eval/<split>)")
@@ -39,7 +39,7 @@ def run(args) -> int:
         data_root=args.data_root,
         batch_size=args.batch_size,
         device=args.device,
-        which=args.which,
+        which=which_of(args),
     )
     if args.json:
         print(json.dumps({k: m.get(k) for k in JSON_KEYS}))

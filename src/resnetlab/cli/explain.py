@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from resnetlab.cli import int_at_least
+from resnetlab.cli import add_which, int_at_least, which_of
 
 
 def register(sub) -> None:
@@ -20,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--top-loss", type=int_at_least(0), default=12, help="highest-loss examples to show (default 12)")
     p.add_argument("--out", default=None, help="output folder (default <run>/explain; the report section goes to <run>/report_sections for a folder inside the run, else into --out)")
     p.add_argument("--data-root", default=None, help="dataset root, replacing the one recorded in the checkpoint")
-    p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of a run folder")
+    add_which(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=int_at_least(1), default=256)
     p.set_defaults(func=run)
@@ -32,7 +32,7 @@ def run(args) -> int:
     s = explain(
         args.checkpoint, split=args.split, method=args.method, layer=args.layer, n_per_class=args.n,
         out_dir=args.out, data_root=args.data_root, n_pairs=args.pairs, n_top_loss=args.top_loss,
-        batch_size=args.batch_size, device=args.device, which=args.which,
+        batch_size=args.batch_size, device=args.device, which=which_of(args),
     )
     where = f" @ {s['layer']}" if s["layer"] else ""
     print(f"{s['method']}{where}: {s['num_images']} {s['split']} images, accuracy {s['accuracy']:.4f}, "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from resnetlab.cli import add_which, which_of
+
 
 def register(sub) -> None:
     from resnetlab.export import FORMATS
@@ -21,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--format", required=True, help=f"one of: {', '.join(FORMATS)}")
     p.add_argument("--out", required=True, metavar="FILE", help="output file, e.g. model.onnx or model.pt")
     p.add_argument("--batch-size", default="dynamic", help="'dynamic' (default) or a fixed integer")
-    p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder (default: best)")
+    add_which(p)
     p.add_argument("--fold", action=argparse.BooleanOptionalAction, default=True, help="fold batch norms (default: on; ONNX always folds: --no-fold is for torchscript)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset, >= 18 (default: the exporter's)")
     p.add_argument("--atol", type=float, default=1e-4,
@@ -42,7 +44,7 @@ def run(args) -> int:
         args.out,
         format=args.format,
         batch_size=args.batch_size,
-        which=args.which,
+        which=which_of(args),
         fold=args.fold,
         opset=args.opset,
         atol=args.atol,

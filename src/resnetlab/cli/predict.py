@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resnetlab.cli import int_at_least
+from resnetlab.cli import add_which, int_at_least, which_of
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K", help="classes per image (default: 5)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {path, top: [{class, index, prob}]}")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="torch", help="inference backend (default: torch)")
-    p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run folder (default: best)")
+    add_which(p)
     p.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per forward pass (default: 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
@@ -42,7 +42,7 @@ def run(args) -> int:
         batch_size=args.batch_size,
         backend=args.backend,
         device=resolve_device(args.device),
-        which=args.which,
+        which=which_of(args),
         tta_flip=args.tta_flip,
     )
     if args.json:
