@@ -195,6 +195,10 @@ CASES = {
                                             ["is not a resnetlab checkpoint", "an exported ONNX file is read by resnetlab predict --backend onnx"]),  # fmt: skip
     "a TorchScript file without --backend torchscript": (lambda c: ["predict", _pt_file(c), str(c.img)],
                                                          ["is not a resnetlab checkpoint", "read by resnetlab predict --backend torchscript"]),  # fmt: skip
+    # a figure's --out that is a folder: the figure was written beside it, as FOLDER.png
+    "activations out a folder": (lambda c: ["activations", str(c.run), str(c.img), "--out", str(c.empty)], ["is a folder; give the figure's file name"]),
+    "augment-preview out a folder": (lambda c: ["augment-preview", "--data", "digits", "--aug", "flip", "--out", str(c.empty), "--overwrite"],
+                                     ["is a folder; give the figure's file name"]),  # fmt: skip
     # --which picks from a run folder; with one checkpoint it was ignored (evaluate wrote best's eval/test)
     "which of a checkpoint folder": (lambda c: ["evaluate", str(c.run / "checkpoints" / "best"), "--which", "last"],
                                      ["--which last picks a checkpoint of a run folder", "checkpoints/best is one checkpoint already"]),  # fmt: skip

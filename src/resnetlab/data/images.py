@@ -28,11 +28,14 @@ def png_path(path: str | os.PathLike) -> Path:
 
 def unused_png_path(path: str | os.PathLike, overwrite: bool) -> Path:
     """:func:`png_path`, refused (one line) when a file is already there, unless ``overwrite``:
-    a figure command never replaces an earlier figure without being asked."""
+    a figure command never replaces an earlier figure without being asked. A folder is refused
+    too: the figure went beside it, as ``FOLDER.png``, not into it."""
+    from resnetlab.errors import ResnetlabError
+
+    if Path(path).is_dir():
+        raise ResnetlabError(f"--out {path} is a folder; give the figure's file name (e.g. {Path(path) / 'figure.png'})")
     p = png_path(path)
     if os.path.lexists(p) and not overwrite:
-        from resnetlab.errors import ResnetlabError
-
         raise ResnetlabError(f"{p} already exists; use --overwrite to replace it, or another --out")
     return p
 
