@@ -337,6 +337,18 @@ def test_smoke_keeps_an_explicit_number_of_seeds(tmp_path, capsys):
     assert "SMOKE RUN" in md and "2 seeds" in md and "--smoke --seeds 2 --out" in md
 
 
+def test_out_a_non_empty_folder_that_holds_no_study_is_refused(tmp_path, capsys):
+    # the study's results.csv replaced the user's own, and a training run's folder got a study mixed in
+    path = write_study(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.csv").write_text("my numbers\n")
+    rc = main(["study", str(path), "--out", str(mine), "--max-cells", "1", "--seeds", "1", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"error: study folder {mine} is not empty and holds no study (no results.json, no cell folder); choose a new or empty folder with --out"
+    assert sorted(p.name for p in mine.iterdir()) == ["results.csv"] and (mine / "results.csv").read_text() == "my numbers\n"
+
+
 def test_empty_study_file_is_refused(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
     with pytest.raises(ConfigError, match=r"study file .*empty.yaml is empty; a study needs at least a grid or cells"):
