@@ -195,6 +195,8 @@ CASES = {
                                             ["is not a resnetlab checkpoint", "an exported ONNX file is read by resnetlab predict --backend onnx"]),  # fmt: skip
     "a TorchScript file without --backend torchscript": (lambda c: ["predict", _pt_file(c), str(c.img)],
                                                          ["is not a resnetlab checkpoint", "read by resnetlab predict --backend torchscript"]),  # fmt: skip
+    "export under a regular file": (lambda c: ["export", str(c.run), "--format", "torchscript", "--out", str(c.file / "m.pt")],
+                                    ["cannot write", "a file.txt/m.pt: ", "a file.txt is a file, not a folder"]),  # fmt: skip
     # a figure's --out that is a folder: the figure was written beside it, as FOLDER.png
     "activations out a folder": (lambda c: ["activations", str(c.run), str(c.img), "--out", str(c.empty)], ["is a folder; give the figure's file name"]),
     "augment-preview out a folder": (lambda c: ["augment-preview", "--data", "digits", "--aug", "flip", "--out", str(c.empty), "--overwrite"],

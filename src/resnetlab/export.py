@@ -267,8 +267,10 @@ def export_model(
         else:
             _export_torchscript(model, example, part)
     except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from exc
+        with contextlib.suppress(OSError):  # under a file the temp path cannot even be unlinked: keep the real error
+            part.unlink(missing_ok=True)
+        why = f"{out.parent} is a file, not a folder" if out.parent.is_file() else exc.strerror or exc
+        raise ExportError(f"cannot write {out}: {why}") from exc
     except BaseException:  # the exporter's own errors, Ctrl-C: no hidden temp file left behind
         part.unlink(missing_ok=True)
         raise
