@@ -77,6 +77,17 @@ def test_explicit_cells_are_crossed_with_the_grid_and_list_values_label_cleanly(
     assert [c.label for c in grid] == ["augment=none", "augment=flip+crop-padding=2"]
 
 
+def test_a_cell_that_sets_a_section_changes_only_the_keys_it_names():
+    base = {**BASE, "model": {"name": "resnet8", "norm": "bn", "shortcut": "A"}, "optim": {"lr": 0.05, "weight_decay": 1e-3}}
+    spec = st.StudySpec("s", base, grid={"train.batch_size": [8]}, cells=[{"label": "adam", "set": {"optim": {"name": "adam"}}}])
+    cfg = st.cell_config(spec, st.expand_cells(spec)[0])
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adam", 0.05, 1e-3)
+    grid = st.StudySpec("s", base, grid={"model": [{"norm": "gn"}]})
+    cfg = st.cell_config(grid, st.expand_cells(grid)[0])
+    assert (cfg.model.name, cfg.model.norm, cfg.model.shortcut) == ("resnet8", "gn", "A")
+    assert base["model"]["norm"] == "bn"  # the spec's base is not changed by a cell
+
+
 def test_base_recipe_is_relative_to_the_study_file_and_base_overrides_it(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "r.yaml").write_text(yaml.safe_dump({**BASE, "optim": {"lr": 0.3, "momentum": 0.5}}))

@@ -9,6 +9,7 @@ A study file is YAML::
       model.norm: [bn, gn]
     cells:                          # optional: explicit cells {label, set: {key: value}}
       - {label: flip, set: {augment: [flip]}}
+      - {label: adam, set: {optim: {name: adam, lr: 1.0e-3}}}   # a section: only the keys named change
     seeds: 3                        # runs per cell; seed k uses config seed = base seed + k
     scale_lr_with_batch: 128        # optional: optim.lr *= train.batch_size / 128 (linear rule)
 
@@ -234,7 +235,12 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
         if child is None:
             child = node[p] = {}
         node = child
-    node[parts[-1]] = copy.deepcopy(value)
+    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        # a section given as a mapping ({model: {norm: gn}}) changes the keys it names, as the
+        # study's 'base' does over base_recipe; replacing it would drop the base's other keys
+        node[parts[-1]] = _deep_merge(node[parts[-1]], value)
+    else:
+        node[parts[-1]] = copy.deepcopy(value)
 
 
 def _value_label(v: Any) -> str:
