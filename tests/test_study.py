@@ -287,6 +287,34 @@ def test_interrupted_study_resumes_without_rerunning_finished_cells(finished, tm
     assert table(out / "results.csv") == table(reference.out_dir / "results.csv")
 
 
+def test_results_of_an_evaluation_made_before_a_resume_are_not_reported(tmp_path, monkeypatch):
+    """A user evaluates a half-trained cell on val and train; the resumed cell's best checkpoint
+    is a later one, so the study must score that one, not read the old files back."""
+    base = {**BASE, "train": {**BASE["train"], "epochs": 3}}
+    path = write_study(tmp_path, grid={"model.norm": ["gn"]}, seeds=1, base=base)
+    reference = st.run_study(path, out=tmp_path / "ref")
+    from resnetlab.evaluate import evaluate
+    from resnetlab.trainer import Trainer
+
+    real_epoch = Trainer._train_epoch
+
+    def crash_in_second_epoch(self):
+        if self.epoch == 1:
+            raise RuntimeError("power cut")
+        return real_epoch(self)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_second_epoch)
+    with pytest.raises(ResnetlabError, match="power cut"):
+        st.run_study(path, out=tmp_path / "out")
+    victim = tmp_path / "out" / "norm=gn" / "seed0"
+    early = {s: evaluate(victim, split=s)["accuracy"] for s in ("val", "train")}
+    monkeypatch.setattr(Trainer, "_train_epoch", real_epoch)
+    result = st.run_study(path, out=tmp_path / "out")
+    assert result.ran == ["norm=gn/seed0"]
+    assert early != {s: reference.rows[0][f"{s}_acc_mean"] for s in ("val", "train")}  # the test means something
+    assert table(tmp_path / "out" / "results.csv") == table(reference.out_dir / "results.csv")
+
+
 def test_rerun_of_a_finished_study_trains_nothing_and_a_lost_eval_is_redone(finished, tmp_path):
     path, reference = finished
     out = tmp_path / "copy"

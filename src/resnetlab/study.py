@@ -441,10 +441,19 @@ def _capped_splits(cfg: Config, cap: int):
 
 
 def _finish_cell(run_dir: Path, cfg: Config, smoke: bool) -> None:
-    """Write eval/test, eval/val and eval/train of the best checkpoint when the trainer did not."""
+    """Write eval/test, eval/val and eval/train of the best checkpoint when the trainer did not,
+    or when the one there is older than the best checkpoint (``resnetlab evaluate`` on a run
+    that was interrupted and then resumed: it scored an earlier best)."""
     from resnetlab.evaluate import evaluate
 
-    need = [s for s in ("test", "val", "train") if not (run_dir / "eval" / s / "metrics.json").is_file()]
+    best = run_dir / "checkpoints" / "best"
+    best_ns = best.stat().st_mtime_ns if best.is_dir() else 0
+
+    def current(split: str) -> bool:
+        path = run_dir / "eval" / split / "metrics.json"
+        return path.is_file() and path.stat().st_mtime_ns >= best_ns
+
+    need = [s for s in ("test", "val", "train") if not current(s)]
     if not need:
         return
     splits = _capped_splits(cfg, SMOKE_TEST_IMAGES) if smoke else None
