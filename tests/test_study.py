@@ -455,6 +455,23 @@ def test_a_failed_cell_still_gets_the_report_of_the_others(tmp_path):
     assert "FAILED runs, left out of the means" in md and "lr=1e+12/seed0: loss became nan" in md
 
 
+def test_an_image_folder_with_a_val_folder_is_validated_even_with_val_fraction_0(tmp_path):
+    """val_fraction is ignored when the folder has val/: the runs pick their checkpoint on it, so
+    the study reports it and chooses on it; a run without any validation split reports none."""
+    from conftest import write_png_folder
+
+    for split, n in (("train", 24), ("val", 8), ("test", 8)):
+        write_png_folder(tmp_path / "ds" / split, n=n, side=8)
+    folder = {"name": f"imagefolder:{tmp_path / 'ds'}", "val_fraction": 0.0}
+    cells = [{"label": "folder", "set": {"data": folder}}, {"label": "noval", "set": {"data.val_fraction": 0.0}}]
+    path = write_study(tmp_path, grid={}, cells=cells, seeds=1, base={**BASE, "train": {**BASE["train"], "epochs": 1}})
+    result = st.run_study(path, out=tmp_path / "o")
+    rows = {r["cell"]: r for r in result.rows}
+    assert rows["folder"]["val_acc_mean"] is not None and result.best == "folder"
+    assert (tmp_path / "o" / "folder" / "seed0" / "eval" / "val" / "metrics.json").is_file()
+    assert rows["noval"]["val_acc_mean"] is None and not (tmp_path / "o" / "noval" / "seed0" / "eval" / "val").exists()
+
+
 def test_each_seed_of_a_cell_counts_up_from_the_base_seed():
     spec = st.StudySpec("s", {"seed": 7, "model": {"name": "resnet8"}}, grid={"model.norm": ["bn"]})
     cell = st.expand_cells(spec)[0]

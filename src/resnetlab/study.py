@@ -456,9 +456,14 @@ def _finish_cell(run_dir: Path, cfg: Config, smoke: bool) -> None:
     need = [s for s in ("test", "val", "train") if not current(s)]
     if not need:
         return
+    from resnetlab.trainer import _read_metrics
+
+    # the run's own record says whether it had a validation split: an image folder's val/ is
+    # one even with data.val_fraction 0
+    validated = any(r.get("val_acc") is not None for r in _read_metrics(run_dir / "metrics.csv"))
     splits = _capped_splits(cfg, SMOKE_TEST_IMAGES) if smoke else None
     for split in need:
-        if split == "val" and (cfg.data.val_fraction == 0):
+        if split == "val" and not validated:
             continue
         evaluate(run_dir, split=split, splits=splits, data_root=cfg.data.root)
 
