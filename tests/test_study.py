@@ -388,6 +388,17 @@ def test_out_a_non_empty_folder_that_holds_no_study_is_refused(tmp_path, capsys)
     assert sorted(p.name for p in mine.iterdir()) == ["results.csv"] and (mine / "results.csv").read_text() == "my numbers\n"
 
 
+def test_the_recorded_command_runs_as_it_is_copied(tmp_path):
+    import shlex
+
+    sets = ["model.head=[64, 32]", "augment=['crop:padding=1']", "data.subset=300"]
+    spec = st.StudySpec("s", BASE, grid={"model.norm": ["bn"]}, path=tmp_path / "my studies" / "study-s.yaml", overrides=sets)
+    command = st._command_line(spec, False, tmp_path / "out", jobs=2)
+    assert shlex.split(command) == ["resnetlab", "study", str(spec.path), "--set", sets[0], "--set", sets[1], "--set", sets[2],
+                                    "--seeds", "1", "--out", str(tmp_path / "out"), "--jobs", "2"]  # fmt: skip
+    assert "--set data.subset=300 " in command  # plain values stay unquoted
+
+
 def test_empty_study_file_is_refused(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
     with pytest.raises(ConfigError, match=r"study file .*empty.yaml is empty; a study needs at least a grid or cells"):

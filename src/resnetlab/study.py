@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -654,13 +655,15 @@ def _command_line(spec: StudySpec, smoke: bool, out_dir: Path, jobs: int = 1, ma
     parts = ["resnetlab", "study", str(spec.path) if spec.path else spec.name]
     if smoke:
         parts.append("--smoke")
-    parts += [f"--set {o}" for o in spec.overrides]
+    for o in spec.overrides:
+        parts += ["--set", o]
     parts += ["--seeds", str(spec.seeds), "--out", str(out_dir)]
     if max_cells is not None:  # the report covers only these cells
         parts += ["--max-cells", str(max_cells)]
     if jobs != 1:  # does not change accuracies, but the time and images/s columns
         parts += ["--jobs", str(jobs)]
-    return " ".join(parts)
+    # quoted for the shell, so the recorded command runs as copied (--set "model.head=[64, 32]")
+    return shlex.join(parts)
 
 
 # ---------------------------------------------------------------------------------------
