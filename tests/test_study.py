@@ -356,6 +356,43 @@ def test_jobs_2_gives_the_same_table_as_jobs_1(finished, tmp_path):
         assert (tmp_path / "par" / label / "seed0" / "study-cell.log").is_file()  # ran as a subprocess
 
 
+def test_a_study_folder_in_use_is_refused_and_jobs_cells_hold_its_lock(finished, tmp_path, monkeypatch):
+    """A rerun while the first study (or the --jobs cells of a killed one, which go on training)
+    still uses the folder would train the same cells into the same folders at once."""
+    import subprocess
+    import sys
+
+    path, reference = finished
+    import shutil
+
+    out = tmp_path / "o"
+    shutil.copytree(reference.out_dir, out)
+    before = snapshot(out)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(out / ".study.lock")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(ResnetlabError, match=r"is in use by another resnetlab study, or by cells a killed study started"):
+            st.run_study(path, out=out)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert snapshot(out) == before
+    assert st.run_study(path, out=out).ran == []  # free again
+    # --jobs cells inherit the lock: it outlives a study killed while they train
+    passed = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        passed.append(kwargs.get("pass_fds"))
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    st.run_study(path, out=tmp_path / "par", jobs=2, seeds=1, max_cells=1)
+    assert len(passed) == 1 and len(passed[0]) == 1
+
+
 def test_seeds_flag_and_max_cells(finished, tmp_path):
     path, _ = finished
     result = st.run_study(path, out=tmp_path / "o", seeds=1, max_cells=1)

@@ -402,9 +402,10 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_subprocess(cfg: Config, run_dir: Path, status: str, threads: int, live: set | None = None) -> None:
+def _run_subprocess(cfg: Config, run_dir: Path, status: str, threads: int, live: set | None = None, lock_fd: int | None = None) -> None:
     """``python -m resnetlab train`` for one cell, with ``threads`` torch threads; the process is
-    in ``live`` while it runs (so an interrupted study can pass the signal on)."""
+    in ``live`` while it runs (so an interrupted study can pass the signal on) and inherits the
+    study folder's lock ``lock_fd``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if status == "resume":
         cmd = [sys.executable, "-m", "resnetlab", "train", "--resume", str(run_dir), "--quiet"]
@@ -418,7 +419,7 @@ def _run_subprocess(cfg: Config, run_dir: Path, status: str, threads: int, live:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     live = set() if live is None else live
     with open(run_dir / "study-cell.log", "ab") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, pass_fds=() if lock_fd is None else (lock_fd,))
         live.add(proc)
         try:
             proc.wait()
@@ -427,6 +428,29 @@ def _run_subprocess(cfg: Config, run_dir: Path, status: str, threads: int, live:
     if proc.returncode != 0:
         tail = (run_dir / "study-cell.log").read_text(errors="replace").strip().splitlines()
         raise ResnetlabError(f"exit {proc.returncode}: {tail[-1] if tail else 'no output'} (log: {run_dir / 'study-cell.log'})")
+
+
+@contextlib.contextmanager
+def _study_folder_lock(out_dir: Path):
+    """Hold an exclusive lock on ``<out_dir>/.study.lock``; yields its file descriptor (None where
+    the platform or file system has no ``flock``: the study then runs unlocked)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield None
+        return
+    with open(out_dir / ".study.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = f.fileno()
+        except BlockingIOError:
+            raise ResnetlabError(
+                f"{out_dir} is in use by another resnetlab study, or by cells a killed study started that are still "
+                f"training; wait for them to end (or stop them) and rerun"
+            ) from None
+        except OSError:  # no locking on this file system
+            fd = None
+        yield fd
 
 
 def _capped_splits(cfg: Config, cap: int):
@@ -568,77 +592,82 @@ def run_study(
     except OSError as exc:
         raise ResnetlabError(f"cannot use {out_dir} as the study folder ({exc.strerror or exc}); choose a folder with --out") from None
 
-    ran, skipped, failures = [], [], []
-    todo = []
-    for cell, k, cfg, run_dir, status in plan:
-        name = f"{cell.label}/seed{k}"
-        if status == "done":
-            _finish_cell(run_dir, cfg, smoke)  # a no-op unless the val evaluation was cut short
-            skipped.append(name)
-            log.info("%s: finished earlier, skipped", name)
+    # one study at a time in a folder: a second one would train the same cells into the same
+    # folders at once (the lock is inherited by --jobs cells, so it holds while cells of a
+    # killed study are still running)
+    with _study_folder_lock(out_dir) as lock_fd:
+        ran, skipped, failures = [], [], []
+        todo = []
+        for cell, k, cfg, run_dir, status in plan:
+            name = f"{cell.label}/seed{k}"
+            if status == "done":
+                _finish_cell(run_dir, cfg, smoke)  # a no-op unless the val evaluation was cut short
+                skipped.append(name)
+                log.info("%s: finished earlier, skipped", name)
+                if on_cell:
+                    on_cell(name, "skipped")
+            else:
+                todo.append((name, cfg, run_dir, status))
+
+        def finish(name: str, cfg: Config, run_dir: Path) -> None:
+            _finish_cell(run_dir, cfg, smoke)
+            ran.append(name)
             if on_cell:
-                on_cell(name, "skipped")
+                on_cell(name, "ran")
+
+        if jobs == 1:
+            for i, (name, cfg, run_dir, status) in enumerate(todo):
+                log.info("[%d/%d] %s (%s)", i + 1, len(todo), name, status)
+                try:
+                    _run_in_process(cfg, run_dir, status)
+                    finish(name, cfg, run_dir)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:  # one failed cell must not cost the others
+                    log.error("%s failed: %s", name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    failures.append((name, exc))
         else:
-            todo.append((name, cfg, run_dir, status))
-
-    def finish(name: str, cfg: Config, run_dir: Path) -> None:
-        _finish_cell(run_dir, cfg, smoke)
-        ran.append(name)
-        if on_cell:
-            on_cell(name, "ran")
-
-    if jobs == 1:
-        for i, (name, cfg, run_dir, status) in enumerate(todo):
-            log.info("[%d/%d] %s (%s)", i + 1, len(todo), name, status)
-            try:
-                _run_in_process(cfg, run_dir, status)
-                finish(name, cfg, run_dir)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # one failed cell must not cost the others
-                log.error("%s failed: %s", name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                failures.append((name, exc))
-    else:
-        threads = max(1, _cores() // jobs)
-        log.info("%d runs in %d parallel processes, %d torch threads each", len(todo), jobs, threads)
-        live: set[subprocess.Popen] = set()
-        with _sigterm_as_interrupt(), ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_run_subprocess, cfg, run_dir, status, threads, live): (name, cfg, run_dir) for name, cfg, run_dir, status in todo}
-            try:
-                for fut, (name, cfg, run_dir) in futures.items():
-                    try:
-                        fut.result()
-                        finish(name, cfg, run_dir)
-                    except Exception as exc:
-                        log.error("%s failed: %s", name, exc)
-                        failures.append((name, exc))
-            except KeyboardInterrupt:
-                # Ctrl-C (or SIGTERM turned into it): no queued cell may start, and the running
-                # ones save a resumable checkpoint and stop (they get SIGINT too: from the
-                # terminal's process group, or from here when only this process was signalled).
-                # Leaving the with-block waits for them; a rerun resumes the rest.
-                for fut in futures:
-                    fut.cancel()
-                for proc in list(live):
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.send_signal(signal.SIGINT)
-                log.warning("study interrupted: waiting for the %d running cell(s) to save their checkpoints", len(live))
-                raise
-    # The report is written from the runs that finished even when some failed (a diverging cell
-    # is a result too); a cell with a failed run is not a candidate for best and is named.
-    failed = {name: (str(exc).splitlines()[0] if str(exc) else type(exc).__name__) for name, exc in failures}
-    runs = {(cell.label, k): read_run(run_dir) for cell, k, _, run_dir, _ in plan if f"{cell.label}/seed{k}" not in failed}
-    rows = summarize(cells, runs)
-    failed_cells = {name.rsplit("/seed", 1)[0] for name in failed}
-    best = select_best([r for r in rows if r["cell"] not in failed_cells])
-    write_study_report(out_dir, spec, cells, rows, runs, best, smoke=smoke, command=_command_line(spec, smoke, out_dir, jobs, max_cells), failed=failed)
-    if failures:
-        name, first = next(iter(failed.items()))
-        raise ResnetlabError(
-            f"{len(failures)} of {len(plan)} runs failed (first: {name}: {first}); the study report "
-            f"{out_dir / 'study.md'} shows the others; finished runs are kept, rerun the same command to retry the rest"
-        )
-    return StudyResult(out_dir, rows, best, ran, skipped)
+            threads = max(1, _cores() // jobs)
+            log.info("%d runs in %d parallel processes, %d torch threads each", len(todo), jobs, threads)
+            live: set[subprocess.Popen] = set()
+            with _sigterm_as_interrupt(), ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = {pool.submit(_run_subprocess, cfg, run_dir, status, threads, live, lock_fd): (name, cfg, run_dir)
+                           for name, cfg, run_dir, status in todo}  # fmt: skip
+                try:
+                    for fut, (name, cfg, run_dir) in futures.items():
+                        try:
+                            fut.result()
+                            finish(name, cfg, run_dir)
+                        except Exception as exc:
+                            log.error("%s failed: %s", name, exc)
+                            failures.append((name, exc))
+                except KeyboardInterrupt:
+                    # Ctrl-C (or SIGTERM turned into it): no queued cell may start, and the running
+                    # ones save a resumable checkpoint and stop (they get SIGINT too: from the
+                    # terminal's process group, or from here when only this process was signalled).
+                    # Leaving the with-block waits for them; a rerun resumes the rest.
+                    for fut in futures:
+                        fut.cancel()
+                    for proc in list(live):
+                        with contextlib.suppress(ProcessLookupError):
+                            proc.send_signal(signal.SIGINT)
+                    log.warning("study interrupted: waiting for the %d running cell(s) to save their checkpoints", len(live))
+                    raise
+        # The report is written from the runs that finished even when some failed (a diverging cell
+        # is a result too); a cell with a failed run is not a candidate for best and is named.
+        failed = {name: (str(exc).splitlines()[0] if str(exc) else type(exc).__name__) for name, exc in failures}
+        runs = {(cell.label, k): read_run(run_dir) for cell, k, _, run_dir, _ in plan if f"{cell.label}/seed{k}" not in failed}
+        rows = summarize(cells, runs)
+        failed_cells = {name.rsplit("/seed", 1)[0] for name in failed}
+        best = select_best([r for r in rows if r["cell"] not in failed_cells])
+        write_study_report(out_dir, spec, cells, rows, runs, best, smoke=smoke, command=_command_line(spec, smoke, out_dir, jobs, max_cells), failed=failed)
+        if failures:
+            name, first = next(iter(failed.items()))
+            raise ResnetlabError(
+                f"{len(failures)} of {len(plan)} runs failed (first: {name}: {first}); the study report "
+                f"{out_dir / 'study.md'} shows the others; finished runs are kept, rerun the same command to retry the rest"
+            )
+        return StudyResult(out_dir, rows, best, ran, skipped)
 
 
 def _smoke_fallback_cached(cfg: Config, cache: dict[str, Config]) -> Config:
