@@ -423,6 +423,11 @@ def test_out_a_non_empty_folder_that_holds_no_study_is_refused(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err == f"error: study folder {mine} is not empty and holds no study (no results.json, no cell folder); choose a new or empty folder with --out"
     assert sorted(p.name for p in mine.iterdir()) == ["results.csv"] and (mine / "results.csv").read_text() == "my numbers\n"
+    # a study stopped before its first cell folder leaves only its lock file: that folder is its own
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / ".study.lock").touch()
+    assert main(["study", str(path), "--out", str(stopped), "--max-cells", "1", "--seeds", "1", "-q"]) == 0
 
 
 def test_the_recorded_command_runs_as_it_is_copied(tmp_path):

@@ -582,7 +582,7 @@ def run_study(
             plan.append((cell, k, cfg, run_dir, cell_status(run_dir, cfg)))
     # the study writes results.csv, study.md, ... at its top: another folder's files of those names
     # would be replaced, and a training run's folder would get a study mixed into it
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (
+    if out_dir.is_dir() and any(p.name != ".study.lock" for p in out_dir.iterdir()) and not (
         (out_dir / "results.json").is_file() or any((out_dir / cell.label).is_dir() for cell in cells)
     ):
         raise ResnetlabError(f"study folder {out_dir} is not empty and holds no study (no results.json, no cell folder); "
