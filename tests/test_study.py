@@ -576,3 +576,13 @@ def test_how_a_cell_reads_its_images_does_not_make_it_another_cell(tmp_path):
     assert st.cell_status(tmp_path, load_config(None)) == "fresh"
     with pytest.raises(ResnetlabError, match=r"another config \(data.val_fraction: 0.1 \(folder\) vs 0.2 \(study\)\)"):
         st.cell_status(tmp_path, load_config(None, ["data.val_fraction=0.2"]))
+
+
+def test_curves_of_a_study_whose_every_run_failed_warn_nothing():
+    # matplotlib's "No artists with labels found to put in legend" came out when no run had a curve
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = st._curves_figure([("norm=bn", [{"epoch": [], "train_loss": [], "val_acc": [], "train_acc": [], "val_loss": []}])], "t")
+    assert png.startswith(b"\x89PNG")

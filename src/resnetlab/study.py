@@ -873,7 +873,9 @@ def _curves_figure(groups: list[tuple[str, list[dict]]], title: str) -> bytes:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     # on the training-loss panel: every cell that trained is there (validation may be missing)
-    fig.axes[[k for k, *_ in panels].index("train_loss")].legend(fontsize=8, loc="upper right")
+    loss_ax = fig.axes[[k for k, *_ in panels].index("train_loss")]
+    if loss_ax.get_legend_handles_labels()[0]:  # none when every run failed: no empty legend, no warning
+        loss_ax.legend(fontsize=8, loc="upper right")
     fig.suptitle(title)
     fig.tight_layout()
     return _png(fig)
