@@ -11,7 +11,7 @@ def register(sub) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="a run folder or checkpoint folder")
     p.add_argument("image", metavar="IMAGE", nargs="?", default=None,
                    help="an image file (resized and converted to the model's input); not needed with --list-layers")
-    p.add_argument("--out", default=None, help="PNG to write (default <run>/explain/activations_<image>.png)")
+    p.add_argument("--out", default=None, help="PNG to write (default <run>/explain/activations_<image>.png; explain-last/ with --which last)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file (--out or the default)")
     p.add_argument("--layers", nargs="+", default=None,
                    help="layers to show, one row each (default: the stages stem, layer1, ...): input (the normalized "
