@@ -10,7 +10,7 @@ def register(sub) -> None:
     p.add_argument("study", metavar="STUDY.yaml", help="study file: base config, grid and/or cells, seeds")
     p.add_argument("--smoke", action="store_true", help="scale every cell down (1 epoch, small subset, one seed unless --seeds)")
     p.add_argument("--jobs", "-j", type=int_at_least(1), default=1, help="cells trained at once, in separate processes (default 1)")
-    p.add_argument("--out", help="study folder (default <output.dir>/study-<name>)")
+    p.add_argument("--out", help="study folder (default <output.dir>/study-<name>; study-<name>-smoke with --smoke)")
     p.add_argument("--seeds", type=int_at_least(1), help="seeds per cell (replaces the file's 'seeds')")
     p.add_argument("--max-cells", type=int_at_least(1), help="run only the first N cells (for CI)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
