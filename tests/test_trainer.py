@@ -391,6 +391,22 @@ def test_onecycle_peaks_at_lr():
     assert lrs[0] == pytest.approx(1e-3 / 25, rel=1e-3)
 
 
+@pytest.mark.parametrize("total,pct_start", [(4, 0.25), (10, 0.1), (5, 0.2)])
+def test_onecycle_with_a_one_step_warmup_starts_at_the_peak(total, pct_start):
+    # pct_start x total_steps = 1 made torch's OneCycleLR divide by zero (a 4-step run at the
+    # default 0.25 ended in 'error: float division by zero')
+    from resnetlab.config import ScheduleConfig
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    sched = build_scheduler(opt, ScheduleConfig(name="onecycle", pct_start=pct_start), total_steps=total, steps_per_epoch=total, base_lr=0.1)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.1 / 25
+
+
 @pytest.mark.parametrize("momentum,cycled", [(0.0, False), (0.9, True)])
 def test_onecycle_cycles_momentum_only_when_sgd_has_some(momentum, cycled):
     from resnetlab.config import ScheduleConfig

@@ -91,11 +91,18 @@ def build_scheduler(
             log.info("onecycle: %s cycles %.2f -> %.2f -> %.2f (schedule.max_momentum / base_momentum; the optimizer's own "
                      "%s is not used; schedule.cycle_momentum=false keeps it)", which, cfg.max_momentum, cfg.base_momentum,
                      cfg.max_momentum, which)  # fmt: skip
+        total = max(2, total_steps)
+        pct_start = cfg.pct_start
+        # OneCycleLR divides by pct_start * total_steps - 1, zero when the warm-up is exactly one
+        # step (4 steps at the default 0.25: 'float division by zero'); a hair less starts at the
+        # peak, as any shorter warm-up does
+        while pct_start * total == 1.0:
+            pct_start = math.nextafter(pct_start, 0.0)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=max_lrs,
-            total_steps=max(2, total_steps),
-            pct_start=cfg.pct_start,
+            total_steps=total,
+            pct_start=pct_start,
             div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor,
             # cycle momentum (or Adam's beta1) only where there is one: momentum=0 stays plain SGD
