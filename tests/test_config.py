@@ -317,3 +317,17 @@ def test_an_override_inside_a_value_names_the_value():
     with pytest.raises(ConfigError, match=r"^override 'model.head.0=5': 'model.head' is a value, not a section; set it whole: model.head=VALUE$"):
         load_config(None, ["model.head.0=5"])
     assert load_config(None, ["train.progressive_resize.start_size=16"]).train.progressive_resize.start_size == 16
+
+
+def test_train_flags_are_taken_as_typed_not_parsed_as_yaml(tmp_path):
+    # the short flags went through YAML: 'imagefolder:PATH #2' lost ' #2' (a comment), a data root
+    # with ': ' became a mapping, and --name 007 the integer 7
+    from resnetlab.cli import build_parser
+    from resnetlab.cli.train import build_config
+
+    folder, root = tmp_path / "birds #2", tmp_path / "data: old"
+    argv = ["train", "--data", f"imagefolder:{folder}", "--data-root", str(root), "--name", "007", "--model", "resnet18",
+            "--freeze-until", "7", "--norm", "gn", "--lr", "1e-5", "--subset", "200"]  # fmt: skip
+    cfg = build_config(build_parser().parse_args(argv))
+    assert (cfg.data.name, cfg.data.root, cfg.name) == (f"imagefolder:{folder}", str(root), "007")
+    assert (cfg.model.freeze_until, cfg.model.norm, cfg.optim.lr, cfg.data.subset) == (7, "gn", 1e-5, 200)
