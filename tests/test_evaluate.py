@@ -399,3 +399,30 @@ def test_evaluate_and_resume_say_when_the_image_folder_changed_since_training(tm
     with caplog.at_level(logging.WARNING, logger="resnetlab"):  # what --resume runs once the run is rebuilt
         Trainer(cfg, run, progress=False).load_state(run / "checkpoints" / "last")
     assert "resuming on a changed dataset: the train split is not the one the run had" in caplog.text
+
+
+def test_metrics_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    # metrics.json marks an evaluated split (a study skips a cell that has one): a process killed
+    # while writing it left a truncated file, which looked done and failed every later read
+    from pathlib import Path
+
+    from resnetlab.evaluate import write_eval_files
+    from resnetlab.metrics import classification_metrics
+
+    logits, targets = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1, 1])
+    metrics = classification_metrics(logits, targets, ["a", "b"])
+    real = Path.write_text
+
+    def killed_midway(self, text, *a, **k):
+        if "metrics.json" in self.name:
+            real(self, text[: len(text) // 2], *a, **k)
+            raise KeyboardInterrupt
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        write_eval_files(tmp_path, metrics, ["a", "b"], logits, targets, torch.arange(3), None)
+    assert not (tmp_path / "metrics.json").exists()
+    monkeypatch.setattr(Path, "write_text", real)
+    files = write_eval_files(tmp_path, metrics, ["a", "b"], logits, targets, torch.arange(3), None)
+    assert json.loads(files["metrics.json"].read_text())["accuracy"] == pytest.approx(2 / 3)

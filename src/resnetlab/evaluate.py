@@ -279,7 +279,11 @@ def write_eval_files(out: Path, metrics: dict, classes: Sequence[str], logits: t
     _write_csv(files["predictions.csv"], header, rows)
 
     payload = {**(extra or {}), **metrics, "predictions": str(files["predictions.csv"])}
-    files["metrics.json"].write_text(json.dumps(payload, indent=2))
+    # metrics.json, written last, says the split is evaluated (a study reads it so): written whole
+    # or not at all, so a process killed mid-write leaves no truncated file that looks done
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, files["metrics.json"])
     return files
 
 
