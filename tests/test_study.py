@@ -329,6 +329,27 @@ def test_rerun_of_a_finished_study_trains_nothing_and_a_lost_eval_is_redone(fini
     assert table(out / "results.csv") == table(reference.out_dir / "results.csv")
 
 
+def test_a_finished_cell_whose_missing_evaluation_fails_is_one_failed_run(finished, tmp_path, monkeypatch):
+    # the evaluation redone for a finished cell ran outside the per-run error handling: its error
+    # ended the whole study with no report, where a failing training run is named and the rest go on
+    path, reference = finished
+    import shutil
+
+    import resnetlab.evaluate
+
+    shutil.copytree(reference.out_dir, tmp_path / "o")
+    (tmp_path / "o" / "norm=bn" / "seed0" / "eval" / "val" / "metrics.json").unlink()
+    (tmp_path / "o" / "study.md").unlink()
+
+    def dataset_gone(*a, **k):
+        raise RuntimeError("dataset gone")
+
+    monkeypatch.setattr(resnetlab.evaluate, "evaluate", dataset_gone)
+    with pytest.raises(ResnetlabError, match=r"^1 of 4 runs failed \(first: norm=bn/seed0: dataset gone\)"):
+        st.run_study(path, out=tmp_path / "o")
+    assert "norm=bn/seed0: dataset gone" in (tmp_path / "o" / "study.md").read_text()
+
+
 def test_a_folder_with_another_config_is_not_mistaken_for_the_cell(finished, tmp_path):
     path, reference = finished
     import shutil

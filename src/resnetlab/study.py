@@ -601,7 +601,14 @@ def run_study(
         for cell, k, cfg, run_dir, status in plan:
             name = f"{cell.label}/seed{k}"
             if status == "done":
-                _finish_cell(run_dir, cfg, smoke)  # a no-op unless the val evaluation was cut short
+                try:
+                    _finish_cell(run_dir, cfg, smoke)  # a no-op unless the val evaluation was cut short
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:  # as for a cell that trains: named, and the others go on
+                    log.error("%s failed: %s", name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    failures.append((name, exc))
+                    continue
                 skipped.append(name)
                 log.info("%s: finished earlier, skipped", name)
                 if on_cell:
