@@ -201,6 +201,9 @@ CASES = {
     "activations out a folder": (lambda c: ["activations", str(c.run), str(c.img), "--out", str(c.empty)], ["is a folder; give the figure's file name"]),
     "augment-preview out a folder": (lambda c: ["augment-preview", "--data", "digits", "--aug", "flip", "--out", str(c.empty), "--overwrite"],
                                      ["is a folder; give the figure's file name"]),  # fmt: skip
+    # evaluate / explain --out a folder of other files: files of their names there were replaced
+    "evaluate out a run folder": (lambda c: ["evaluate", str(c.run), "--out", str(c.run)], ["holds files evaluate does not write (checkpoints, config.yaml,"]),
+    "explain out a run folder": (lambda c: ["explain", str(c.run), "--out", str(c.run)], ["holds files explain does not write (checkpoints, config.yaml,"]),
     # --which picks from a run folder; with one checkpoint it was ignored (evaluate wrote best's eval/test)
     "which of a checkpoint folder": (lambda c: ["evaluate", str(c.run / "checkpoints" / "best"), "--which", "last"],
                                      ["--which last picks a checkpoint of a run folder", "checkpoints/best is one checkpoint already"]),  # fmt: skip

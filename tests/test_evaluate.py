@@ -15,7 +15,7 @@ from resnetlab.cli import main
 from resnetlab.cli.evaluate import JSON_KEYS
 from resnetlab.data import load_dataset
 from resnetlab.data.images import preprocess
-from resnetlab.errors import CheckpointError
+from resnetlab.errors import CheckpointError, ResnetlabError
 from resnetlab.evaluate import collect_outputs, evaluate
 
 
@@ -133,6 +133,16 @@ def test_evaluate_val_split_and_out_dir(run, tmp_path):
     # validation accuracy of the best checkpoint is the one the trainer logged for its epoch
     best_val = max(float(r["val_acc"]) for r in csv.DictReader(open(run / "metrics.csv")))
     assert m["accuracy"] == pytest.approx(best_val, abs=1e-5)
+    # the same --out again (a rerun, or one cut short): its own files are replaced
+    (tmp_path / "elsewhere" / "metrics.json").unlink()
+    assert evaluate(run, split="val", out_dir=tmp_path / "elsewhere", device="cpu")["num_samples"] == 144
+    # a folder of other files is refused before any work, and keeps its files
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "predictions.csv").write_text("my predictions\n")
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(ResnetlabError, match=r"holds files evaluate does not write \(notes.txt\); choose a new or empty folder"):
+        evaluate(run, split="val", out_dir=tmp_path / "mine", device="cpu")
+    assert (tmp_path / "mine" / "predictions.csv").read_text() == "my predictions\n"
 
 
 def test_last_checkpoint_evaluates_beside_the_best_ones_result(run):

@@ -8,7 +8,9 @@ traceback unless ``--debug`` is given.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 
 class ResnetlabError(Exception):
@@ -64,3 +66,17 @@ def printable(name: str) -> str:
         'caf\\\\xe9.png'
     """
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_output_folder(path: str | os.PathLike, own: Callable[[str], bool], command: str) -> None:
+    """Refuse ``path`` as ``command``'s ``--out`` when it is a folder holding anything the command
+    does not write itself (``own(name)`` is false): files of the command's names there would be
+    replaced, and its results mixed with others. A new or empty folder, or one holding only an
+    earlier result of the command (rerun, or cut short), is used."""
+    p = Path(path)
+    if p.is_dir():
+        other = sorted(e.name for e in p.iterdir() if not own(e.name))
+        if other:
+            shown = ", ".join(printable(n) for n in other[:3]) + (", ..." if len(other) > 3 else "")
+            raise ResnetlabError(f"--out {printable(str(p))} holds files {command} does not write ({shown}); "
+                                 f"choose a new or empty folder, or one of its earlier results")  # fmt: skip

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, check_int
+from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, check_int, check_output_folder
 from resnetlab.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
@@ -244,15 +244,16 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
+# the files write_eval_files writes into a split's folder
+EVAL_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.json",
+              "confusion_matrix_normalized.csv", "confusion_matrix.png", "predictions.csv")
+
+
 def write_eval_files(out: Path, metrics: dict, classes: Sequence[str], logits: torch.Tensor, targets: torch.Tensor,
                      indices: torch.Tensor, paths: Sequence[str] | None, extra: dict | None = None) -> dict[str, Path]:
     """Write the evaluation files of one split into ``out``; returns their paths by name."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {
-        name: out / name
-        for name in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.json",
-                     "confusion_matrix_normalized.csv", "confusion_matrix.png", "predictions.csv")
-    }
+    files = {name: out / name for name in EVAL_FILES}
     cm = metrics["confusion_matrix"]
     cmn = metrics["confusion_matrix_normalized"]
     _write_csv(files["per_class.csv"], ["class", "precision", "recall", "f1", "support"],
@@ -400,6 +401,8 @@ def evaluate(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     check_int("batch_size", batch_size, 1)
+    if out_dir is not None:  # before any work: a folder of other files is refused
+        check_output_folder(out_dir, lambda name: name in EVAL_FILES or name == ".metrics.json.tmp", "evaluate")
     device = resolve_device(device)
     src = open_split(checkpoint_or_run, split, data_root=data_root, splits=splits, which=which, purpose="evaluate")
     ckpt, imageset, data_name = src.ckpt, src.imageset, src.data_name

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.errors import ResnetlabError, check_int, did_you_mean, unknown_name
+from resnetlab.errors import ResnetlabError, check_int, check_output_folder, did_you_mean, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -349,6 +349,8 @@ def explain(
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     for name, v, low in (("n_per_class", n_per_class, 1), ("n_pairs", n_pairs, 0), ("n_top_loss", n_top_loss, 0), ("batch_size", batch_size, 1)):
         check_int(name, v, low)
+    if out_dir is not None:  # before any work: a folder of other files is refused
+        check_output_folder(out_dir, _explain_file, "explain")
     device = resolve_device(device)
     ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
     model = ckpt.model.to(device)
@@ -471,6 +473,12 @@ def _rel(path: str | Path, base: Path) -> str:
         return Path(path).resolve().relative_to(base.resolve()).as_posix()
     except ValueError:
         return Path(path).as_posix()
+
+
+def _explain_file(name: str) -> bool:
+    """Whether ``name`` is one of the files explain writes into its folder."""
+    return name in ("summary.json", "confused_pairs.png", "top_losses.png", "explain.md", "explain.html") or (
+        name.startswith("gallery_") and name.endswith(".png"))
 
 
 def _write_sections(summary: dict[str, Any], out: Path, sections: Path, base: Path) -> None:

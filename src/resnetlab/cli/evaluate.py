@@ -23,7 +23,7 @@ def register(sub) -> None:
     add_which(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--data-root", default=None, metavar="DIR", help="dataset root, replacing the one in the checkpoint")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <run>/eval/<split>; <run>/eval/<split>-last with --which last)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder: new, empty, or an earlier evaluate output (default: <run>/eval/<split>; <run>/eval/<split>-last with --which last)")
     p.add_argument("--batch-size", type=int_at_least(1), default=256, help="images per forward pass (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.set_defaults(func=run)
