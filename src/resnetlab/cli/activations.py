@@ -22,7 +22,7 @@ def register(sub) -> None:
                         "checkpoint's input size, and exit")
     p.add_argument("--channels", type=int_at_least(1), default=16, help="most active channels shown per layer (default 16)")
     add_which(p)
-    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N (default: cpu: one image)")
     p.set_defaults(func=run)
 
 

@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int_at_least(1), default=20, help="timed steps per window (default: 20)")
     p.add_argument("--warmup", type=int_at_least(0), default=3, help="untimed steps first (default: 3)")
     p.add_argument("--repeats", type=int_at_least(1), default=3, help="timed windows, the best counts (default: 3)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N (default: cpu)")
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,

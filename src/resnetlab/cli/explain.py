@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="output folder: new, empty, or an earlier explain output (default <run>/explain, <run>/explain-last with --which last; the report section goes to <run>/report_sections for a folder inside the run, else into --out)")
     p.add_argument("--data-root", default=None, help="dataset root, replacing the one recorded in the checkpoint")
     add_which(p)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
     p.add_argument("--batch-size", type=int_at_least(1), default=256)
     p.set_defaults(func=run)
 
