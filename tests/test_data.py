@@ -714,3 +714,19 @@ def test_file_and_class_names_that_are_not_utf8_train_evaluate_and_report(tmp_pa
     assert "xe9" in (run / "report.md").read_text()  # its per-class table names the class
     assert main(["predict", str(run), os.fsdecode(os.path.join(root, b"dog"))]) == 0
     assert capsys.readouterr().out.count("caf") == 8
+
+
+def test_a_data_root_the_dataset_does_not_read_is_named_in_a_warning(tmp_path, caplog):
+    # train --data digits --data-root DIR (or synthetic, or imagefolder:PATH) ignored DIR without a word
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        load_dataset("digits", root=tmp_path / "somewhere", val_fraction=0.1, seed=0)
+    assert f"data root {tmp_path / 'somewhere'} is not used: digits reads scikit-learn's bundled set" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        load_dataset("synthetic:1x8x8:2:20", val_fraction=0.1, seed=0)
+    assert "data root" not in caplog.text
+    # a smoke run that swaps a missing dataset for a synthetic one drops the root with it
+    from resnetlab.config import load_config, smoke_config, smoke_fallback
+
+    cfg = smoke_fallback(smoke_config(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}"])))
+    assert cfg.data.name.startswith("synthetic:") and cfg.data.root is None

@@ -577,7 +577,7 @@ def smoke_fallback(cfg: Config) -> Config:
         n = max(int(cfg.data.subset or 256), 2 * classes)
         name = f"synthetic:{shape}:{classes}:{n}"
         logging.getLogger(__name__).warning("smoke run: %s; using %s instead", str(exc).splitlines()[0], name)
-        data["data"].update(name=name, download=False)
+        data["data"].update(name=name, download=False, root=None)  # the synthetic set reads no root
     pre = cfg.model.pretrained
     if pre and ":" not in pre and not Path(pre).expanduser().exists() and Path(f"{pre}-smoke").expanduser().is_dir():
         # a study's source run (say runs/fmnist-pretrain) that only its own --smoke made (runs/fmnist-pretrain-smoke)

@@ -832,16 +832,20 @@ def load_dataset(
         _check_root(r, explicit=root is not None and not download)
         reader = _read_cifar if key.startswith("cifar") else _read_mnist
         train, val, test, classes = reader(r, key, download)
-    elif key == "digits":
-        train, val, test, classes = _read_digits()
-    elif key == "synthetic":
-        train, val, test, classes = _read_synthetic(arg)
     else:
-        if not arg:
-            raise DataError("imagefolder needs a path: 'imagefolder:PATH'")
-        train, val, test, classes, skipped, listing = _read_imagefolder(
-            arg, size or (224, 224), stream_threshold_gb, workers or os.cpu_count() or 1
-        )
+        if root is not None:  # a warning, not an error: a recipe's root may serve its other datasets
+            reads = {"digits": "scikit-learn's bundled set", "synthetic": "no files"}.get(key, "the folder in its name")
+            log.warning("data root %s is not used: %s reads %s", root, key, reads)
+        if key == "digits":
+            train, val, test, classes = _read_digits()
+        elif key == "synthetic":
+            train, val, test, classes = _read_synthetic(arg)
+        else:
+            if not arg:
+                raise DataError("imagefolder needs a path: 'imagefolder:PATH'")
+            train, val, test, classes, skipped, listing = _read_imagefolder(
+                arg, size or (224, 224), stream_threshold_gb, workers or os.cpu_count() or 1
+            )
 
     # Resize in-memory datasets once, here, so every epoch reads ready-sized uint8.
     if size is not None and train.in_memory and tuple(train.image_shape[1:]) != size:
