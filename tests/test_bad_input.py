@@ -195,6 +195,11 @@ CASES = {
                                             ["is not a resnetlab checkpoint", "an exported ONNX file is read by resnetlab predict --backend onnx"]),  # fmt: skip
     "a TorchScript file without --backend torchscript": (lambda c: ["predict", _pt_file(c), str(c.img)],
                                                          ["is not a resnetlab checkpoint", "read by resnetlab predict --backend torchscript"]),  # fmt: skip
+    # a file named for the other format: predict and users take the suffix at its word
+    "export onnx named .pt": (lambda c: ["export", str(c.run), "--format", "onnx", "--out", str(c.tmp / "m.pt")],
+                              ["--out m.pt names a TorchScript file, and --format is onnx; use a .onnx name"]),  # fmt: skip
+    "export torchscript named .onnx": (lambda c: ["export", str(c.run), "--format", "torchscript", "--out", str(c.tmp / "m.onnx")],
+                                       ["--out m.onnx names an ONNX file"]),  # fmt: skip
     "export under a regular file": (lambda c: ["export", str(c.run), "--format", "torchscript", "--out", str(c.file / "m.pt")],
                                     ["cannot write", "a file.txt/m.pt: ", "a file.txt is a file, not a folder"]),  # fmt: skip
     # a figure's --out that is a folder: the figure was written beside it, as FOLDER.png

@@ -226,6 +226,10 @@ def export_model(
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out must be a file path, got the directory {str(out)!r}")
+    other = {"onnx": (".pt", ".pth", ".ts", ".torchscript"), "torchscript": (".onnx",)}[fmt]
+    if out.suffix.lower() in other:  # a file named for the other format misleads every later reader
+        raise ValueError(f"--out {out.name} names {'a TorchScript' if fmt == 'onnx' else 'an ONNX'} file, and --format is {fmt}; "
+                         f"use a {'.onnx' if fmt == 'onnx' else '.pt'} name, or the other --format")  # fmt: skip
     if not overwrite and (out.exists() or sidecar_path(out).exists()):
         there = out if out.exists() else sidecar_path(out)  # the sidecar alone would be paired with the new model
         raise ValueError(f"{there} already exists; use --overwrite to replace {out.name} and {sidecar_path(out).name}, or another --out")
