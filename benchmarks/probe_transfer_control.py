@@ -18,6 +18,7 @@ import torch
 
 from resnetlab import study as st
 from resnetlab.checkpoint import load_checkpoint
+from resnetlab.config import config_from_dict
 from resnetlab.data import load_dataset
 from resnetlab.trainer import train
 
@@ -28,7 +29,11 @@ def probe(study_file: str, seed: int, out: Path, epochs: int | None = None) -> s
     cfg = st.cell_config(spec, cell, seed)
     cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"report": False, "tensorboard": False})})
     if epochs is not None:  # the tests' short version; the figures quoted come from the study's 40
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs})})
+        data = cfg.model_dump(mode="json")
+        data["train"]["epochs"] = epochs
+        if data["schedule"]["warmup_epochs"] >= epochs:  # a warmup as long as the run is refused
+            data["schedule"]["warmup_epochs"] = 0.0
+        cfg = config_from_dict(data)  # validated, as any config a user gives
     result = train(cfg, out, progress=False)
     ck = load_checkpoint(out, which="last")  # the end of training (best is epoch 1 when val never improves)
     model = ck.model.eval()
