@@ -194,6 +194,22 @@ def test_random_resized_crop_to_a_smaller_size_is_antialiased_as_torchvision():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # torchvision's antialiased resize, to the pixel
 
 
+def test_random_resized_crop_of_part_of_the_image_is_torchvisions_resized_crop():
+    # the box was cut out at the image size (upsampled without antialiasing) and then shrunk:
+    # resampled twice, blurrier than torchvision's one antialiased resize of the box
+    import torchvision.transforms.v2.functional as TF
+
+    x = torch.rand(4, 3, 64, 64)
+    for side, out in ((32, 32), (48, 24)):  # a box of side x side pixels, resized to out x out
+        area = side * side / (64 * 64)
+        torch.manual_seed(0)
+        y = build_augment(f"random-resized-crop:size={out},scale=({area},{area}),ratio=(1,1)", (3, 64, 64))(x)
+        for i in range(len(x)):
+            wants = [TF.resized_crop(x[i], t, l, side, side, [out, out], antialias=True)
+                     for t in range(65 - side) for l in range(65 - side)]  # fmt: skip
+            assert min((y[i] - w).abs().max().item() for w in wants) < 1e-5, (side, out, i)
+
+
 def test_resize_is_torchvisions_antialiased_resize():
     import torchvision.transforms.v2.functional as TF
 

@@ -11,7 +11,8 @@ shape ``(B, C, H, W)`` — salt-and-pepper included (``RandomSaltAndPepperNoise`
 crop, horizontal flip and center crop, which are written here as fused per-sample index maps
 because kornia's versions are the bottleneck on CPU (see the comment above ``_IndexOp``; the
 center crop is also placed as torchvision places it), and resize, which is torch's antialiased
-``interpolate`` (torchvision's ``Resize`` to the pixel). All parameters are drawn
+``interpolate`` (torchvision's ``Resize`` to the pixel), as is random-resized-crop's resize of
+each kornia-drawn box (torchvision's ``RandomResizedCrop``). All parameters are drawn
 from the global torch RNG, which the loader reseeds per step (see :mod:`resnetlab.data.loader`).
 
 Names and parameters (defaults in brackets):
@@ -319,14 +320,7 @@ def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, 
         return mod, shape
     if name == "random-resized-crop":
         th, tw = _hw(p["size"], (h, w)) if p["size"] is not None else (h, w)
-        # torchvision's geometry (align_corners=False; kornia defaults to True). kornia's crop does
-        # not antialias, which only matters when the output is smaller than the image: then the crop
-        # is taken at the image's size and shrunk by an antialiased resize, as torchvision's
-        # RandomResizedCrop(antialias=True) shrinks it in one step.
-        if th >= h and tw >= w:
-            return K.RandomResizedCrop((th, tw), scale=p["scale"], ratio=p["ratio"], align_corners=False), (c, th, tw)
-        crop = K.RandomResizedCrop((h, w), scale=p["scale"], ratio=p["ratio"], align_corners=False)
-        return nn.Sequential(crop, AntialiasedResize((th, tw))), (c, th, tw)
+        return RandomResizedCropAntialiased((th, tw), p["scale"], p["ratio"]), (c, th, tw)
     if name == "resize":
         size = p["size"]
         if isinstance(size, int):  # shorter side -> size, aspect kept; the longer one truncated, as torchvision does
@@ -370,6 +364,31 @@ class AntialiasedResize(nn.Module):
         return F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
 
 
+class RandomResizedCropAntialiased(nn.Module):
+    """torchvision's ``RandomResizedCrop(antialias=True)``: kornia draws each sample's box (its
+    scale and ratio sampling), then each box is resized to ``size`` in one antialiased bilinear
+    step (torchvision's geometry, align_corners=False). kornia's own resize does not antialias,
+    and cropping at the image size before shrinking resamples twice: at 64 -> 32 that took ~25%
+    of the pixel-level contrast that torchvision keeps."""
+
+    def __init__(self, size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float]):
+        import kornia.augmentation as K
+
+        super().__init__()
+        self.size = tuple(size)
+        self.boxes = K.RandomResizedCrop(self.size, scale=scale, ratio=ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # float (B, C, H, W) -> (B, C, h, w)
+        src = self.boxes.forward_parameters(x.shape)["src"]  # (B, 4, 2) corners as (x, y), inclusive
+        boxes = torch.cat([src[:, 0], src[:, 2] + 1], dim=1).long().tolist()  # (B, 4) x0, y0, x1, y1
+        if not boxes:
+            return x.new_empty((0, x.shape[1], *self.size))
+        return torch.cat([
+            F.interpolate(x[i : i + 1, :, y0:y1, x0:x1], size=self.size, mode="bilinear", antialias=True, align_corners=False)
+            for i, (x0, y0, x1, y1) in enumerate(boxes)
+        ])
+
+
 # ---------------------------------------------------------------------------------------------
 # Crop and flip as index maps (hand-written, on purpose)
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +398,7 @@ class AntialiasedResize(nn.Module):
 # slower than a per-image DataLoader. The standard CIFAR pair is pure indexing, so here each op
 # only edits per-sample row/column index maps, consecutive ops are fused, and a single gather
 # produces the batch — on uint8, before the float conversion (exact, and 4x less memory traffic).
-# Every other augmentation but resize is kornia's.
+# Every other augmentation but the resizes is kornia's.
 class _IndexOp(nn.Module):
     """A geometric op expressible as per-sample row and column index maps."""
 
