@@ -234,6 +234,27 @@ def test_cutout_erases_one_square_of_the_given_size():
     assert ((v == 0.5).all(dim=1).sum(dim=(1, 2)).float().mean() - 0.1 * 1024).abs() < 20
 
 
+def test_erasing_draws_its_boxes_as_torchvision():
+    # kornia drew the ratio uniformly on each side of 1: with the symmetric default (0.3, 3.3)
+    # tall boxes (h/w > 2) were about twice as common as wide ones (w/h > 2)
+    torch.manual_seed(0)
+    x = torch.ones(4000, 1, 32, 32)
+    hole = build_augment("erasing:p=1", (1, 32, 32))(x.contiguous(memory_format=torch.channels_last))[:, 0] == 0
+    h, w = hole.any(2).sum(1).float(), hole.any(1).sum(1).float()
+    assert (h * w == hole.sum((1, 2))).all() and (h > 0).all()  # one rectangle in every image
+    ratio = h / w
+    assert abs((ratio > 2).float().mean() - (ratio < 0.5).float().mean()) < 0.03  # log-uniform ratio: ~0.19 each
+    assert abs(ratio.log().mean()) < 0.05
+    area = h * w / 1024
+    assert area.min() >= 0.02 - 0.01 and area.max() <= 0.33 + 0.03 and abs(area.mean() - 0.175) < 0.01
+    top = hole.any(2).float().argmax(1)
+    assert top.min() == 0 and (top + h == 32).any()  # both extremes of the position are reached
+    on = build_augment("erasing", (1, 32, 32))(x)[:, 0].eq(0).any(2).any(1).float().mean()
+    assert abs(on - 0.5) < 0.04  # p
+    # a box that cannot fit in 10 draws leaves the image as it is, as torchvision does
+    assert torch.equal(build_augment("erasing:scale=(0.9,1),ratio=(3,3),p=1", (1, 32, 32))(x[:8]), x[:8])
+
+
 def test_blur_smooths_noise_and_keeps_mean():
     x = _batch(8)
     y = build_augment("blur:kernel=5,sigma=(1.5,1.5),p=1", (3, 32, 32))(x)

@@ -12,7 +12,8 @@ crop, horizontal flip and center crop, which are written here as fused per-sampl
 because kornia's versions are the bottleneck on CPU (see the comment above ``_IndexOp``; the
 center crop is also placed as torchvision places it), and resize, which is torch's antialiased
 ``interpolate`` (torchvision's ``Resize`` to the pixel), as is random-resized-crop's resize of
-each kornia-drawn box (torchvision's ``RandomResizedCrop``). All parameters are drawn
+each kornia-drawn box (torchvision's ``RandomResizedCrop``), and random erasing, whose boxes are
+drawn as torchvision draws them (``RandomErasingBox``). All parameters are drawn
 from the global torch RNG, which the loader reseeds per step (see :mod:`resnetlab.data.loader`).
 
 Names and parameters (defaults in brackets):
@@ -29,8 +30,8 @@ Names and parameters (defaults in brackets):
 ``center-crop``        ``size`` (required) — deterministic
 ``cutout``             one square hole of ``size`` [half the image side] px: ``p`` [1.0],
                        ``value`` [0.0]
-``erasing``            random erasing: ``scale`` [(0.02, 0.33)], ``ratio`` [(0.3, 3.3)],
-                       ``value`` [0.0], ``p`` [0.5]
+``erasing``            random erasing: ``scale`` [(0.02, 0.33)] of the area, ``ratio`` [(0.3, 3.3)]
+                       (height / width, log-uniform), ``value`` [0.0], ``p`` [0.5]
 ``blur``               gaussian blur: ``kernel`` [3, odd], ``sigma`` [(0.1, 2.0)], ``p`` [0.5]
 ``salt-pepper``        per-pixel salt/pepper with probability ``amount`` [0.05];
                        ``salt_vs_pepper`` [0.5], ``p`` [0.5]
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -340,7 +342,7 @@ def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, 
         frac = side * side / (h * w)
         return K.RandomErasing(scale=(frac, frac), ratio=(1.0, 1.0), value=p["value"], p=p["p"]), shape
     if name == "erasing":
-        return K.RandomErasing(scale=p["scale"], ratio=p["ratio"], value=p["value"], p=p["p"]), shape
+        return RandomErasingBox(p["scale"], p["ratio"], p["value"], p["p"]), shape
     if name == "blur":
         if p["kernel"] > min(h, w):
             raise DataError(f"augmentation 'blur': kernel={p['kernel']} is larger than the image {h}x{w}")
@@ -389,6 +391,38 @@ class RandomResizedCropAntialiased(nn.Module):
         ])
 
 
+class RandomErasingBox(nn.Module):
+    """Random erasing drawn as torchvision's ``RandomErasing`` draws it, per sample: the box's area
+    uniform in ``scale`` x H x W, its aspect ratio (height / width) log-uniform in ``ratio``, up to
+    10 tries to find a box that fits (none: the image is left as it is), then a uniform position.
+    kornia draws the ratio uniformly on each side of 1, which made tall boxes (h/w > 2) twice as
+    common as wide ones (w/h > 2) for the symmetric default (0.3, 3.3)."""
+
+    tries = 10
+
+    def __init__(self, scale: tuple[float, float], ratio: tuple[float, float], value: float = 0.0, p: float = 0.5):
+        super().__init__()
+        self.scale, self.value, self.p = tuple(scale), float(value), float(p)
+        self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # float (B, C, H, W)
+        b, _, h, w = x.shape
+        dev = x.device
+        area = torch.empty(b, self.tries, device=dev).uniform_(*self.scale) * (h * w)
+        ratio = torch.empty(b, self.tries, device=dev).uniform_(*self.log_ratio).exp_()
+        eh, ew = (area * ratio).sqrt_().round_(), (area / ratio).sqrt_().round_()  # (B, tries)
+        fits = (eh <= h) & (ew <= w)
+        first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first box that fits
+        eh, ew = eh.gather(1, first), ew.gather(1, first)  # (B, 1)
+        on = fits.any(1, keepdim=True) & (torch.rand(b, 1, device=dev) < self.p)
+        top = (torch.rand(b, 1, device=dev) * (h - eh + 1)).floor_()
+        left = (torch.rand(b, 1, device=dev) * (w - ew + 1)).floor_()
+        r, c = torch.arange(h, device=dev), torch.arange(w, device=dev)
+        in_r = (r >= top) & (r < top + eh) & on  # (B, H)
+        in_c = (c >= left) & (c < left + ew)  # (B, W)
+        return x.masked_fill((in_r[:, :, None] & in_c[:, None, :])[:, None], self.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # Crop and flip as index maps (hand-written, on purpose)
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +432,7 @@ class RandomResizedCropAntialiased(nn.Module):
 # slower than a per-image DataLoader. The standard CIFAR pair is pure indexing, so here each op
 # only edits per-sample row/column index maps, consecutive ops are fused, and a single gather
 # produces the batch — on uint8, before the float conversion (exact, and 4x less memory traffic).
-# Every other augmentation but the resizes is kornia's.
+# Every other augmentation but the resizes and erasing is kornia's.
 class _IndexOp(nn.Module):
     """A geometric op expressible as per-sample row and column index maps."""
 
