@@ -240,6 +240,28 @@ def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(tmp_path):
     assert not resume(run, progress=False).interrupted
 
 
+def test_resume_of_a_transfer_run_does_not_need_the_pretrained_source(tmp_path):
+    # the checkpoint holds the weights: a source moved away (or torchvision weights not cached on
+    # the machine that resumes) stopped the resume with "pretrained weights not found"
+    from resnetlab.config import save_config
+    from resnetlab.models import create_model
+
+    source = tmp_path / "source.pth"
+    torch.save(create_model("resnet8", num_classes=10, in_channels=1).state_dict(), source)
+    cfg = tiny("train.batch_size=8", "train.device=cpu", f"model.pretrained={source}", "model.freeze_until=layer1",
+               "train.head_only_epochs=1")
+    train(cfg, tmp_path / "ref", progress=False)
+    run = tmp_path / "cut"
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    assert Trainer(cfg, run, progress=False, callbacks=[_SignalAt(epoch=0)]).fit().interrupted  # in the head-only epoch
+    source.unlink()
+    assert not resume(run, progress=False).interrupted
+    ref = load_weights(tmp_path / "ref" / "checkpoints" / "last")
+    got = load_weights(run / "checkpoints" / "last")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(ResnetlabError, match="not a run folder"):
         resume(tmp_path)

@@ -232,6 +232,8 @@ class Trainer:
         callbacks: extra callbacks.
         normalization: ``(mean, std)`` to normalize with instead of the dataset's (or the
             pretrained source's): a resume's, from its checkpoint.
+        pretrained: load ``cfg.model.pretrained`` into the new model; False for a resume, whose
+            checkpoint holds the weights (the source may be gone or not cached on this machine).
 
     Example:
         >>> from resnetlab.config import load_config
@@ -240,7 +242,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, run_dir: str | os.PathLike, progress: bool | None = None, callbacks: Sequence[Callback] = (),
-                 normalization: tuple[Sequence[float], Sequence[float]] | None = None):  # fmt: skip
+                 normalization: tuple[Sequence[float], Sequence[float]] | None = None, pretrained: bool = True):  # fmt: skip
         from resnetlab.data import build_loader, load_dataset, output_shape
         from resnetlab.data.augment import eval_transforms
         from resnetlab.models import create_model
@@ -325,7 +327,7 @@ class Trainer:
         self.model = create_model(cfg.model.name, **arch_args)
         self.arch_args = arch_args
         self.pretrained_report = None
-        if cfg.model.pretrained:
+        if cfg.model.pretrained and pretrained:
             from resnetlab.transfer import load_pretrained
 
             self.pretrained_report = load_pretrained(self.model, cfg.model.pretrained, data_root=d.root, classes=self.classes)
@@ -949,7 +951,9 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResul
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
     candidates = ckpt.resume_candidates(run_dir)
     _check_resume_config(run_dir, cfg, candidates)
-    trainer = Trainer(cfg, run_dir, progress=progress, normalization=_checkpoint_normalization(candidates))
+    # with a checkpoint to load (or an error below), the pretrained source is not read again
+    trainer = Trainer(cfg, run_dir, progress=progress, normalization=_checkpoint_normalization(candidates),
+                      pretrained=not candidates)
     loaded = None
     problems = []
     for cand in candidates:
