@@ -156,6 +156,27 @@ def test_foreign_architecture_names_the_key(tmp_path):
         load_pretrained(create_model("resnet32"), str(path2))
 
 
+@pytest.mark.parametrize("source, target, named", [
+    ({"norm": "ln"}, {"norm": "gn"}, "norm=gn here, ln in the source"),
+    ({"norm": "gn", "groups": 4}, {"norm": "gn-torch"}, r"groups=\[16, 32\] here, \[4\] in the source"),
+    ({"act": "gelu"}, {}, "act=relu here, gelu in the source"),
+    ({"stem": "cifar-pool"}, {}, "stem=cifar here, cifar-pool in the source"),
+], ids=["norm", "groups", "act", "stem"])
+def test_resnetlab_source_with_other_unseen_options_is_refused(tmp_path, source, target, named):
+    # these sources have the same parameter names and shapes as the model: they loaded silently
+    args = {"num_classes": 10, "in_channels": 1}
+    src = create_model("resnet20", **args, **source)
+    ck.save_checkpoint(tmp_path / "run" / "checkpoints" / "best", src, _meta(src, "resnet20", {**args, **source}, None))
+    dst = create_model("resnet20", **args, **target)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(CheckpointError, match=f"trained in another architecture \\({named}\\)"):
+        load_pretrained(dst, str(tmp_path / "run"))
+    assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())  # nothing was loaded
+    # the same options (bn and bn-torch, ln and ln-torch count as the same norm) load
+    same = {**source, "norm": source.get("norm", "bn-torch").removesuffix("-torch")}
+    assert load_pretrained(create_model("resnet20", **args, **same), str(tmp_path / "run"))["loaded"]
+
+
 def test_bad_specs(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_pretrained(create_model("resnet20"), str(tmp_path / "nope"))

@@ -145,12 +145,12 @@ def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
 
 def _resolve_source(
     spec: str, arch: str | None, progress: bool, data_root
-) -> tuple[dict[str, torch.Tensor], list[str] | None, str]:
-    """spec -> (state dict, class names of the source if known, description)."""
+) -> tuple[dict[str, torch.Tensor], list[str] | None, str, dict[str, Any] | None]:
+    """spec -> (state dict, class names of the source if known, description, resnetlab metadata if any)."""
     if spec.startswith(TORCHVISION_PREFIX):
         weights = _torchvision_weights(spec[len(TORCHVISION_PREFIX):].strip(), arch)
         state = _download_torchvision(weights, progress, data_root)
-        return state, list(weights.meta.get("categories") or []) or None, f"torchvision {type(weights).__name__}.{weights.name}"
+        return state, list(weights.meta.get("categories") or []) or None, f"torchvision {type(weights).__name__}.{weights.name}", None
 
     from resnetlab import checkpoint as ck
 
@@ -163,8 +163,33 @@ def _resolve_source(
     if path.is_dir() or (path.suffix == ".safetensors" and (path.parent / ck.META).exists()):
         directory = ck.resolve_checkpoint(path, "best")
         meta = ck.load_meta(directory)
-        return ck.load_weights(directory), meta.get("classes"), f"resnetlab checkpoint {directory}"
-    return _read_state_file(path), None, f"state-dict file {path}"
+        return ck.load_weights(directory), meta.get("classes"), f"resnetlab checkpoint {directory}", meta
+    return _read_state_file(path), None, f"state-dict file {path}", None
+
+
+def _unseen_options(model: nn.Module) -> dict[str, Any]:
+    """The options that change what a body computes but not its parameter names or shapes."""
+    norm = getattr(model, "norm_name", None)
+    family = None if norm is None else str(norm).lower().removesuffix("-torch")  # bn == bn-torch, ln == ln-torch ...
+    options = {"norm": family, "act": getattr(model, "act_name", None), "stem": getattr(model, "stem_type", None)}
+    if family == "gn":
+        options["groups"] = [m.num_groups for n, m in model.named_modules() if hasattr(m, "num_groups") and not _is_head_key(n)]
+    return options
+
+
+def _options_difference(model: nn.Module, meta: dict[str, Any]) -> str:
+    """'norm=ln here, gn in the source' for a resnetlab source built with other unseen options; '' if none."""
+    from resnetlab.models import create_model
+
+    try:
+        with torch.device("meta"):  # the source's architecture without allocating or initializing weights
+            source = create_model(meta["arch"], **meta["arch_args"])
+    except (KeyError, TypeError, ValueError):  # metadata from another version: the key check must do
+        return ""
+    own, theirs = _unseen_options(model), _unseen_options(source)
+    diff = [k for k in own if own[k] is not None and theirs.get(k) is not None and own[k] != theirs[k]]
+    value = lambda v: v if not isinstance(v, list) else sorted(set(v))  # noqa: E731
+    return ", ".join(f"{k}={value(own[k])} here, {value(theirs[k])} in the source" for k in diff)
 
 
 def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor | None:
@@ -220,7 +245,9 @@ def load_pretrained(
         head), and keys converted on the way (an RGB stem summed for a grayscale model).
 
     Raises:
-        CheckpointError: the body does not match (names the first mismatching keys), or a file is unreadable.
+        CheckpointError: the body does not match (names the first mismatching keys), a resnetlab source
+            was built with another norm, activation or stem (same keys, another computation), or a
+            file is unreadable.
         ResnetlabError: torchvision weights are not cached and cannot be downloaded (names the file and
             the folder to put it in), or an unknown weights name.
 
@@ -233,7 +260,7 @@ def load_pretrained(
     """
     spec = str(spec).strip()
     arch = getattr(model, "arch", None)
-    state, source_classes, source = _resolve_source(spec, arch, progress, data_root)
+    state, source_classes, source, source_meta = _resolve_source(spec, arch, progress, data_root)
     own = model.state_dict()
 
     adapted: list[str] = []
@@ -255,6 +282,12 @@ def load_pretrained(
         raise CheckpointError(
             f"weights from {source} do not fit model {arch or type(model).__name__} (another architecture?): {problem}"
         )
+    # Norms with only an affine weight and bias (gn, ln, in) share names and shapes, as do all
+    # activations: a body trained with another would load and compute something else.
+    other = _options_difference(model, source_meta) if source_meta else ""
+    if other:
+        raise CheckpointError(f"weights from {source} were trained in another architecture ({other}): "
+                              "build the model with the source's options")
 
     head_own = {k: own[k] for k in own if _is_head_key(k)}
     head_src = {k: state[k] for k in state if _is_head_key(k)}
