@@ -262,6 +262,24 @@ def test_resume_of_a_transfer_run_does_not_need_the_pretrained_source(tmp_path):
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
+def test_a_source_trained_at_another_image_size_is_warned_about(tmp_path, caplog):
+    # its mean/std are carried over silently; its image size was not, nor said to differ
+    from resnetlab import checkpoint as ck
+    from resnetlab.models import create_model
+
+    args = {"num_classes": 10, "in_channels": 1}
+    meta = {"arch": "resnet8", "arch_args": args, "classes": None, "mean": [0.5], "std": [0.25], "input_size": [1, 28, 28]}
+    ck.save_checkpoint(tmp_path / "src" / "checkpoints" / "best", create_model("resnet8", **args), meta)
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        t = Trainer(tiny(f"model.pretrained={tmp_path / 'src'}"), tmp_path / "r", progress=False)
+    assert (t.mean, t.std, t.input_size) == ([0.5], [0.25], [1, 8, 8])
+    assert "were trained on 28x28 images, this run evaluates at 8x8" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        Trainer(tiny(f"model.pretrained={tmp_path / 'src'}", "data.image_size=28"), tmp_path / "r28", progress=False)
+    assert "were trained on" not in caplog.text
+
+
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(ResnetlabError, match="not a run folder"):
         resume(tmp_path)

@@ -309,6 +309,12 @@ class Trainer:
             log.warning("training images are %dx%d (a crop / random-resized-crop size) but evaluation sees %dx%d; "
                         "add center-crop:size=%d (or resize) to the augmentations to evaluate at the training size",
                         h, w, self.input_size[1], self.input_size[2], h)  # fmt: skip
+        src_size = list((pre or {}).get("input_size") or [])[1:]
+        if src_size and src_size != self.input_size[1:] and self.is_main:
+            # the mean/std are carried over from the source, the image size is the dataset's
+            log.warning("the pretrained weights %s were trained on %dx%d images, this run evaluates at %dx%d; "
+                        "set data.image_size (or a resize augmentation) to match if that is not intended",
+                        cfg.model.pretrained, *src_size, *self.input_size[1:])  # fmt: skip
         pr = cfg.train.progressive_resize
         if pr and pr.start_size >= self.train_shape[1]:
             raise ConfigError(
