@@ -225,6 +225,9 @@ def test_torchvision_cached_file_loads_without_network(tv_resnet18_file, tmp_pat
     model = create_model("resnet18", num_classes=5)
     load_pretrained(model, "torchvision:IMAGENET1K_V1", data_root=mirror)
     assert torch.equal(model.layer4[1].conv2.weight, tv_state["layer4.1.conv2.weight"])
+    # torchvision's ResNets use ReLU: same keys, but another activation would compute something else
+    with pytest.raises(CheckpointError, match=r"another architecture \(act=gelu here, relu in the source\)"):
+        load_pretrained(create_model("resnet18", num_classes=5, act="gelu"), "torchvision:IMAGENET1K_V1", data_root=mirror)
 
 
 def test_pretrained_preprocessing_from_torchvision_metadata():

@@ -150,7 +150,9 @@ def _resolve_source(
     if spec.startswith(TORCHVISION_PREFIX):
         weights = _torchvision_weights(spec[len(TORCHVISION_PREFIX):].strip(), arch)
         state = _download_torchvision(weights, progress, data_root)
-        return state, list(weights.meta.get("categories") or []) or None, f"torchvision {type(weights).__name__}.{weights.name}", None
+        # torchvision's ResNets are resnetlab's at default options (bn, relu, imagenet stem)
+        meta = {"arch": arch, "arch_args": {}} if arch in TORCHVISION_ARCHS else None
+        return state, list(weights.meta.get("categories") or []) or None, f"torchvision {type(weights).__name__}.{weights.name}", meta
 
     from resnetlab import checkpoint as ck
 
@@ -178,7 +180,7 @@ def _unseen_options(model: nn.Module) -> dict[str, Any]:
 
 
 def _options_difference(model: nn.Module, meta: dict[str, Any]) -> str:
-    """'norm=ln here, gn in the source' for a resnetlab source built with other unseen options; '' if none."""
+    """'norm=ln here, gn in the source' for a source built with other unseen options; '' if none."""
     from resnetlab.models import create_model
 
     try:
@@ -245,9 +247,9 @@ def load_pretrained(
         head), and keys converted on the way (an RGB stem summed for a grayscale model).
 
     Raises:
-        CheckpointError: the body does not match (names the first mismatching keys), a resnetlab source
-            was built with another norm, activation or stem (same keys, another computation), or a
-            file is unreadable.
+        CheckpointError: the body does not match (names the first mismatching keys), a resnetlab or
+            torchvision source was built with another norm, activation or stem (same keys, another
+            computation), or a file is unreadable.
         ResnetlabError: torchvision weights are not cached and cannot be downloaded (names the file and
             the folder to put it in), or an unknown weights name.
 
