@@ -121,6 +121,37 @@ def test_cam_depends_on_the_target_class(object_model):
     assert _inside(own, pos)[0].mean() > _inside(other, pos)[0].mean()
 
 
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "saliency"])
+def test_maps_of_a_frozen_folded_model_equal_the_trained_ones_and_leave_its_state(object_model, method):
+    # optimize_for_inference: BN folded, channels_last, requires_grad off (Grad-CAM's backward
+    # raised "element 0 of tensors does not require grad"; frozen early stages an AttributeError)
+    import copy
+
+    from resnetlab.fold import optimize_for_inference
+
+    model, x, _, _ = object_model
+    x = x[:8]
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    want = attribution_maps(model, x, pred, method, "layer2")
+    fast = optimize_for_inference(model)
+    np.testing.assert_allclose(attribution_maps(fast, x, pred, method, "layer2"), want, atol=1e-4)
+    assert not any(p.requires_grad for p in fast.parameters())
+    # a model in training with frozen early stages, explained under no_grad: its requires_grad,
+    # .grad and mode come back as they were (the CAM library zeroed and then filled every .grad)
+    m = copy.deepcopy(model).train()
+    for p in [*m.conv1.parameters(), *m.layer1.parameters()]:
+        p.requires_grad_(False)
+    before = [p.requires_grad for p in m.parameters()]
+    sentinel = torch.full_like(m.fc.weight, 7.0)
+    m.fc.weight.grad = sentinel
+    with torch.no_grad():
+        np.testing.assert_allclose(attribution_maps(m, x, pred, method, "layer1"),
+                                   attribution_maps(model, x, pred, method, "layer1"), atol=1e-5)
+    assert m.training and [p.requires_grad for p in m.parameters()] == before
+    assert m.fc.weight.grad is sentinel and all(p.grad is None for n, p in m.named_parameters() if n != "fc.weight")
+
+
 def test_attribution_bad_input(object_model):
     model, x, _, _ = object_model
     with pytest.raises(ValueError, match=r"unknown layer 'layer4'.*allowed: layer1, layer2, layer3, stem"):

@@ -109,7 +109,8 @@ def attribution_maps(
     """Attribution heat maps for a batch, one per image, for the given target classes.
 
     Args:
-        model: a resnetlab model (put in eval mode here).
+        model: a resnetlab model, run in eval mode; its mode and its parameters' ``requires_grad``
+            and ``.grad`` are as before afterwards (frozen or BN-folded models work as well).
         x: normalized input ``(N, C, H, W)`` on the model's device.
         targets: the class to explain for each image (usually the predicted one).
         method: ``gradcam``, ``gradcam++``, ``scorecam`` (grad-cam package), ``saliency`` or
@@ -141,16 +142,26 @@ def attribution_maps(
         layer = layer or default_layer(model)
         stage = model.get_stage(layer)  # ValueError listing the stages for an unknown name
     was_training = model.training
+    # Gradients flow from the input, not the weights: a model with frozen parameters (an
+    # optimize_for_inference copy, a transfer run's frozen stages) is explained as well, and the
+    # parameters' requires_grad and .grad (the CAM library zeroes and fills them) are put back.
+    params = list(model.parameters())
+    saved = [(p.requires_grad, p.grad) for p in params]
     model.eval()
+    model.requires_grad_(False)
     out: list[np.ndarray] = []
     try:
-        for i in range(0, len(x), batch_size):
-            xb, tb = x[i:i + batch_size], targets[i:i + batch_size]
-            if method in CAM_METHODS:
-                out.append(_cam_batch(model, stage, xb, tb, method))
-            else:
-                out.append(_captum_batch(model, xb, tb, method, ig_steps, baseline))
+        with torch.enable_grad():  # also when called under torch.no_grad()
+            for i in range(0, len(x), batch_size):
+                xb, tb = x[i:i + batch_size], targets[i:i + batch_size]
+                if method in CAM_METHODS:
+                    out.append(_cam_batch(model, stage, xb, tb, method))
+                else:
+                    out.append(_captum_batch(model, xb, tb, method, ig_steps, baseline))
     finally:
+        for p, (requires_grad, grad) in zip(params, saved):
+            p.requires_grad_(requires_grad)
+            p.grad = grad
         model.train(was_training)
     if not out:
         return np.zeros((0, *x.shape[-2:]), dtype=np.float32)
@@ -163,8 +174,9 @@ def _cam_batch(model: nn.Module, stage: nn.Module, xb: torch.Tensor, tb: list[in
 
     cls = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM}[method]
     quiet = _quiet_scorecam() if method == "scorecam" else contextlib.nullcontext()
-    # contiguous NCHW: the library upsamples and multiplies activations with the input.
-    xb = xb.contiguous()
+    # contiguous NCHW: the library upsamples and multiplies activations with the input; the input
+    # needs a gradient so that the stage's output has one when the parameters are frozen.
+    xb = xb.detach().contiguous().requires_grad_(True)
     with quiet, cls(model=model, target_layers=[stage]) as cam:
         if method == "scorecam":
             cam.batch_size = 128  # masked copies per forward pass (the library's default is 16)
