@@ -242,6 +242,45 @@ def test_explain_galleries_match_predictions(digits_run):
     assert report_html.count("<h2>Explanations</h2>") == 1 and "<h2>Explain</h2>" not in report_html
 
 
+def test_explain_of_a_streamed_split_with_an_undecodable_file_keeps_images_and_labels_together(tmp_path):
+    # the loader drops a file that does not decode from its batch: explain took row i of the
+    # outputs for dataset image i, so every image after that file was shown with its neighbour's
+    # label, prediction and confidence (and a class's last image under the next class's label)
+    import csv
+    from pathlib import Path
+
+    from _eval_runs import fresh_checkpoint_run, make_image_folder
+
+    from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.evaluate import SplitSource, evaluate, load_splits_for
+
+    folder = make_image_folder(tmp_path / "shapes")
+    run = fresh_checkpoint_run(tmp_path, {"name": f"imagefolder:{folder}", "image_size": 16,
+                                          "stream_threshold_gb": 1e-9, "num_workers": 0})
+    test = load_splits_for(load_checkpoint(run).meta).test
+    assert not test.in_memory
+    bad = Path(test.paths[0])
+    bad.write_bytes(bad.read_bytes()[:60])  # the header still reads: listed, then dropped by the loader
+    rows = {int(r["index"]): r for r in csv.DictReader(open(evaluate(run, device="cpu")["predictions"]))}
+    assert 0 not in rows and len(rows) == len(test) - 1
+    shown = []
+    images = SplitSource.images
+
+    def spy(self, indices):
+        shown.extend(torch.as_tensor(indices).tolist())
+        return images(self, indices)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SplitSource, "images", spy)
+        s = explain(run, n_per_class=1, n_pairs=0, n_top_loss=len(test), device="cpu")
+    assert s["num_images"] == len(rows)
+    assert sorted(t["index"] for t in s["top_losses"]) == sorted(rows) == sorted(shown)
+    for it in s["top_losses"] + [it for g in s["galleries"] for it in g["correct"] + g["incorrect"]]:
+        r = rows[it["index"]]
+        assert it["true"] == int(r["target"]) == int(test.targets[it["index"]]) and it["pred"] == int(r["prediction"])
+        assert it["confidence"] == pytest.approx(float(r["confidence"]), abs=1e-3)
+
+
 def test_explain_of_the_last_checkpoint_goes_beside_the_best_ones(digits_run, tmp_path):
     import shutil
 

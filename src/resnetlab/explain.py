@@ -376,8 +376,11 @@ def explain(
 
     # 1. predictions for the whole split, one batched pass
     logits, targets, positions = collect_outputs(model, src.loader(batch_size, device), device, tta_flip=src.tta_flip)
-    order = torch.argsort(positions)  # dataset order, whatever the loader did
-    logits, targets = logits[order], targets[order]
+    # dataset order, whatever the loader did; a streamed file that does not decode is dropped from
+    # its batch, so row i is dataset position positions[i], not i (the images and labels shown after
+    # such a file were those of its neighbour)
+    order = torch.argsort(positions)
+    logits, targets, positions = logits[order], targets[order], positions[order]
     probs = logits.softmax(1)
     conf, pred = probs.max(1)
     loss = F.cross_entropy(logits, targets, reduction="none")
@@ -389,7 +392,7 @@ def explain(
                     | {i for p in sel["pairs"] for i in p["examples"]} | set(sel["top_loss"]))
     wrong = [i for i in wanted if int(pred[i]) != int(targets[i])]
     # the images the predictions were made on: after the run's evaluation resize / center-crop
-    raw = src.images(torch.as_tensor(wanted, dtype=torch.int64)) if wanted else None
+    raw = src.images(positions[wanted]) if wanted else None
     maps_pred: dict[int, np.ndarray] = {}
     maps_true: dict[int, np.ndarray] = {}
     if wanted:
@@ -419,7 +422,7 @@ def explain(
         raise ResnetlabError(f"cannot write explanations to {out}: {exc.strerror or exc}") from exc
 
     def item(i: int) -> dict[str, Any]:
-        return {"index": int(i), "true": int(targets[i]), "pred": int(pred[i]), "true_name": classes[int(targets[i])],
+        return {"index": int(positions[i]), "true": int(targets[i]), "pred": int(pred[i]), "true_name": classes[int(targets[i])],
                 "pred_name": classes[int(pred[i])], "confidence": round(float(conf[i]), 4), "loss": round(float(loss[i]), 4)}
 
     def cell(i: int, which_map: str = "pred") -> dict[str, Any]:
@@ -432,9 +435,9 @@ def explain(
     files: dict[str, Any] = {"galleries": []}
     for g in sel["galleries"]:
         c = g["class"]
-        rows = [[{"image": _to_rgb(images[i]), "title": f"#{i}", "color": "gray"} for i in g["correct"]],
+        rows = [[{"image": _to_rgb(images[i]), "title": f"#{int(positions[i])}", "color": "gray"} for i in g["correct"]],
                 [cell(i) for i in g["correct"]],
-                [{"image": _to_rgb(images[i]), "title": f"#{i}", "color": "gray"} for i in g["incorrect"]],
+                [{"image": _to_rgb(images[i]), "title": f"#{int(positions[i])}", "color": "gray"} for i in g["incorrect"]],
                 [cell(i) for i in g["incorrect"]]]
         rows = [r if r else [None] for r in rows]
         p = _draw_grid(rows, out / f"gallery_{c:03d}_{_slug(classes[c])}.png",
