@@ -458,6 +458,14 @@ def test_cli_activations_image_may_follow_an_option(digits_run, tmp_path, capsys
     assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 1000
     assert main(["activations", str(run), "--which", "best", str(img), str(img)]) == 2  # still one image
     assert "unrecognized arguments" in capsys.readouterr().err
+    # after --layers, which takes every word up to the next option: the image was taken for a layer
+    # name ("needs an IMAGE"); an existing file at the end of the list is the image
+    after = tmp_path / "after.png"
+    assert main(["activations", str(run), "--layers", "input", "layer1", str(img), "--out", str(after)]) == 0
+    assert capsys.readouterr().out.strip() == str(after) and after.stat().st_size > 1000
+    assert main(["activations", str(run), "--layers", str(img), "--out", str(tmp_path / "only.png")]) == 0  # the stages
+    assert main(["activations", str(run), "--layers", "layer1", str(tmp_path / "missing.png")]) == 2
+    assert "needs an IMAGE" in capsys.readouterr().err
 
 
 def test_list_layers_gives_every_drawable_name_in_forward_order_with_its_shape(digits_run):

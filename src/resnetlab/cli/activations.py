@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from resnetlab.cli import add_which, int_at_least, which_of
 
 
@@ -40,6 +42,11 @@ def run(args) -> int:
             also = f" (stage {r['stage']})" if r["stage"] else ""
             print(f"  {r['name']:<{width}}  {shape:<16}  {what}{also}")
         return 0
+    if args.image is None and args.layers and Path(args.layers[-1]).is_file():
+        # `activations RUN --layers layer1 img.png`: --layers takes every word up to the next
+        # option, the image too (it said "needs an IMAGE"); a layer name is never an existing file
+        args.image = args.layers.pop()
+        args.layers = args.layers or None
     if args.image is None:
         raise ResnetlabError("resnetlab activations needs an IMAGE to draw (or --list-layers to list the layer names)")
 
