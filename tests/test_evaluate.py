@@ -436,3 +436,31 @@ def test_metrics_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "write_text", real)
     files = write_eval_files(tmp_path, metrics, ["a", "b"], logits, targets, torch.arange(3), None)
     assert json.loads(files["metrics.json"].read_text())["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_a_run_recorded_with_an_option_its_combination_does_not_read_stays_readable(run, tmp_path):
+    # the config now refuses options a combination ignores (schedule.gamma under cosine, ...): a
+    # run trained by an earlier version that accepted them must still evaluate and resume
+    import shutil
+
+    import yaml
+
+    from resnetlab.config import config_from_dict
+    from resnetlab.errors import ConfigError
+
+    copy = tmp_path / "old run"
+    shutil.copytree(run, copy)
+    for meta_path in (copy / "checkpoints").glob("*/meta.json"):
+        meta = json.loads(meta_path.read_text())
+        meta["config"]["schedule"].update(name="cosine", gamma=0.5)
+        meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="schedule.gamma=0.5 applies to schedule.name=step or multistep"):
+        config_from_dict(meta["config"])  # given by a user: refused
+    assert config_from_dict(meta["config"], recorded=True).schedule.gamma == 0.5
+    assert evaluate(copy, split="val", device="cpu")["num_samples"] == 144
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    saved["schedule"].update(name="cosine", gamma=0.5)
+    (copy / "config.yaml").write_text(yaml.safe_dump(saved))
+    from resnetlab.trainer import resume
+
+    resume(copy)  # a finished run: nothing to train, and no refusal of its config

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
 
 from resnetlab.errors import ConfigError, ResnetlabError, did_you_mean
 
@@ -245,7 +245,7 @@ class Config(_Section):
         return v
 
     @model_validator(mode="after")
-    def _check_combinations(self):
+    def _check_combinations(self, info: ValidationInfo):
         from resnetlab.data.augment import parse_augment  # validates names and parameters
         from resnetlab.models import list_models
         from resnetlab.norms import NORM_NAMES
@@ -263,30 +263,11 @@ class Config(_Section):
         if self.model.head_dropout > 0 and not self.model.head:
             raise ValueError(f"model.head_dropout applies between the layers of an MLP head; set model.head (e.g. [256]) "
                              f"or use model.dropout (before the classifier), got head_dropout={self.model.head_dropout}")  # fmt: skip
-        if self.train.sync_bn and self.model.norm not in ("bn", "bn-torch", "bin"):
-            raise ValueError(f"train.sync_bn=true shares batch statistics between processes, and model.norm={self.model.norm} "
-                             f"has none (allowed with norm bn, bn-torch, bin)")  # fmt: skip
-        if self.train.grad_clip_mode == "value" and self.train.grad_clip is None:
-            raise ValueError("train.grad_clip_mode=value says how train.grad_clip clips, and train.grad_clip is not set "
-                             "(nothing would be clipped); set it too, e.g. train.grad_clip=0.1")  # fmt: skip
-        o = self.optim
-        if o.name != "sgd" and o.momentum != OptimConfig.model_fields["momentum"].default:
-            raise ValueError(f"optim.momentum={o.momentum} is SGD's; optim.name={o.name} does not read it "
-                             f"(its momentum is optim.betas[0], now {o.betas[0]})")  # fmt: skip
-        if o.name == "sgd" and tuple(o.betas) != OptimConfig.model_fields["betas"].default:
-            raise ValueError(f"optim.betas={list(o.betas)} are Adam's and AdamW's; optim.name=sgd does not read them "
-                             f"(its momentum is optim.momentum)")  # fmt: skip
-        if o.nesterov and (o.name != "sgd" or o.momentum == 0):
-            got = f"optim.name={o.name}" if o.name != "sgd" else "optim.momentum=0"
-            raise ValueError(f"optim.nesterov=true applies to SGD with momentum > 0 (optim.name=sgd, optim.momentum > 0), got {got}")
+        if not (info.context or {}).get("recorded"):
+            self._check_unread_options()
         s = self.schedule
         if s.base_momentum > s.max_momentum:
             raise ValueError(f"schedule.base_momentum={s.base_momentum} must be <= schedule.max_momentum={s.max_momentum}")
-        for key, names in _SCHEDULE_OPTIONS.items():
-            value = getattr(s, key)
-            if s.name not in names and value != ScheduleConfig.model_fields[key].default:
-                raise ValueError(f"schedule.{key}={str(value).lower() if isinstance(value, bool) else value} applies to schedule.name={' or '.join(names)}; schedule.name={s.name} "
-                                 f"does not read it (remove it, or set the schedule that uses it)")  # fmt: skip
         if s.name == "multistep" and s.milestones_unit == "fraction" and not all(0 < m <= 1 for m in s.milestones):
             raise ValueError(f"schedule.milestones are fractions of training in (0, 1] (schedule.milestones_unit=fraction), "
                              f"got {s.milestones}; for steps or epochs set schedule.milestones_unit")  # fmt: skip
@@ -307,6 +288,34 @@ class Config(_Section):
             raise ValueError("train.batch_size=1 cannot train with batch statistics (norm bn/bin); use batch_size >= 2 or norm gn/ln/in")
         parse_augment(self.augment)
         return self
+
+    def _check_unread_options(self) -> None:
+        """Options the code would not read in this combination (nesterov with adam, a schedule's
+        option under another schedule, ...): refused for a config a user gives, so no option is
+        accepted and ignored. A recorded config (a run's config.yaml, a checkpoint's) is not
+        checked: it trained under an earlier version that took them, and stays readable."""
+        if self.train.sync_bn and self.model.norm not in ("bn", "bn-torch", "bin"):
+            raise ValueError(f"train.sync_bn=true shares batch statistics between processes, and model.norm={self.model.norm} "
+                             f"has none (allowed with norm bn, bn-torch, bin)")  # fmt: skip
+        if self.train.grad_clip_mode == "value" and self.train.grad_clip is None:
+            raise ValueError("train.grad_clip_mode=value says how train.grad_clip clips, and train.grad_clip is not set "
+                             "(nothing would be clipped); set it too, e.g. train.grad_clip=0.1")  # fmt: skip
+        o = self.optim
+        if o.name != "sgd" and o.momentum != OptimConfig.model_fields["momentum"].default:
+            raise ValueError(f"optim.momentum={o.momentum} is SGD's; optim.name={o.name} does not read it "
+                             f"(its momentum is optim.betas[0], now {o.betas[0]})")  # fmt: skip
+        if o.name == "sgd" and tuple(o.betas) != OptimConfig.model_fields["betas"].default:
+            raise ValueError(f"optim.betas={list(o.betas)} are Adam's and AdamW's; optim.name=sgd does not read them "
+                             f"(its momentum is optim.momentum)")  # fmt: skip
+        if o.nesterov and (o.name != "sgd" or o.momentum == 0):
+            got = f"optim.name={o.name}" if o.name != "sgd" else "optim.momentum=0"
+            raise ValueError(f"optim.nesterov=true applies to SGD with momentum > 0 (optim.name=sgd, optim.momentum > 0), got {got}")
+        s = self.schedule
+        for key, names in _SCHEDULE_OPTIONS.items():
+            value = getattr(s, key)
+            if s.name not in names and value != ScheduleConfig.model_fields[key].default:
+                raise ValueError(f"schedule.{key}={str(value).lower() if isinstance(value, bool) else value} applies to schedule.name={' or '.join(names)}; schedule.name={s.name} "
+                                 f"does not read it (remove it, or set the schedule that uses it)")  # fmt: skip
 
     def run_name(self) -> str:
         if self.name:
@@ -356,13 +365,16 @@ def _format_error(err: ValidationError) -> str:
     return f"config {loc}: {msg}"
 
 
-def config_from_dict(data: dict[str, Any] | None) -> Config:
-    """Validate a plain dict; errors become one-line :class:`ConfigError`."""
+def config_from_dict(data: dict[str, Any] | None, recorded: bool = False) -> Config:
+    """Validate a plain dict; errors become one-line :class:`ConfigError`. ``recorded``: the
+    config a run recorded (its config.yaml, a checkpoint's), read back, not given by a user:
+    options it holds that its combination does not read were accepted by the version that
+    trained it, and are not refused now (``Config._check_unread_options``)."""
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={"recorded": recorded})
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
     except ValueError as err:  # raised inside validators (e.g. augmentation parameters)
@@ -476,7 +488,7 @@ def config_difference(
         'train.epochs: 2 (old) vs 4 (new)'
     """
     try:
-        old = config_from_dict(old).model_dump(mode="json")
+        old = config_from_dict(old, recorded=True).model_dump(mode="json")
     except ResnetlabError:  # a config this version cannot read is compared as it is (and so differs)
         pass
     old, new = copy.deepcopy(old), copy.deepcopy(new)

@@ -179,7 +179,7 @@ def run_config(meta: dict[str, Any]):
 
     _data_config(meta)
     try:
-        return config_from_dict(meta["config"])
+        return config_from_dict(meta["config"], recorded=True)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint config is not valid for this resnetlab version: {exc}") from None
 

@@ -954,7 +954,7 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResul
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ResnetlabError(f"{run_dir} is not a run folder (no config.yaml); nothing to resume")
-    cfg = config_from_dict(read_yaml(run_dir / "config.yaml"))
+    cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), recorded=True)
     candidates = ckpt.resume_candidates(run_dir)
     _check_resume_config(run_dir, cfg, candidates)
     # with a checkpoint to load (or an error below), the pretrained source is not read again
