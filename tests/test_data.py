@@ -607,6 +607,26 @@ def test_load_images_converts_channels_and_preprocess(tmp_path, caplog):
     assert torch.equal(raw, torch.full((1, 3, 2, 2), 0.5))
 
 
+def test_16_bit_gray_in_mode_i_is_scaled_as_16_bits_not_stretched(tmp_path):
+    """Pillow opens a 16-bit PGM (and, before 10.3, a 16-bit PNG) as mode "I": it was stretched to
+    its own maximum, so a dark image (0..1000 of 65535) decoded white, unlike the same pixels
+    in a 16-bit PNG opened as "I;16"."""
+    from resnetlab.data import read_image
+
+    ramp = np.linspace(0, 1000, 8 * 12).reshape(8, 12).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "dark.png")  # mode I;16
+    (tmp_path / "dark.pgm").write_bytes(b"P5\n12 8\n65535\n" + ramp.astype(">u2").tobytes())
+    Image.fromarray(ramp.astype(np.int32), mode="I").save(tmp_path / "dark.tif")  # 32-bit, 16-bit values
+    with Image.open(tmp_path / "dark.pgm") as im:
+        assert im.mode == "I"
+    expected = torch.from_numpy(np.rint(ramp * (255 / 65535)).astype(np.uint8)).unsqueeze(0)
+    for name in ("dark.png", "dark.pgm", "dark.tif"):
+        assert torch.equal(read_image(tmp_path / name, channels=1), expected), name  # max 4, not 255
+    wide = (ramp.astype(np.int32) * 200)  # beyond 16 bits: scaled from the image's own maximum
+    Image.fromarray(wide, mode="I").save(tmp_path / "wide.tif")
+    assert int(read_image(tmp_path / "wide.tif", channels=1).max()) == 255
+
+
 def test_download_goes_through_torchvision(tmp_path, monkeypatch):
     import torchvision
 

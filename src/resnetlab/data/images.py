@@ -84,9 +84,13 @@ def _decode(path: str, channels: int) -> torch.Tensor:
     with Image.open(path) as im:
         im.load()  # raises OSError on truncated data
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16/32-bit gray: Pillow's convert("L") clips to 255 instead of scaling
+            # 16/32-bit gray: Pillow's convert("L") clips to 255 instead of scaling. Mode "I" holds
+            # 16-bit data too (a 16-bit PGM; a 16-bit PNG before Pillow 10.3), so it is scaled from
+            # 0..65535 as well: stretching each image to its own maximum turned a dark image white
+            # and decoded the same pixels by format and Pillow version. Only values beyond 16 bits
+            # (a 32-bit TIFF) are scaled from the image's maximum.
             a = np.asarray(im).astype(np.float64)
-            top = 65535.0 if im.mode.startswith("I;16") else max(float(a.max()), 1.0)
+            top = max(65535.0, float(a.max()))
             im = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
         im = im.convert("L" if channels == 1 else "RGB")
         arr = np.asarray(im, dtype=np.uint8)
