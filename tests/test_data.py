@@ -455,6 +455,25 @@ def test_the_stream_cache_never_serves_stale_or_blank_pixels(tmp_path):
     assert train2.cache != cached and all(abs(v - 200) < 0.5 for v in changed.values())
 
 
+
+def test_the_stream_cache_is_keyed_on_the_decoder(monkeypatch):
+    # a cache of pixels an earlier decoder made (before a fix, another Pillow) was read back
+    # while predict decoded the same files anew
+    import PIL
+
+    from resnetlab.data import images
+    from resnetlab.data.datasets import cache_file_for
+
+    args = (["a/0.png", "b/0.png"], (3, 8, 8), "/cache", "/data/imgs")
+    first = cache_file_for(*args)
+    assert cache_file_for(*args) == first
+    monkeypatch.setattr(images, "DECODER_VERSION", images.DECODER_VERSION + 1)
+    assert cache_file_for(*args) != first
+    monkeypatch.undo()
+    monkeypatch.setattr(PIL, "__version__", "0.0.1")
+    assert cache_file_for(*args) != first
+
+
 @pytest.mark.parametrize("failure", ["full-disk", "read-only"])
 def test_a_stream_cache_that_cannot_be_made_is_skipped_with_one_warning(tmp_path, monkeypatch, caplog, failure):
     # The cache was a sparse file written through a memmap: a full disk killed the run with

@@ -295,9 +295,17 @@ def cache_file_for(paths: Sequence[str], image_shape: tuple[int, int, int], fold
     """Path in ``folder`` of the one memory-mapped cache of the image folder ``source``, whose rows
     are ``paths`` (every split's files, in order). The name hashes the listing with each file's size
     and modification time, and the image shape, so a changed folder, a rewritten file or another
-    size gets a fresh cache; every split and seed of the same folder and size shares it."""
+    size gets a fresh cache; every split and seed of the same folder and size shares it. The
+    decoder (:data:`resnetlab.data.images.DECODER_VERSION`, the Pillow and torchvision versions) is
+    in the name too: a cache of pixels an earlier decoder made is not read back."""
+    import PIL
+    import torchvision
+
+    from resnetlab.data.images import DECODER_VERSION
+
     listing = "\n".join(_stamp(p) for p in paths)
-    digest = hashlib.sha1((listing + repr(tuple(image_shape))).encode()).hexdigest()[:12]
+    decoder = f"decoder {DECODER_VERSION} pillow {PIL.__version__} torchvision {torchvision.__version__}"
+    digest = hashlib.sha1((listing + repr(tuple(image_shape)) + decoder).encode()).hexdigest()[:12]
     return str(Path(folder) / f"{_cache_prefix(source, image_shape)}{digest}.u8")
 
 

@@ -41,6 +41,10 @@ def unused_png_path(path: str | os.PathLike, overwrite: bool) -> Path:
 
 log = logging.getLogger(__name__)
 
+# Bumped whenever a change here gives other pixels for the same file (the image cache of a
+# streamed folder is keyed on it, with the Pillow and torchvision versions): 2 = mode I as 16 bits.
+DECODER_VERSION = 2
+
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
