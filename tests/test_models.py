@@ -487,3 +487,19 @@ def test_count_params_counts_frozen_parameters_unless_asked_for_trainable_only()
         p.requires_grad_(name.startswith("fc."))
     assert count_params(model) == total
     assert count_params(model, trainable_only=True) == model.fc.weight.numel() + model.fc.bias.numel()
+
+
+@pytest.mark.parametrize(
+    "layers,widths,words",
+    [
+        ((2, 2, 2, 2), (16, 32, 64), "got 4 and 3"),  # zip() built 3 stages and said nothing
+        ((2, 2), (16, 32, 64), "got 2 and 3"),
+        ((), (), "got 0 and 0"),
+        ((2, 0, 2), (16, 32, 64), "block count (layers) must be an integer >= 1, got 0"),  # failed at forward time
+        ((2, 2), (16, 0), "stage width (widths) must be an integer >= 1, got 0"),
+    ],
+)
+def test_trunk_refuses_layers_and_widths_that_do_not_make_stages(layers, widths, words):
+    with pytest.raises(ValueError) as err:
+        ResNet("basic", layers, widths, num_classes=3, stem="cifar")
+    assert words in _one_line(err)

@@ -276,6 +276,15 @@ class ResNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if not float(width) > 0:
             raise ValueError(f"width must be > 0, got {width!r}")
+        # zip() would silently drop the extra entries, and a stage of 0 blocks would leave the
+        # next stage built for channels it never receives.
+        layers, widths = tuple(layers), tuple(widths)
+        if not layers or len(layers) != len(widths):
+            raise ValueError(f"layers and widths must give one entry per stage (at least one), got {len(layers)} and {len(widths)}")
+        for n in layers:
+            check_int("every stage's block count (layers)", n, 1)
+        for w in widths:
+            check_int("every stage width (widths)", w, 1)
         head = _check_head(head, head_dropout)
 
         norm_layer = get_norm_layer(norm, groups=groups)
