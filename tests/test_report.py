@@ -183,3 +183,35 @@ def test_best_epoch_defaults_of_optional_sections_and_a_subset_evaluation(tmp_pa
     wrong = sorted((r for r in csv.DictReader(open(pred)) if r["target"] != r["prediction"]), key=lambda r: -float(r["confidence"]))
     assert wrong and "| image | true | predicted | confidence |" in md
     assert f"| {wrong[0]['index']} | {wrong[0]['target']} | {wrong[0]['prediction']} |" in md
+
+
+def test_evaluations_and_explanations_of_an_earlier_checkpoint_are_left_out(tmp_path):
+    # explain and evaluate --split train ran on an interrupted run, then --resume saved a new best:
+    # the report showed the earlier model's explanations and train accuracy beside the new test result
+    import os
+    import shutil
+
+    run = trained_run(tmp_path)
+    sec = run / "report_sections"
+    sec.mkdir()
+    (sec / "explain.html").write_text("<p>old maps</p>")
+    (sec / "explain.md").write_text("# Explanations\n\nold maps\n")
+    (sec / "notes.md").write_text("a note")
+    shutil.copytree(run / "eval" / "test", run / "eval" / "train")
+    md = build_report(run)[1].read_text()
+    assert "old maps" in md and "| train accuracy (best checkpoint" in md  # made after the checkpoint: shown
+
+    later = (sec / "explain.md").stat().st_mtime_ns + 10**9
+    os.utime(run / "checkpoints" / "best", ns=(later, later))  # the resume's new best
+    test = run / "eval" / "test" / "metrics.json"
+    os.utime(test, ns=(later + 1, later + 1))  # the resume's own test evaluation
+    page, md = (p.read_text() for p in build_report(run))
+    assert "old maps" not in md and "old maps" not in page and "train accuracy" not in md
+    assert "## Explanations\n\nThese explanations were made before the run's checkpoint was replaced" in md
+    assert "## Notes\n\na note" in md  # not the checkpoint's: kept
+    assert f"| accuracy | {json.loads(test.read_text())['accuracy']:.4g} |" in md
+
+    os.utime(test, ns=(later - 1, later - 1))  # output.evaluate_test off: the test result is the earlier one too
+    md = build_report(run)[1].read_text()
+    assert "## Final metrics" not in md and "## Misclassified" not in md
+    assert "eval/test was evaluated before the run's checkpoint was replaced (it was resumed): run `resnetlab evaluate" in md

@@ -340,7 +340,7 @@ def _title_from_stem(stem: str) -> str:
     return (words[:1].upper() + words[1:]) if words else stem
 
 
-def read_extra_sections(run_dir: str | os.PathLike, checkpoint_tag: str = "") -> list[tuple[str, str, str]]:
+def read_extra_sections(run_dir: str | os.PathLike, checkpoint_tag: str = "", since_ns: int = 0) -> list[tuple[str, str, str]]:
     """Sections from ``<run>/report_sections/<name>.html`` and/or ``<name>.md``, sorted by name.
 
     The title comes from the name (``10-grad_cam`` -> ``Grad cam``) unless the Markdown starts
@@ -352,6 +352,10 @@ def read_extra_sections(run_dir: str | os.PathLike, checkpoint_tag: str = "") ->
     checkpoint's section in ``<run>/explain-last/``, and it replaces an ``explain`` section of
     ``report_sections`` (which would describe another checkpoint).
 
+    ``since_ns`` is when that checkpoint was written (``st_mtime_ns``): an ``explain`` section
+    older than it explains an earlier checkpoint (explain ran, then the run was resumed and saved
+    a new best) and is replaced by a note saying so.
+
     Example:
         >>> read_extra_sections("runs/demo")  # doctest: +SKIP
         [('Grad-CAM', '<img src=...>', '![...](...)')]
@@ -361,7 +365,20 @@ def read_extra_sections(run_dir: str | os.PathLike, checkpoint_tag: str = "") ->
     if checkpoint_tag:
         tagged = f"explain{checkpoint_tag}"
         sections.update(_read_sections(run / tagged, only="explain", link_prefix=f"{tagged}/"))
+        folder = run / tagged
+    else:
+        folder = run / SECTIONS_DIR
+    if "explain" in sections and any(_older(folder / f"explain{ext}", since_ns) for ext in (".html", ".md")):
+        log.warning("%s explains an earlier checkpoint than the report's; left out", folder / "explain.html")
+        note = ("These explanations were made before the run's checkpoint was replaced (it was resumed), so they "
+                f"describe an earlier model and are left out: run `resnetlab explain {run}` again.")
+        sections["explain"] = (sections["explain"][0], f"<p>{html.escape(note)}</p>", note)
     return [sections[stem] for stem in sorted(sections)]
+
+
+def _older(path: Path, since_ns: int) -> bool:
+    """Whether the file ``path`` was written before ``since_ns`` (a checkpoint's ``st_mtime_ns``)."""
+    return since_ns > 0 and path.is_file() and path.stat().st_mtime_ns < since_ns
 
 
 _MD_IMG_RE = re.compile(r"(!\[[^\]]*\]\()(?!data:|https?:|/)([^)\s]+)\)")
@@ -505,17 +522,21 @@ def build_report(
 
     meta = None
     tag = ""  # evaluate's folder suffix for the checkpoint reported: "" for best, "-last" for a run without one
+    ckpt_ns = 0  # when that checkpoint was written: an evaluation or explanation older than it is of an earlier one
     try:
         ckpt_dir = resolve_checkpoint(run, "best", warn=False)  # the report says which checkpoint it shows
         meta = load_meta(ckpt_dir)
         tag = checkpoint_suffix(ckpt_dir)
+        ckpt_ns = ckpt_dir.stat().st_mtime_ns
     except CheckpointError as exc:
         log.warning("report without model details: %s", exc)
     config = _read_config(run, meta)
     rows = read_metrics_csv(run / "metrics.csv")
     # an interrupted run before its first validated epoch has only last: evaluate RUN writes eval/test-last
     eval_dir = run / "eval" / f"{split}{tag}"
-    test = _read_json(eval_dir / "metrics.json")
+    # evaluate ran, then a resume saved a new best: that evaluation scored an earlier model
+    stale = _older(eval_dir / "metrics.json", ckpt_ns)
+    test = None if stale else _read_json(eval_dir / "metrics.json")
     classes = [str(c) for c in ((test or {}).get("classes") or (meta or {}).get("classes") or [])]
     name = config.get("name") or run.name
 
@@ -526,7 +547,8 @@ def build_report(
     s = _Section("Summary")
     best = max((r for r in rows if r.get("val_acc") is not None), key=lambda r: r["val_acc"], default=None)
     train_time = sum(r.get("epoch_time_s") or 0.0 for r in rows)
-    train_eval = _read_json(run / "eval" / f"train{tag}" / "metrics.json")  # output.evaluate_train
+    train_path = run / "eval" / f"train{tag}" / "metrics.json"  # output.evaluate_train
+    train_eval = None if _older(train_path, ckpt_ns) else _read_json(train_path)
     summary = [
         ("run", name),
         ("dataset", (config.get("data") or {}).get("name")),
@@ -625,11 +647,11 @@ def build_report(
                 figures.append(fig)
             sections.append(sec)
     else:
-        sections.append(
-            _Section("Evaluation").text(f"Not evaluated on the {split} split yet: run `resnetlab evaluate {run}`.")
-        )
+        why = (f"{eval_dir.relative_to(run)} was evaluated before the run's checkpoint was replaced (it was resumed)"
+               if stale else f"Not evaluated on the {split} split yet")
+        sections.append(_Section("Evaluation").text(f"{why}: run `resnetlab evaluate {run}`."))
 
-    for title, h, m in [*(extra_sections or []), *read_extra_sections(run, tag)]:
+    for title, h, m in [*(extra_sections or []), *read_extra_sections(run, tag, ckpt_ns)]:
         sections.append(_Section(title).raw(h, m))
 
     # write
