@@ -215,3 +215,14 @@ def test_evaluations_and_explanations_of_an_earlier_checkpoint_are_left_out(tmp_
     md = build_report(run)[1].read_text()
     assert "## Final metrics" not in md and "## Misclassified" not in md
     assert "eval/test was evaluated before the run's checkpoint was replaced (it was resumed): run `resnetlab evaluate" in md
+
+
+def test_a_run_name_with_markup_is_escaped_in_both_titles(tmp_path):
+    # report.md's heading took the run name as it was: <script>...</script> ran in a Markdown viewer
+    import yaml
+
+    run = fresh_checkpoint_run(tmp_path, {"name": "digits"})
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": "<script>x</script>|a", "data": {"name": "digits"}}))
+    page, md = (p.read_text() for p in build_report(run))
+    assert md.startswith("# resnetlab report: &lt;script&gt;x&lt;/script&gt;\\|a\n")
+    assert "<h1>resnetlab report: &lt;script&gt;x&lt;/script&gt;|a</h1>" in page and "<script>" not in page

@@ -662,7 +662,7 @@ def build_report(
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
     )
-    md = f"# {title}\n\n" + "\n\n".join(sec.md() for sec in sections) + "\n"
+    md = f"# {md_escape(title)}\n\n" + "\n\n".join(sec.md() for sec in sections) + "\n"  # the name is the user's
     try:
         files_dir = run / REPORT_FILES
         files_dir.mkdir(exist_ok=True)
