@@ -129,6 +129,7 @@ def test_report_of_a_run_with_only_its_last_checkpoint_reads_evaluates_folder_fo
     _, md_path = build_report(run)
     md = md_path.read_text()
     assert "Not evaluated" not in md and "Of the last checkpoint: the run has no best checkpoint yet" in md
+    assert f"| test accuracy (last checkpoint) | {m['accuracy']:.4g} |" in md
     assert f"| accuracy | {m['accuracy']:.4f} |" in md
 
 
@@ -226,3 +227,13 @@ def test_a_run_name_with_markup_is_escaped_in_both_titles(tmp_path):
     page, md = (p.read_text() for p in build_report(run))
     assert md.startswith("# resnetlab report: &lt;script&gt;x&lt;/script&gt;\\|a\n")
     assert "<h1>resnetlab report: &lt;script&gt;x&lt;/script&gt;|a</h1>" in page and "<script>" not in page
+
+
+def test_the_test_result_says_which_checkpoint_it_scored_and_that_it_chose_nothing(tmp_path):
+    # the summary's "test accuracy" and the final metrics named no checkpoint (only a last-only run did)
+    run = trained_run(tmp_path)
+    meta = json.loads((run / "checkpoints" / "best" / "meta.json").read_text())
+    test = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    md = build_report(run)[1].read_text()
+    assert f"| test accuracy (best checkpoint) | {test['accuracy']:.4g} |" in md
+    assert f"Of the best checkpoint (epoch {meta['epoch']}), chosen on validation accuracy; the test split chose nothing." in md

@@ -556,7 +556,7 @@ def build_report(
         ("epochs run", len(rows)),
         *([("train accuracy (best checkpoint, no augmentation)", train_eval.get("accuracy"))] if train_eval else []),
         ("best val accuracy", None if best is None else f"{best['val_acc']:.4f} (epoch {int(best['epoch'] or 0)})"),
-        (f"{split} accuracy", None if test is None else test.get("accuracy")),
+        (f"{split} accuracy ({'last' if tag else 'best'} checkpoint)", None if test is None else test.get("accuracy")),
         ("training time (s)", round(train_time, 1) if rows else None),
         ("median images/s", None if not rows else statistics.median(r.get("images_per_s") or 0.0 for r in rows)),
     ]
@@ -620,6 +620,12 @@ def build_report(
                 ("f1_weighted", "F1 (weighted)"), ("num_samples", "images")]
         if tag:
             s.text(f"Of the {tag[1:]} checkpoint: the run has no best checkpoint yet (it stopped before a validated epoch).")
+        else:
+            ckpt_epoch = (meta or {}).get("epoch")
+            at = f" (epoch {ckpt_epoch})" if ckpt_epoch is not None else ""
+            how = ("chosen on validation accuracy" if best is not None
+                   else "the final weights: the run has no validation split")  # fmt: skip
+            s.text(f"Of the best checkpoint{at}, {how}; the {split} split chose nothing.")
         s.add(_Table(["metric", "value"], [(label, test.get(k)) for k, label in keys], numeric=[False, True]))
         sections.append(s)
 
