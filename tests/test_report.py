@@ -198,24 +198,44 @@ def test_evaluations_and_explanations_of_an_earlier_checkpoint_are_left_out(tmp_
     (sec / "explain.html").write_text("<p>old maps</p>")
     (sec / "explain.md").write_text("# Explanations\n\nold maps\n")
     (sec / "notes.md").write_text("a note")
+    best = run / "checkpoints" / "best"
+    meta = json.loads((best / "meta.json").read_text())
+    made_of = {"checkpoint_epoch": meta["epoch"], "checkpoint_step": meta["step"]}
+    (run / "explain").mkdir()
+    (run / "explain" / "summary.json").write_text(json.dumps(made_of))  # explain's record of what it explained
     shutil.copytree(run / "eval" / "test", run / "eval" / "train")
-    md = build_report(run)[1].read_text()
-    assert "old maps" in md and "| train accuracy (best checkpoint" in md  # made after the checkpoint: shown
-
-    later = (sec / "explain.md").stat().st_mtime_ns + 10**9
-    os.utime(run / "checkpoints" / "best", ns=(later, later))  # the resume's new best
     test = run / "eval" / "test" / "metrics.json"
-    os.utime(test, ns=(later + 1, later + 1))  # the resume's own test evaluation
+    assert {k: json.loads(test.read_text())[k] for k in made_of} == made_of  # evaluate records it too
+    md = build_report(run)[1].read_text()
+    assert "old maps" in md and "| train accuracy (best checkpoint" in md  # of this checkpoint: shown
+
+    # a copy of the run folder whose files lost their times (cp -r): still this checkpoint's
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    for p in (copy / "eval").rglob("*"):
+        os.utime(p, ns=(1, 1))
+    assert "old maps" in build_report(copy)[1].read_text()
+
+    # the resume's new best, and its own test evaluation
+    (best / "meta.json").write_text(json.dumps({**meta, "epoch": meta["epoch"] + 1, "step": meta["step"] + 10}))
+    test.write_text(json.dumps({**json.loads(test.read_text()), "checkpoint_epoch": meta["epoch"] + 1, "checkpoint_step": meta["step"] + 10}))
     page, md = (p.read_text() for p in build_report(run))
     assert "old maps" not in md and "old maps" not in page and "train accuracy" not in md
     assert "## Explanations\n\nThese explanations were made before the run's checkpoint was replaced" in md
     assert "## Notes\n\na note" in md  # not the checkpoint's: kept
     assert f"| accuracy | {json.loads(test.read_text())['accuracy']:.4g} |" in md
 
-    os.utime(test, ns=(later - 1, later - 1))  # output.evaluate_test off: the test result is the earlier one too
+    test.write_text(json.dumps({**json.loads(test.read_text()), **made_of}))  # output.evaluate_test off: the earlier one
     md = build_report(run)[1].read_text()
     assert "## Final metrics" not in md and "## Misclassified" not in md
     assert "eval/test was evaluated before the run's checkpoint was replaced (it was resumed): run `resnetlab evaluate" in md
+
+    # results of an earlier version record no checkpoint: their time tells
+    for p in (run / "explain" / "summary.json", run / "eval" / "train" / "metrics.json"):
+        p.unlink()
+    later = (sec / "explain.md").stat().st_mtime_ns + 10**9
+    os.utime(best, ns=(later, later))
+    assert "old maps" not in build_report(run)[1].read_text()
 
 
 def test_a_run_name_with_markup_is_escaped_in_both_titles(tmp_path):

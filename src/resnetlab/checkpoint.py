@@ -50,6 +50,8 @@ __all__ = [
     "library_versions",
     "build_model_from_meta",
     "require_preprocessing",
+    "checkpoint_identity",
+    "made_of_another_checkpoint",
 ]
 
 
@@ -255,6 +257,32 @@ def load_meta(directory: str | os.PathLike) -> dict[str, Any]:
         if key not in meta:
             raise CheckpointError(f"checkpoint metadata {path} lacks {key!r}")
     return meta
+
+
+def checkpoint_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """What tells one checkpoint of a run from another, for the results made of it (evaluate's
+    metrics.json, explain's summary.json): the epoch and optimizer step it was saved at."""
+    return {"checkpoint_epoch": meta.get("epoch"), "checkpoint_step": meta.get("step")}
+
+
+def made_of_another_checkpoint(result: str | os.PathLike, directory: str | os.PathLike) -> bool:
+    """Whether the result file ``result`` (a metrics.json or summary.json) was made of another
+    checkpoint than the one now in ``directory``: the run was resumed and saved a new one since.
+
+    Results that record :func:`checkpoint_identity` are compared by it, which a copy of the run
+    folder keeps; older ones by time (written before the checkpoint folder was)."""
+    result, directory = Path(result), Path(directory)
+    try:
+        made = json.loads(result.read_text())
+        meta = json.loads((directory / META).read_text())
+    except (OSError, ValueError):
+        made, meta = None, None
+    if isinstance(made, dict) and isinstance(meta, dict) and made.get("checkpoint_step") is not None:
+        return (made.get("checkpoint_epoch"), made.get("checkpoint_step")) != (meta.get("epoch"), meta.get("step"))
+    try:
+        return result.stat().st_mtime_ns < directory.stat().st_mtime_ns
+    except OSError:
+        return False
 
 
 def require_preprocessing(meta: dict[str, Any], source: str | os.PathLike, hint: str = "") -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from resnetlab.checkpoint import checkpoint_identity
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, check_int, check_output_folder
 from resnetlab.metrics import classification_metrics
 
@@ -417,7 +418,8 @@ def evaluate(
         out = (run if run is not None else ckpt.path) / "eval" / f"{split}{checkpoint_suffix(ckpt.path)}"
     else:
         out = Path(out_dir)
-    extra = {"split": split, "checkpoint": str(ckpt.path), "dataset": data_name, "classes": list(ckpt.classes)}
+    extra = {"split": split, "checkpoint": str(ckpt.path), **checkpoint_identity(ckpt.meta), "dataset": data_name,
+             "classes": list(ckpt.classes)}  # fmt: skip
     try:
         write_eval_files(out, metrics, ckpt.classes, logits, targets, indices, getattr(imageset, "paths", None), extra)
     except OSError as exc:

@@ -352,7 +352,7 @@ def explain(
         >>> s["files"]["html"]                                           # doctest: +SKIP
         'runs/demo/report_sections/explain.html'
     """
-    from resnetlab.checkpoint import Checkpoint, load_checkpoint
+    from resnetlab.checkpoint import Checkpoint, checkpoint_identity, load_checkpoint
     from resnetlab.data.images import preprocess
     from resnetlab.evaluate import SPLITS, checkpoint_suffix, collect_outputs, open_split, resolve_device, run_dir_of
 
@@ -464,7 +464,7 @@ def explain(
         files["top_losses"] = str(_draw_grid(rows, out / "top_losses.png", "highest-loss examples (true→pred confidence)"))
 
     summary = {
-        "checkpoint": str(ckpt.path), "split": split, "dataset": data_name, "method": method,
+        "checkpoint": str(ckpt.path), **checkpoint_identity(ckpt.meta), "split": split, "dataset": data_name, "method": method,
         "layer": layer if method in CAM_METHODS else None, "num_images": int(len(targets)), "accuracy": acc,
         "classes": classes, "galleries": sel["galleries"], "confused_pairs": sel["pairs"],
         "top_losses": [item(i) for i in sel["top_loss"]], "num_explained": len(wanted),

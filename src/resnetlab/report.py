@@ -340,7 +340,7 @@ def _title_from_stem(stem: str) -> str:
     return (words[:1].upper() + words[1:]) if words else stem
 
 
-def read_extra_sections(run_dir: str | os.PathLike, checkpoint_tag: str = "", since_ns: int = 0) -> list[tuple[str, str, str]]:
+def read_extra_sections(run_dir: str | os.PathLike, checkpoint_tag: str = "", checkpoint: Path | None = None) -> list[tuple[str, str, str]]:
     """Sections from ``<run>/report_sections/<name>.html`` and/or ``<name>.md``, sorted by name.
 
     The title comes from the name (``10-grad_cam`` -> ``Grad cam``) unless the Markdown starts
@@ -352,9 +352,9 @@ def read_extra_sections(run_dir: str | os.PathLike, checkpoint_tag: str = "", si
     checkpoint's section in ``<run>/explain-last/``, and it replaces an ``explain`` section of
     ``report_sections`` (which would describe another checkpoint).
 
-    ``since_ns`` is when that checkpoint was written (``st_mtime_ns``): an ``explain`` section
-    older than it explains an earlier checkpoint (explain ran, then the run was resumed and saved
-    a new best) and is replaced by a note saying so.
+    ``checkpoint`` is that checkpoint's folder: an ``explain`` section made of another one
+    (explain ran, then the run was resumed and saved a new best; told by the summary.json beside
+    it, :func:`resnetlab.checkpoint.made_of_another_checkpoint`) is replaced by a note saying so.
 
     Example:
         >>> read_extra_sections("runs/demo")  # doctest: +SKIP
@@ -368,7 +368,9 @@ def read_extra_sections(run_dir: str | os.PathLike, checkpoint_tag: str = "", si
         folder = run / tagged
     else:
         folder = run / SECTIONS_DIR
-    if "explain" in sections and any(_older(folder / f"explain{ext}", since_ns) for ext in (".html", ".md")):
+    summary = run / f"explain{checkpoint_tag}" / "summary.json"  # explain's record of the checkpoint it explained
+    made_of = [summary] if summary.is_file() else [folder / f"explain{ext}" for ext in (".html", ".md")]
+    if "explain" in sections and any(_stale(p, checkpoint) for p in made_of):
         log.warning("%s explains an earlier checkpoint than the report's; left out", folder / "explain.html")
         note = ("These explanations were made before the run's checkpoint was replaced (it was resumed), so they "
                 f"describe an earlier model and are left out: run `resnetlab explain {run}` again.")
@@ -376,9 +378,11 @@ def read_extra_sections(run_dir: str | os.PathLike, checkpoint_tag: str = "", si
     return [sections[stem] for stem in sorted(sections)]
 
 
-def _older(path: Path, since_ns: int) -> bool:
-    """Whether the file ``path`` was written before ``since_ns`` (a checkpoint's ``st_mtime_ns``)."""
-    return since_ns > 0 and path.is_file() and path.stat().st_mtime_ns < since_ns
+def _stale(path: Path, checkpoint: Path | None) -> bool:
+    """Whether the result file ``path`` was made of another checkpoint than ``checkpoint``."""
+    from resnetlab.checkpoint import made_of_another_checkpoint
+
+    return checkpoint is not None and path.is_file() and made_of_another_checkpoint(path, checkpoint)
 
 
 _MD_IMG_RE = re.compile(r"(!\[[^\]]*\]\()(?!data:|https?:|/)([^)\s]+)\)")
@@ -522,12 +526,11 @@ def build_report(
 
     meta = None
     tag = ""  # evaluate's folder suffix for the checkpoint reported: "" for best, "-last" for a run without one
-    ckpt_ns = 0  # when that checkpoint was written: an evaluation or explanation older than it is of an earlier one
+    ckpt_dir = None  # an evaluation or explanation of another checkpoint (before a resume) is not shown as this one's
     try:
         ckpt_dir = resolve_checkpoint(run, "best", warn=False)  # the report says which checkpoint it shows
         meta = load_meta(ckpt_dir)
         tag = checkpoint_suffix(ckpt_dir)
-        ckpt_ns = ckpt_dir.stat().st_mtime_ns
     except CheckpointError as exc:
         log.warning("report without model details: %s", exc)
     config = _read_config(run, meta)
@@ -535,7 +538,7 @@ def build_report(
     # an interrupted run before its first validated epoch has only last: evaluate RUN writes eval/test-last
     eval_dir = run / "eval" / f"{split}{tag}"
     # evaluate ran, then a resume saved a new best: that evaluation scored an earlier model
-    stale = _older(eval_dir / "metrics.json", ckpt_ns)
+    stale = _stale(eval_dir / "metrics.json", ckpt_dir)
     test = None if stale else _read_json(eval_dir / "metrics.json")
     classes = [str(c) for c in ((test or {}).get("classes") or (meta or {}).get("classes") or [])]
     name = config.get("name") or run.name
@@ -548,7 +551,7 @@ def build_report(
     best = max((r for r in rows if r.get("val_acc") is not None), key=lambda r: r["val_acc"], default=None)
     train_time = sum(r.get("epoch_time_s") or 0.0 for r in rows)
     train_path = run / "eval" / f"train{tag}" / "metrics.json"  # output.evaluate_train
-    train_eval = None if _older(train_path, ckpt_ns) else _read_json(train_path)
+    train_eval = None if _stale(train_path, ckpt_dir) else _read_json(train_path)
     summary = [
         ("run", name),
         ("dataset", (config.get("data") or {}).get("name")),
@@ -657,7 +660,7 @@ def build_report(
                if stale else f"Not evaluated on the {split} split yet")
         sections.append(_Section("Evaluation").text(f"{why}: run `resnetlab evaluate {run}`."))
 
-    for title, h, m in [*(extra_sections or []), *read_extra_sections(run, tag, ckpt_ns)]:
+    for title, h, m in [*(extra_sections or []), *read_extra_sections(run, tag, ckpt_dir)]:
         sections.append(_Section(title).raw(h, m))
 
     # write

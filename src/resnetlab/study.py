@@ -56,7 +56,7 @@ from typing import Any
 
 import yaml
 
-from resnetlab.checkpoint import CheckpointError, load_meta
+from resnetlab.checkpoint import CheckpointError, load_meta, made_of_another_checkpoint
 from resnetlab.config import Config, apply_overrides, config_difference, config_from_dict, read_yaml, smoke_config, smoke_fallback
 from resnetlab.errors import ConfigError, ResnetlabError, check_int, did_you_mean
 
@@ -472,11 +472,10 @@ def _finish_cell(run_dir: Path, cfg: Config, smoke: bool) -> None:
     from resnetlab.evaluate import evaluate
 
     best = run_dir / "checkpoints" / "best"
-    best_ns = best.stat().st_mtime_ns if best.is_dir() else 0
 
     def current(split: str) -> bool:
         path = run_dir / "eval" / split / "metrics.json"
-        return path.is_file() and path.stat().st_mtime_ns >= best_ns
+        return path.is_file() and not (best.is_dir() and made_of_another_checkpoint(path, best))
 
     need = [s for s in ("test", "val", "train") if not current(s)]
     if not need:
