@@ -263,11 +263,11 @@ class Config(_Section):
         if self.model.head_dropout > 0 and not self.model.head:
             raise ValueError(f"model.head_dropout applies between the layers of an MLP head; set model.head (e.g. [256]) "
                              f"or use model.dropout (before the classifier), got head_dropout={self.model.head_dropout}")  # fmt: skip
-        if not (info.context or {}).get("recorded"):
-            self._check_unread_options()
         s = self.schedule
         if s.base_momentum > s.max_momentum:
             raise ValueError(f"schedule.base_momentum={s.base_momentum} must be <= schedule.max_momentum={s.max_momentum}")
+        if not (info.context or {}).get("recorded"):
+            self._check_unread_options()
         if s.name == "multistep" and s.milestones_unit == "fraction" and not all(0 < m <= 1 for m in s.milestones):
             raise ValueError(f"schedule.milestones are fractions of training in (0, 1] (schedule.milestones_unit=fraction), "
                              f"got {s.milestones}; for steps or epochs set schedule.milestones_unit")  # fmt: skip
