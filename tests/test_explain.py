@@ -699,3 +699,22 @@ def test_grid_title_fits_the_figure_whatever_the_column_count(tmp_path, monkeypa
     box, page = fig.texts[0].get_window_extent(renderer), fig.bbox
     assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1  # no character off the page
     assert fig.texts[0].get_text().replace("\n", " ") == title
+
+
+def test_a_rerun_that_draws_fewer_figures_leaves_none_of_the_earlier_ones(digits_run, tmp_path):
+    # explain --pairs 0 (or a checkpoint with no mistakes) after an earlier explain kept the old
+    # confused_pairs.png and top_losses.png beside the new summary, which lists neither
+    run, _, _ = digits_run
+    out = tmp_path / "ex"
+    argv = ["explain", str(run), "--n", "1", "--out", str(out), "--device", "cpu"]
+    assert main([*argv, "--pairs", "1", "--top-loss", "2"]) == 0
+    assert (out / "confused_pairs.png").is_file() and (out / "top_losses.png").is_file()
+    (out / "notes.txt").write_text("mine")
+    assert main([*argv, "--pairs", "0", "--top-loss", "0"]) == 2  # a folder with other files: refused, kept
+    assert (out / "top_losses.png").is_file()
+    (out / "notes.txt").unlink()
+    assert main([*argv, "--pairs", "0", "--top-loss", "0"]) == 0
+    files = json.loads((out / "summary.json").read_text())["files"]
+    assert "confused_pairs" not in files and "top_losses" not in files
+    assert not (out / "confused_pairs.png").exists() and not (out / "top_losses.png").exists()
+    assert sorted(p.name for p in out.glob("gallery_*.png")) == sorted(g.rsplit("/", 1)[-1] for g in files["galleries"])

@@ -420,6 +420,11 @@ def explain(
         sections.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ResnetlabError(f"cannot write explanations to {out}: {exc.strerror or exc}") from exc
+    # an earlier explain's figures that this one does not draw again (--pairs 0, no mistakes, fewer
+    # classes) would sit beside its summary as if they were its own
+    for old in out.glob("*.png"):
+        if _explain_file(old.name):
+            old.unlink(missing_ok=True)
 
     def item(i: int) -> dict[str, Any]:
         return {"index": int(positions[i]), "true": int(targets[i]), "pred": int(pred[i]), "true_name": classes[int(targets[i])],

@@ -22,7 +22,9 @@ Names and parameters (defaults in brackets):
 ``crop``               random crop after padding: ``padding`` [4] px, ``size`` [image size],
                        ``padding_mode`` [constant | reflect | replicate], ``p`` [1.0]
 ``flip``               horizontal flip: ``p`` [0.5]
-``rotation``           random rotation in ``[-degrees, degrees]``: ``degrees`` [15], ``p`` [0.5]
+``rotation``           random rotation in ``[-degrees, degrees]``: ``degrees`` [15], ``p`` [0.5];
+                       bilinear, corners filled with 0 (torchvision's ``RandomRotation`` defaults
+                       to nearest and rotates every image)
 ``color-jitter``       ``brightness`` [0.2], ``contrast`` [0.2], ``saturation`` [0.2, RGB only],
                        ``hue`` [0.05, RGB only], ``p`` [1.0]
 ``random-resized-crop``  ``size`` [image size], ``scale`` [(0.08, 1.0)], ``ratio`` [(0.75, 1.333)]
