@@ -181,6 +181,7 @@ CASES = {
     "output under a regular file": (lambda c: [*TINY, "--out", str(c.file / "run")], ["output folder", "is not writable (Not a directory)", "--out"]),
     "output is an existing file": (lambda c: [*TINY, "--out", str(c.file)], ["output folder", "is an existing file, not a folder", "--out"]),
     "existing run without --resume": (lambda c: [*TINY, "--out", str(c.run)], ["already holds a run", "use --resume"]),
+    "run name a path": (lambda c: [*TINY, "--name", "../x"], ["name: a run name is one folder name under output.dir", "got '../x'", "use --out PATH"]),
     "bad config on an existing run with --overwrite": (lambda c: [*TINY, "--out", str(c.run), "--overwrite", "--norm", "bnn"], ["unknown norm 'bnn'"]),
     # -- checkpoints and runs --------------------------------------------------------------------
     "resume a folder that is not a run": (lambda c: ["train", "--resume", str(c.tmp)], ["is not a run folder (no config.yaml)"]),
@@ -471,3 +472,13 @@ def test_16_bit_and_animated_images_load_as_8_bit_single_frames(tmp_path):
     run = tmp_path / "r"
     assert main(_img_train(f"imagefolder:{root}", "--out", str(run), "--set", "data.val_fraction=0")) == 0
     assert len(predict(run, [root / "a"])) == 6  # every file of the folder, none skipped
+
+
+def test_quiet_and_debug_are_options_not_words_picked_out_of_argv(tmp_path, capsys, monkeypatch):
+    # -q was removed from argv wherever it stood: a run folder named "-q" given after `--`
+    # vanished and the command complained that RUN_DIR was missing
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", "--", "-q"]) == 2
+    assert capsys.readouterr().err.strip() == "error: run folder not found: -q"
+    assert main(["report", "nothere", "-q", "--debug"]) == 2  # still options after the command
+    assert "Traceback" in capsys.readouterr().err

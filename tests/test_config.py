@@ -331,3 +331,26 @@ def test_train_flags_are_taken_as_typed_not_parsed_as_yaml(tmp_path):
     cfg = build_config(build_parser().parse_args(argv))
     assert (cfg.data.name, cfg.data.root, cfg.name) == (f"imagefolder:{folder}", str(root), "007")
     assert (cfg.model.freeze_until, cfg.model.norm, cfg.optim.lr, cfg.data.subset) == (7, "gn", 1e-5, 200)
+
+
+def test_set_on_a_text_key_takes_the_value_as_typed():
+    # --set went through YAML: name=2024 became an int and was refused as "not a valid string",
+    # name=001 the run "1", a date a datetime, and a path lost what followed " #"
+    assert load_config(None, ["name=2024"]).name == "2024"
+    assert load_config(None, ["name=001"]).name == "001"
+    assert load_config(None, ["name=2024-01-01"]).name == "2024-01-01"
+    assert load_config(None, ["data.root=/data/birds #2"]).data.root == "/data/birds #2"
+    assert load_config(None, ["output.dir=1e3"]).output.dir == "1e3"
+    assert load_config(None, ['name="quoted"']).name == "quoted"  # quotes still mean YAML
+    assert load_config(None, ["name=null"]).name is None
+    assert load_config(None, ["optim.lr=1e-2"]).optim.lr == 0.01  # numbers stay numbers
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "a\\b"])
+def test_a_run_name_that_is_a_path_is_refused_and_a_recorded_one_stays_readable(name):
+    # --name ../x wrote the run beside output.dir, not in it
+    with pytest.raises(ConfigError, match=r"^name: a run name is one folder name under output.dir .* use --out PATH or output.dir$"):
+        load_config(None, [f"name={name}"])
+    from resnetlab.config import config_from_dict
+
+    assert config_from_dict({"name": name}, recorded=True).name == name  # a run of an earlier version

@@ -268,6 +268,7 @@ class Config(_Section):
             raise ValueError(f"schedule.base_momentum={s.base_momentum} must be <= schedule.max_momentum={s.max_momentum}")
         if not (info.context or {}).get("recorded"):
             self._check_unread_options()
+            self._check_run_name()
         if s.name == "multistep" and s.milestones_unit == "fraction" and not all(0 < m <= 1 for m in s.milestones):
             raise ValueError(f"schedule.milestones are fractions of training in (0, 1] (schedule.milestones_unit=fraction), "
                              f"got {s.milestones}; for steps or epochs set schedule.milestones_unit")  # fmt: skip
@@ -316,6 +317,13 @@ class Config(_Section):
             if s.name not in names and value != ScheduleConfig.model_fields[key].default:
                 raise ValueError(f"schedule.{key}={str(value).lower() if isinstance(value, bool) else value} applies to schedule.name={' or '.join(names)}; schedule.name={s.name} "
                                  f"does not read it (remove it, or set the schedule that uses it)")  # fmt: skip
+
+    def _check_run_name(self) -> None:
+        """The run name is the run folder's name under output.dir: one folder, not a path."""
+        n = self.name
+        if n is not None and (n in (".", "..") or any(c in n for c in "/\\\0")):
+            raise ValueError(f"name: a run name is one folder name under output.dir (no '/', '\\', '.' or '..'), got {n!r}; "
+                             f"to write the run elsewhere use --out PATH or output.dir")  # fmt: skip
 
     def run_name(self) -> str:
         if self.name:
@@ -381,6 +389,19 @@ def config_from_dict(data: dict[str, Any] | None, recorded: bool = False) -> Con
         raise ConfigError(str(err).splitlines()[0]) from None
 
 
+def _text_keys(model: type[BaseModel] = Config, prefix: str = "") -> set[str]:
+    """Dotted keys whose value is a string (``name``, ``data.root``, ``output.dir``, ...)."""
+    keys = set()
+    for name, field in model.model_fields.items():
+        inner = [a for a in get_args(field.annotation) if a is not type(None)] or [field.annotation]
+        ann = inner[0] if len(inner) == 1 else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys |= _text_keys(ann, f"{prefix}{name}.")
+        elif ann is str:
+            keys.add(prefix + name)
+    return keys
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=0.05)")
@@ -392,6 +413,11 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    # A key whose value is text takes it as typed unless quoted: YAML would make a number of
+    # name=2024 (refused as not a string) or 001, a date of 2024-01-01, and cut a path at " #".
+    text = raw.strip()
+    if value is not None and text[:1] not in ("'", '"') and key in _text_keys():
+        value = text
     return key.split("."), value
 
 
