@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors (any command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _discover(sub)
+    # Every command takes them too, anywhere among its own arguments; SUPPRESS leaves the value
+    # the top level parsed when the command does not repeat them. Parsed, not picked out of argv
+    # by hand: a file named -q after `--`, or a flag's `--name=-q`, stays what it is.
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks and debug logs")
+        p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
     return parser
 
 
@@ -203,11 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     default_wait_policy()  # before any subcommand imports torch: OpenMP reads it once
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # --debug may come after the subcommand too.
-    debug = "--debug" in argv or os.environ.get("RESNETLAB_DEBUG") == "1"
-    # --quiet / -q too, for every command (train and study also list it in their own --help)
-    quiet = "--quiet" in argv or "-q" in argv
-    argv = [a for a in argv if a not in ("--debug", "--quiet", "-q")]
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # name the subcommand whose options were mistyped, not the top-level parser
@@ -215,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             (sub or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help / --version (0) or a usage error (2, already printed)
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
-    args.debug = debug
-    args.quiet = quiet
+    args.debug = debug = bool(getattr(args, "debug", False)) or os.environ.get("RESNETLAB_DEBUG") == "1"
+    args.quiet = quiet = bool(getattr(args, "quiet", False))
     # Under torchrun only rank 0 talks; the other ranks report warnings and errors.
     other_rank = os.environ.get("RANK", "0") != "0"
     setup_logging(debug=debug, quiet=quiet or other_rank)

@@ -15,7 +15,6 @@ def register(sub) -> None:
     p.add_argument("--max-cells", type=int_at_least(1), help="run only the first N cells (for CI)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of every cell's base config, e.g. --set train.epochs=3 (repeatable)")  # fmt: skip
-    p.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
     p.set_defaults(func=run)
 
 

@@ -38,7 +38,6 @@ def add_config_args(p) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.lr=0.05 (repeatable)")  # fmt: skip
     p.add_argument("--smoke", action="store_true", help="scale down to a seconds-long run (1 epoch, 2 with train.progressive_resize; small subset)")
-    p.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
 
 
 def register(sub) -> None:
