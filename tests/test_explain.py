@@ -718,3 +718,41 @@ def test_a_rerun_that_draws_fewer_figures_leaves_none_of_the_earlier_ones(digits
     assert "confused_pairs" not in files and "top_losses" not in files
     assert not (out / "confused_pairs.png").exists() and not (out / "top_losses.png").exists()
     assert sorted(p.name for p in out.glob("gallery_*.png")) == sorted(g.rsplit("/", 1)[-1] for g in files["galleries"])
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_explain_of_a_flip_tta_run_maps_the_image_and_its_mirror(digits_run, tmp_path, monkeypatch, tta):
+    # under flip TTA the prediction averages the image and its mirror, and the heat map was of the
+    # image alone; now it averages the two maps (the mirror's flipped back)
+    import shutil
+
+    import resnetlab.explain as ex
+
+    src, _, _ = digits_run
+    run = tmp_path / "run"
+    shutil.copytree(src / "checkpoints" / "best", run / "checkpoints" / "best")
+    meta_path = run / "checkpoints" / "best" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["train"] = {"tta_flip": tta}
+    meta_path.write_text(json.dumps(meta))
+    inputs, shown = [], []
+
+    def ramp_maps(model, x, targets, *args, **kw):  # a map that is not its own mirror: x**2 along the width
+        inputs.append(x.clone())
+        w = x.shape[-1]
+        return np.broadcast_to((np.arange(w, dtype=np.float32) / (w - 1)) ** 2, (len(x), x.shape[-2], w)).copy()
+
+    real_overlay = ex.overlay
+    monkeypatch.setattr(ex, "attribution_maps", ramp_maps)
+    monkeypatch.setattr(ex, "overlay", lambda img, hm: shown.append(hm) or real_overlay(img, hm))
+    summary = explain(run, n_per_class=1, n_pairs=0, n_top_loss=0)
+    assert summary["tta_flip"] is tta and shown
+    if tta:  # the second call is on the mirrored images; the average is symmetric, min 0, max 1
+        assert len(inputs) % 2 == 0 and torch.equal(inputs[1], torch.flip(inputs[0], dims=(3,)))
+        for hm in shown:
+            np.testing.assert_allclose(hm, hm[:, ::-1], atol=1e-6)
+            assert hm.min() == pytest.approx(0) and hm.max() == pytest.approx(1)
+        assert "averaged over the image and its mirror" in (run / "report_sections" / "explain.md").read_text()
+    else:
+        assert all(not torch.equal(b, torch.flip(a, dims=(3,))) for a, b in zip(inputs, inputs[1:]))
+        assert not np.allclose(shown[0], shown[0][:, ::-1])

@@ -395,14 +395,23 @@ def explain(
     raw = src.images(positions[wanted]) if wanted else None
     maps_pred: dict[int, np.ndarray] = {}
     maps_true: dict[int, np.ndarray] = {}
+
+    def maps(x: torch.Tensor, cls: torch.Tensor) -> np.ndarray:
+        m = attribution_maps(model, x, cls, method, layer, batch_size=min(batch_size, 64))
+        if not src.tta_flip:
+            return m
+        # the prediction averaged the image and its mirror: so does its map (the mirror's map
+        # flipped back), as test-time augmentation of a CAM does; then scaled min to max again
+        mf = attribution_maps(model, torch.flip(x, dims=(3,)), cls, method, layer, batch_size=min(batch_size, 64))
+        return _normalize_maps(torch.from_numpy((m + mf[:, :, ::-1]) / 2))
+
     if wanted:
         x = preprocess(raw, mean, std, device=device, channels_last=False)
-        m = attribution_maps(model, x, pred[wanted], method, layer, batch_size=min(batch_size, 64))
-        maps_pred = dict(zip(wanted, m))
+        maps_pred = dict(zip(wanted, maps(x, pred[wanted])))
         if wrong:
             pos = {i: j for j, i in enumerate(wanted)}
             xw = x[[pos[i] for i in wrong]]
-            maps_true = dict(zip(wrong, attribution_maps(model, xw, targets[wrong], method, layer, batch_size=min(batch_size, 64))))
+            maps_true = dict(zip(wrong, maps(xw, targets[wrong])))
     images = {i: raw[j] for j, i in enumerate(wanted)} if wanted else {}
 
     # 3. files
@@ -473,6 +482,7 @@ def explain(
         "layer": layer if method in CAM_METHODS else None, "num_images": int(len(targets)), "accuracy": acc,
         "classes": classes, "galleries": sel["galleries"], "confused_pairs": sel["pairs"],
         "top_losses": [item(i) for i in sel["top_loss"]], "num_explained": len(wanted),
+        "tta_flip": bool(src.tta_flip),  # predictions and maps averaged over the image and its mirror
     }
     files["summary"] = str(out / "summary.json")
     files["html"] = str(sections / "explain.html")
@@ -506,7 +516,8 @@ def _write_sections(summary: dict[str, Any], out: Path, sections: Path, base: Pa
     files = summary["files"]
     method = summary["method"] + (f" @ {summary['layer']}" if summary["layer"] else "")
     head = (f"Explanations of {summary['num_images']} {summary['split']} images with {method} "
-            f"(accuracy {summary['accuracy']:.4f}); maps shown for the predicted class, and for the true class of mistakes.")
+            f"(accuracy {summary['accuracy']:.4f}); maps shown for the predicted class, and for the true class of mistakes"
+            + ("; predictions and maps are averaged over the image and its mirror (the run's flip TTA)." if summary.get("tta_flip") else "."))
     pairs = summary["confused_pairs"]
     figures = ([("Most confused pairs", files["confused_pairs"])] if "confused_pairs" in files else []) + \
               ([("Highest losses", files["top_losses"])] if "top_losses" in files else []) + \
