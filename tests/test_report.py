@@ -257,3 +257,36 @@ def test_the_test_result_says_which_checkpoint_it_scored_and_that_it_chose_nothi
     md = build_report(run)[1].read_text()
     assert f"| test accuracy (best checkpoint) | {test['accuracy']:.4g} |" in md
     assert f"Of the best checkpoint (epoch {meta['epoch']}), chosen on validation accuracy; the test split chose nothing." in md
+
+
+def test_report_of_the_val_split_shows_val_results_and_val_images(tmp_path, capsys, monkeypatch):
+    # build_report(split="val") read eval/val/ but drew the mistakes from the test split's images
+    # at val's indices; `resnetlab report` had no --split
+    import numpy as np
+
+    import resnetlab.report as rp
+    from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.evaluate import evaluate, load_splits_for
+
+    run = trained_run(tmp_path)
+    assert main(["report", str(run), "--split", "val"]) == 0
+    md = (run / "report.md").read_text()
+    assert f"Not evaluated on the val split yet: run `resnetlab evaluate {run} --split val`." in md
+    evaluate(run, split="val")
+    drawn = []
+    real = rp._misclassified_figure
+    monkeypatch.setattr(rp, "_misclassified_figure", lambda images, titles: drawn.append(images) or real(images, titles))
+    capsys.readouterr()
+    assert main(["report", str(run), "--split", "val"]) == 0
+    md = (run / "report.md").read_text()
+    val = json.loads((run / "eval" / "val" / "metrics.json").read_text())
+    preds = list(csv.DictReader(open(run / "eval" / "val" / "predictions.csv")))
+    wrong = sorted((r for r in preds if r["target"] != r["prediction"]), key=lambda r: -float(r["confidence"]))
+    assert "## Final metrics (val split)" in md and "## Misclassified val images" in md
+    assert f"| accuracy | {val['accuracy']:.4g} |" in md
+    assert f"{len(wrong)} of {len(preds)} val images are misclassified" in md
+    splits = load_splits_for(load_checkpoint(run).meta)
+    shown = [int(r["index"]) for r in wrong[: len(drawn[0])]]
+    np.testing.assert_array_equal(np.asarray(drawn[0]), np.asarray(splits.val.get(shown)))
+    assert main(["report", str(run), "--split", "dev"]) == 2
+    assert "argument --split: invalid choice: 'dev'" in capsys.readouterr().err

@@ -441,17 +441,18 @@ def _model_section(meta: dict) -> _Section:
     return sec.add(_Table(["", "value"], rows, numeric=[False, True]))
 
 
-def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str], splits=None) -> tuple[_Section, _Figure | None]:
-    sec = _Section("Misclassified test images")
+def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str], splits=None,
+                           split: str = "test") -> tuple[_Section, _Figure | None]:
+    sec = _Section(f"Misclassified {split} images")
     with open(pred_path, newline="", encoding="utf-8", errors="surrogateescape") as f:  # as evaluate writes it
         rows = list(csv.DictReader(f))
     wrong = [r for r in rows if r["target"] != r["prediction"]]
     if not wrong:
-        return sec.text(f"No test image is misclassified ({len(rows)} images)."), None
+        return sec.text(f"No {split} image is misclassified ({len(rows)} images)."), None
     wrong.sort(key=lambda r: -float(r["confidence"]))
     shown = wrong[:MAX_MISCLASSIFIED]
     sec.text(
-        f"{len(wrong)} of {len(rows)} test images are misclassified; the {len(shown)} most confident mistakes "
+        f"{len(wrong)} of {len(rows)} {split} images are misclassified; the {len(shown)} most confident mistakes "
         "(true -> predicted, confidence):"
     )
     def name(i: str) -> str:
@@ -472,17 +473,20 @@ def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str
             from resnetlab.evaluate import load_splits_for
 
             splits = load_splits_for(meta)
-        if len(splits.test) != len(rows):
+        imageset = getattr(splits, split, None)
+        if imageset is None:
+            return without_images(f"the dataset has no {split} split now"), None
+        if len(imageset) != len(rows):
             # predictions.csv indexes the split that was evaluated: a subset of it (a smoke
             # study's capped test split) would show other images under these labels
-            return without_images(f"the evaluation used {len(rows)} of the {len(splits.test)} test images"), None
-        images = splits.test.get([int(r["index"]) for r in shown])
+            return without_images(f"the evaluation used {len(rows)} of the {len(imageset)} {split} images"), None
+        images = imageset.get([int(r["index"]) for r in shown])
     except Exception as exc:  # a dataset that moved or needs a download: the report still builds
         log.warning("misclassified examples skipped: cannot load the dataset (%s)", str(exc).splitlines()[0])
         return without_images(str(exc).splitlines()[0]), None
 
     titles = [f"{name(r['target'])} -> {name(r['prediction'])}\n{float(r['confidence']):.2f}" for r in shown]
-    fig = _Figure("misclassified.png", _misclassified_figure(images, titles), "misclassified test images")
+    fig = _Figure("misclassified.png", _misclassified_figure(images, titles), f"misclassified {split} images")
     return sec.add(fig), fig
 
 
@@ -516,6 +520,10 @@ def build_report(
     from resnetlab.errors import CheckpointError, ResnetlabError
     from resnetlab.evaluate import checkpoint_suffix, plot_confusion_matrix
 
+    from resnetlab.evaluate import SPLITS
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     run = Path(run_dir).expanduser()
     if run.exists() and not run.is_dir():
         raise ResnetlabError(f"{run} is a file; give a run folder (the --out of a training run)")
@@ -651,14 +659,15 @@ def build_report(
 
         pred_path = eval_dir / "predictions.csv"
         if pred_path.is_file():
-            sec, fig = _misclassified_section(meta, pred_path, classes, splits)
+            sec, fig = _misclassified_section(meta, pred_path, classes, splits, split)
             if fig is not None:
                 figures.append(fig)
             sections.append(sec)
     else:
         why = (f"{eval_dir.relative_to(run)} was evaluated before the run's checkpoint was replaced (it was resumed)"
                if stale else f"Not evaluated on the {split} split yet")
-        sections.append(_Section("Evaluation").text(f"{why}: run `resnetlab evaluate {run}`."))
+        flag = "" if split == "test" else f" --split {split}"
+        sections.append(_Section("Evaluation").text(f"{why}: run `resnetlab evaluate {run}{flag}`."))
 
     for title, h, m in [*(extra_sections or []), *read_extra_sections(run, tag, ckpt_dir)]:
         sections.append(_Section(title).raw(h, m))

@@ -11,13 +11,15 @@ def register(sub) -> None:
         "run folder: config, model, training curves, metrics, confusion matrix, misclassified examples.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (with config.yaml / metrics.csv / checkpoints)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="whose evaluation (eval/SPLIT/, written by `resnetlab evaluate RUN --split SPLIT`) the report shows (default test)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from resnetlab.report import build_report
 
-    html, md = build_report(args.run_dir)
+    html, md = build_report(args.run_dir, split=args.split)
     print(html)
     print(md)
     return 0
