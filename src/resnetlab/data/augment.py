@@ -26,7 +26,8 @@ Names and parameters (defaults in brackets):
                        bilinear, corners filled with 0 (torchvision's ``RandomRotation`` defaults
                        to nearest and rotates every image)
 ``color-jitter``       ``brightness`` [0.2], ``contrast`` [0.2], ``saturation`` [0.2, RGB only],
-                       ``hue`` [0.05, RGB only], ``p`` [1.0]
+                       ``hue`` [0.05, RGB only], ``p`` [1.0]; factors drawn per image, the order
+                       of the four steps once per batch (kornia; torchvision draws it per image)
 ``random-resized-crop``  ``size`` [image size], ``scale`` [(0.08, 1.0)], ``ratio`` [(0.75, 1.333)]
 ``resize``             ``size`` (required; an int resizes the shorter side) — deterministic
 ``center-crop``        ``size`` (required) — deterministic
