@@ -6,6 +6,8 @@ import gzip
 import logging
 import os
 import pickle
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -769,3 +771,22 @@ def test_a_data_root_the_dataset_does_not_read_is_named_in_a_warning(tmp_path, c
 
     cfg = smoke_fallback(smoke_config(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}"])))
     assert cfg.data.name.startswith("synthetic:") and cfg.data.root is None
+
+
+def test_a_killed_writers_temporary_cache_file_is_removed_and_a_live_ones_kept(tmp_path, caplog):
+    # a kill during the cache's allocation left <cache>.u8.<pid>.tmp, the full size, for good
+    name = write_png_folder(tmp_path / "imgs")
+    cache = tmp_path / "cache"
+    kw = dict(image_size=8, val_fraction=0.0, stream_threshold_gb=1e-9, cache=cache)
+    first = load_dataset(name, **kw).train.cache
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    left = Path(f"{first}.{dead}.tmp")  # the name _allocate gives it; its process has exited
+    live = Path(f"{first}.{os.getpid()}.tmp")  # a writer still at work
+    foreign = cache / "other-12345678-3x8x8-abc.u8.1.tmp"  # another folder's: not this prefix
+    for p in (left, live, foreign):
+        p.write_bytes(b"\0" * 100)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "imgs" / "c0" / "new.png")  # a new listing
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        new = load_dataset(name, **kw).train.cache
+    assert sorted(p.name for p in cache.iterdir()) == sorted(Path(p).name for p in (new, live, foreign))
+    assert left.name in caplog.text and os.path.basename(first) in caplog.text

@@ -309,14 +309,33 @@ def cache_file_for(paths: Sequence[str], image_shape: tuple[int, int, int], fold
     return str(Path(folder) / f"{_cache_prefix(source, image_shape)}{digest}.u8")
 
 
+def _pid_alive(pid: str) -> bool:
+    """Whether the process ``pid`` (text, from a file name) exists on this machine; ``True`` when
+    that cannot be told, so nothing of a live writer is removed."""
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # another user's process (EPERM), or not a pid
+        return True
+    return True
+
+
 def _prune_stale_caches(path: str, source: str | os.PathLike, image_shape: tuple[int, int, int]) -> None:
     """Remove the caches of ``source`` at this size other than ``path``: made for an earlier listing
-    of the folder, they would never be read again."""
+    of the folder (or by an earlier decoder), they would never be read again; and the temporary
+    files of writers killed mid-allocation."""
     folder, keep = Path(path).parent, Path(path).name
     prefix = _cache_prefix(source, image_shape)
     removed = []
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(prefix) and p.name.endswith(".u8") and p.name != keep:
+        if not p.name.startswith(prefix) or p.name == keep:
+            continue
+        # a cache of an earlier listing, or the temporary file of a writer that was killed while
+        # allocating it (<cache>.u8.<pid>.tmp, its process gone): full-size files either way
+        if p.name.endswith(".u8") or (p.name.endswith(".tmp") and not _pid_alive(p.name.rsplit(".", 2)[-2])):
             with contextlib.suppress(OSError):
                 size = p.stat().st_size
                 p.unlink()
