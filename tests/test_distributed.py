@@ -16,6 +16,17 @@ import pytest
 from resnetlab.checkpoint import load_checkpoint
 
 
+def _env(tmp_path, **extra: str) -> dict[str, str]:
+    """The environment of a worker process: the processes run in ``tmp_path`` (torchelastic_*
+    dirs stay there) and import this resnetlab, not one that a relative PYTHONPATH (src) or an
+    installed copy would give them there."""
+    import resnetlab
+
+    src = str(Path(resnetlab.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path), **extra}
+
+
 def _torchrun() -> str:
     torchrun = Path(sys.executable).with_name("torchrun")
     return str(torchrun) if torchrun.exists() else shutil.which("torchrun")
@@ -33,7 +44,7 @@ def test_torchrun_two_cpu_ranks(tmp_path, extra):
     torchrun = _torchrun()
     assert torchrun, "torchrun ships with torch"
     out = tmp_path / "ddp run"  # a space in the path on purpose
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}  # torchelastic_* dirs stay in tmp_path
+    env = _env(tmp_path)
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train",
            "--model", "resnet8", "--data", "digits", "--epochs", "2", "--batch-size", "32",
            "--set", "output.report=false", "--set", "train.num_threads=1", "--set", "train.device=cpu", "--out", str(out), *extra]  # fmt: skip
@@ -59,7 +70,7 @@ def test_a_batch_larger_than_each_ranks_share_is_refused(tmp_path):
     """300 images over 2 ranks is 135 training images each (after the validation hold-out):
     batch 256 would give every rank 0 steps (the last partial batch is dropped) and train nothing."""
     torchrun = _torchrun()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    env = _env(tmp_path)
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train", "--model", "resnet8",
            "--data", "digits", "--subset", "300", "--batch-size", "256", "--epochs", "1", "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
@@ -93,7 +104,7 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_then_resume_needs_the_same_
     import signal
     import time
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}
+    env = _env(tmp_path)
     out = tmp_path / "run"
     # 1,293 images over 2 ranks at batch 8: 80 steps per epoch, logging windows at 25, 50, 75, 80
     cmd = [_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "resnetlab", "train", "--model", "resnet8",
@@ -143,8 +154,8 @@ def test_processes_started_with_different_configs_are_refused_before_training(tm
         port = s.getsockname()[1]
     procs = []
     for rank, seed in ((0, 0), (1, 1)):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2",
-               "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+        env = _env(tmp_path, RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))  # fmt: skip
         cmd = [sys.executable, "-m", "resnetlab", "train", "--model", "resnet8", "--data", "digits", "--epochs", "1",
                "--seed", str(seed), "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))
@@ -161,3 +172,39 @@ def test_a_study_under_torchrun_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="resnetlab study does not run under torchrun"):
         st.run_study(tmp_path / "any.yaml")
+
+
+# rank 0's test evaluation and report outlast the process group's timeout (shortened to 3 s here;
+# 30 min for gloo, 10 min for nccl by default, which evaluating a large split or building the
+# report can take)
+_SLOW_FINISH = '''
+import datetime, sys, time
+import torch.distributed as dist
+_init = dist.init_process_group
+dist.init_process_group = lambda *a, **k: _init(*a, **{**k, "timeout": datetime.timedelta(seconds=3)})
+import resnetlab.trainer as t
+_finish = t.finish_run
+t.finish_run = lambda *a, **k: (time.sleep(8), _finish(*a, **k))[1]
+from resnetlab.cli import main
+sys.exit(main())
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_other_ranks_do_not_wait_in_a_collective_for_rank_0s_evaluation(tmp_path):
+    """The other ranks waited for rank 0's test evaluation in a barrier: past the group's timeout
+    they failed, and torchrun killed rank 0 before eval/test was written. Now they leave the
+    group after the weights check and exit; rank 0 evaluates alone."""
+    script = tmp_path / "slow_finish.py"
+    script.write_text(_SLOW_FINISH)
+    env = _env(tmp_path)
+    out = tmp_path / "r"
+    cmd = [_torchrun(), "--standalone", "--nproc_per_node=2", str(script), "train", "--model", "resnet8", "--data", "digits",
+           "--subset", "400", "--epochs", "1", "--batch-size", "32", "--set", "output.report=false", "--set", "train.device=cpu",
+           "--set", "train.num_threads=1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "weights identical on all 2 ranks" in log and "Timed out" not in log
+    assert (out / "eval" / "test" / "metrics.json").is_file()

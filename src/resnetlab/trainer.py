@@ -398,9 +398,11 @@ class Trainer:
 
     # -- setup helpers -----------------------------------------------------------------
     def _init_distributed(self) -> None:
+        self._owns_group = False  # a group the caller set up is the caller's to take down
         if self.world_size > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend=backend)
+            self._owns_group = True
         if self.world_size > 1:
             # Every process must train the same run: a different seed shards and splits the data
             # differently (overlapping shards, one rank's validation images in another's training),
@@ -422,6 +424,15 @@ class Trainer:
                     torch.distributed.destroy_process_group()
                     raise ConfigError(f"the torchrun processes were started with different configs ({diff}); "
                                       f"start every process (on every node) with the same command and config")  # fmt: skip
+
+    def leave_process_group(self) -> None:
+        """Take down the process group this trainer joined (none to leave: nothing happens).
+
+        Called when no collective follows: the ranks other than 0 may then exit while rank 0
+        evaluates and reports, and no process is left to wait in a collective that times out."""
+        if self._owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self._owns_group = False
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         net = model
@@ -941,11 +952,14 @@ def _fit_and_finish(trainer: Trainer, cfg: Config, run_dir: Path) -> FitResult:
     if result.interrupted:
         return result
     if trainer.world_size > 1:
-        check_ranks_in_sync(trainer)
+        check_ranks_in_sync(trainer)  # a collective: every rank has finished training here
+        # The test evaluation and the report are rank 0's alone and can take longer than the
+        # group's timeout (30 min gloo, 10 min nccl): the other ranks used to wait for them in a
+        # barrier, timed out, and torchrun then killed rank 0 in the middle of its evaluation.
+        # No collective follows, so every rank leaves the group now and the others exit.
+        trainer.leave_process_group()
     if trainer.is_main:
         result.train_metrics, result.test_metrics = finish_run(run_dir, cfg, trainer.splits, trainer.device)
-    if trainer.world_size > 1:
-        torch.distributed.barrier()
     return result
 
 
