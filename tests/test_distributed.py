@@ -208,3 +208,51 @@ def test_the_other_ranks_do_not_wait_in_a_collective_for_rank_0s_evaluation(tmp_
     assert proc.returncode == 0, log[-3000:]
     assert "weights identical on all 2 ranks" in log and "Timed out" not in log
     assert (out / "eval" / "test" / "metrics.json").is_file()
+
+
+# torchvision's download stood in for by one that takes 2 s to "unpack" a small CIFAR-10 into the
+# data root: a second process that fetches at the same time, or reads the half-made folder, fails
+_FAKE_DOWNLOAD = '''
+import os, pickle, sys, time
+from pathlib import Path
+import numpy as np
+import resnetlab.data.datasets as ds
+
+def fake_download(cls, root, name):
+    with open(Path(root) / "downloads.log", "a") as f:
+        f.write(os.environ["RANK"] + "\\n")
+    base = Path(root) / "cifar-10-batches-py"
+    base.mkdir()  # FileExistsError: another process is unpacking into the same folder
+    time.sleep(2)
+    rng = np.random.default_rng(0)
+    def dump(path, obj):
+        with open(base / path, "wb") as f:
+            pickle.dump(obj, f)
+    for i in range(1, 6):
+        dump(f"data_batch_{i}", {"data": rng.integers(0, 256, (40, 3072), dtype=np.uint8), "labels": [j % 10 for j in range(40)]})
+    dump("test_batch", {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "labels": [j % 10 for j in range(20)]})
+    dump("batches.meta", {"label_names": [f"c{k}" for k in range(10)]})
+
+ds._download = fake_download
+from resnetlab.cli import main
+sys.exit(main())
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_download_under_torchrun_is_made_by_one_process(tmp_path):
+    """data.download=true: the processes of a node fetched and unpacked into one data root at once
+    (torchvision writes one archive name): a checksum error or a half-unpacked folder read. Rank 0
+    fetches first; the other process finds the files."""
+    script = tmp_path / "fake_download.py"
+    script.write_text(_FAKE_DOWNLOAD)
+    data, out = tmp_path / "data", tmp_path / "r"
+    cmd = [_torchrun(), "--standalone", "--nproc_per_node=2", str(script), "train", "--model", "resnet8", "--data", "cifar10",
+           "--data-root", str(data), "--set", "data.download=true", "--epochs", "1", "--batch-size", "16",
+           "--set", "output.report=false", "--set", "train.device=cpu", "--set", "train.num_threads=1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), timeout=240, cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert (data / "downloads.log").read_text().split() == ["0"]
+    assert [r["epoch"] for r in csv.DictReader(open(out / "metrics.csv"))] == ["1"]

@@ -20,7 +20,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from torch import nn
 from resnetlab import checkpoint as ckpt
 from resnetlab.config import Config, ProgressiveResizeConfig, config_difference, config_from_dict, read_yaml, save_config
 from resnetlab.data.datasets import fingerprint_change, split_fingerprint
-from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, TrainingDiverged
+from resnetlab.errors import CheckpointError, ConfigError, DataError, ResnetlabError, TrainingDiverged
 from resnetlab.evaluate import resolve_device
 from resnetlab.norms import BatchInstanceNorm2d
 
@@ -266,7 +266,7 @@ class Trainer:
         d = cfg.data
         # a resume's normalization is its checkpoint's: nothing to compute (a streaming folder's
         # estimate decodes up to 2,000 images)
-        self.splits = load_dataset(d.name, **d.load_kwargs(cfg.seed), normalization=normalization)
+        self.splits = self._load_in_turns(lambda: load_dataset(d.name, **d.load_kwargs(cfg.seed), normalization=normalization), local_rank)
         s = self.splits
         self.classes = list(s.classes)
         self.mean, self.std = list(s.mean), list(s.std)
@@ -424,6 +424,33 @@ class Trainer:
                     torch.distributed.destroy_process_group()
                     raise ConfigError(f"the torchrun processes were started with different configs ({diff}); "
                                       f"start every process (on every node) with the same command and config")  # fmt: skip
+
+    def _load_in_turns(self, load: Callable[[], Any], local_rank: int) -> Any:
+        """``load()`` on every process; with ``data.download`` not all at once.
+
+        torchvision downloads into a fixed file name and unpacks beside it: the processes of one
+        node fetching into one data root at once overwrote each other's archive (a checksum
+        error) or read a half-unpacked folder. Rank 0 goes first; then the first process of
+        every other node (its own disk, or nothing left to fetch on a shared one); then the rest,
+        which find the files there. A process that fails lets the others go on to their turn,
+        then every process stops (the one that failed with its own error)."""
+        if self.world_size == 1 or not self.cfg.data.download:
+            return load()
+        result, error = None, None
+        for turn in (self.rank == 0, self.rank != 0 and local_rank == 0, local_rank != 0):
+            if turn:
+                try:
+                    result = load()
+                except Exception as exc:  # noqa: BLE001 - re-raised below, after the others' turn ended
+                    error = exc
+            failed = torch.tensor([0.0 if error is None else 1.0], device=self.device)
+            torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
+            if failed.item() > 0:
+                self.leave_process_group()  # the exit code stays the error's (see _init_distributed)
+                if error is not None:
+                    raise error
+                raise DataError("another torchrun process could not load the dataset (see its error); nothing was trained")
+        return result
 
     def leave_process_group(self) -> None:
         """Take down the process group this trainer joined (none to leave: nothing happens).
