@@ -256,3 +256,18 @@ def test_a_download_under_torchrun_is_made_by_one_process(tmp_path):
     assert proc.returncode == 0, log[-3000:]
     assert (data / "downloads.log").read_text().split() == ["0"]
     assert [r["epoch"] for r in csv.DictReader(open(out / "metrics.csv"))] == ["1"]
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "runs/x"], ["predict", "runs/x", "a.png"], ["report", "runs/x"], ["models"]])
+def test_commands_other_than_train_are_refused_under_torchrun(tmp_path, monkeypatch, capsys, argv):
+    """Every process ran the whole command: evaluate under torchrun wrote eval/test twice at once
+    and printed its summary twice."""
+    from resnetlab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: resnetlab {argv[0]} does not run under torchrun (only train does): start it as a plain command" in err
+    assert "Traceback" not in err and not (tmp_path / "runs").exists()

@@ -224,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and args.command not in ("train", "study"):  # study says why itself
+        # every process would run the whole command: the same files written by all at once
+        print(f"error: resnetlab {args.command} does not run under torchrun (only train does): start it as a plain command", file=sys.stderr)
+        return 2
     try:
         with summarise_glyph_warnings():
             return int(args.func(args) or 0)
