@@ -186,7 +186,7 @@ class ProgressiveResizeConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     iterations: int | None = Field(None, ge=1)  # total optimizer steps; overrides epochs
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1)  # images per step and process: under torchrun the global batch is batch_size x processes
     grad_clip: float | None = Field(None, gt=0)
     grad_clip_mode: Literal["norm", "value"] = "norm"  # how train.grad_clip clips (value without grad_clip: an error)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
