@@ -271,3 +271,33 @@ def test_commands_other_than_train_are_refused_under_torchrun(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert f"error: resnetlab {argv[0]} does not run under torchrun (only train does): start it as a plain command" in err
     assert "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "epoch", "step", "refused"),
+    [([], 2, 40, False), ([], 1, 20, True), (["train.iterations=30"], 2, 30, False), (["train.iterations=30"], 1, 20, True)],
+    ids=["epochs-finished", "epochs-unfinished", "iterations-finished", "iterations-unfinished"],
+)
+def test_a_finished_run_resumes_on_any_process_count(tmp_path, monkeypatch, overrides, epoch, step, refused):
+    """A run interrupted after its last epoch is told to resume for its test evaluation and report
+    (nothing left to train): a 2-process run's was refused on 1 process. An unfinished run still
+    needs the process count it was trained on."""
+    import json
+
+    from resnetlab.checkpoint import FORMAT
+    from resnetlab.config import load_config
+    from resnetlab.errors import ConfigError
+    from resnetlab.trainer import _check_resume_config
+
+    cfg = load_config(None, ["model.name=resnet8", "data.name=digits", "train.epochs=2", *overrides])
+    last = tmp_path / "checkpoints" / "last"
+    last.mkdir(parents=True)
+    meta = {"format": FORMAT, "arch": "resnet8", "arch_args": {}, "epoch": epoch, "step": step, "world_size": 2,
+            "config": cfg.model_dump(mode="json")}  # fmt: skip
+    (last / "meta.json").write_text(json.dumps(meta))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    if refused:
+        with pytest.raises(ConfigError, match=r"was trained on 2 process\(es\) and this resume runs on 1"):
+            _check_resume_config(tmp_path, cfg, [last])
+    else:
+        _check_resume_config(tmp_path, cfg, [last])

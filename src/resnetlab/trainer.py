@@ -1062,7 +1062,7 @@ def _check_resume_config(run_dir: Path, cfg: Config, candidates: Sequence[Path])
             continue  # resume() reports unreadable checkpoints itself
         world = dist_info()[1]
         saved_world = meta.get("world_size")  # None: a checkpoint from before it was recorded, not known
-        if saved_world is not None and int(saved_world) != world:
+        if saved_world is not None and int(saved_world) != world and not _finished(meta, cfg):
             how = "without torchrun" if saved_world == 1 else f"with torchrun --nproc_per_node={saved_world} (in all, over the nodes)"
             raise ConfigError(
                 f"{run_dir} was trained on {saved_world} process(es) and this resume runs on {world}; its step counters, "
@@ -1079,6 +1079,18 @@ def _check_resume_config(run_dir: Path, cfg: Config, candidates: Sequence[Path])
                 f"(--pretrained {run_dir} starts it from these weights)"
             )
         return
+
+
+def _finished(meta: dict[str, Any], cfg: Config) -> bool:
+    """Whether the checkpoint ends the run's training: its resume only evaluates and reports,
+    which any number of processes can do (a run interrupted after its last epoch is resumed
+    for that, as the interruption's message says, and it need not be under torchrun again)."""
+    try:
+        if cfg.train.iterations:
+            return int(meta["step"]) >= cfg.train.iterations
+        return int(meta["epoch"]) >= cfg.train.epochs
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _checkpoint_normalization(candidates: Sequence[Path]) -> tuple[list[float], list[float]] | None:
