@@ -301,3 +301,30 @@ def test_a_finished_run_resumes_on_any_process_count(tmp_path, monkeypatch, over
             _check_resume_config(tmp_path, cfg, [last])
     else:
         _check_resume_config(tmp_path, cfg, [last])
+
+
+@pytest.mark.timeout(300)
+def test_processes_that_load_different_data_are_refused_before_training(tmp_path):
+    """One config; two nodes whose data roots (data.root may differ between nodes) hold copies of
+    CIFAR-10 that differ: the ranks had other splits and step counts (a collective then waits
+    for a step that one rank never takes)."""
+    import socket
+
+    from test_data import write_cifar10
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank, per_batch in ((0, 20), (1, 22)):
+        root = tmp_path / f"node{rank}"
+        write_cifar10(root, per_batch=per_batch)
+        env = _env(tmp_path, RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))  # fmt: skip
+        cmd = [sys.executable, "-m", "resnetlab", "train", "--model", "resnet8", "--data", "cifar10", "--data-root", str(root),
+               "--epochs", "1", "--batch-size", "4", "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))
+    errs = [p.communicate(timeout=240)[1] for p in procs]
+    assert all(p.returncode == 2 for p in procs), errs
+    assert "the torchrun processes loaded different data (train split: 90 images (rank 0) vs 99 (rank 1))" in errs[0], errs[0]
+    assert not (tmp_path / "r" / "metrics.csv").exists()

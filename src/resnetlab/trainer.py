@@ -268,6 +268,10 @@ class Trainer:
         # estimate decodes up to 2,000 images)
         self.splits = self._load_in_turns(lambda: load_dataset(d.name, **d.load_kwargs(cfg.seed), normalization=normalization), local_rank)
         s = self.splits
+        # image folders: which files each split holds, recorded in every checkpoint (computed once:
+        # a digest of every path, which a large folder would otherwise pay at each save)
+        self.split_fingerprints = {k: split_fingerprint(getattr(s, k)) for k in ("train", "val", "test")}
+        self._check_same_data()
         self.classes = list(s.classes)
         self.mean, self.std = list(s.mean), list(s.std)
         pre = None
@@ -323,9 +327,6 @@ class Trainer:
         # what predict / export need to reproduce evaluation's geometry on arbitrary files: the
         # size the dataset stores images at, then the deterministic transforms (resize, center-crop)
         self.data_shape = list(s.image_shape)
-        # image folders: which files each split holds, recorded in every checkpoint (computed once:
-        # a digest of every path, which a large folder would otherwise pay at each save)
-        self.split_fingerprints = {k: split_fingerprint(getattr(s, k)) for k in ("train", "val", "test")}
         self.eval_transforms = eval_transforms(cfg.augment)
 
         # model ------------------------------------------------------------------------
@@ -424,6 +425,29 @@ class Trainer:
                     torch.distributed.destroy_process_group()
                     raise ConfigError(f"the torchrun processes were started with different configs ({diff}); "
                                       f"start every process (on every node) with the same command and config")  # fmt: skip
+
+    def _check_same_data(self) -> None:
+        """Every process must have loaded the same splits. ``data.root`` may differ between nodes
+        (and a relative image-folder path is read from each node's working folder): a copy with
+        one file more or less gave the ranks other splits and another number of steps per epoch,
+        and the collectives then waited for a step that one rank never took."""
+        if self.world_size == 1:
+            return
+        s = self.splits
+        mine = {"classes": list(s.classes), "image_shape": list(s.image_shape),
+                **{k: len(getattr(s, k)) for k in ("train", "val", "test")}, "files": self.split_fingerprints}  # fmt: skip
+        every: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(every, mine)
+        for rank, theirs in enumerate(every):
+            diff = next((k for k in mine if theirs[k] != every[0][k]), None)
+            if diff is None:
+                continue
+            what = {"classes": "class list", "image_shape": "image shape", "files": "files"}.get(diff, f"{diff} split")
+            shown = (f"{every[0][diff]} images (rank 0) vs {theirs[diff]} (rank {rank})" if diff in ("train", "val", "test")
+                     else f"rank 0 and rank {rank} differ")  # fmt: skip
+            self.leave_process_group()  # every process finds the same difference; the exit code stays the error's
+            raise DataError(f"the torchrun processes loaded different data ({what}: {shown}); give every node the same "
+                            f"copy of {self.cfg.data.name} (data.root and a relative image-folder path are read on each node)")  # fmt: skip
 
     def _load_in_turns(self, load: Callable[[], Any], local_rank: int) -> Any:
         """``load()`` on every process; with ``data.download`` not all at once.
