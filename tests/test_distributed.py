@@ -328,3 +328,25 @@ def test_processes_that_load_different_data_are_refused_before_training(tmp_path
     assert all(p.returncode == 2 for p in procs), errs
     assert "the torchrun processes loaded different data (train split: 90 images (rank 0) vs 99 (rank 1))" in errs[0], errs[0]
     assert not (tmp_path / "r" / "metrics.csv").exists()
+
+
+def test_a_rank_other_than_0_logs_errors_only(tmp_path, monkeypatch, capsys):
+    """Every process warned what rank 0 warned (data.root unused by digits, a schedule milestone
+    past the end ...): N copies of each line. Other ranks log errors only; --debug shows all,
+    each line prefixed with its rank."""
+    import logging
+
+    from resnetlab.cli import setup_logging
+
+    log = logging.getLogger("resnetlab.trainer")
+    setup_logging(rank=1)
+    log.warning("a config warning")
+    log.error("a failure")
+    err = capsys.readouterr().err
+    assert "a config warning" not in err and "[rank 1] a failure" in err
+    setup_logging(debug=True, rank=1)
+    log.warning("a config warning")
+    assert "[rank 1] a config warning" in capsys.readouterr().err
+    setup_logging()
+    log.warning("a config warning")
+    assert capsys.readouterr().err == "a config warning\n"

@@ -152,10 +152,16 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(debug: bool = False, quiet: bool = False) -> None:
+def setup_logging(debug: bool = False, quiet: bool = False, rank: int = 0) -> None:
+    """Log lines to stderr. Under torchrun (``rank`` > 0) a process other than rank 0 logs errors
+    only: its warnings are rank 0's again (the same config, the same data, which the processes
+    check at start), once per process; with ``debug`` it logs everything, each line prefixed
+    with its rank."""
     level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    if rank and not debug:
+        level = logging.ERROR
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(logging.Formatter(f"[rank {rank}] %(message)s" if rank else "%(message)s"))
     root = logging.getLogger("resnetlab")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -218,9 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     args.debug = debug = bool(getattr(args, "debug", False)) or os.environ.get("RESNETLAB_DEBUG") == "1"
     args.quiet = quiet = bool(getattr(args, "quiet", False))
-    # Under torchrun only rank 0 talks; the other ranks report warnings and errors.
-    other_rank = os.environ.get("RANK", "0") != "0"
-    setup_logging(debug=debug, quiet=quiet or other_rank)
+    # Under torchrun only rank 0 talks; the other ranks report errors (their "error:" line below).
+    try:
+        rank = int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        rank = 0
+    setup_logging(debug=debug, quiet=quiet, rank=rank)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
