@@ -350,3 +350,50 @@ def test_a_rank_other_than_0_logs_errors_only(tmp_path, monkeypatch, capsys):
     setup_logging()
     log.warning("a config warning")
     assert capsys.readouterr().err == "a config warning\n"
+
+
+# counts the images each process scores in validation (collect_outputs, as the trainer calls it)
+_COUNT_EVAL = '''
+import os, sys
+import resnetlab.evaluate as ev
+_collect = ev.collect_outputs
+def counting(*a, **k):
+    out = _collect(*a, **k)
+    with open(os.environ["COUNT_LOG"], "a") as f:
+        f.write(f"{os.environ['RANK']} {len(out[1])}\\n")
+    return out
+ev.collect_outputs = counting
+from resnetlab.cli import main
+sys.exit(main())
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_validation_is_sharded_and_scores_as_one_process_evaluation(tmp_path):
+    """Every process validated the whole split (N times the work); each now scores its share of
+    an odd-sized split (31 val, 61 test images: shards of 16 and 15, no padding) and the sums are
+    reduced. With EMA and flip TTA the reported numbers are those of a one-process evaluate of the
+    saved checkpoint (the EMA's statistics were each rank's own before)."""
+    import json
+
+    script = tmp_path / "count_eval.py"
+    script.write_text(_COUNT_EVAL)
+    counts, out = tmp_path / "counts.txt", tmp_path / "r"
+    cmd = [_torchrun(), "--standalone", "--nproc_per_node=2", str(script), "train", "--model", "resnet8", "--data", "synthetic:1x8x8:3:305",
+           "--epochs", "2", "--batch-size", "16", "--set", "train.ema=0.9", "--set", "train.tta_flip=true",
+           "--set", "output.test_every_epoch=true", "--set", "output.evaluate_test=false", "--set", "output.report=false",
+           "--set", "train.device=cpu", "--set", "train.num_threads=1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path, COUNT_LOG=str(counts)), timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    seen = [tuple(map(int, line.split())) for line in counts.read_text().splitlines()]
+    # per epoch: val then test on each rank
+    assert sorted(seen) == sorted([(0, 16), (1, 15), (0, 31), (1, 30)] * 2), seen
+    row = list(csv.DictReader(open(out / "metrics.csv")))[-1]
+    for split in ("val", "test"):
+        one = subprocess.run([sys.executable, "-m", "resnetlab", "evaluate", str(out), "--which", "last", "--split", split, "--json",
+                              "--out", str(tmp_path / f"ev-{split}")], capture_output=True, text=True, env=_env(tmp_path))  # fmt: skip
+        assert one.returncode == 0, one.stderr
+        m = json.loads(one.stdout)
+        assert float(row[f"{split}_acc"]) == pytest.approx(m["accuracy"], abs=1e-6)
+        assert float(row[f"{split}_loss"]) == pytest.approx(m["loss"], rel=1e-5)

@@ -301,11 +301,14 @@ class Trainer:
             s.train, bs, train=True, augment=cfg.augment, rank=self.rank, world_size=self.world_size, **common
         )
         # Evaluation applies the deterministic part of the augmentations (resize, center crop).
-        self.val_loader = build_loader(s.val, max(bs, 256), train=False, augment=cfg.augment, **common) if len(s.val) else None
+        # Under torchrun each process scores its own share of an evaluation split (arange(n)[rank::
+        # world_size]: every image once, no padding) and validate() sums the counts over them.
+        shard = dict(rank=self.rank, world_size=self.world_size)
+        self.val_loader = build_loader(s.val, max(bs, 256), train=False, augment=cfg.augment, **shard, **common) if len(s.val) else None
         # the test split after every validation: curves for the report, never a selection
         self.test_loader = None
         if cfg.output.test_every_epoch and len(s.test):
-            self.test_loader = build_loader(s.test, max(bs, 256), train=False, augment=cfg.augment, **common)
+            self.test_loader = build_loader(s.test, max(bs, 256), train=False, augment=cfg.augment, **shard, **common)
         self.input_size = list(output_shape(cfg.augment, s.image_shape, train=False))
         self.train_shape = tuple(output_shape(cfg.augment, s.image_shape, train=True))
         if list(self.train_shape) != self.input_size and self.is_main:
@@ -640,9 +643,17 @@ class Trainer:
 
         tta = self.cfg.train.tta_flip
         logits, targets, _ = collect_outputs(self._eval_model(), loader, self.device, tta_flip=tta)
-        loss = F.cross_entropy(logits.float(), targets).item()
-        acc = (logits.argmax(1) == targets).float().mean().item()
-        return loss, acc
+        if self.world_size == 1:
+            loss = F.cross_entropy(logits.float(), targets).item()
+            acc = (logits.argmax(1) == targets).float().mean().item()
+            return loss, acc
+        # this process's share (possibly empty: fewer images than processes): sums, in float64,
+        # over every process; each rank's weights are the same, so the result is one model's score
+        sums = torch.tensor([F.cross_entropy(logits.double(), targets, reduction="sum").item() if len(targets) else 0.0,
+                             float((logits.argmax(1) == targets).sum()), float(len(targets))],
+                            dtype=torch.float64, device=self.device)  # fmt: skip
+        sums = _all_reduce_sum(sums)
+        return (sums[0] / sums[2]).item(), (sums[1] / sums[2]).item()
 
     # -- the loop ----------------------------------------------------------------------
     def _install_signal_handlers(self):
@@ -843,9 +854,12 @@ class Trainer:
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's norm statistics (DDP only broadcasts them at the next forward),
-        so validation and the saved checkpoint are the same on all ranks."""
+        so validation and the saved checkpoint are the same on all ranks. The EMA's too: it
+        averages the statistics each rank's own forward passes left (rank 0's are what is saved),
+        and every rank scores its share of the validation split with it."""
         if self.world_size > 1:
-            for buf in self.model.buffers():
+            buffers = [*self.model.buffers(), *(self.ema.buffers() if self.ema is not None else ())]
+            for buf in buffers:
                 torch.distributed.broadcast(buf, src=0)
 
     def _check_finite(self, window_losses: torch.Tensor, step: int, epoch: int) -> None:
