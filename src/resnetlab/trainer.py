@@ -632,7 +632,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self, loader=None) -> tuple[float | None, float | None]:
         """Loss and accuracy of the evaluated weights (EMA if on, flip TTA if on) on the
-        validation split, or on ``loader`` (the test split's, for ``output.test_every_epoch``)."""
+        validation split, or on ``loader`` (the test split's, for ``output.test_every_epoch``).
+        Under torchrun a collective: each process scores its loader's shard, the sums are reduced."""
         loader = self.val_loader if loader is None else loader
         if loader is None:
             return None, None
