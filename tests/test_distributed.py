@@ -338,18 +338,22 @@ def test_a_rank_other_than_0_logs_errors_only(tmp_path, monkeypatch, capsys):
 
     from resnetlab.cli import setup_logging
 
-    log = logging.getLogger("resnetlab.trainer")
-    setup_logging(rank=1)
-    log.warning("a config warning")
-    log.error("a failure")
-    err = capsys.readouterr().err
-    assert "a config warning" not in err and "[rank 1] a failure" in err
-    setup_logging(debug=True, rank=1)
-    log.warning("a config warning")
-    assert "[rank 1] a config warning" in capsys.readouterr().err
-    setup_logging()
-    log.warning("a config warning")
-    assert capsys.readouterr().err == "a config warning\n"
+    log, root = logging.getLogger("resnetlab.trainer"), logging.getLogger("resnetlab")
+    saved = (root.handlers[:], root.level, root.propagate)
+    try:
+        setup_logging(rank=1)
+        log.warning("a config warning")
+        log.error("a failure")
+        err = capsys.readouterr().err
+        assert "a config warning" not in err and "[rank 1] a failure" in err
+        setup_logging(debug=True, rank=1)
+        log.warning("a config warning")
+        assert "[rank 1] a config warning" in capsys.readouterr().err
+        setup_logging()
+        log.warning("a config warning")
+        assert capsys.readouterr().err == "a config warning\n"
+    finally:
+        root.handlers[:], root.level, root.propagate = saved
 
 
 # counts the images each process scores in validation (collect_outputs, as the trainer calls it)
