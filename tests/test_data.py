@@ -790,3 +790,21 @@ def test_a_killed_writers_temporary_cache_file_is_removed_and_a_live_ones_kept(t
         new = load_dataset(name, **kw).train.cache
     assert sorted(p.name for p in cache.iterdir()) == sorted(Path(p).name for p in (new, live, foreign))
     assert left.name in caplog.text and os.path.basename(first) in caplog.text
+
+
+def test_imagefolder_split_folders_match_in_any_case(tmp_path):
+    # Train/ Validation/ Test/ (a Windows or Kaggle export) were read as three classes named
+    # "Test", "Train" and "Validation", and trained without a word
+    rng = np.random.default_rng(0)
+    for split, n in {"Train": 6, "Validation": 3, "TEST": 2}.items():
+        for c in ("a", "b"):
+            for j in range(n):
+                _save(tmp_path / "ds" / split / c / f"{j}.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    s = load_dataset(f"imagefolder:{tmp_path / 'ds'}", image_size=6)
+    assert s.classes == ["a", "b"]
+    assert (len(s.train), len(s.val), len(s.test)) == (12, 6, 4)
+    assert all("/Validation/" in p for p in s.val.paths) and all("/TEST/" in p for p in s.test.paths)
+    (tmp_path / "ds" / "train").mkdir()
+    if not (tmp_path / "ds" / "Train").samefile(tmp_path / "ds" / "train"):  # a case-sensitive file system
+        with pytest.raises(DataError, match=r"has Train/ and train/: keep one train folder"):
+            load_dataset(f"imagefolder:{tmp_path / 'ds'}", image_size=6)

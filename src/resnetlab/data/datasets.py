@@ -10,7 +10,7 @@ Names (see :data:`DATASET_NAMES`):
 - ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, no download); a fixed stratified
   20 % test split (seed 0, independent of the run's seed).
 - ``imagefolder:PATH``: one sub-folder per class; ``train/``, ``val/`` (or ``valid/``,
-  ``validation/``), ``test/`` sub-folders when present, otherwise a stratified split (20 % test, fixed seed 0). Images are resized to cover
+  ``validation/``), ``test/`` sub-folders (any case) when present, otherwise a stratified split (20 % test, fixed seed 0). Images are resized to cover
   ``image_size`` (default 224) and center-cropped. Bad files are skipped with one warning.
   Folders larger than ``stream_threshold_gb`` as uint8 stream from disk (see loader.py).
 - ``synthetic[:CxHxW[:CLASSES[:N]]]``: deterministic class-dependent random images, default
@@ -662,13 +662,15 @@ _SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "tes
 
 def _split_dirs(base: Path, path: str) -> dict[str, Path]:
     """``train`` / ``val`` / ``test`` -> their sub-folder of ``base`` (``valid/`` and ``validation/``
-    name the validation split too, as Kaggle-style datasets ship it). Beside ``train/``, any other
-    visible folder is named in a warning: it is not read."""
+    name the validation split too, as Kaggle-style datasets ship it). Names match in any case:
+    ``Train/``, ``Val/``, ``Test/`` were read as three classes named after the splits. Beside
+    ``train/``, any other visible folder is named in a warning: it is not read."""
     found: dict[str, Path] = {}
+    folders = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     for split, names in _SPLIT_NAMES.items():
-        present = [n for n in names if (base / n).is_dir()]
+        present = [n for n in folders if n.lower() in names]
         if len(present) > 1:
-            raise DataError(f"image folder {path!r} has {' and '.join(f'{n}/' for n in present)}: keep one validation folder")
+            raise DataError(f"image folder {path!r} has {' and '.join(f'{n}/' for n in present)}: keep one {'validation' if split == 'val' else split} folder")
         if present:
             found[split] = base / present[0]
     if "train" in found:
