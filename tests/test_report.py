@@ -290,3 +290,35 @@ def test_report_of_the_val_split_shows_val_results_and_val_images(tmp_path, caps
     np.testing.assert_array_equal(np.asarray(drawn[0]), np.asarray(splits.val.get(shown)))
     assert main(["report", str(run), "--split", "dev"]) == 2
     assert "argument --split: invalid choice: 'dev'" in capsys.readouterr().err
+
+
+def test_summary_names_the_classes_and_split_sizes_and_per_class_train_counts(tmp_path):
+    # the report showed neither the class names, nor how many images each split had, nor how many
+    # training images each class had: an imbalanced folder could not be read from it
+    import numpy as np
+    from PIL import Image
+
+    from resnetlab.checkpoint import load_meta
+    from resnetlab.config import load_config
+    from resnetlab.trainer import train
+
+    rng = np.random.default_rng(0)
+    for c, n in {"big cat": 30, "dög": 10}.items():
+        (tmp_path / "ds" / c).mkdir(parents=True)
+        for j in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "ds" / c / f"{j}.png")
+    cfg = load_config(None, ["model.name=resnet8", f"data.name=imagefolder:{tmp_path / 'ds'}", "data.image_size=8",
+                             "train.epochs=1", "train.batch_size=8", "train.device=cpu", "output.tensorboard=false"])
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    md = (run / "report.md").read_text()
+    sizes = {k: v["images"] for k, v in load_meta(run / "checkpoints" / "best")["splits"].items()}
+    assert sizes["train"] + sizes["val"] + sizes["test"] == 40
+    assert "| classes | 2: big cat, dög |" in md
+    assert f"| images (train / val / test) | {sizes['train']} / {sizes['val']} / {sizes['test']} |" in md
+    test = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert sum(r["support"] for r in test["per_class"]) == sizes["test"]
+    # training images per class, stratified from 30 and 10: three to one
+    rows = re.findall(r"^\| (big cat|dög) \|.*\| (\d+) \|$", md, flags=re.M)
+    train_counts = dict((name, int(n)) for name, n in rows)
+    assert sum(train_counts.values()) == sizes["train"] and train_counts["big cat"] == 3 * train_counts["dög"]

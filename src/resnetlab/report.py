@@ -1,6 +1,6 @@
 """The run report: ``report.html`` (self-contained) and ``report.md`` from a run folder.
 
-Sections, in order: run summary, configuration, model (parameters, FLOPs), training curves
+Sections, in order: run summary (classes, images per split), configuration, model (parameters, FLOPs), training curves
 (loss, accuracy, learning rate; the test accuracy marked after the last epoch), final metrics,
 confusion matrix, per-class table, misclassified test images, then any extra sections.
 
@@ -415,6 +415,12 @@ def _read_sections(folder: Path, only: str | None = None, link_prefix: str = "")
 # -- the report ---------------------------------------------------------------------------
 
 
+def _class_list(classes: Sequence[str], most: int = 20) -> str:
+    """'3: bird, cat, dog'; past ``most`` names the list is cut ('1000: tench, ..., and 980 more')."""
+    shown = ", ".join(classes[:most])
+    return f"{len(classes)}: {shown}" + (f", and {len(classes) - most} more" if len(classes) > most else "")
+
+
 def _model_section(meta: dict) -> _Section:
     import torch
 
@@ -560,9 +566,13 @@ def build_report(
     train_time = sum(r.get("epoch_time_s") or 0.0 for r in rows)
     train_path = run / "eval" / f"train{tag}" / "metrics.json"  # output.evaluate_train
     train_eval = None if _stale(train_path, ckpt_dir) else _read_json(train_path)
+    counts = (meta or {}).get("class_counts") or {}  # recorded since the report showed split sizes
     summary = [
         ("run", name),
         ("dataset", (config.get("data") or {}).get("name")),
+        *([("classes", _class_list(classes))] if classes else []),
+        *([("images (train / val / test)", " / ".join(f"{sum(counts.get(k) or []):,}" for k in ("train", "val", "test")))]
+          if counts else []),
         ("model", (config.get("model") or {}).get("name") or (meta or {}).get("arch")),
         ("epochs run", len(rows)),
         *([("train accuracy (best checkpoint, no augmentation)", train_eval.get("accuracy"))] if train_eval else []),
@@ -652,9 +662,16 @@ def build_report(
 
         s = _Section("Per-class metrics")
         per = test.get("per_class") or []
-        s.add(_Table(["class", "precision", "recall", "f1", "support"],
-                     [(r["class"], r["precision"], r["recall"], r["f1"], r["support"]) for r in per],
-                     numeric=[False, True, True, True, True]))
+        train_counts = counts.get("train") or []
+        if len(train_counts) == len(per):  # the classes a checkpoint recorded are those evaluated
+            s.text(f"support: {split} images of the class; train images: what the model learned it from.")
+            s.add(_Table(["class", "precision", "recall", "f1", "support", "train images"],
+                         [(r["class"], r["precision"], r["recall"], r["f1"], r["support"], n) for r, n in zip(per, train_counts)],
+                         numeric=[False, True, True, True, True, True]))
+        else:
+            s.add(_Table(["class", "precision", "recall", "f1", "support"],
+                         [(r["class"], r["precision"], r["recall"], r["f1"], r["support"]) for r in per],
+                         numeric=[False, True, True, True, True]))
         sections.append(s)
 
         pred_path = eval_dir / "predictions.csv"

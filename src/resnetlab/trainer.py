@@ -330,6 +330,9 @@ class Trainer:
         # what predict / export need to reproduce evaluation's geometry on arbitrary files: the
         # size the dataset stores images at, then the deterministic transforms (resize, center-crop)
         self.data_shape = list(s.image_shape)
+        # images per class in each split, for the report (an imbalanced folder is read there)
+        self.class_counts = {k: torch.bincount(getattr(s, k).targets, minlength=len(s.classes)).tolist()
+                             for k in ("train", "val", "test")}  # fmt: skip
         self.eval_transforms = eval_transforms(cfg.augment)
 
         # model ------------------------------------------------------------------------
@@ -552,6 +555,7 @@ class Trainer:
             "world_size": self.world_size,
             # image folders: which files each split held (evaluate and --resume say when the folder changed)
             "splits": self.split_fingerprints,
+            "class_counts": self.class_counts,  # {split: images per class}
         }
 
     def _eval_model(self) -> nn.Module:
