@@ -354,3 +354,29 @@ def test_a_run_name_that_is_a_path_is_refused_and_a_recorded_one_stays_readable(
     from resnetlab.config import config_from_dict
 
     assert config_from_dict({"name": name}, recorded=True).name == name  # a run of an earlier version
+
+
+def test_smoke_of_a_small_photo_folder_fits_its_batch_and_caps_the_default_224_pixels(tmp_path):
+    # --smoke on a folder of a few dozen photos was refused ("train.batch_size=64 is larger than
+    # the training split (60 images)"), and trained at the folder's default 224 pixels, not 64
+    from PIL import Image
+
+    from resnetlab.data import load_dataset
+
+    for split, n in {"flat": 20, "split/train": 20, "split/val": 4, "split/test": 4}.items():
+        for c in ("a", "b", "c"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for j in range(n):
+                Image.new("RGB", (70 + j, 90), color=(j * 10, 40, 80)).save(tmp_path / split / c / f"{j}.jpg")
+    for folder, train_size in (("flat", 43), ("split", 60)):  # flat: 60 - 12 test - 5 val; split: all of train/
+        cfg = smoke_config(load_config(None, [f"data.name=imagefolder:{tmp_path / folder}", "augment=[random-resized-crop:size=224]"]))
+        assert cfg.data.image_size == 64 and cfg.augment == ["random-resized-crop:size=64"]
+        cfg = smoke_fallback(cfg)
+        s = load_dataset(cfg.data.name, **cfg.data.load_kwargs(cfg.seed))
+        assert len(s.train) == train_size and cfg.train.batch_size == train_size
+        assert s.image_shape == (3, 64, 64)
+    # a folder with a subset and a validation hold-out: the batch is the split's size exactly
+    cfg = smoke_fallback(smoke_config(load_config(None, [f"data.name=imagefolder:{tmp_path / 'flat'}", "data.subset=30"])))
+    assert cfg.train.batch_size == len(load_dataset(cfg.data.name, **cfg.data.load_kwargs(cfg.seed)).train) < 30
+    # a large dataset keeps the smoke batch of 64
+    assert smoke_fallback(smoke_config(load_config(None, ["data.name=digits"]))).train.batch_size == 64

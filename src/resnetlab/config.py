@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -544,8 +545,9 @@ def smoke_config(cfg: Config, subset: int = 256) -> Config:
     progressive resizing: one small, one at full size).
 
     Keeps the model family, norm, optimizer, schedule and augmentations, so every code path
-    the recipe uses is exercised; caps the input size at 64 pixels (the augmentations' pixel sizes
-    scaled with it) and the batch at 64. The run is named ``<run name>-smoke``, so its folder
+    the recipe uses is exercised; caps the input size at 64 pixels (an image folder's default of
+    224 too; the augmentations' pixel sizes scaled with it) and the batch at 64 (and
+    :func:`smoke_fallback` at the training split's size). The run is named ``<run name>-smoke``, so its folder
     is not the real run's.
     """
     data = cfg.model_dump(mode="json")
@@ -556,12 +558,14 @@ def smoke_config(cfg: Config, subset: int = 256) -> Config:
     given = cfg.data.subset
     # never more than the recipe's own subset (a count); smoke_fallback caps it at the dataset's pool
     data["data"]["subset"] = min(subset, given) if isinstance(given, int) else subset
-    if cfg.data.image_size and cfg.data.image_size > 64:
+    # an image folder without data.image_size is read at 224 pixels (load_dataset's default): capped too
+    size = cfg.data.image_size or (224 if cfg.data.name.strip().lower().startswith("imagefolder:") else None)
+    if size and size > 64:
         data["data"]["image_size"] = 64
-        data["augment"] = _scaled_augment(cfg.augment, 64, cfg.data.image_size)
+        data["augment"] = _scaled_augment(cfg.augment, 64, size)
         pr = cfg.train.progressive_resize
         if pr:  # keep the same fraction of the (now 64-pixel) size
-            data["train"]["progressive_resize"]["start_size"] = max(8, min(60, pr.start_size * 64 // cfg.data.image_size))
+            data["train"]["progressive_resize"]["start_size"] = max(8, min(60, pr.start_size * 64 // size))
     data["schedule"]["warmup_epochs"] = 0.0
     if cfg.schedule.milestones_unit != "fraction":
         data["schedule"].update(milestones=[0.5, 0.75], milestones_unit="fraction")
@@ -602,10 +606,12 @@ def smoke_fallback(cfg: Config) -> Config:
 
     dataset_key(cfg.data.name)  # a misspelt name fails here: only a dataset that is not on this machine falls back
     data = cfg.model_dump(mode="json")
+    pool = None  # the real dataset's training pool, when it is here
     try:
         found = load_dataset(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, val_fraction=0,
                              download=cfg.data.download)  # fmt: skip
         classes = len(found.classes)
+        pool, val_folder = len(found.train), len(found.val) > 0  # val_fraction=0: a val split is the folder's val/
         if isinstance(cfg.data.subset, int) and cfg.data.subset > len(found.train):
             data["data"]["subset"] = None  # a dataset smaller than the smoke subset: all of it
     except DataError as exc:
@@ -625,4 +631,14 @@ def smoke_fallback(cfg: Config) -> Config:
     if isinstance(subset, int) and cfg.data.val_fraction > 0:
         # a stratified split of a small subset needs one validation image per class
         data["data"]["val_fraction"] = round(min(0.5, max(cfg.data.val_fraction, classes / subset)), 4)
+    if pool is not None:
+        # a folder of a few dozen photos: the smoke batch (64) was larger than its training split,
+        # and the check was refused. The split's size: the subset, less the validation hold-out
+        # (scikit-learn's, ceil(fraction x n)) unless the folder has its own val/.
+        n = min(int(subset), pool) if isinstance(subset, int) or (isinstance(subset, float) and subset > 1) else pool
+        if isinstance(subset, float) and subset <= 1:
+            n = round(subset * pool)
+        if not val_folder:
+            n -= math.ceil(data["data"]["val_fraction"] * n)
+        data["train"]["batch_size"] = max(1, min(data["train"]["batch_size"], n))
     return config_from_dict(data)
