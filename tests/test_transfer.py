@@ -388,3 +388,23 @@ def test_freeze_count_may_reach_the_head_and_a_lone_last_checkpoint_is_found(tmp
     # a run stopped before its first validation has only last/: best falls back to it
     ck.save_checkpoint(tmp_path / "checkpoints" / "last", create_model("resnet8"), {"arch": "resnet8", "arch_args": {}})
     assert ck.resolve_checkpoint(tmp_path) == tmp_path / "checkpoints" / "last"
+
+
+def test_train_refuses_unavailable_pretrained_weights_before_loading_the_dataset(tmp_path, monkeypatch):
+    # offline, `train --pretrained torchvision:IMAGENET1K_V1 --data imagefolder:photos` decoded the
+    # whole folder first (minutes for a real one), then failed on the weights
+    import resnetlab.data
+    from resnetlab.config import load_config
+    from resnetlab.trainer import train
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError(socket.timeout("timed out"))))
+    monkeypatch.setattr(resnetlab.data, "load_dataset", lambda *a, **k: pytest.fail("the dataset was loaded first"))
+    for spec, error, match in (("torchvision:IMAGENET1K_V1", ResnetlabError, r"not cached and cannot be downloaded .*resnet18-f37072fd\.pth"),
+                               (str(tmp_path / "missing.pth"), CheckpointError, "pretrained weights not found"),
+                               ("torchvision:IMAGENET1K_V9", ResnetlabError, "IMAGENET1K_V9")):
+        cfg = load_config(None, ["model.name=resnet18", f"model.pretrained={spec}", f"data.name=imagefolder:{tmp_path}",
+                                 "train.device=cpu"])
+        with pytest.raises(error, match=match):
+            train(cfg, tmp_path / "run", progress=False)

@@ -264,6 +264,11 @@ class Trainer:
 
         # data -------------------------------------------------------------------------
         d = cfg.data
+        if cfg.model.pretrained and pretrained:
+            from resnetlab.transfer import check_pretrained_source
+
+            # weights that cannot be had fail now, not after a folder of photos took minutes to load
+            check_pretrained_source(cfg.model.pretrained, arch=cfg.model.name, data_root=d.root)
         # a resume's normalization is its checkpoint's: nothing to compute (a streaming folder's
         # estimate decodes up to 2,000 images)
         self.splits = self._load_in_turns(lambda: load_dataset(d.name, **d.load_kwargs(cfg.seed), normalization=normalization), local_rank)

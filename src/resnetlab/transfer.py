@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "load_pretrained",
+    "check_pretrained_source",
     "pretrained_preprocessing",
     "freeze",
     "freeze_all_but_head",
@@ -143,6 +144,37 @@ def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
     return _unwrap_state_dict(obj, str(path))
 
 
+def _existing_source(spec: str) -> Path:
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"pretrained weights not found: {spec!r} (allowed: torchvision:<WEIGHTS NAME>, a resnetlab run or "
+            "checkpoint folder, or a .pth/.pt/.safetensors state-dict file)"
+        )
+    return path
+
+
+def check_pretrained_source(spec: str, arch: str | None = None, data_root: str | os.PathLike | None = None) -> None:
+    """Fail before anything slow when :func:`load_pretrained` would: an unknown torchvision weights
+    name, a model torchvision has no weights for, torchvision weights neither cached nor
+    downloadable, a file or folder that is not there. The trainer calls it before loading the
+    dataset, which for a folder of photos can take minutes; torchvision weights not cached yet are
+    downloaded here (into torch hub's cache, where :func:`load_pretrained` finds them).
+
+    Raises:
+        ResnetlabError / CheckpointError: as :func:`load_pretrained`, with the same messages.
+    """
+    spec = str(spec).strip()
+    if not spec.startswith(TORCHVISION_PREFIX):
+        _existing_source(spec)
+        return
+    weights = _torchvision_weights(spec[len(TORCHVISION_PREFIX):].strip(), arch)
+    file_name = os.path.basename(weights.url)
+    places = [Path(torch.hub.get_dir()) / "checkpoints"] + ([Path(data_root)] if data_root is not None else [])
+    if not any((p / file_name).exists() for p in places):
+        _download_torchvision(weights, False, data_root)
+
+
 def _resolve_source(
     spec: str, arch: str | None, progress: bool, data_root
 ) -> tuple[dict[str, torch.Tensor], list[str] | None, str, dict[str, Any] | None]:
@@ -156,12 +188,7 @@ def _resolve_source(
 
     from resnetlab import checkpoint as ck
 
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise CheckpointError(
-            f"pretrained weights not found: {spec!r} (allowed: torchvision:<WEIGHTS NAME>, a resnetlab run or "
-            "checkpoint folder, or a .pth/.pt/.safetensors state-dict file)"
-        )
+    path = _existing_source(spec)
     if path.is_dir() or (path.suffix == ".safetensors" and (path.parent / ck.META).exists()):
         directory = ck.resolve_checkpoint(path, "best")
         meta = ck.load_meta(directory)
