@@ -322,3 +322,11 @@ def test_summary_names_the_classes_and_split_sizes_and_per_class_train_counts(tm
     rows = re.findall(r"^\| (big cat|dög) \|.*\| (\d+) \|$", md, flags=re.M)
     train_counts = dict((name, int(n)) for name, n in rows)
     assert sum(train_counts.values()) == sizes["train"] and train_counts["big cat"] == 3 * train_counts["dög"]
+    # a run of an earlier version (no class_counts): the sizes come from the split fingerprints
+    meta_path = run / "checkpoints" / "best" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["class_counts"]
+    meta_path.write_text(json.dumps(meta))
+    md = build_report(run)[1].read_text()
+    assert f"| images (train / val / test) | {sizes['train']} / {sizes['val']} / {sizes['test']} |" in md
+    assert "| class | precision | recall | f1 | support |\n" in md  # no train images column

@@ -567,12 +567,15 @@ def build_report(
     train_path = run / "eval" / f"train{tag}" / "metrics.json"  # output.evaluate_train
     train_eval = None if _stale(train_path, ckpt_dir) else _read_json(train_path)
     counts = (meta or {}).get("class_counts") or {}  # recorded since the report showed split sizes
+    # earlier runs: an image folder's split fingerprints hold the sizes
+    fingerprints = (meta or {}).get("splits") or {}
+    sizes = {k: sum(counts[k]) if k in counts else (fingerprints.get(k) or {}).get("images") for k in ("train", "val", "test")}
     summary = [
         ("run", name),
         ("dataset", (config.get("data") or {}).get("name")),
         *([("classes", _class_list(classes))] if classes else []),
-        *([("images (train / val / test)", " / ".join(f"{sum(counts.get(k) or []):,}" for k in ("train", "val", "test")))]
-          if counts else []),
+        *([("images (train / val / test)", " / ".join(f"{n:,}" for n in sizes.values()))]
+          if all(isinstance(n, int) for n in sizes.values()) else []),
         ("model", (config.get("model") or {}).get("name") or (meta or {}).get("arch")),
         ("epochs run", len(rows)),
         *([("train accuracy (best checkpoint, no augmentation)", train_eval.get("accuracy"))] if train_eval else []),
