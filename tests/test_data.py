@@ -808,3 +808,22 @@ def test_imagefolder_split_folders_match_in_any_case(tmp_path):
     if not (tmp_path / "ds" / "Train").samefile(tmp_path / "ds" / "train"):  # a case-sensitive file system
         with pytest.raises(DataError, match=r"has Train/ and train/: keep one train folder"):
             load_dataset(f"imagefolder:{tmp_path / 'ds'}", image_size=6)
+
+
+def test_a_class_with_a_single_image_is_named_with_what_helps(tmp_path):
+    # the error told to "raise data.subset or data.val_fraction", which cannot help a class of one
+    # image, and did not say which class it was
+    rng = np.random.default_rng(0)
+    for split, counts in {"train": {"cat": 12, "dog": 12, "rare bird": 1}, "test": {"cat": 2, "dog": 2, "rare bird": 1}}.items():
+        for c, n in counts.items():
+            for j in range(n):
+                _save(tmp_path / "ds" / split / c / f"{j}.png", rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    # the validation hold-out from train/ cannot split a class of one image
+    with pytest.raises(DataError, match=r"class\(es\) 'rare bird' have a single image here .*set data.val_fraction=0") as e:
+        load_dataset(f"imagefolder:{tmp_path / 'ds'}", image_size=6)
+    assert "raise data.subset" not in str(e.value)
+    s = load_dataset(f"imagefolder:{tmp_path / 'ds'}", image_size=6, val_fraction=0)
+    assert (len(s.train), len(s.val), len(s.test)) == (25, 0, 5)
+    # without test/, the test hold-out cannot either
+    with pytest.raises(DataError, match=r"'rare bird' have a single image here .*train/<class>/ and test/<class>/"):
+        load_dataset(f"imagefolder:{tmp_path / 'ds' / 'train'}", image_size=6, val_fraction=0)

@@ -218,7 +218,8 @@ def _check_root(root: Path, explicit: bool) -> None:
 
 
 def stratified_split(
-    targets: torch.Tensor | np.ndarray, held: float | int, seed: int
+    targets: torch.Tensor | np.ndarray, held: float | int, seed: int,
+    classes: Sequence[str] | None = None, alone: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (kept, held-out) with class proportions preserved (scikit-learn).
 
@@ -226,6 +227,8 @@ def stratified_split(
         targets: class index per item.
         held: fraction in (0, 1) or a count of items to hold out.
         seed: the split's seed.
+        classes: class names, to name a class with a single image in the error.
+        alone: what else the user can do when a class has a single image (", or ...").
 
     Returns:
         Two sorted int64 index arrays.
@@ -243,6 +246,15 @@ def stratified_split(
         keep, out = train_test_split(idx, test_size=held, random_state=seed, stratify=y, shuffle=True)
     except ValueError:
         k = len(np.unique(y))
+        labels, counts = np.unique(y, return_counts=True)
+        if counts.min() < 2:
+            # raising the subset or the hold-out cannot help: the class has one image to split
+            one = [str(classes[c]) if classes is not None else str(c) for c in labels[counts < 2]]
+            raise DataError(
+                f"cannot split {len(y)} images of {k} classes with a stratified hold-out of {held!r}: class(es) "
+                f"{', '.join(repr(c) for c in one[:5])}{' ...' if len(one) > 5 else ''} have a single image here and each "
+                f"side needs one of every class (add images to them{alone})"
+            ) from None
         raise DataError(
             f"cannot split {len(y)} images of {k} classes with a stratified hold-out of {held!r}: each side needs at least "
             f"one image per class (raise data.subset or data.val_fraction, or use more images)"
@@ -774,12 +786,14 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
     if "train" in sets:
         train, val, test = sets["train"], sets.get("val"), sets.get("test")
         if test is None:
-            keep, held = stratified_split(train.targets.numpy(), _TEST_FRACTION, _SPLIT_SEED)
+            keep, held = stratified_split(train.targets.numpy(), _TEST_FRACTION, _SPLIT_SEED, classes,
+                                          f", or put test images into {path}/test/<class>/")
             train, test = train.subset(keep), train.subset(held)
             log.info("image folder %s has no test/: holding out %d%% of train/ as test (seed %d)", path, int(_TEST_FRACTION * 100), _SPLIT_SEED)
     else:
         full = sets["all"]
-        keep, held = stratified_split(full.targets.numpy(), _TEST_FRACTION, _SPLIT_SEED)
+        keep, held = stratified_split(full.targets.numpy(), _TEST_FRACTION, _SPLIT_SEED, classes,
+                                      f", or split the folder into {path}/train/<class>/ and test/<class>/")
         train, val, test = full.subset(keep), None, full.subset(held)
     return train, val, test, classes, skipped, listing
 
@@ -902,7 +916,8 @@ def load_dataset(
 
     if val is None:
         if val_fraction > 0:
-            keep, held = stratified_split(train.targets.numpy(), float(val_fraction), seed)
+            keep, held = stratified_split(train.targets.numpy(), float(val_fraction), seed, classes,
+                                          ", or set data.val_fraction=0 to train without a validation split")
             train, val = train.subset(keep), train.subset(held)
         else:
             val = train.subset([])
