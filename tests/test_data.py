@@ -827,3 +827,20 @@ def test_a_class_with_a_single_image_is_named_with_what_helps(tmp_path):
     # without test/, the test hold-out cannot either
     with pytest.raises(DataError, match=r"'rare bird' have a single image here .*train/<class>/ and test/<class>/"):
         load_dataset(f"imagefolder:{tmp_path / 'ds' / 'train'}", image_size=6, val_fraction=0)
+
+
+def test_images_beside_the_class_folders_are_named_in_a_warning(tmp_path, caplog):
+    # photos/cat/, photos/dog/ and a few photos loose in photos/: they trained as no class, silently
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        for j in range(5):
+            _save(tmp_path / c / f"{j}.png", rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    for name in ("loose1.jpg", "loose2.PNG"):
+        _save(tmp_path / name, rng.integers(0, 256, (6, 6, 3), dtype=np.uint8), fmt="PNG")
+    (tmp_path / "labels.csv").write_text("a,b\n")  # not an image: no warning for it
+    (tmp_path / ".hidden.jpg").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        s = load_dataset(f"imagefolder:{tmp_path}", image_size=6, val_fraction=0)
+    assert len(s.train) + len(s.val) + len(s.test) == 10
+    assert "ignoring 2 image(s) beside the class folders (loose1.jpg, loose2.PNG)" in caplog.text
+    assert "labels.csv" not in caplog.text and ".hidden" not in caplog.text

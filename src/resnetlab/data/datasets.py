@@ -661,7 +661,16 @@ def is_hidden(path: Path, root: Path) -> bool:
 
 
 def _list_class_files(folder: Path) -> dict[str, list[str]]:
+    from resnetlab.predict import IMAGE_EXTENSIONS
+
+    # images beside the class folders belong to no class: they were left out without a word
+    loose = sorted(p.name for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))  # fmt: skip
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if loose and classes:  # without class folders the caller's error says it
+        log.warning("image folder %s: ignoring %d image(s) beside the class folders (%s%s); an image's class is "
+                    "the folder it is in: %s/<class>/", folder, len(loose), ", ".join(loose[:3]),
+                    ", ..." if len(loose) > 3 else "", folder)  # fmt: skip
     out = {}
     for c in classes:
         root = folder / c
