@@ -408,3 +408,20 @@ def test_train_refuses_unavailable_pretrained_weights_before_loading_the_dataset
                                  "train.device=cpu"])
         with pytest.raises(error, match=match):
             train(cfg, tmp_path / "run", progress=False)
+
+
+def test_offline_torchvision_weights_print_nothing_on_stdout(tmp_path, monkeypatch, capsys):
+    # torch hub printed 'Downloading: "https://..." to ...' on stdout, --quiet or not, before the error
+    from resnetlab.cli import main
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def no_network(url, dst, *args, **kwargs):
+        raise urllib.error.URLError(socket.timeout("timed out"))
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    code = main(["-q", "train", "--model", "resnet18", "--pretrained", "torchvision:IMAGENET1K_V1", "--data",
+                 f"imagefolder:{tmp_path}", "--out", str(tmp_path / "run")])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("error: torchvision weights ResNet18_Weights.IMAGENET1K_V1 are not cached")

@@ -17,6 +17,8 @@ without any remapping (timm does the same, "weight compat requires it").
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from collections.abc import Iterable
@@ -92,11 +94,15 @@ def _download_torchvision(weights, progress: bool, data_root: str | os.PathLike 
     # An offline mirror next to the datasets is used as is; otherwise torch hub's cache.
     if data_root is not None and (Path(data_root) / file_name).exists():
         model_dir = str(data_root)
+    if not (Path(model_dir or hub_dir) / file_name).exists():
+        log.info("downloading %s into %s", weights.url, model_dir or hub_dir)
     try:
         # check_hash: the sha256 prefix in the file name is verified after download (torchvision does
-        # the same); weights_only refuses pickled code.
-        return weights.get_state_dict(progress=progress, check_hash=True, map_location="cpu", weights_only=True,
-                                      model_dir=model_dir)
+        # the same); weights_only refuses pickled code. torch hub prints its "Downloading: ..." line
+        # to stdout: logged above instead, so --quiet is quiet and stdout stays the command's own.
+        with contextlib.redirect_stdout(io.StringIO()):
+            return weights.get_state_dict(progress=progress, check_hash=True, map_location="cpu", weights_only=True,
+                                          model_dir=model_dir)
     except OSError as exc:  # URLError, timeouts and refused connections are all OSErrors
         cached = Path(model_dir or hub_dir) / file_name
         if cached.exists():
