@@ -756,3 +756,38 @@ def test_explain_of_a_flip_tta_run_maps_the_image_and_its_mirror(digits_run, tmp
     else:
         assert all(not torch.equal(b, torch.flip(a, dims=(3,))) for a, b in zip(inputs, inputs[1:]))
         assert not np.allclose(shown[0], shown[0][:, ::-1])
+
+
+def test_galleries_of_an_image_folder_name_the_files_and_leave_no_blank_rows(tmp_path, monkeypatch):
+    # a gallery titled its images "#13" (a position in the split: which photo was that?) and
+    # drew a blank half figure for a class without correct (or incorrect) predictions
+    from pathlib import Path
+
+    from _eval_runs import fresh_checkpoint_run, make_image_folder
+
+    import resnetlab.explain as ex
+
+    folder = make_image_folder(tmp_path / "shapes")
+    run = fresh_checkpoint_run(tmp_path, {"name": f"imagefolder:{folder}", "image_size": 16})
+    drawn = {}
+    draw = ex._draw_grid
+
+    def spy(cells, path, title, *a, **k):
+        drawn[Path(path).name] = (cells, title)
+        return draw(cells, path, title, *a, **k)
+
+    monkeypatch.setattr(ex, "_draw_grid", spy)
+    s = explain(run, n_per_class=2, n_pairs=0, n_top_loss=0, device="cpu")
+    one_sided = 0
+    for g, path in zip(s["galleries"], s["files"]["galleries"]):
+        cells, title = drawn[Path(path).name]
+        shown = g["correct"] + g["incorrect"]
+        assert all(row and row != [None] for row in cells) and len(cells) == 2 * bool(g["correct"]) + 2 * bool(g["incorrect"])
+        one_sided += len(cells) == 2
+        assert (f": correct ({g['n_correct']})" in title) == bool(g["correct"])
+        assert (f"incorrect ({g['n_incorrect']})" in title) == bool(g["incorrect"])
+        photos = [row for k, row in enumerate(cells) if k % 2 == 0]  # image rows; the maps follow each
+        for it, c in zip(shown, [c for row in photos for c in row]):
+            p = Path(it["path"])
+            assert p.is_file() and p.parent.name == g["class_name"] and c["title"] == p.name
+    assert one_sided  # an untrained model: some class has only mistakes (or none)

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.errors import ResnetlabError, check_int, check_output_folder, did_you_mean, unknown_name
+from resnetlab.errors import ResnetlabError, check_int, check_output_folder, did_you_mean, printable, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,8 @@ def explain(
         splits: an already loaded ``DatasetSplits`` (skips rebuilding the dataset).
 
     Returns:
-        The summary (also written to ``summary.json``): accuracy, galleries with dataset indices,
+        The summary (also written to ``summary.json``): accuracy, galleries with dataset indices
+        (and each image's ``path`` for image folders, whose file names title the gallery cells),
         true/pred labels and confidences, confused pairs, top losses, and the written ``files``.
 
     Raises:
@@ -435,9 +436,15 @@ def explain(
         if _explain_file(old.name):
             old.unlink(missing_ok=True)
 
+    paths = imageset.paths  # image folders: which file a mistake is (the split's index alone does not say)
+
     def item(i: int) -> dict[str, Any]:
         return {"index": int(positions[i]), "true": int(targets[i]), "pred": int(pred[i]), "true_name": classes[int(targets[i])],
-                "pred_name": classes[int(pred[i])], "confidence": round(float(conf[i]), 4), "loss": round(float(loss[i]), 4)}
+                "pred_name": classes[int(pred[i])], "confidence": round(float(conf[i]), 4), "loss": round(float(loss[i]), 4),
+                **({"path": printable(paths[int(positions[i])])} if paths is not None else {})}
+
+    def name(i: int) -> str:
+        return _short(printable(os.path.basename(paths[int(positions[i])]))) if paths is not None else f"#{int(positions[i])}"
 
     def cell(i: int, which_map: str = "pred") -> dict[str, Any]:
         hm = maps_pred[i] if which_map == "pred" else maps_true[i]
@@ -449,13 +456,16 @@ def explain(
     files: dict[str, Any] = {"galleries": []}
     for g in sel["galleries"]:
         c = g["class"]
-        rows = [[{"image": _to_rgb(images[i]), "title": f"#{int(positions[i])}", "color": "gray"} for i in g["correct"]],
+        rows = [[{"image": _to_rgb(images[i]), "title": name(i), "color": "gray"} for i in g["correct"]],
                 [cell(i) for i in g["correct"]],
-                [{"image": _to_rgb(images[i]), "title": f"#{int(positions[i])}", "color": "gray"} for i in g["incorrect"]],
+                [{"image": _to_rgb(images[i]), "title": name(i), "color": "gray"} for i in g["incorrect"]],
                 [cell(i) for i in g["incorrect"]]]
-        rows = [r if r else [None] for r in rows]
+        # a class without correct (or without incorrect) images: no blank half figure
+        rows = [r for r in rows if r] or [[None]]
+        parts = [f"{what} ({g[f'n_{what}']})" for what in ("correct", "incorrect") if g[what]]
+        where = " top, ".join(parts) + (" bottom" if len(parts) == 2 else "") if parts else "no images"
         p = _draw_grid(rows, out / f"gallery_{c:03d}_{_slug(classes[c])}.png",
-                       f"{classes[c]}: correct ({g['n_correct']}) top, incorrect ({g['n_incorrect']}) bottom; {method} @ {layer if method in CAM_METHODS else 'input'}")
+                       f"{classes[c]}: {where}; {method} @ {layer if method in CAM_METHODS else 'input'}")
         files["galleries"].append(str(p))
         g["class_name"] = classes[c]
         g["correct"] = [item(i) for i in g["correct"]]
