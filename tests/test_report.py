@@ -330,3 +330,22 @@ def test_summary_names_the_classes_and_split_sizes_and_per_class_train_counts(tm
     md = build_report(run)[1].read_text()
     assert f"| images (train / val / test) | {sizes['train']} / {sizes['val']} / {sizes['test']} |" in md
     assert "| class | precision | recall | f1 | support |\n" in md  # no train images column
+
+
+def test_misclassified_images_of_an_image_folder_are_listed_by_file(tmp_path):
+    # the report showed the most confident mistakes as pictures only: which photos they were had
+    # to be dug out of predictions.csv
+    from _eval_runs import make_image_folder
+
+    from resnetlab.evaluate import evaluate
+
+    folder = make_image_folder(tmp_path / "shapes")
+    run = fresh_checkpoint_run(tmp_path, {"name": f"imagefolder:{folder}", "image_size": 16})
+    preds = list(csv.DictReader(open(evaluate(run, device="cpu")["predictions"])))
+    wrong = sorted((r for r in preds if r["target"] != r["prediction"]), key=lambda r: -float(r["confidence"]))
+    assert wrong  # an untrained model
+    md = build_report(run)[1].read_text()
+    section = md.split("## Misclassified test images", 1)[1]
+    listed = re.findall(r"^\| (\S+\.png) \| (\w+) \| (\w+) \| [0-9.]+ \|$", section, flags=re.M)
+    assert listed == [(r["path"], r["target_name"], r["prediction_name"]) for r in wrong[:len(listed)]]
+    assert 0 < len(listed) == min(len(wrong), section.count("\n| ") - 1)

@@ -493,7 +493,12 @@ def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str
 
     titles = [f"{name(r['target'])} -> {name(r['prediction'])}\n{float(r['confidence']):.2f}" for r in shown]
     fig = _Figure("misclassified.png", _misclassified_figure(images, titles), f"misclassified {split} images")
-    return sec.add(fig), fig
+    sec.add(fig)
+    if any(r.get("path") for r in shown):  # image folders: which files they are, in the figure's order
+        sec.add(_Table(["image", "true", "predicted", "confidence"],
+                       [(r["path"], name(r["target"]), name(r["prediction"]), float(r["confidence"])) for r in shown],
+                       numeric=[False, False, False, True]))  # fmt: skip
+    return sec, fig
 
 
 def build_report(
