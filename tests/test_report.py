@@ -308,10 +308,11 @@ def test_summary_names_the_classes_and_split_sizes_and_per_class_train_counts(tm
         for j in range(n):
             Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "ds" / c / f"{j}.png")
     cfg = load_config(None, ["model.name=resnet8", f"data.name=imagefolder:{tmp_path / 'ds'}", "data.image_size=8",
-                             "train.epochs=1", "train.batch_size=8", "train.device=cpu", "output.tensorboard=false"])
+                             "train.epochs=1", "train.batch_size=8", "train.device=cpu", "output.tensorboard=false",
+                             "output.report=false"])
     run = tmp_path / "run"
     train(cfg, run, progress=False)
-    md = (run / "report.md").read_text()
+    md = build_report(run)[1].read_text()
     sizes = {k: v["images"] for k, v in load_meta(run / "checkpoints" / "best")["splits"].items()}
     assert sizes["train"] + sizes["val"] + sizes["test"] == 40
     assert "| classes | 2: big cat, dög |" in md
