@@ -174,6 +174,13 @@ def test_mean_and_std_are_computed_from_the_per_seed_files(finished):
             "val_acc": [m["accuracy"] for m in val],
             "val_f1_micro": [m["f1_micro"] for m in val],
             "train_acc": [m["accuracy"] for m in train],
+            # report 001's train / val / test F1 table, report 000's test loss and weighted precision / recall / F1
+            "train_f1_micro": [m["f1_micro"] for m in train],
+            "train_f1_macro": [m["f1_macro"] for m in train],
+            "test_loss": [m["loss"] for m in test],
+            "test_precision_weighted": [m["precision_weighted"] for m in test],
+            "test_recall_weighted": [m["recall_weighted"] for m in test],
+            "test_f1_weighted": [m["f1_weighted"] for m in test],
             "train_acc_running": [float(r["train_acc"]) for r in last],
             "train_loss": [float(r["train_loss"]) for r in last],
             "val_loss": [float(r["val_loss"]) for r in last],

@@ -89,6 +89,12 @@ METRICS: tuple[str, ...] = (
     "val_f1_macro",
     "test_f1_micro",
     "test_f1_macro",
+    "train_f1_micro",  # best checkpoint on the training split (report 001's tables give all three splits)
+    "train_f1_macro",
+    "test_loss",  # best checkpoint on the test split (report 000 quotes train, val and test loss)
+    "test_precision_weighted",  # averaged over classes weighted by support (report 000's precision / recall / F1)
+    "test_recall_weighted",
+    "test_f1_weighted",
     "train_loss",  # last epoch, running mean over the training batches
     "val_loss",  # last validated epoch
     "epochs",
@@ -740,6 +746,13 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         "val_f1_macro": val["f1_macro"] if val else None,
         "test_f1_micro": test["f1_micro"],
         "test_f1_macro": test["f1_macro"],
+        "train_f1_micro": train["f1_micro"] if train else None,
+        "train_f1_macro": train["f1_macro"] if train else None,
+        "test_loss": test.get("loss"),
+        # absent from the metrics.json of versions before they were computed: blank, not an error
+        "test_precision_weighted": test.get("precision_weighted"),
+        "test_recall_weighted": test.get("recall_weighted"),
+        "test_f1_weighted": test.get("f1_weighted"),
         "train_loss": last["train_loss"],
         "val_loss": val_losses[-1] if val_losses else None,
         "epochs": len(rows),
@@ -990,8 +1003,9 @@ def write_study_report(
         f"Command: `{command}`" if command else "",
         f"Date: {payload['date']}. Seeds per cell: {spec.seeds}. Values are mean ± sample std (n − 1) over seeds; std is blank for n = 1.",
         "train, val and test acc: the best checkpoint (highest validation accuracy) evaluated on each split "
-        "without augmentation (results.json also has train_acc_running, the last epoch's running accuracy over "
-        "the augmented batches). train loss: the last epoch's running mean. val loss: the last validated epoch. "
+        "without augmentation (results.csv and results.json also have train_acc_running, the last epoch's running accuracy over "
+        "the augmented batches; and, for the same checkpoint, the training split's F1, the test loss and the test "
+        "split's support-weighted precision, recall and F1). train loss: the last epoch's running mean. val loss: the last validated epoch. "
         "train time: the epochs' training time, without evaluation; it and images/s depend on the machine and on --jobs.",
     ]
     if failed:
