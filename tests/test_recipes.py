@@ -81,6 +81,7 @@ def test_report_details_in_the_recipes():
     assert [(c.model.stem, c.augment, c.optim.weight_decay) for c in r001] == [("cifar", [], 0.0)] * 2
     assert r001[0].optim.lr == 2e-3 and r001[0].optim.momentum == 0.9  # its best SGD setting
     assert all(c.output.evaluate_train for c in (*r001, r000))  # their tables give train-split figures too
+    assert all(c.output.evaluate_val for c in r001)  # and report 001's validation micro- / macro-F1
     # the reports' optimizers decay every parameter, norm and bias included
     assert not any(r[k].optim.exclude_norm_bias for k in ("resnet18-3class-imagefolder", "resnet20-cifar10", "resnet38_bottleneck_cifar-cifar100"))
     r002 = r["resnet20-cifar10"]

@@ -350,3 +350,29 @@ def test_misclassified_images_of_an_image_folder_are_listed_by_file(tmp_path):
     listed = re.findall(r"^\| (\S+\.png) \| (\w+) \| (\w+) \| [0-9.]+ \|$", section, flags=re.M)
     assert listed == [(r["path"], r["target_name"], r["prediction_name"]) for r in wrong[:len(listed)]]
     assert 0 < len(listed) == min(len(wrong), section.count("\n| ") - 1)
+
+
+@pytest.mark.parametrize("val_fraction", [0.2, 0.0])
+def test_evaluate_val_scores_the_best_checkpoint_on_every_split_and_the_report_tabulates_them(tmp_path, val_fraction):
+    # report 001 tabulates train, validation and test accuracy, micro- and macro-F1 of one model: a run
+    # wrote eval/train and eval/test, but nothing for the validation split beyond metrics.csv's val_acc
+    from resnetlab.config import load_config
+    from resnetlab.trainer import train
+
+    cfg = load_config(None, ["model.name=resnet8", "data.name=synthetic:1x8x8:3:60", f"data.val_fraction={val_fraction}",
+                             "train.epochs=1", "train.batch_size=16", "train.num_threads=1", "train.device=cpu",
+                             "output.evaluate_train=true", "output.evaluate_val=true", "output.tensorboard=false"])  # fmt: skip
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    md = (run / "report.md").read_text()
+    if not val_fraction:  # no validation split: nothing to score, and no error
+        assert not (run / "eval" / "val").exists()
+        names = ("train", "test")
+    else:
+        names = ("train", "val", "test")
+    assert "| split | accuracy | loss | F1 (micro) | F1 (macro) | images |" in md
+    for name in names:
+        m = json.loads((run / "eval" / name / "metrics.json").read_text())
+        assert m["split"] == name
+        row = f"| {name} | {m['accuracy']:.4g} | {m['loss']:.4g} | {m['f1_micro']:.4g} | {m['f1_macro']:.4g} | {m['num_samples']} |"
+        assert row in md

@@ -220,6 +220,7 @@ class OutputConfig(_Section):
     dir: str = "runs"  # parent of run folders
     evaluate_test: bool = True  # evaluate the best checkpoint on the test split at the end
     evaluate_train: bool = False  # also on the training split, without augmentation (eval/train/): the final train accuracy
+    evaluate_val: bool = False  # also on the validation split (eval/val/): its F1, precision, recall and confusion matrix
     test_every_epoch: bool = False  # also the test split at every validation: test_loss / test_acc in metrics.csv and the report's curves; never picks the checkpoint
     report: bool = True
     tensorboard: bool = True  # when tensorboard is installed

@@ -948,7 +948,8 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 def finish_run(run_dir: Path, cfg: Config, splits=None, device: str | torch.device | None = None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """Evaluate the best checkpoint on the test split (and the training split with
-    ``output.evaluate_train``) and build the report (rank 0).
+    ``output.evaluate_train``, the validation split with ``output.evaluate_val``) and build the
+    report (rank 0).
 
     ``splits`` is the dataset the trainer loaded; evaluation and the report use it instead of
     loading it again (``None``: rebuilt from the checkpoint). Both log their own result lines.
@@ -963,6 +964,10 @@ def finish_run(run_dir: Path, cfg: Config, splits=None, device: str | torch.devi
     device = cfg.train.device if device is None else device
     if cfg.output.evaluate_train:
         train_metrics = evaluate(run_dir, split="train", data_root=cfg.data.root, splits=splits, device=device)
+    if cfg.output.evaluate_val and any(r.get("val_acc") is not None for r in _read_metrics(run_dir / "metrics.csv")):
+        # only a run that validated has a validation split to score (an image folder's val/ is one
+        # even with data.val_fraction 0)
+        evaluate(run_dir, split="val", data_root=cfg.data.root, splits=splits, device=device)
     if cfg.output.evaluate_test:
         test_metrics = evaluate(run_dir, split="test", data_root=cfg.data.root, splits=splits, device=device)
     if cfg.output.report:
