@@ -791,3 +791,40 @@ def test_galleries_of_an_image_folder_name_the_files_and_leave_no_blank_rows(tmp
             p = Path(it["path"])
             assert p.is_file() and p.parent.name == g["class_name"] and c["title"] == p.name
     assert one_sided  # an untrained model: some class has only mistakes (or none)
+
+
+def test_cli_activations_of_an_image_of_the_runs_own_dataset(digits_run, tmp_path, capsys, monkeypatch, caplog):
+    # report 003 drew the activations of a CIFAR-10 test image (a car); CIFAR-10 is stored as pickled
+    # arrays, so there was no image file to pass: --index N draws image N of --split
+    import resnetlab.explain as ex
+
+    run, _, _ = digits_run
+    seen = []
+    real = ex.stage_activations
+    monkeypatch.setattr(ex, "stage_activations", lambda model, x, layers=None: seen.append(x.clone()) or real(model, x, layers))
+    out = tmp_path / "t7.png"
+    assert main(["activations", str(run), "--index", "7", "--channels", "2", "--layers", "input", "layer1", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 1000
+    s = load_dataset("digits", val_fraction=0.1, seed=0)
+    expect = preprocess(s.test.images[7:8], s.mean, s.std, channels_last=False)
+    assert torch.equal(seen[0], expect)  # the very image evaluation scored as test index 7
+    monkeypatch.setattr(logging.getLogger("resnetlab"), "propagate", True)  # the CLI calls above turned it off
+    with caplog.at_level(logging.INFO, logger="resnetlab"):  # the log line (and the title) name the image and its label
+        activation_maps(run, index=7, layers=["layer1"], max_channels=2, out=tmp_path / "lib.png")
+    assert f"activation maps of test[7], label {s.classes[int(s.test.targets[7])]} (predicted " in caplog.text
+    # the default name says which image it is; --split picks another split
+    assert main(["activations", str(run), "--index", "0", "--split", "val", "--channels", "2"]) == 0
+    assert capsys.readouterr().out.strip().endswith("explain/activations_val-0.png")
+    assert torch.equal(seen[-1], preprocess(s.val.images[0:1], s.mean, s.std, channels_last=False))
+    # one image: both, neither, or an index outside the split are one-line errors
+    n = len(s.test)
+    assert main(["activations", str(run), "--index", str(n), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the dataset's log line
+    assert err == f"error: --index {n} is outside the test split of digits (0 .. {n - 1})" and not (tmp_path / "x.png").exists()
+    img = tmp_path / "d.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)
+    assert main(["activations", str(run), str(img), "--index", "1"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["activations", str(run)]) == 2
+    assert "needs an IMAGE file or --index N" in capsys.readouterr().err
+    assert main(["activations", str(run), "--index", "-1"]) == 2

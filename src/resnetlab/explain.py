@@ -742,15 +742,20 @@ def list_layers(checkpoint_or_run, device: str | torch.device = "cpu", which: st
 
 def activation_maps(
     checkpoint_or_run,
-    image_path: str | os.PathLike,
+    image_path: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     layers: Sequence[str] | None = None,
     max_channels: int = 16,
     device: str | torch.device = "cpu",
     which: str = "best",
     overwrite: bool = True,
+    *,
+    index: int | None = None,
+    split: str = "test",
+    data_root: str | os.PathLike | None = None,
 ) -> Path:
-    """Feature-map grids for named layers of a checkpoint, for one image.
+    """Feature-map grids for named layers of a checkpoint, for one image: a file, or image
+    ``index`` of a split of the run's own dataset (report 003 drew a CIFAR-10 test image).
 
     Each row is a layer (default the stages ``stem``, ``layer1`` ...): the input image, then the
     ``max_channels`` most active channels (highest mean activation), each scaled to its own range.
@@ -760,7 +765,7 @@ def activation_maps(
     Args:
         checkpoint_or_run: a run folder, checkpoint folder, or loaded ``Checkpoint``.
         image_path: an image file; resized to the model's input and converted to its channel
-            count (with a logged notice when the file has another one).
+            count (with a logged notice when the file has another one). Not with ``index``.
         out: the PNG to write; default ``<run>/explain/activations_<image stem>.png``
             (``explain-last/`` for ``which="last"``, as :func:`explain` names its folders).
         layers: layer names (default: all of ``model.stages()``): ``input``, stage names, or any module
@@ -774,6 +779,11 @@ def activation_maps(
         overwrite: replace a PNG already at the output path; with ``False`` an existing file
             is refused before anything is computed (the CLI's default, so two images of the
             same name from different folders do not silently replace each other's figure).
+        index: instead of a file, the image at this position of ``split`` of the checkpoint's
+            dataset (the order of eval/<split>/predictions.csv), as evaluation sees it; its
+            default output is ``activations_<split>-<index>.png``.
+        split: ``test``, ``val`` or ``train``, for ``index``.
+        data_root: dataset root replacing the recorded one, for ``index``.
 
     Returns:
         The written PNG's path.
@@ -782,7 +792,8 @@ def activation_maps(
         ValueError: an unknown layer (with the closest names), or one whose output is not a
             feature map (``fc``).
         DataError: the image cannot be read.
-        ResnetlabError: the output exists and ``overwrite`` is ``False``.
+        ResnetlabError: the output exists and ``overwrite`` is ``False``; both or neither of
+            ``image_path`` and ``index``; ``index`` outside the split.
 
     Example:
         >>> activation_maps("runs/demo", "shoe.png", layers=["layer1", "layer3"])  # doctest: +SKIP
@@ -794,19 +805,39 @@ def activation_maps(
     from resnetlab.predict import load_as_evaluated
 
     check_int("max_channels", max_channels, 1)
+    if (image_path is None) == (index is None):
+        raise ResnetlabError("activations draws one image: give an image file or a dataset index (--index N [--split test]), not "
+                             + ("both" if index is not None else "neither"))  # fmt: skip
+    if index is not None:
+        from resnetlab.evaluate import SPLITS
+
+        check_int("index", index, 0)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     device = resolve_device(device)
     ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
     model, meta = ckpt.model.to(device), ckpt.meta
     for n in layers or ():
         _resolve_layer(model, n)  # fail before reading the image
+    shown = Path(image_path).name if index is None else f"{split}[{index}]"
     if out is None:
         run = run_dir_of(ckpt.path)
         # explain's folders: explain/ for the best checkpoint, explain-last/ for another
         folder = (run if run is not None else ckpt.path) / f"explain{checkpoint_suffix(ckpt.path)}"
-        out = folder / f"activations_{_slug(Path(image_path).stem)}.png"
+        stem = Path(image_path).stem if index is None else f"{split}-{index}"
+        out = folder / f"activations_{_slug(stem)}.png"
     out = unused_png_path(out, overwrite)  # matplotlib adds .png to a name without a suffix: that file is checked
-    # as evaluation and predict see a file: the run's data size, then its resize / center-crop
-    raw = load_as_evaluated([image_path], meta)  # logs a notice when it converts channels
+    if index is None:
+        # as evaluation and predict see a file: the run's data size, then its resize / center-crop
+        raw = load_as_evaluated([image_path], meta)  # logs a notice when it converts channels
+    else:
+        from resnetlab.evaluate import open_split
+
+        src = open_split(ckpt, split, data_root=data_root, purpose="draw activations of")
+        if index >= len(src.imageset):
+            raise ResnetlabError(f"--index {index} is outside the {split} split of {src.data_name} (0 .. {len(src.imageset) - 1})")
+        raw = src.images(torch.tensor([index]))  # after the run's evaluation resize / center-crop
+        shown += f", label {ckpt.classes[int(src.imageset.targets[index])]}"
     x = preprocess(raw, meta["mean"], meta["std"], device=device, channels_last=False)
     acts = stage_activations(model, x, layers)
     for name, a in acts.items():
@@ -837,7 +868,7 @@ def activation_maps(
             axes[r][j + 1].imshow(fmap[ch].numpy(), cmap="viridis", interpolation="nearest")
             axes[r][j + 1].set_title(f"ch {ch}" + (f" {channel_names[ch]}" if channel_names else ""), fontsize=5)
     classes = ckpt.classes
-    fig.suptitle(f"{Path(image_path).name}: predicted {classes[int(pred)]} ({float(conf):.2f})", fontsize=8)
+    fig.suptitle(f"{shown}: predicted {classes[int(pred)]} ({float(conf):.2f})", fontsize=8)
     fig.tight_layout()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -846,5 +877,6 @@ def activation_maps(
         raise ResnetlabError(f"cannot write {out}: {exc.strerror or exc}") from exc
     finally:
         plt.close(fig)
-    log.info("activation maps of %s (predicted %s, %.4f; %d layers) -> %s", image_path, classes[int(pred)], float(conf), len(acts), out)
+    log.info("activation maps of %s (predicted %s, %.4f; %d layers) -> %s", shown,
+             classes[int(pred)], float(conf), len(acts), out)  # fmt: skip
     return out

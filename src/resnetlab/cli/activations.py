@@ -12,7 +12,12 @@ def register(sub) -> None:
     p = sub.add_parser("activations", help="feature maps of each stage (stem, layer1, ...) or any layer, for one image")
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="a run folder or checkpoint folder")
     p.add_argument("image", metavar="IMAGE", nargs="?", default=None,
-                   help="an image file (resized and converted to the model's input); not needed with --list-layers")
+                   help="an image file (resized and converted to the model's input); not needed with --list-layers or --index")
+    p.add_argument("--index", type=int_at_least(0), default=None,
+                   help="instead of a file: image N of --split of the run's own dataset (the index column of "
+                        "eval/<split>/predictions.csv)")  # fmt: skip
+    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split for --index (default test)")
+    p.add_argument("--data-root", default=None, help="dataset root for --index, replacing the one recorded in the checkpoint")
     p.add_argument("--out", default=None, help="PNG to write (default <run>/explain/activations_<image>.png; explain-last/ with --which last)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file (--out or the default)")
     p.add_argument("--layers", nargs="+", default=None,
@@ -47,12 +52,15 @@ def run(args) -> int:
         # option, the image too (it said "needs an IMAGE"); a layer name is never an existing file
         args.image = args.layers.pop()
         args.layers = args.layers or None
-    if args.image is None:
-        raise ResnetlabError("resnetlab activations needs an IMAGE to draw (or --list-layers to list the layer names)")
+    if args.image is None and args.index is None:
+        raise ResnetlabError("resnetlab activations needs an IMAGE file or --index N (an image of the run's --split) to draw "
+                             "(or --list-layers to list the layer names)")  # fmt: skip
+    if args.image is not None and args.index is not None:
+        raise ResnetlabError(f"resnetlab activations draws one image: give the file {args.image} or --index {args.index}, not both")
 
     # the library refuses an existing output (--out or the default path) before computing anything
     path = activation_maps(args.checkpoint, args.image, out=args.out, layers=args.layers,
                            max_channels=args.channels, device=args.device, which=which_of(args),
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, index=args.index, split=args.split, data_root=args.data_root)
     print(path)
     return 0
