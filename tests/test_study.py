@@ -614,3 +614,32 @@ def test_curves_of_a_study_whose_every_run_failed_warn_nothing():
         warnings.simplefilter("error")
         png = st._curves_figure([("norm=bn", [{"epoch": [], "train_loss": [], "val_acc": [], "train_acc": [], "val_loss": []}])], "t")
     assert png.startswith(b"\x89PNG")
+
+
+def test_a_missing_pretrained_source_is_refused_before_any_cell_trains(tmp_path, monkeypatch):
+    # study-transfer.yaml names runs/fmnist-pretrain: without it the study trained its scratch cells,
+    # then failed the pretrained ones at the end (and the smoke check of the recipe never got there)
+    monkeypatch.chdir(tmp_path)
+    path = write_study(tmp_path, grid={"model.pretrained": [None, "runs/source"]}, seeds=1)
+    with pytest.raises(ConfigError, match=r"cell pretrained=runs-source: model.pretrained 'runs/source' does not exist .*relative to the folder"):
+        st.run_study(path, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing trained, no folder left behind
+    # a torchvision name is not a path: it is looked up when its cell starts
+    spec = st.load_study(write_study(tmp_path, name="tv", grid={"model.pretrained": ["torchvision:IMAGENET1K_V1"]}))
+    cell = st.expand_cells(spec)[0]
+    st._check_pretrained_exists(spec, cell, st.cell_config(spec, cell))
+
+
+def test_smoke_study_uses_the_sources_smoke_run_when_the_source_run_is_missing(tmp_path, monkeypatch):
+    # smoke_fallback swaps a missing source run (runs/source) for its --smoke run (runs/source-smoke),
+    # but the study copied only the data section of the fallback back: study-transfer --smoke failed
+    from resnetlab.config import config_from_dict
+    from resnetlab.trainer import train
+
+    monkeypatch.chdir(tmp_path)
+    train(config_from_dict({**BASE, "train": {**BASE["train"], "epochs": 1}}), tmp_path / "runs" / "source-smoke", progress=False)
+    path = write_study(tmp_path, grid={"model.pretrained": ["runs/source"]}, seeds=1)
+    result = st.run_study(path, out=tmp_path / "out", smoke=True)
+    assert result.ran == ["pretrained=runs-source/seed0"]
+    cfg = yaml.safe_load((tmp_path / "out" / "pretrained=runs-source" / "seed0" / "config.yaml").read_text())
+    assert cfg["model"]["pretrained"] == "runs/source-smoke"

@@ -584,7 +584,10 @@ def run_study(
             if smoke:
                 cfg = _smoke_fallback_cached(cfg, fallback_cache)
             run_dir = out_dir / cell.label / f"seed{k}"
-            plan.append((cell, k, cfg, run_dir, cell_status(run_dir, cfg)))
+            status = cell_status(run_dir, cfg)
+            if status != "done":
+                _check_pretrained_exists(spec, cell, cfg)
+            plan.append((cell, k, cfg, run_dir, status))
     # the study writes results.csv, study.md, ... at its top: another folder's files of those names
     # would be replaced, and a training run's folder would get a study mixed into it
     if out_dir.is_dir() and any(p.name != ".study.lock" for p in out_dir.iterdir()) and not (
@@ -682,13 +685,30 @@ def run_study(
         return StudyResult(out_dir, rows, best, ran, skipped)
 
 
+def _check_pretrained_exists(spec: StudySpec, cell: Cell, cfg: Config) -> None:
+    """A cell whose ``model.pretrained`` names a local run or file that is not there fails before
+    any cell trains (a transfer study's source run is trained separately, first), not after the
+    other cells have spent their time. torchvision weights are looked up when the cell starts."""
+    from resnetlab.transfer import TORCHVISION_PREFIX
+
+    src = cfg.model.pretrained
+    if src and not str(src).startswith(TORCHVISION_PREFIX) and not Path(str(src)).expanduser().exists():
+        raise ConfigError(f"study {spec.name} cell {cell.label}: model.pretrained {src!r} does not exist (a path is relative "
+                          f"to the folder the study runs in, {Path.cwd()}); train or copy the source run there first "
+                          f"(the study file's comment names its recipe; for --smoke its --smoke run, <path>-smoke, will do), or run only "
+                          f"the other cells with --max-cells")  # fmt: skip
+
+
 def _smoke_fallback_cached(cfg: Config, cache: dict[str, Config]) -> Config:
-    # smoke_fallback loads the dataset to see whether it exists; do it once per data section
-    key = json.dumps(cfg.data.model_dump(mode="json"), sort_keys=True)
+    # smoke_fallback loads the dataset to see whether it exists; do it once per data section (and
+    # pretrained source: it also swaps a missing source run for the source's --smoke run, which only
+    # copying the data section back dropped, so a transfer study's smoke failed without its full source)
+    key = json.dumps([cfg.data.model_dump(mode="json"), cfg.model.pretrained], sort_keys=True)
     if key not in cache:
         cache[key] = smoke_fallback(cfg)
     d = cfg.model_dump(mode="json")
     d["data"] = cache[key].data.model_dump(mode="json")
+    d["model"]["pretrained"] = cache[key].model.pretrained
     return config_from_dict(d)
 
 
