@@ -235,6 +235,12 @@ CASES = {
     "unknown option": (lambda c: ["train", "--epochz", "3"], ["resnetlab train: unrecognized arguments: --epochz 3", "see: resnetlab train --help"]),
     "invalid choice": (lambda c: ["predict", str(c.run), str(c.img), "--backend", "onnxx"], ["argument --backend: invalid choice: 'onnxx'", "choose from"]),
     "unknown command": (lambda c: ["trian"], ["argument COMMAND: invalid choice: 'trian'"]),
+    "activations index outside the split": (lambda c: ["activations", str(c.run), "--index", "100000", "--out", str(c.tmp / "x.png")],
+                                            ["--index 100000 is outside the test split of digits (0 .. 359)"]),
+    "activations image and index": (lambda c: ["activations", str(c.run), str(c.img), "--index", "0"], ["draws one image", "not both"]),
+    "study pretrained source missing": (lambda c: ["study", _yaml(c, "base: {model: {name: resnet8}, data: {name: digits}}\n"
+                                                                  "grid: {model.pretrained: [nope/src]}\n"), "--out", str(c.tmp / "st")],
+                                        ["model.pretrained 'nope/src' does not exist", "train or copy the source run there first"]),
 }
 
 
