@@ -193,7 +193,38 @@ def test_smoke_uses_the_source_runs_smoke_folder_when_the_source_run_is_missing(
     assert "using" in caplog.text and "the source's smoke run" in caplog.text
     src.mkdir()  # the real source run exists: it is used
     assert smoke_fallback(cfg).model.pretrained == str(src)
-    assert smoke_fallback(smoke_config(load_config(None, ["model.pretrained=torchvision:IMAGENET1K_V1", "model.name=resnet18"]))).model.pretrained == "torchvision:IMAGENET1K_V1"
+
+
+def test_smoke_trains_from_random_init_when_torchvision_weights_cannot_be_had(monkeypatch, caplog):
+    # report 003's transfer study (torchvision ImageNet weights): offline its --smoke failed every
+    # pretrained arm, so its frozen layers and heads were never run; like a missing dataset, the
+    # weights are swapped out (for random init) only when they are neither cached nor downloadable
+    import logging
+
+    import resnetlab.transfer as tr
+    from resnetlab.errors import CheckpointError, ResnetlabError
+
+    cfg = smoke_config(load_config(None, ["model.pretrained=torchvision:IMAGENET1K_V1", "model.name=resnet18", "model.freeze_until=7"]))
+    monkeypatch.setattr(tr, "_download_torchvision", lambda *a, **k: {})  # cached (or downloaded)
+    assert smoke_fallback(cfg).model.pretrained == "torchvision:IMAGENET1K_V1"
+
+    def offline(*a, **k):
+        raise ResnetlabError("torchvision weights ResNet18_Weights.IMAGENET1K_V1 are not cached and cannot be downloaded")
+
+    monkeypatch.setattr(tr, "_download_torchvision", offline)
+    with caplog.at_level(logging.WARNING):
+        out = smoke_fallback(cfg)
+    assert out.model.pretrained is None and out.model.freeze_until == 7  # the rest of the recipe still runs
+    assert "torchvision weights torchvision:IMAGENET1K_V1 are not cached" in caplog.text and "random initialization" in caplog.text
+
+    def corrupt(*a, **k):
+        raise CheckpointError("torchvision weights file resnet18-f37072fd.pth failed its check")
+
+    monkeypatch.setattr(tr, "_download_torchvision", corrupt)  # a broken cached file is not hidden: the run names it
+    assert smoke_fallback(cfg).model.pretrained == "torchvision:IMAGENET1K_V1"
+    # an unknown weights name is left for the run's own error
+    bad = smoke_config(load_config(None, ["model.pretrained=torchvision:NOPE", "model.name=resnet18"]))
+    assert smoke_fallback(bad).model.pretrained == "torchvision:NOPE"
 
 
 def test_amp_off_is_off_although_yaml_reads_it_as_false(tmp_path):

@@ -596,6 +596,25 @@ def _scaled_augment(spec: list[str | dict[str, Any]], new: int, old: int) -> lis
 _SMOKE_SHAPES = {"cifar10": ("3x32x32", 10), "cifar100": ("3x32x32", 100), "mnist": ("1x28x28", 10), "fashion-mnist": ("1x28x28", 10)}
 
 
+def _torchvision_weights_available(spec: str, cfg: Config) -> bool:
+    """Whether ``torchvision:NAME`` weights load here (cached, or downloaded now). A name that is
+    not a weight at all counts as available: the run then fails with its own clear error."""
+    from resnetlab.errors import CheckpointError, ResnetlabError
+    from resnetlab.transfer import TORCHVISION_PREFIX, _download_torchvision, _torchvision_weights
+
+    try:
+        weights = _torchvision_weights(spec[len(TORCHVISION_PREFIX):].strip(), cfg.model.name)
+    except ResnetlabError:
+        return True
+    try:
+        _download_torchvision(weights, progress=False, data_root=cfg.data.root)
+    except CheckpointError:  # a cached file that does not read or fails its hash: the run names it, not hidden here
+        return True
+    except ResnetlabError:  # not cached and no connection
+        return False
+    return True
+
+
 def smoke_fallback(cfg: Config) -> Config:
     """For ``--smoke``: swap a dataset that is not available offline for a synthetic one of the
     same shape and class count, and hold out at least one validation image per class."""
@@ -628,6 +647,12 @@ def smoke_fallback(cfg: Config) -> Config:
         # a study's source run (say runs/fmnist-pretrain) that only its own --smoke made (runs/fmnist-pretrain-smoke)
         logging.getLogger(__name__).warning("smoke run: pretrained weights %s not found; using %s-smoke, the source's smoke run", pre, pre)
         data["model"]["pretrained"] = f"{pre}-smoke"
+    elif pre and pre.startswith("torchvision:") and not _torchvision_weights_available(pre, cfg):
+        # as for a dataset that is not here: the recipe's other paths (frozen layers, its head, the
+        # study's arms) still run; the weights themselves are what a smoke run cannot check offline
+        logging.getLogger(__name__).warning("smoke run: torchvision weights %s are not cached and cannot be downloaded; "
+                                            "training from random initialization instead", pre)  # fmt: skip
+        data["model"]["pretrained"] = None
     subset = data["data"]["subset"]
     if isinstance(subset, int) and cfg.data.val_fraction > 0:
         # a stratified split of a small subset needs one validation image per class
