@@ -353,7 +353,7 @@ def test_misclassified_images_of_an_image_folder_are_listed_by_file(tmp_path):
 
 
 @pytest.mark.parametrize("val_fraction", [0.2, 0.0])
-def test_evaluate_val_scores_the_best_checkpoint_on_every_split_and_the_report_tabulates_them(tmp_path, val_fraction):
+def test_evaluate_val_scores_the_best_checkpoint_on_every_split_and_the_report_tabulates_them(tmp_path, val_fraction, caplog, monkeypatch):
     # report 001 tabulates train, validation and test accuracy, micro- and macro-F1 of one model: a run
     # wrote eval/train and eval/test, but nothing for the validation split beyond metrics.csv's val_acc
     from resnetlab.config import load_config
@@ -363,10 +363,15 @@ def test_evaluate_val_scores_the_best_checkpoint_on_every_split_and_the_report_t
                              "train.epochs=1", "train.batch_size=16", "train.num_threads=1", "train.device=cpu",
                              "output.evaluate_train=true", "output.evaluate_val=true", "output.tensorboard=false"])  # fmt: skip
     run = tmp_path / "run"
-    train(cfg, run, progress=False)
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("resnetlab"), "propagate", True)  # a CLI test before may have turned it off
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        train(cfg, run, progress=False)
     md = (run / "report.md").read_text()
-    if not val_fraction:  # no validation split: nothing to score, and no error
+    if not val_fraction:  # no validation split: nothing to score, no error, and the log says so
         assert not (run / "eval" / "val").exists()
+        assert "output.evaluate_val: the run has no validation split" in caplog.text
         names = ("train", "test")
     else:
         names = ("train", "val", "test")

@@ -964,10 +964,13 @@ def finish_run(run_dir: Path, cfg: Config, splits=None, device: str | torch.devi
     device = cfg.train.device if device is None else device
     if cfg.output.evaluate_train:
         train_metrics = evaluate(run_dir, split="train", data_root=cfg.data.root, splits=splits, device=device)
-    if cfg.output.evaluate_val and any(r.get("val_acc") is not None for r in _read_metrics(run_dir / "metrics.csv")):
+    if cfg.output.evaluate_val:
         # only a run that validated has a validation split to score (an image folder's val/ is one
         # even with data.val_fraction 0)
-        evaluate(run_dir, split="val", data_root=cfg.data.root, splits=splits, device=device)
+        if any(r.get("val_acc") is not None for r in _read_metrics(run_dir / "metrics.csv")):
+            evaluate(run_dir, split="val", data_root=cfg.data.root, splits=splits, device=device)
+        else:
+            log.info("output.evaluate_val: the run has no validation split (data.val_fraction=0, no val/ folder); nothing to score")
     if cfg.output.evaluate_test:
         test_metrics = evaluate(run_dir, split="test", data_root=cfg.data.root, splits=splits, device=device)
     if cfg.output.report:
