@@ -585,7 +585,7 @@ def run_study(
                 cfg = _smoke_fallback_cached(cfg, fallback_cache)
             run_dir = out_dir / cell.label / f"seed{k}"
             status = cell_status(run_dir, cfg)
-            if status != "done":
+            if status == "fresh":  # a resumed cell has its weights in its checkpoint
                 _check_pretrained_exists(spec, cell, cfg)
             plan.append((cell, k, cfg, run_dir, status))
     # the study writes results.csv, study.md, ... at its top: another folder's files of those names
