@@ -500,7 +500,8 @@ def test_cli_list_layers_needs_no_image(digits_run, capsys):
     assert "(stage stem)" in rows["maxpool"] and "layer1.0.act#2" in rows and "normalized image" in rows["input"]
     assert main(["activations", str(run)]) == 2  # neither an image nor --list-layers
     err = capsys.readouterr().err.strip()
-    assert err == "error: resnetlab activations needs an IMAGE to draw (or --list-layers to list the layer names)"
+    assert err == ("error: resnetlab activations needs an IMAGE file or --index N (an image of the run's --split) to draw "
+                   "(or --list-layers to list the layer names)")
 
 
 @pytest.fixture(scope="module")
