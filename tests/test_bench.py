@@ -67,6 +67,9 @@ def test_matmul_gflops_is_plausible():
         (["--warmup", "-1"], "argument --warmup: must be an integer >= 0, got '-1'"),
         (["--matmul-size", "0"], "argument --matmul-size: must be an integer >= 1, got '0'"),
         (["--device", "bogus"], "device: unknown device 'bogus' (allowed: auto, cpu, cuda, cuda:N)"),
+        # one image whose last feature map is 1x1: torch's "Expected more than 1 value per channel"
+        (["-q", "--model", "resnet18", "--batch-size", "1", "--input-size", "3x32x32", "--steps", "1", "--warmup", "0",
+          "--repeats", "1", "--matmul-size", "64"], "leaves resnet18's batch norm one value per channel"),
     ],
 )
 def test_bench_bad_input_is_one_line_exit_2(capsys, argv, needle):

@@ -348,9 +348,18 @@ def run_bench(
     # processes during one of them does not decide the fraction alone.
     roof = matmul_gflops(matmul_size, device=dev, dtype=roof_dtype)
     with _cudnn_autotuner():
-        train_ips = train_images_per_s(
-            net, batch_size, size, steps, warmup, repeats, dev, channels_last=channels_last, compile=compile, amp=amp
-        )
+        try:
+            train_ips = train_images_per_s(
+                net, batch_size, size, steps, warmup, repeats, dev, channels_last=channels_last, compile=compile, amp=amp
+            )
+        except ValueError as exc:  # torch's own message names neither the cause nor the remedy
+            if "more than 1 value per channel when training" not in str(exc):
+                raise
+            raise ValueError(
+                f"batch size {batch_size} at input size {'x'.join(map(str, size))} leaves {model}'s batch norm one value "
+                f"per channel to normalize in training (a 1x1 feature map): use --batch-size 2 or more, or a "
+                f"larger --input-size"
+            ) from None
         infer_model = create_model(model, **args).to(dev)
         infer_model.load_state_dict(net.state_dict())  # trained weights: non-trivial BN statistics
         eager = infer_images_per_s(infer_model, batch_size, size, steps, warmup, repeats, dev, channels_last=False, amp=amp)
