@@ -271,3 +271,59 @@ def test_predict_averages_the_mirror_when_the_run_evaluated_with_tta_flip(shapes
     assert got_onnx == pytest.approx(want, abs=1e-4)
     assert main(["predict", str(run), paths[0], "--top-k", "1", "--json", "--no-tta-flip", "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["top"][0]["prob"] == pytest.approx(plain[0], abs=1e-6)
+
+
+def test_top_k_beyond_the_classes_gives_all_of_them_with_a_warning(shapes_run, caplog):
+    """A top-k larger than the model's 3 classes was clipped silently; it is now said. The default
+    (5, more than 3) stays quiet."""
+    import logging
+
+    run, folder = shapes_run
+    img = folder / "square" / "square_00.png"
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        res = predict(run, [img])
+    assert len(res[0]["top"]) == 3 and "top_k" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        res = predict(run, [img], top_k=7)
+    assert len(res[0]["top"]) == 3
+    assert "top_k 7 is more than the model's 3 classes; giving all 3" in caplog.text
+
+
+def test_flip_tta_is_announced(shapes_run, caplog):
+    """A run evaluated with train.tta_flip gets predict's mirror averaging; the log says so (it
+    changes the probabilities from a plain forward pass)."""
+    import logging
+
+    run, folder = shapes_run
+    img = folder / "square" / "square_00.png"
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        predict(run, [img])
+    assert "flip TTA" not in caplog.text
+    meta_path = run / "checkpoints" / "best" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["train"] = {"tta_flip": True}
+    meta_path.write_text(json.dumps(meta))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        predict(run, [img])
+    assert "flip TTA" in caplog.text and "train.tta_flip" in caplog.text
+
+
+def test_a_quoted_glob_pattern_is_expanded(tmp_path, caplog):
+    """'photos/*.png' (quoted, or from a shell that does not expand it) was refused as a missing
+    path; its matches are now the inputs, as a folder's files (image extensions only)."""
+    import logging
+
+    folder = make_image_folder(tmp_path / "f", per_class=2)
+    (folder / "circle" / "notes.txt").write_text("x")
+    files = collect_image_files([str(folder / "circle" / "*")])
+    assert [f.name for f in files] == ["circle_00.png", "circle_01.png"]  # the .txt is left out, as in a folder
+    assert len(collect_image_files([str(folder / "**" / "*.png")])) == 6
+    assert len(collect_image_files([str(folder / "s[qt]*")])) == 4  # folders matched are walked
+    with pytest.raises(DataError, match=r"no file or directory matches the pattern '.*\*\.jpg'"):
+        collect_image_files([str(folder / "*.jpg")])
+    with pytest.raises(DataError, match=r"no image files in pattern '.*\*\.txt'"):
+        collect_image_files([str(folder / "circle" / "*.txt")])
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        assert len(collect_image_files([str(folder / "circle" / "*.txt"), folder / "square"])) == 2
+    assert "no image files in pattern" in caplog.text

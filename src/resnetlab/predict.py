@@ -18,6 +18,7 @@ export's ``FILE.json`` sidecar.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,8 @@ __all__ = ["predict", "collect_image_files", "BACKENDS", "register_backend", "IM
 # Extensions picked up when walking a directory (files named explicitly may have any name).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".webp",
                               ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".avif"})  # fmt: skip
+
+DEFAULT_TOP_K = 5  # classes per image when top_k is not given (all of a model with fewer)
 
 # A backend factory: (checkpoint source, loaded meta or None, device) -> run(x) -> logits.
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -135,17 +138,30 @@ def _torchscript_backend(source, device: torch.device, which: str = "best") -> t
     return torchscript_backend(source, device, which)
 
 
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _walk(folder: Path, is_hidden) -> list[Path]:
+    """Image files under ``folder``, sorted, hidden files and folders left out."""
+    return sorted(
+        f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(f, folder)
+    )
+
+
 def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand files and directories into a sorted, de-duplicated list of image files.
+    """Expand files, directories and glob patterns into a de-duplicated list of image files.
 
     Directories are walked recursively and keep files with an image extension
     (:data:`IMAGE_EXTENSIONS`), leaving out hidden files and folders (a name starting with a dot,
     as the image-folder datasets do); files given explicitly are kept whatever their name and
-    are checked when decoded.
+    are checked when decoded. A path that does not exist and holds ``*``, ``?`` or ``[`` is a glob
+    pattern (``**`` for any depth), for a quoted pattern or a shell that does not expand them: its
+    matches are treated as a folder's files (image extensions only) and its folders walked.
 
     Raises:
-        DataError: a path that does not exist, or no image file at all (a directory without
-            image files beside other inputs that have some is named in a warning).
+        DataError: a path that does not exist, a pattern that matches nothing, or no image file
+            at all (a directory or pattern without image files beside other inputs that have some
+            is named in a warning).
 
     Example:
         >>> collect_image_files(["photos/", "cat.jpg"])  # doctest: +SKIP
@@ -156,12 +172,25 @@ def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     empty: list[str] = []
     for item in inputs:
         p = Path(item).expanduser()
+        if not p.exists() and _GLOB_CHARS.intersection(str(p)):
+            # a quoted pattern (or a shell that does not expand them): expanded here, its files
+            # kept as a folder's are (image extensions only), its folders walked
+            matches = sorted(Path(m) for m in glob.glob(str(p), recursive=True))
+            if not matches:
+                raise DataError(f"no file or directory matches the pattern {str(p)!r}")
+            before = len(files)
+            for m in matches:
+                if m.is_dir():
+                    files.extend(_walk(m, is_hidden))
+                elif m.suffix.lower() in IMAGE_EXTENSIONS:
+                    files.append(m)
+            if len(files) == before:
+                empty.append(f"pattern {str(p)!r}")
+            continue
         if p.is_dir():
-            found = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(f, p)
-            )
+            found = _walk(p, is_hidden)
             if not found:
-                empty.append(str(p))
+                empty.append(f"directory {str(p)!r}")
             files.extend(found)
         elif p.is_file():
             files.append(p)
@@ -170,7 +199,7 @@ def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     if empty:
         looked = f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
         if not files:
-            raise DataError(f"no image files in directory {' or '.join(repr(e) for e in empty)} {looked}")
+            raise DataError(f"no image files in {' or '.join(empty)} {looked}")
         log.warning("no image files in %s %s; predicting the other inputs", ", ".join(empty), looked)
     seen: set[Path] = set()
     unique = []
@@ -217,7 +246,7 @@ def load_as_evaluated(paths: Sequence[str | os.PathLike], meta: dict) -> torch.T
 def predict(
     checkpoint_or_run,
     inputs: Sequence[str | os.PathLike],
-    top_k: int = 5,
+    top_k: int | None = None,
     batch_size: int = 64,
     backend: str = "torch",
     device: str | torch.device = "cpu",
@@ -230,7 +259,8 @@ def predict(
         checkpoint_or_run: a run folder, a checkpoint folder / weights file, or a loaded
             :class:`resnetlab.checkpoint.Checkpoint` (torch backend).
         inputs: image files and/or directories (walked recursively for image files).
-        top_k: classes per image (clipped to the number of classes).
+        top_k: classes per image; more than the model has gives all of them, with a warning.
+            ``None``: 5, or every class of a model with fewer (no warning).
         batch_size: images per forward pass (files are decoded batch by batch).
         backend: a name from :data:`BACKENDS` (``"torch"``).
         device: where the model runs.
@@ -256,7 +286,8 @@ def predict(
 
     if backend not in BACKENDS:
         raise ValueError(unknown_name("backend", backend, BACKENDS))
-    check_int("top_k", top_k, 1)
+    if top_k is not None:
+        check_int("top_k", top_k, 1)
     check_int("batch_size", batch_size, 1)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -267,7 +298,12 @@ def predict(
     run, meta = BACKENDS[backend](checkpoint_or_run, device, which)
     classes = [str(c) for c in meta["classes"]]
     tta = tta_flip_of(meta) if tta_flip is None else bool(tta_flip)
-    k = min(top_k, len(classes))
+    k = min(DEFAULT_TOP_K if top_k is None else top_k, len(classes))
+    if top_k is not None and top_k > k:  # asked for more than there are: say so rather than return fewer silently
+        log.warning("top_k %d is more than the model's %d classes; giving all %d", top_k, k, k)
+    if tta:  # the probabilities then differ from a plain forward pass: say why
+        why = "the run's evaluation did (train.tta_flip)" if tta_flip is None else "asked (tta_flip)"
+        log.info("averaging each image's logits with its mirror's (flip TTA), as %s", why)
     # a file named on the command line must be readable; one found by walking a folder that is
     # not is skipped with a warning, as the training datasets do
     named = {Path(i).expanduser().resolve() for i in inputs if Path(i).expanduser().is_file()}

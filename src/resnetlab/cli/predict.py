@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN",
                    help="run folder, checkpoint folder or model.safetensors; an exported file with --backend onnx or torchscript")
     p.add_argument("inputs", metavar="IMAGE_OR_DIR", nargs="+", help="image files and/or folders of images")
-    p.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K", help="classes per image (default: 5)")
+    p.add_argument("--top-k", type=int_at_least(1), default=None, metavar="K",
+                   help="classes per image; more than the model has gives all, with a warning (default: 5, or all of fewer)")
     p.add_argument("--json", action="store_true", help="print a JSON list of {path, top: [{class, index, prob}]}")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="torch", help="inference backend (default: torch)")
     add_which(p)
