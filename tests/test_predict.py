@@ -327,3 +327,21 @@ def test_a_quoted_glob_pattern_is_expanded(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         assert len(collect_image_files([str(folder / "circle" / "*.txt"), folder / "square"])) == 2
     assert "no image files in pattern" in caplog.text
+
+
+def test_a_batch_with_an_unreadable_file_logs_one_conversion_notice(shapes_run, tmp_path, caplog):
+    """A folder batch holding an unreadable file is decoded file by file to find it; each file's
+    'converted to 3 channel(s)' notice was one log line per image. It is one line per batch."""
+    import logging
+
+    run, _ = shapes_run  # an RGB model
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((10, 10), 40 * i, np.uint8)).save(photos / f"gray{i}.png")
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        assert len(predict(run, [photos], batch_size=8)) == 4
+    notices = [r.getMessage() for r in caplog.records if "converted" in r.getMessage()]
+    assert notices == ["converted 4 image(s) to 3 channel(s) (L: 4)"]
+    assert "skipped 1 unreadable file(s)" in caplog.text

@@ -314,19 +314,26 @@ def predict(
         try:
             images = load_as_evaluated(chunk, meta)
         except DataError:  # one file at a time, to find the unreadable ones
-            readable, decoded = [], []
-            for f in chunk:
-                try:
-                    decoded.append(load_as_evaluated([f], meta))
-                    readable.append(f)
-                except DataError:
-                    if f.resolve() in named:
-                        raise
-                    skipped.append(str(f))
+            readable = []
+            # quietly: each file's own "converted to N channels" notice would be one line per file
+            images_log = logging.getLogger("resnetlab.data.images")
+            level = images_log.level
+            images_log.setLevel(logging.WARNING)
+            try:
+                for f in chunk:
+                    try:
+                        load_as_evaluated([f], meta)
+                        readable.append(f)
+                    except DataError:
+                        if f.resolve() in named:
+                            raise
+                        skipped.append(str(f))
+            finally:
+                images_log.setLevel(level)
             chunk = readable
             if not chunk:
                 continue
-            images = torch.cat(decoded)
+            images = load_as_evaluated(chunk, meta)  # again, for the batch's one notice
         x = preprocess(images, meta["mean"], meta["std"], device=device)
         logits = run(x).float()
         if logits.ndim != 2 or logits.shape[1] != len(classes):  # a hand-edited classes list (an export's sidecar)
