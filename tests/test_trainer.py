@@ -105,6 +105,34 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted(tmp_path, extra):
     assert read_rows(run / "metrics.csv") == read_rows(tmp_path / "ref" / "metrics.csv")
 
 
+class _SignalAtLastStep(Callback):
+    """SIGTERM in the window that ends an epoch: the checkpoint is saved after its last step."""
+
+    def __init__(self):
+        self.sent = False
+
+    def on_window_end(self, trainer, step_in_epoch, loss, acc, images_per_s):
+        if trainer.epoch == 0 and not self.sent and step_in_epoch == trainer.steps_per_epoch:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_resume_saved_after_an_epochs_last_step_logs_the_lr_that_step_used(tmp_path):
+    # The resumed epoch has no step left to take: its row logged the optimizer's lr then, the
+    # next epoch's first (0.025 instead of 0.0299 under cosine), not the lr of the last step.
+    cfg = tiny("train.device=cpu", "train.ema=0.9", "data.subset=160")
+    train(cfg, tmp_path / "ref", progress=False)
+    from resnetlab.config import save_config
+
+    run = tmp_path / "cut"
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    trainer = Trainer(cfg, run, progress=False, callbacks=[_SignalAtLastStep()])
+    assert trainer.fit().interrupted and trainer.epoch == 0 and trainer.start_step == trainer.steps_per_epoch
+    resume(run, progress=False)
+    assert read_rows(run / "metrics.csv") == read_rows(tmp_path / "ref" / "metrics.csv")
+
+
 def test_streaming_run_without_augmentation_equals_in_memory_and_resumes_exactly(tmp_path, monkeypatch):
     # With dropout and no augmentation, the streaming DataLoader's worker seeds were drawn from
     # the global RNG each epoch and validation (epoch-1 train_loss 0.3978 vs 0.4106 in memory),

@@ -766,7 +766,9 @@ class Trainer:
             log.info("epoch %d: progressive resizing, training at %dx%d", epoch + 1, *size)
         t0 = time.perf_counter()
         step = self.start_step
-        step_lr = max(g["lr"] for g in opt.param_groups)
+        # the lr of the epoch's last step so far: a resume saved after that last step has no step
+        # left to take, and the optimizer's lr is then the next epoch's first
+        step_lr = float(p.get("lr", max(g["lr"] for g in opt.param_groups)))
         for x, y, _ in self.train_loader.iter_epoch(epoch, start_step=self.start_step):
             if size is not None:
                 x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -814,7 +816,7 @@ class Trainer:
             if self._stop_agreed(window_end):
                 sums = totals()
                 self._partial = {"loss_sum": sums[0].item(), "correct": sums[1].item(), "seen": int(sums[2].item()),
-                                 "elapsed": elapsed_before + time.perf_counter() - t0}  # fmt: skip
+                                 "elapsed": elapsed_before + time.perf_counter() - t0, "lr": step_lr}  # fmt: skip
                 self.start_step = step
                 self._check_finite(window_losses, step, epoch)
                 self.save_last()
