@@ -133,6 +133,35 @@ def test_a_resume_saved_after_an_epochs_last_step_logs_the_lr_that_step_used(tmp
     assert read_rows(run / "metrics.csv") == read_rows(tmp_path / "ref" / "metrics.csv")
 
 
+@pytest.mark.parametrize("extra", [[], ["train.iterations=12"]], ids=["epochs", "iterations"])
+def test_a_resume_saved_after_the_runs_last_step_finishes_its_last_epoch(tmp_path, extra):
+    # A signal in the run's last step (mid-epoch under train.iterations: 12 steps, 8 per epoch)
+    # saved that epoch unfinished; the resume saw every step done and stopped without the epoch's
+    # end: no last metrics row, no final validation, `last` still at the epoch before.
+    cfg = tiny("train.device=cpu", *extra)
+    ref = train(cfg, tmp_path / "ref", progress=False)
+    from resnetlab.config import save_config
+
+    run = tmp_path / "cut"
+    run.mkdir()
+    save_config(cfg, run / "config.yaml")
+    trainer = Trainer(cfg, run, progress=False)
+    criterion = trainer.criterion
+
+    def signal_in_last_step(out, y):
+        if trainer.global_step == trainer.total_steps - 1:
+            trainer._stop_signal = signal.SIGTERM
+        return criterion(out, y)
+
+    trainer.criterion = signal_in_last_step
+    assert trainer.fit().interrupted and trainer.global_step == trainer.total_steps and trainer.epoch == 1
+    resumed = resume(run, progress=False)
+    assert resumed.epochs == 2 and len(resumed.history) == 2
+    assert read_rows(run / "metrics.csv") == read_rows(tmp_path / "ref" / "metrics.csv")
+    assert resumed.best_val_acc == ref.best_val_acc
+    assert load_checkpoint(run, which="last").meta["epoch"] == 2
+
+
 def test_streaming_run_without_augmentation_equals_in_memory_and_resumes_exactly(tmp_path, monkeypatch):
     # With dropout and no augmentation, the streaming DataLoader's worker seeds were drawn from
     # the global RNG each epoch and validation (epoch-1 train_loss 0.3978 vs 0.4106 in memory),

@@ -683,7 +683,9 @@ class Trainer:
         try:
             for cb in self.callbacks:
                 cb.on_fit_start(self)
-            while self.epoch < self.epochs and self.global_step < self.total_steps:
+            # an epoch saved mid-way after the run's last step (a signal then) still has its end to
+            # do: the row, the validation and the checkpoints
+            while self.epoch < self.epochs and (self.global_step < self.total_steps or self.start_step > 0):
                 self._stop_if_signalled()  # one that came during the last epoch's validation or save
                 self._train_epoch()
             self._stop_if_signalled()
@@ -769,7 +771,8 @@ class Trainer:
         # the lr of the epoch's last step so far: a resume saved after that last step has no step
         # left to take, and the optimizer's lr is then the next epoch's first
         step_lr = float(p.get("lr", max(g["lr"] for g in opt.param_groups)))
-        for x, y, _ in self.train_loader.iter_epoch(epoch, start_step=self.start_step):
+        done = self.global_step >= self.total_steps  # resumed after the run's last step: only the epoch's end is left
+        for x, y, _ in () if done else self.train_loader.iter_epoch(epoch, start_step=self.start_step):
             if size is not None:
                 x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
             with amp:
