@@ -551,6 +551,13 @@ def test_onecycle_metrics_log_the_lr_of_each_epochs_last_step(tmp_path):
     assert lrs[0] > lrs[-1]
 
 
+@pytest.mark.parametrize("mult", [0.5, 2.0])
+def test_metrics_log_the_heads_lr_whatever_the_bodys_multiplier(tmp_path, mult):
+    t = Trainer(tiny("train.iterations=2", "schedule.name=constant", f"optim.body_lr_mult={mult}"), tmp_path / "lr", progress=False)
+    t.fit()
+    assert t.history[-1]["lr"] == pytest.approx(0.05)  # optim.lr, not the body's 0.1 at mult 2
+
+
 def test_channels_last_false_trains_and_evaluates_in_nchw(tmp_path):
     layouts = {}
     for flag in (True, False):

@@ -770,7 +770,7 @@ class Trainer:
         step = self.start_step
         # the lr of the epoch's last step so far: a resume saved after that last step has no step
         # left to take, and the optimizer's lr is then the next epoch's first
-        step_lr = float(p.get("lr", max(g["lr"] for g in opt.param_groups)))
+        step_lr = float(p.get("lr", _head_lr(opt)))
         done = self.global_step >= self.total_steps  # resumed after the run's last step: only the epoch's end is left
         for x, y, _ in () if done else self.train_loader.iter_epoch(epoch, start_step=self.start_step):
             if size is not None:
@@ -795,7 +795,7 @@ class Trainer:
                 self.scaler.update()
             else:
                 opt.step()
-            step_lr = max(g["lr"] for g in opt.param_groups)  # the lr this step used (a Python float: no sync)
+            step_lr = _head_lr(opt)  # the lr this step used (a Python float: no sync)
             sched.step()
             for m in bin_norms:  # keep Batch-Instance Norm gates in [0, 1]
                 m.clamp_()
@@ -842,7 +842,7 @@ class Trainer:
         row: dict[str, Any] = {
             "epoch": self.epoch,
             "step": self.global_step,
-            "lr": step_lr,  # the head's (peak) learning rate in the epoch's last step
+            "lr": step_lr,  # the head's learning rate (optim.lr on the schedule) in the epoch's last step
             "train_loss": (sums[0] / sums[2]).item(),
             "train_acc": (sums[1] / sums[2]).item(),
             "val_loss": None,
@@ -891,6 +891,13 @@ class Trainer:
             f"loss became {window_losses[bad[0] if bad else 0].item()} at epoch {epoch + 1} step {bad_step}; "
             f"lower the learning rate (optim.lr={self.cfg.optim.lr}) or set train.grad_clip; {where}"
         )
+
+
+def _head_lr(opt: torch.optim.Optimizer) -> float:
+    """The head's learning rate: ``optim.lr`` on the schedule, whatever ``optim.body_lr_mult`` (a
+    multiplier above 1 made the body's the largest, and metrics.csv logged it as the run's lr)."""
+    heads = [g["lr"] for g in opt.param_groups if str(g.get("name", "")).startswith("head")]
+    return max(heads or [g["lr"] for g in opt.param_groups])
 
 
 def progressive_size(epoch: int, epochs: int, full: Sequence[int], pr: ProgressiveResizeConfig | None) -> tuple[int, int] | None:
