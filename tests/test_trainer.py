@@ -647,6 +647,25 @@ def test_optimizers_train(tmp_path, name):
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
 
 
+def test_ema_averages_weights_and_norm_statistics_per_step_and_keeps_the_batch_count(tmp_path):
+    # ema = 0.9 ema + 0.1 live after every step, from the first step's weights (timm's ModelEma);
+    # BatchNorm's integer num_batches_tracked used to be averaged and truncated: it stayed at 1
+    t = Trainer(tiny("train.iterations=4", "train.ema=0.9", "train.device=cpu"), tmp_path / "ema", progress=False)
+    seen = []  # the live weights and statistics before each training forward = after each step
+    t.model.register_forward_pre_hook(lambda m, _: seen.append({k: v.double() for k, v in m.state_dict().items()}) if m.training else None)
+    t.fit()
+    after = [*seen[1:], {k: v.double() for k, v in t.model.state_dict().items()}]
+    ref = dict(after[0])
+    for live in after[1:]:
+        ref = {k: 0.9 * ref[k] + 0.1 * live[k] for k in ref}
+    got = t.ema.module.state_dict()
+    for k, v in got.items():
+        if k.endswith("num_batches_tracked"):
+            assert v.item() == 4, k
+        else:
+            assert torch.allclose(v.double(), ref[k], atol=1e-6), k
+
+
 def test_ema_and_tta_are_used_for_evaluation(tmp_path):
     from resnetlab.evaluate import collect_outputs
 

@@ -354,9 +354,9 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.ema = None
         if cfg.train.ema:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            from torch.optim.swa_utils import AveragedModel
 
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema), use_buffers=True)
+            self.ema = AveragedModel(self.model, multi_avg_fn=_ema_update(cfg.train.ema), use_buffers=True)
         # DDP only reduces the gradients of parameters that were trainable when it was built:
         # wrap first, freeze after, so a body unfrozen after head_only_epochs stays in sync
         self.net = self._wrap(self.model)
@@ -891,6 +891,24 @@ class Trainer:
             f"loss became {window_losses[bad[0] if bad else 0].item()} at epoch {epoch + 1} step {bad_step}; "
             f"lower the learning rate (optim.lr={self.cfg.optim.lr}) or set train.grad_clip; {where}"
         )
+
+
+def _ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
+    """EMA of float weights and norm statistics (``ema = decay * ema + (1 - decay) * live``, as
+    timm's ModelEma); integer buffers (BatchNorm's ``num_batches_tracked``) take the live value.
+
+    torch's ``get_ema_multi_avg_fn`` averaged those too, in float and truncated back: the EMA's
+    count stayed at 1 for the whole run (``int(n * 0.9 + (n + 1) * 0.1) == n``).
+    """
+
+    @torch.no_grad()
+    def update(ema: list[torch.Tensor], live: list[torch.Tensor], _n_averaged: Any) -> None:
+        if ema[0].is_floating_point() or ema[0].is_complex():  # AveragedModel groups tensors by dtype
+            torch._foreach_lerp_(ema, live, 1.0 - decay)
+        else:
+            torch._foreach_copy_(ema, live)
+
+    return update
 
 
 def _head_lr(opt: torch.optim.Optimizer) -> float:
