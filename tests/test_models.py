@@ -503,3 +503,39 @@ def test_trunk_refuses_layers_and_widths_that_do_not_make_stages(layers, widths,
     with pytest.raises(ValueError) as err:
         ResNet("basic", layers, widths, num_classes=3, stem="cifar")
     assert words in _one_line(err)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet50", "resnet26_bottleneck2_cifar"])
+def test_block_dropout_acts_between_the_convolutions_in_training_only(name):
+    # report 003 varied dropout "after different layers"; only the classifier had it
+    torch.manual_seed(0)
+    m = resnetlab.create_model(name, num_classes=10, block_dropout=0.5)
+    plain = resnetlab.create_model(name, num_classes=10)
+    block = m.layer1[0]
+    nxt = block.conv3 if hasattr(block, "conv3") else block.conv2  # the conv after the dropout
+    seen = {}
+    block.drop.register_forward_hook(lambda mod, i, o: seen.__setitem__("drop", o))
+    nxt.register_forward_pre_hook(lambda mod, i: seen.__setitem__("conv", i[0]))
+    x = torch.randn(4, 3, 32, 32)
+    m.train()
+    m(x)
+    assert seen["conv"] is seen["drop"]  # the next convolution reads the dropout's output
+    assert sum(isinstance(k, torch.nn.Dropout) for k in m.modules()) == sum(len(getattr(m, s)) for s in m.stage_names)
+    plain.load_state_dict(m.state_dict())  # dropout has no state: the same keys, the same weights and statistics
+    m.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(m(x), plain(x))  # off in evaluation
+    assert not any(isinstance(k, torch.nn.Dropout) for k in plain.modules())  # at 0 no module at all
+
+
+def test_block_dropout_bad_values_and_config_key():
+    from resnetlab.config import load_config
+    from resnetlab.errors import ConfigError
+
+    with pytest.raises(ValueError, match=r"block_dropout must be in \[0, 1\), got 1.0"):
+        resnetlab.create_model("resnet20", block_dropout=1.0)
+    with pytest.raises(ConfigError, match="model.block_dropout"):
+        load_config(None, ["model.block_dropout=1"])
+    cfg = load_config(None, ["model.block_dropout=0.2"])
+    assert cfg.model.arch_args(num_classes=10, in_channels=1)["block_dropout"] == 0.2
+    assert "block_dropout" not in load_config(None, []).model.arch_args(num_classes=10, in_channels=1)

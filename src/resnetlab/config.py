@@ -57,6 +57,7 @@ class ModelConfig(_Section):
     width: float = Field(1.0, gt=0)  # multiplier on every channel count
     act: str = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)  # before the classifier
+    block_dropout: float = Field(0.0, ge=0, lt=1)  # inside every residual block, between its convolutions (Wide ResNet's place)
     head: list[PositiveInt] | None = None  # MLP hidden sizes; None = one linear layer
     head_dropout: float = Field(0.0, ge=0, lt=1)
     zero_init_residual: bool = False
@@ -75,6 +76,8 @@ class ModelConfig(_Section):
             "head_dropout": self.head_dropout,
             "zero_init_residual": self.zero_init_residual,
         }
+        if self.block_dropout:  # only when on: a checkpoint stays loadable by versions without it
+            args["block_dropout"] = self.block_dropout
         for key in ("depth", "groups", "shortcut", "stem", "head"):
             value = getattr(self, key)
             if value is not None:

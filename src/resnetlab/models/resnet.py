@@ -94,13 +94,16 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int, norm_layer, act_layer, shortcut: str = "B"):
+    def __init__(self, cin: int, planes: int, stride: int, norm_layer, act_layer, shortcut: str = "B", drop: float = 0.0):
         super().__init__()
         cout = planes * self.expansion
         conv1, conv2 = self.make_convs(cin, planes, cout, stride)
         self.conv1 = conv1  # registration order is state-dict key order: torchvision's
         self.bn1 = norm_layer(planes)
         self.act = act_layer()
+        # dropout between the convolutions (Wide ResNet's place); no module at 0: the same
+        # module tree (and layer names) as a block without it
+        self.drop = nn.Dropout(drop) if drop > 0 else None
         self.conv2 = conv2
         self.bn2 = norm_layer(cout)
         self.downsample = make_shortcut(shortcut, cin, cout, stride, norm_layer)
@@ -116,6 +119,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.act(self.bn1(self.conv1(x)))
+        if self.drop is not None:
+            out = self.drop(out)
         out = self.bn2(self.conv2(out))
         return self.act(out + identity)
 
@@ -125,7 +130,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int, norm_layer, act_layer, shortcut: str = "B"):
+    def __init__(self, cin: int, planes: int, stride: int, norm_layer, act_layer, shortcut: str = "B", drop: float = 0.0):
         super().__init__()
         cout = planes * self.expansion
         self.conv1 = conv1x1(cin, planes)
@@ -135,6 +140,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(planes, cout)
         self.bn3 = norm_layer(cout)
         self.act = act_layer()
+        self.drop = nn.Dropout(drop) if drop > 0 else None  # before the expanding 1x1
         self.downsample = make_shortcut(shortcut, cin, cout, stride, norm_layer)
 
     def last_norm(self) -> nn.Module:
@@ -144,6 +150,8 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.act(self.bn1(self.conv1(x)))
         out = self.act(self.bn2(self.conv2(out)))
+        if self.drop is not None:
+            out = self.drop(out)
         out = self.bn3(self.conv3(out))
         return self.act(out + identity)
 
@@ -170,11 +178,11 @@ BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck, "bottleneck2": TwoConvB
 STEMS = ("imagenet", "cifar", "cifar-pool")
 
 
-def make_stage(block, cin: int, planes: int, blocks: int, stride: int, norm_layer, act_layer, shortcut) -> nn.Sequential:
+def make_stage(block, cin: int, planes: int, blocks: int, stride: int, norm_layer, act_layer, shortcut, drop: float = 0.0) -> nn.Sequential:
     """One stage: the first block changes stride / width, the others keep them."""
     layers = []
     for i in range(blocks):
-        layers.append(block(cin, planes, stride if i == 0 else 1, norm_layer, act_layer, shortcut))
+        layers.append(block(cin, planes, stride if i == 0 else 1, norm_layer, act_layer, shortcut, drop=drop))
         cin = planes * block.expansion
     return nn.Sequential(*layers)
 
@@ -235,6 +243,9 @@ class ResNet(nn.Module):
         head: ``None`` / ``"linear"`` for a linear classifier, or hidden sizes of an MLP head.
         head_dropout: dropout between the MLP head's layers.
         zero_init_residual: zero each block's last norm weight, so blocks start as identities.
+        block_dropout: dropout probability inside every residual block, on the activations
+            between its convolutions (Wide ResNet's placement; in a bottleneck before the
+            expanding 1x1). Off at 0, where the block has no dropout module at all.
 
     Example:
         >>> m = ResNet("basic", (3, 3, 3), (16, 32, 64), num_classes=10, stem="cifar", shortcut="A")
@@ -260,6 +271,7 @@ class ResNet(nn.Module):
         head: Sequence[int] | str | None = None,
         head_dropout: float = 0.0,
         zero_init_residual: bool = False,
+        block_dropout: float = 0.0,
     ):
         super().__init__()
         block_cls = BLOCKS.get(block, block) if isinstance(block, str) else block
@@ -274,6 +286,8 @@ class ResNet(nn.Module):
             raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (1x1 conv), got {shortcut!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if not 0.0 <= float(block_dropout) < 1.0:
+            raise ValueError(f"block_dropout must be in [0, 1), got {block_dropout!r}")
         if not float(width) > 0:
             raise ValueError(f"width must be > 0, got {width!r}")
         # zip() would silently drop the extra entries, and a stage of 0 blocks would leave the
@@ -309,7 +323,7 @@ class ResNet(nn.Module):
         cin = c0
         self.stage_names: list[str] = []
         for i, (n, w) in enumerate(zip(layers, widths)):
-            stage = make_stage(block_cls, cin, scale(w), n, 1 if i == 0 else 2, norm_layer, act_layer, shortcut)
+            stage = make_stage(block_cls, cin, scale(w), n, 1 if i == 0 else 2, norm_layer, act_layer, shortcut, block_dropout)
             name = f"layer{i + 1}"
             self.add_module(name, stage)
             self.stage_names.append(name)
