@@ -913,3 +913,14 @@ def test_milestones_at_or_past_the_end_of_the_run_are_named_in_a_warning(caplog)
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         build_scheduler(opt, ScheduleConfig(name="multistep", milestones=[1, 1.5], milestones_unit="epoch"), 40, 20, 0.1)
     assert "milestones" not in caplog.text
+
+
+def test_sync_bn_on_one_process_says_it_has_no_effect(tmp_path, caplog):
+    # accepted and silently ignored without torchrun
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        Trainer(tiny("train.sync_bn=true"), tmp_path / "r", progress=False)
+    assert "train.sync_bn has no effect on one process" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        Trainer(tiny(), tmp_path / "r2", progress=False)
+    assert "sync_bn" not in caplog.text

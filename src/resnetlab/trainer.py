@@ -511,6 +511,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             freezes = self.cfg.model.freeze_until is not None or self.cfg.train.head_only_epochs > 0
             net = nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=freezes)
+        elif self.cfg.train.sync_bn:  # one process: its batch statistics are already all there is
+            log.info("train.sync_bn has no effect on one process (it shares batch statistics between torchrun processes)")
         if self.cfg.train.compile:
             net = torch.compile(net)
         return net
