@@ -643,3 +643,25 @@ def test_smoke_study_uses_the_sources_smoke_run_when_the_source_run_is_missing(t
     assert result.ran == ["pretrained=runs-source/seed0"]
     cfg = yaml.safe_load((tmp_path / "out" / "pretrained=runs-source" / "seed0" / "config.yaml").read_text())
     assert cfg["model"]["pretrained"] == "runs/source-smoke"
+
+
+def test_smoke_study_of_a_small_image_folder_fits_each_cells_batch_to_it(tmp_path):
+    # `train --smoke` fits the batch to a small folder's training split; a study's cells took only
+    # the fallback's data section and failed: "train.batch_size=64 is larger than the training split"
+    from conftest import write_png_folder
+
+    data = write_png_folder(tmp_path / "photos", n=30, side=8, classes=3)
+    path = tmp_path / "study-bs.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "bs", "seeds": 1,
+        "base": {"model": {"name": "resnet8"}, "data": {"name": data, "image_size": 8, "val_fraction": 0.2},
+                 "train": {"epochs": 1}, "output": {"report": False, "tensorboard": False}},
+        "grid": {"train.batch_size": [8, 128]},
+    }))  # fmt: skip
+    st.run_study(path, out=tmp_path / "o", smoke=True)
+    rows = list(csv.DictReader(open(tmp_path / "o" / "results.csv")))
+    assert [r["n"] for r in rows] == ["1", "1"]  # both cells trained
+    sizes = [yaml.safe_load((tmp_path / "o" / f"batch_size={b}" / "seed0" / "config.yaml").read_text())["train"]["batch_size"]
+             for b in (8, 128)]  # fmt: skip
+    meta = json.loads((tmp_path / "o" / "batch_size=128" / "seed0" / "checkpoints" / "best" / "meta.json").read_text())
+    assert sizes == [8, sum(meta["class_counts"]["train"])] and sizes[1] < 64  # the large batch fitted to the training split

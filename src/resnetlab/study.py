@@ -703,12 +703,15 @@ def _smoke_fallback_cached(cfg: Config, cache: dict[str, Config]) -> Config:
     # smoke_fallback loads the dataset to see whether it exists; do it once per data section (and
     # pretrained source: it also swaps a missing source run for the source's --smoke run, which only
     # copying the data section back dropped, so a transfer study's smoke failed without its full source)
-    key = json.dumps([cfg.data.model_dump(mode="json"), cfg.model.pretrained], sort_keys=True)
+    # and batch size: it fits the batch to a small image folder's training split (a smoke batch of
+    # 64 on a folder of a few dozen photos was refused, in every cell)
+    key = json.dumps([cfg.data.model_dump(mode="json"), cfg.model.pretrained, cfg.train.batch_size], sort_keys=True)
     if key not in cache:
         cache[key] = smoke_fallback(cfg)
     d = cfg.model_dump(mode="json")
     d["data"] = cache[key].data.model_dump(mode="json")
     d["model"]["pretrained"] = cache[key].model.pretrained
+    d["train"]["batch_size"] = cache[key].train.batch_size
     return config_from_dict(d)
 
 
