@@ -761,7 +761,7 @@ def test_a_data_root_the_dataset_does_not_read_is_named_in_a_warning(tmp_path, c
     # train --data digits --data-root DIR (or synthetic, or imagefolder:PATH) ignored DIR without a word
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         load_dataset("digits", root=tmp_path / "somewhere", val_fraction=0.1, seed=0)
-    assert f"data root {tmp_path / 'somewhere'} is not used: digits reads scikit-learn's bundled set" in caplog.text
+    assert f"data root {tmp_path / 'somewhere'} is not used for the data: digits reads scikit-learn's bundled set (a data root is only searched" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         load_dataset("synthetic:1x8x8:2:20", val_fraction=0.1, seed=0)

@@ -887,7 +887,8 @@ def load_dataset(
     else:
         if root is not None:  # a warning, not an error: a recipe's root may serve its other datasets
             reads = {"digits": "scikit-learn's bundled set", "synthetic": "no files"}.get(key, "the folder in its name")
-            log.warning("data root %s is not used: %s reads %s", root, key, reads)
+            log.warning("data root %s is not used for the data: %s reads %s (a data root is only searched for "
+                        "torchvision weights files then, with model.pretrained=torchvision:...)", root, key, reads)
         if key == "digits":
             train, val, test, classes = _read_digits()
         elif key == "synthetic":
