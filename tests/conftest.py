@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 
@@ -25,6 +26,18 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_resnetlab_logger():
+    """A CLI test calls ``setup_logging``, which gives the "resnetlab" logger its own stderr
+    handler and turns propagation off; caplog (on the root logger) then sees nothing in the tests
+    after it. pytest >= 9.2 also captures non-propagating loggers, older ones (the test extra
+    allows 7.4) do not, so put the logger back after every test."""
+    log = logging.getLogger("resnetlab")
+    saved = (log.handlers[:], log.level, log.propagate)
+    yield
+    log.handlers[:], log.level, log.propagate = saved
 
 
 @pytest.fixture
