@@ -449,3 +449,39 @@ def test_onnx_runtime_uses_torchs_thread_count(onnx_dynamic, monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert OnnxClassifier(onnx_dynamic.path, threads=3).session.get_session_options().intra_op_num_threads == 3
+
+
+def test_onnx_export_on_a_torch_without_the_dynamo_exporter_is_one_line(ckpt_dir, tmp_path, monkeypatch, capsys):
+    """torch 2.3/2.4 (inside torch>=2.3) have no ``dynamic_shapes``/``external_data`` on
+    torch.onnx.export: the export died with a TypeError traceback. Now a one-line error naming the
+    torch needed and the other format, before anything is written."""
+
+    def old_export(model, args, f, export_params=True, verbose=False, input_names=None, output_names=None,
+                   opset_version=None, dynamic_axes=None, dynamo=False):  # torch 2.4's keywords, less the rest
+        raise AssertionError("must not be called")
+
+    monkeypatch.setattr(torch.onnx, "export", old_export)
+    out = tmp_path / "m.onnx"
+    capsys.readouterr()
+    assert main(["export", str(ckpt_dir), "--out", str(out), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --format onnx needs torch >= 2.5") and "--format torchscript" in err and "\n" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_onnx_exporter_missing_its_packages_is_one_line_naming_the_extra(ckpt_dir, tmp_path, monkeypatch, capsys):
+    """torch imports onnxscript / onnx_ir lazily inside the export: with onnxscript too old for this
+    torch (0.1 lacks onnx_ir, which torch >= 2.9 imports) the export ended in a
+    ModuleNotFoundError traceback. Now an ExportError naming what to install; no temp file left."""
+    import resnetlab.export as ex
+
+    def no_onnx_ir(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'onnx_ir'", name="onnx_ir")
+
+    monkeypatch.setattr(ex, "_export_onnx_call", no_onnx_ir)
+    out = tmp_path / "m.onnx"
+    capsys.readouterr()
+    assert main(["export", str(ckpt_dir), "--out", str(out), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "No module named 'onnx_ir'" in err and "resnetlab[export]" in err and "\n" not in err
+    assert list(tmp_path.iterdir()) == []

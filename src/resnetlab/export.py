@@ -127,7 +127,36 @@ def _parse_batch_size(batch_size: int | str | None) -> int | None:
     return n
 
 
+_EXPORT_EXTRA = "pip install -U 'resnetlab[export]' (onnx, onnxscript, onnxruntime)"
+
+
+def _require_onnx_exporter() -> None:
+    """Fail early, in one line, where this torch or its exporter's packages cannot export.
+
+    ``torch.onnx.export(dynamo=True, dynamic_shapes=..., external_data=...)`` is the torch.export
+    based exporter of torch >= 2.5; torch 2.3/2.4 (in the declared range) take neither keyword and
+    raised a TypeError from deep in the call. The signature is checked rather than the version so a
+    patched or nightly build is judged by what it has."""
+    import inspect
+
+    params = inspect.signature(torch.onnx.export).parameters
+    if not {"dynamo", "dynamic_shapes", "external_data"} <= params.keys():
+        raise ExportError(f"--format onnx needs torch >= 2.5 (its torch.export-based ONNX exporter); torch {torch.__version__} "
+                          "is installed: upgrade torch, or use --format torchscript")  # fmt: skip
+
+
 def _export_onnx(model: nn.Module, x: torch.Tensor, out: Path, dynamic: bool, opset: int | None) -> None:
+    try:
+        _export_onnx_call(model, x, out, dynamic, opset)
+    except ImportError as exc:
+        # torch imports onnxscript (and onnx_ir, which onnxscript >= 0.3 brings) lazily, from inside
+        # the call: a missing or too old one (torch 2.11+ needs onnxscript >= 0.6) surfaced as a
+        # ModuleNotFoundError traceback.
+        raise ExportError(f"the ONNX exporter of torch {torch.__version__} cannot import what it needs ({exc}); "
+                          f"install or upgrade the export extra: {_EXPORT_EXTRA}") from exc  # fmt: skip
+
+
+def _export_onnx_call(model: nn.Module, x: torch.Tensor, out: Path, dynamic: bool, opset: int | None) -> None:
     dynamic_shapes = {"x": {0: torch.export.Dim("batch")}} if dynamic else None
     # The exporter reports its progress on stdout; library code must not print, so keep it.
     sink = io.StringIO()
@@ -238,6 +267,8 @@ def export_model(
     if fmt == "onnx" and not fold:
         raise ValueError("--no-fold applies only to --format torchscript: the ONNX exporter folds batch norm into the "
                          "convolutions itself")  # fmt: skip
+    if fmt == "onnx":
+        _require_onnx_exporter()
     if fmt == "onnx" and opset is not None:
         import onnx
 
