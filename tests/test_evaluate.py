@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -307,6 +308,23 @@ def test_class_names_without_glyphs_give_one_warning_line(tmp_path, capsys):
             warnings.warn("Glyph 29483 (\\N{CJK UNIFIED IDEOGRAPH-732B}) missing from font(s) DejaVu Sans.", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["something else"]
     assert "lacks characters such as '\u732b'" in capsys.readouterr().err
+
+def test_glyph_warnings_of_matplotlib_before_3_9_are_summarised_too(caplog):
+    # matplotlib 3.7/3.8 (inside matplotlib>=3.7) word it "missing from current font." and name no
+    # font: the pattern only knew 3.9's "from font(s) NAME.", so every character warned on stderr.
+    import warnings
+
+    from resnetlab.cli import summarise_glyph_warnings
+
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.WARNING, logger="resnetlab"):
+        warnings.simplefilter("always")
+        with summarise_glyph_warnings():
+            for code in ("732B", "72AC"):
+                warnings.warn(f"Glyph 1 (\\N{{CJK UNIFIED IDEOGRAPH-{code}}}) missing from current font.", UserWarning, stacklevel=1)
+    assert seen == []
+    told = [r.getMessage() for r in caplog.records if "lacks characters such as" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith("the figures' font lacks characters such as '\u732b'")
+
 
 # -- bad input: one line, exit code 2 -----------------------------------------------------
 

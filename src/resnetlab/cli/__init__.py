@@ -168,7 +168,8 @@ def setup_logging(debug: bool = False, quiet: bool = False, rank: int = 0) -> No
     root.propagate = False
 
 
-_GLYPH = re.compile(r"Glyph \d+ \((.*)\) missing from font\(s\) (.*)\.$")
+# matplotlib >= 3.9 names the fonts; 3.7/3.8 (inside matplotlib>=3.7) say "from current font."
+_GLYPH = re.compile(r"Glyph \d+ \((.*)\) missing from (?:font\(s\) (.*)|current font)\.$")
 
 
 @contextlib.contextmanager
@@ -195,10 +196,11 @@ def summarise_glyph_warnings():
                 char = unicodedata.lookup(char[3:-1])
             except KeyError:
                 pass
+        font = f"the figures' font ({m.group(2)})" if m.group(2) else "the figures' font"
         log.warning(
-            "the figures' font (%s) lacks characters such as %r (in a class name?): they are drawn as "
+            "%s lacks characters such as %r (in a class name?): they are drawn as "
             "boxes. Set font.family in a matplotlibrc to a font that has them, e.g. Noto Sans CJK",
-            m.group(2), char,
+            font, char,
         )
         return None
 
