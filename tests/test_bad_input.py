@@ -41,7 +41,10 @@ def _pt_file(c) -> str:
 def _png(path: Path, mode: str = "RGB", size: int = 12, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    Image.fromarray(arr).convert(mode).save(path)
+    im = Image.fromarray(arr)
+    if mode == "I;16":  # via L: the same pixels, and Pillow < 10 (pillow>=9.5 is allowed) has no RGB -> I;16
+        im = im.convert("L")
+    im.convert(mode).save(path)
     return path
 
 
