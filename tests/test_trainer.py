@@ -924,3 +924,21 @@ def test_sync_bn_on_one_process_says_it_has_no_effect(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="resnetlab"):
         Trainer(tiny(), tmp_path / "r2", progress=False)
     assert "sync_bn" not in caplog.text
+
+
+def test_onecycle_state_loads_weights_only_even_where_torch_keeps_the_anneal_function(tmp_path):
+    """torch 2.3 (inside torch>=2.3) puts OneCycleLR's anneal function, a bound method, in its
+    state_dict; load_trainer_state's torch.load(weights_only=True) refused it, so --resume of a
+    onecycle run failed. Simulated here by giving the scheduler that attribute as torch 2.3 does."""
+    import resnetlab.checkpoint as ck
+
+    trainer = Trainer(tiny("schedule.name=onecycle"), tmp_path / "run", progress=False)
+    sched = trainer.scheduler
+    sched.anneal_func = sched._anneal_func  # torch 2.3: self.anneal_func = self._annealing_cos
+    assert "anneal_func" in sched.state_dict()
+    trainer.save_last()
+    state = ck.load_trainer_state(tmp_path / "run" / "checkpoints" / "last")
+    assert "anneal_func" not in state["scheduler"]
+    fresh = Trainer(tiny("schedule.name=onecycle"), tmp_path / "run2", progress=False)
+    fresh.scheduler.load_state_dict(state["scheduler"])
+    assert fresh.scheduler.get_last_lr() == sched.get_last_lr()

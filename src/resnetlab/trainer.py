@@ -569,13 +569,19 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def state(self) -> dict[str, Any]:
+        scheduler = self.scheduler.state_dict()
+        # torch < 2.4 (torch>=2.3 is allowed): OneCycleLR's state holds its anneal function, a bound
+        # method that pickles the scheduler and optimizer with it and that torch.load(weights_only=True)
+        # refuses, so --resume of a onecycle run failed. The scheduler rebuilt from the config has
+        # it already (its load_state_dict only updates __dict__); torch >= 2.4 saves a string instead.
+        scheduler.pop("anneal_func", None)
         state = {
             "epoch": self.epoch,
             "start_step": self.start_step,
             "global_step": self.global_step,
             "best_val_acc": self.best_val_acc,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": scheduler,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng_cpu": torch.get_rng_state(),
             "partial": self._partial,
