@@ -6,6 +6,7 @@ import gzip
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -844,3 +845,63 @@ def test_images_beside_the_class_folders_are_named_in_a_warning(tmp_path, caplog
     assert len(s.train) + len(s.val) + len(s.test) == 10
     assert "ignoring 2 image(s) beside the class folders (loose1.jpg, loose2.PNG)" in caplog.text
     assert "labels.csv" not in caplog.text and ".hidden" not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# The on-disk formats: pixel layout, and damaged or partial copies
+# ---------------------------------------------------------------------------------------------
+def test_cifar_pixel_layout_and_python3_bytes_keys(tmp_path):
+    # rows are 1,024 red, green, blue bytes, each plane 32x32 row-major; a pickle written by
+    # Python 3 with bytes keys and bytes names reads as the Python-2 archive does
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    row = np.zeros(3072, np.uint8)
+    row[0], row[1024 + 31], row[2048 + 32 * 31] = 200, 150, 100  # R(0,0), G(0,31), B(31,0)
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        _pickle(base / f, {b"data": np.tile(row, (10, 1)), b"labels": list(range(10))})
+    _pickle(base / "batches.meta", {b"label_names": [n.encode() for n in "abcdefghij"]})
+    s = load_dataset("cifar10", root=tmp_path, val_fraction=0.0)
+    x = s.train.images[0].int()
+    assert (x[0, 0, 0], x[1, 0, 31], x[2, 31, 0], x.sum()) == (200, 150, 100, 450)
+    assert s.classes == list("abcdefghij") and len(s.train) == 50 and len(s.test) == 10
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "too-few-labels", "meta-without-names"])
+def test_a_damaged_cifar_file_is_one_line_naming_it(tmp_path, damage):
+    # pickle's own words ("pickle data was truncated", "Ran out of input", KeyError 'label_names')
+    # named neither the file nor the fix
+    write_cifar10(tmp_path)
+    base = tmp_path / "cifar-10-batches-py"
+    bad = base / ("batches.meta" if damage == "meta-without-names" else "data_batch_3")
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:1000])
+    elif damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "too-few-labels":
+        _pickle(bad, {"data": np.zeros((20, 3072), np.uint8), "labels": [0] * 19})
+    else:
+        _pickle(bad, {"num_cases_per_batch": 20})
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10", root=tmp_path)
+    msg = str(info.value)
+    assert repr(str(bad)) in msg and "\n" not in msg
+
+
+def test_a_partial_cifar_folder_names_the_fix_and_download_fetches_it_again(tmp_path, monkeypatch):
+    import torchvision
+
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_4").unlink()  # an interrupted copy
+    with pytest.raises(DataError, match=r"missing file .*data_batch_4.* data\.download=true"):
+        load_dataset("cifar10", root=tmp_path)
+    calls = []
+
+    class FakeCIFAR10:  # torchvision checks every file and extracts the archive again
+        def __init__(self, root, train=True, download=False):
+            calls.append((root, download))
+            shutil.rmtree(Path(root) / "cifar-10-batches-py")
+            write_cifar10(Path(root))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    s = load_dataset("cifar10", root=tmp_path, download=True, val_fraction=0.0)
+    assert calls == [(str(tmp_path), True)] and len(s.train) == 100

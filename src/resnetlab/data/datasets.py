@@ -461,8 +461,15 @@ def _size_arg(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
 def _unpickle(path: Path) -> dict:
     # The CIFAR archives are Python pickles (torchvision reads them the same way); only load
     # files from a data root you trust.
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError) as exc:
+        # a truncated copy or an interrupted extraction: name the file, not just pickle's words
+        raise DataError(
+            f"{str(path)!r} is truncated or not a CIFAR pickle ({type(exc).__name__}: {exc}); extract the archive "
+            f"again, or delete {str(path.parent)!r} and {_DOWNLOAD_HINT}"
+        ) from None
     if not isinstance(d, dict):
         raise DataError(f"{str(path)!r} is not a CIFAR pickle (expected a dict)")
     # Python-2 pickles load with str keys under latin1; others may carry bytes keys.
@@ -505,22 +512,45 @@ def _read_cifar(root: Path, name: str, download: bool):
     else:
         train_files, test_files = [base / "train"], [base / "test"]
         meta_file, label_key, names_key = base / "meta", "fine_labels", "fine_label_names"
-    for f in [*train_files, *test_files, meta_file]:
-        if not f.is_file():
-            raise DataError(f"{name}: missing file {str(f)!r} (expected torchvision's {folder}/ layout)")
+    missing = [f for f in [*train_files, *test_files, meta_file] if not f.is_file()]
+    if missing and download:
+        # a partial folder (an interrupted copy): torchvision checks every file and fetches the archive again
+        import torchvision
+
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        _download(cls, root, name)
+        missing = [f for f in missing if not f.is_file()]
+    if missing:
+        raise DataError(f"{name}: missing file {str(missing[0])!r} (expected torchvision's {folder}/ layout); "
+                        f"copy the whole extracted archive there, or {_DOWNLOAD_HINT}")
+
+    meta = _unpickle(meta_file)
+    if names_key not in meta:
+        raise DataError(f"{name}: {str(meta_file)!r} has no {names_key!r} entry (keys: {sorted(map(str, meta))}); "
+                        f"is it the {folder}/ archive's meta file?")
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[names_key]]
 
     def read(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = [], []
         for f in files:
             d = _unpickle(f)
             try:
-                xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(d[label_key], dtype=np.int64))
-            except (KeyError, ValueError) as exc:
-                raise DataError(f"{name}: {str(f)!r} is not in the CIFAR pickle format ({exc})") from None
+                x = np.asarray(d["data"], dtype=np.uint8)
+                y = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise DataError(f"{name}: {str(f)!r} is not in the CIFAR pickle format (no usable {exc})") from None
+            # rows of 3,072 bytes (1,024 red, green, blue, each 32x32 row-major); any other size
+            # would reshape into scrambled images without an error
+            if x.size != len(y) * 3072:
+                raise DataError(f"{name}: {str(f)!r} holds {x.size} pixel bytes for {len(y)} labels (expected "
+                                f"{len(y)} x 3072: 32x32 RGB); the file is damaged, extract the archive again")
+            if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+                raise DataError(f"{name}: labels out of range in {str(f)!r}: found {int(y.min())}..{int(y.max())} but "
+                                f"{str(meta_file)!r} names {len(classes)} classes (allowed: 0..{len(classes) - 1})")
+            xs.append(x.reshape(-1, 3, 32, 32))
+            ys.append(y)
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in _unpickle(meta_file)[names_key]]
     (xtr, ytr), (xte, yte) = read(train_files), read(test_files)
     shape = (3, 32, 32)
     return ImageSet(ytr, shape, classes, images=xtr), None, ImageSet(yte, shape, classes, images=xte), classes
