@@ -905,3 +905,39 @@ def test_a_partial_cifar_folder_names_the_fix_and_download_fetches_it_again(tmp_
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
     s = load_dataset("cifar10", root=tmp_path, download=True, val_fraction=0.0)
     assert calls == [(str(tmp_path), True)] and len(s.train) == 100
+
+
+@pytest.mark.parametrize("damage", ["truncated-gz", "wrong-magic", "labels-file-holds-images", "header-cut", "label-12"])
+def test_a_damaged_idx_file_is_one_line_naming_it(tmp_path, damage):
+    write_mnist(tmp_path)
+    d = tmp_path / "mnist"
+    images, labels = d / "train-images-idx3-ubyte.gz", d / "train-labels-idx1-ubyte.gz"
+    bad = images
+    if damage == "truncated-gz":  # was EOFError "Compressed file ended before the end-of-stream marker"
+        images.write_bytes(images.read_bytes()[:500])
+    elif damage == "wrong-magic":
+        _idx(images, np.zeros((200, 28, 28)))
+        images.write_bytes(gzip.compress(b"\x00\x00\x0d\x03" + gzip.decompress(images.read_bytes())[4:]))
+    elif damage == "labels-file-holds-images":  # was silently read as labels 0..255
+        shutil.copy(images, labels)
+        bad = labels
+    elif damage == "header-cut":
+        images.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + (200).to_bytes(4, "big")))
+    else:
+        _idx(labels, np.full(200, 12))
+        bad = labels
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", root=tmp_path)
+    msg = str(info.value)
+    assert repr(str(bad)) in msg and "\n" not in msg
+
+
+def test_idx_files_are_read_by_content_not_by_suffix(tmp_path):
+    # torchvision's raw/ folder has both the .gz and the extracted files; a copy may be gzip
+    # without the .gz name (or extracted with it): the magic decides, not the name
+    x = write_mnist(tmp_path)
+    d = tmp_path / "mnist"
+    for f in list(d.iterdir()):
+        f.rename(d / f.name.removesuffix(".gz"))  # gzip content under the raw name
+    s = load_dataset("mnist", root=tmp_path, val_fraction=0.0)
+    assert torch.equal(s.train.images[:, 0], torch.from_numpy(x))

@@ -29,6 +29,7 @@ import logging
 import os
 import pickle
 import re
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -556,20 +557,32 @@ def _read_cifar(root: Path, name: str, download: bool):
     return ImageSet(ytr, shape, classes, images=xtr), None, ImageSet(yte, shape, classes, images=xte), classes
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """Parse one IDX file (raw or gzip). Written by hand: torchvision's reader needs raw files
-    in its own folder layout, and the format is a 4-byte magic, big-endian dims, then bytes."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse one IDX file (raw or gzip) of ``ndim`` dimensions. Written by hand: torchvision's
+    reader needs raw files in its own folder layout, and the format is a 4-byte magic (0, 0, 8 for
+    unsigned bytes, the dimension count), big-endian dims, then the bytes."""
+    fix = "the file is damaged or not an MNIST-style IDX file: copy it again, or delete it and " + _DOWNLOAD_HINT
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"  # by content: a gzip file without .gz (or the reverse) reads too
+        with (gzip.open if gz else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt .gz
+        raise DataError(f"{str(path)!r} cannot be read ({type(exc).__name__}: {exc}); {fix}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"{str(path)!r} is not an unsigned-byte IDX file")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+        raise DataError(f"{str(path)!r} is not an unsigned-byte IDX file (magic {data[:4].hex() or 'missing'}, "
+                        f"expected 000008{ndim:02x}); {fix}")
+    if data[3] != ndim:
+        # e.g. a labels file where the images belong: {1: labels, 3: images}
+        raise DataError(f"{str(path)!r} has {data[3]} dimension(s) but {'an images' if ndim == 3 else 'a labels'} "
+                        f"file has {ndim}; {fix}")
     offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise DataError(f"{str(path)!r} is truncated inside its header ({len(data)} bytes); {fix}")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     count = int(np.prod(dims))
     if len(data) - offset != count:
-        raise DataError(f"{str(path)!r}: IDX header says {dims} but holds {len(data) - offset} bytes")
+        raise DataError(f"{str(path)!r}: IDX header says {dims} ({count} bytes) but holds {len(data) - offset} bytes; {fix}")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
@@ -617,9 +630,13 @@ def _read_mnist(root: Path, name: str, download: bool):
         )
     if found[0].parent == root:
         log.info("%s: using the IDX files directly in %s (%s/%s/ is the unambiguous place for them)", name, root, root, name)
-    xtr, ytr, xte, yte = (_read_idx(p) for p in found)
-    if len(xtr) != len(ytr) or len(xte) != len(yte):
-        raise DataError(f"{name}: image and label counts differ ({len(xtr)}/{len(ytr)}, {len(xte)}/{len(yte)})")
+    xtr, ytr, xte, yte = (_read_idx(p, ndim) for p, ndim in zip(found, (3, 1, 3, 1)))
+    for xp, yp, x, y in ((found[0], found[1], xtr, ytr), (found[2], found[3], xte, yte)):
+        if len(x) != len(y):
+            raise DataError(f"{name}: {str(xp)!r} has {len(x)} images but {str(yp)!r} {len(y)} labels (files of two "
+                            f"different sets?)")
+        if len(y) and int(y.max()) > 9:
+            raise DataError(f"{name}: labels out of range in {str(yp)!r}: found up to {int(y.max())} (allowed: 0..9)")
     classes = FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)]
     h, w = xtr.shape[1:]
     shape = (1, h, w)
