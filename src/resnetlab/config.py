@@ -91,7 +91,7 @@ class DataConfig(_Section):
     image_size: int | None = Field(None, ge=4, le=1024)  # square side in pixels; None = native size (image folders: 224)
     val_fraction: float = Field(0.1, ge=0, lt=1)  # of the training split, stratified, seeded
     subset: int | float | None = Field(None, gt=0)  # of the training pool (before the val hold-out): float <= 1 a fraction, int a count; test is never reduced
-    download: bool = False
+    download: bool = False  # fetch cifar10/cifar100/mnist/fashion-mnist into the data root with torchvision when missing
     stream_threshold_gb: float = Field(2.0, gt=0)  # image folders larger than this as uint8 (GB, 1e9 bytes) stream from disk
     cache: bool | str = False  # streaming only: memory-mapped cache of the resized images; true = PATH/.resnetlab-cache, or a folder
     num_workers: int = Field(2, ge=0)  # decode processes of a streaming image folder; 0 = in the training process

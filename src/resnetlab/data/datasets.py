@@ -3,7 +3,8 @@
 Names (see :data:`DATASET_NAMES`):
 
 - ``cifar10``, ``cifar100``: torchvision's on-disk pickle format (``cifar-10-batches-py/``,
-  ``cifar-100-python/``) under the data root; ``download=True`` fetches them with torchvision.
+  ``cifar-100-python/``) under the data root; ``download=True`` fetches them with torchvision (also
+  when files of the folder are missing). A damaged file is a :class:`DataError` naming it.
 - ``fashion-mnist``, ``mnist``: IDX files (raw or ``.gz``) in ``<root>/<name>/``, torchvision's
   ``<root>/FashionMNIST/raw`` / ``<root>/MNIST/raw``, ``<root>`` itself, or (Fashion-MNIST)
   ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
