@@ -941,3 +941,22 @@ def test_idx_files_are_read_by_content_not_by_suffix(tmp_path):
         f.rename(d / f.name.removesuffix(".gz"))  # gzip content under the raw name
     s = load_dataset("mnist", root=tmp_path, val_fraction=0.0)
     assert torch.equal(s.train.images[:, 0], torch.from_numpy(x))
+
+
+def test_not_found_says_where_an_implicit_data_root_came_from(tmp_path, monkeypatch):
+    # "cifar10 not found: expected '~/.cache/resnetlab/cifar-10-batches-py'" left a user who set
+    # no root to guess why that folder, and how to name another
+    monkeypatch.setenv("RESNETLAB_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=r"cifar-10-batches-py' \(the data root from \$RESNETLAB_DATA; pass --data-root"):
+        load_dataset("cifar10")
+    monkeypatch.setenv("RESNETLAB_DATA", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match=r"is not a directory \(the data root from \$RESNETLAB_DATA"):
+        load_dataset("mnist")
+    monkeypatch.delenv("RESNETLAB_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(DataError, match=r"in .*mnist, .*MNIST/raw, .*resnetlab \(the default data root; .*\$RESNETLAB_DATA"):
+        load_dataset("mnist")
+    with pytest.raises(DataError) as info:  # a given root needs no such note
+        load_dataset("cifar10", root=tmp_path)
+    assert "data root" not in str(info.value).split("not found")[1].split(";")[0]

@@ -210,13 +210,23 @@ def dataset_key(name: str) -> tuple[str, str]:
     return key, arg
 
 
-def _check_root(root: Path, explicit: bool) -> None:
+def _root_origin(root: str | os.PathLike | None) -> str:
+    """Where an implicit data root came from, for the errors (a user who never set one does not
+    know which folder was searched, nor how to name another); ``""`` for a given root."""
+    if root is not None:
+        return ""
+    if os.environ.get("RESNETLAB_DATA"):
+        return " (the data root from $RESNETLAB_DATA; pass --data-root or set data.root for another)"
+    return " (the default data root; pass --data-root, set data.root or $RESNETLAB_DATA for another)"
+
+
+def _check_root(root: Path, explicit: bool, origin: str = "") -> None:
     if root.exists() and not root.is_dir():
-        raise DataError(f"data root {str(root)!r} is not a directory")
+        raise DataError(f"data root {str(root)!r} is not a directory{origin}")
     if explicit and not root.exists():
         raise DataError(f"data root {str(root)!r} does not exist (create it or pass an existing --data-root)")
     if root.exists() and not os.access(root, os.R_OK | os.X_OK):
-        raise DataError(f"data root {str(root)!r} is not readable")
+        raise DataError(f"data root {str(root)!r} is not readable{origin}")
 
 
 def stratified_split(
@@ -494,7 +504,7 @@ def _download(cls, root: Path, name: str) -> None:
         raise DataError(f"{name}: download into {str(root)!r} failed ({why}); check the network, or copy the files there") from None
 
 
-def _read_cifar(root: Path, name: str, download: bool):
+def _read_cifar(root: Path, name: str, download: bool, origin: str = ""):
     folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
     base = root / folder
     if not base.is_dir() and download:
@@ -505,7 +515,7 @@ def _read_cifar(root: Path, name: str, download: bool):
         _download(cls, root, name)
     if not base.is_dir():
         raise DataError(
-            f"{name} not found: expected {str(base)!r} (torchvision's python-pickle format); "
+            f"{name} not found: expected {str(base)!r}{origin} (torchvision's python-pickle format); "
             f"{_DOWNLOAD_HINT}, or copy the extracted archive there"
         )
     if name == "cifar10":
@@ -605,7 +615,7 @@ def _find_idx_set(dirs: list[Path], stems: list[str]) -> list[Path | None]:
     return [_find_idx(dirs, s) for s in stems]
 
 
-def _read_mnist(root: Path, name: str, download: bool):
+def _read_mnist(root: Path, name: str, download: bool, origin: str = ""):
     tv_folder = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
     # the dataset's own folders first; the bare root (files put directly in --data-root, which
     # cannot say which of the two datasets they are) last, after the system Fashion-MNIST
@@ -626,7 +636,7 @@ def _read_mnist(root: Path, name: str, download: bool):
         missing = stems[found.index(None)]
         hint = " or install the Debian package dataset-fashion-mnist" if name == "fashion-mnist" else ""
         raise DataError(
-            f"{name} not found: no {missing}[.gz] in {', '.join(str(d) for d in dirs)}; "
+            f"{name} not found: no {missing}[.gz] in {', '.join(str(d) for d in dirs)}{origin}; "
             f"{_DOWNLOAD_HINT}{hint}"
         )
     if found[0].parent == root:
@@ -929,9 +939,10 @@ def load_dataset(
     skipped: list[str] = []
     if key in ("cifar10", "cifar100", "fashion-mnist", "mnist"):
         r = data_root(root)
-        _check_root(r, explicit=root is not None and not download)
+        origin = _root_origin(root)
+        _check_root(r, explicit=root is not None and not download, origin=origin)
         reader = _read_cifar if key.startswith("cifar") else _read_mnist
-        train, val, test, classes = reader(r, key, download)
+        train, val, test, classes = reader(r, key, download, origin)
     else:
         if root is not None:  # a warning, not an error: a recipe's root may serve its other datasets
             reads = {"digits": "scikit-learn's bundled set", "synthetic": "no files"}.get(key, "the folder in its name")
