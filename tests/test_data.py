@@ -960,3 +960,9 @@ def test_not_found_says_where_an_implicit_data_root_came_from(tmp_path, monkeypa
     with pytest.raises(DataError) as info:  # a given root needs no such note
         load_dataset("cifar10", root=tmp_path)
     assert "data root" not in str(info.value).split("not found")[1].split(";")[0]
+
+
+def test_a_synthetic_set_too_small_to_split_names_its_spec_not_files():
+    # "add images to them" is no advice for a synthetic set, whose images per class are its N
+    with pytest.raises(DataError, match=r"a larger N in 'synthetic:CxHxW:CLASSES:N', or set data.val_fraction=0"):
+        load_dataset("synthetic:3x8x8:10:10", val_fraction=0.1)

@@ -231,7 +231,7 @@ def _check_root(root: Path, explicit: bool, origin: str = "") -> None:
 
 def stratified_split(
     targets: torch.Tensor | np.ndarray, held: float | int, seed: int,
-    classes: Sequence[str] | None = None, alone: str = "",
+    classes: Sequence[str] | None = None, alone: str = "", more: str = "add images to them",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (kept, held-out) with class proportions preserved (scikit-learn).
 
@@ -241,6 +241,7 @@ def stratified_split(
         seed: the split's seed.
         classes: class names, to name a class with a single image in the error.
         alone: what else the user can do when a class has a single image (", or ...").
+        more: how the user gives such a class more images (a synthetic set: a larger N).
 
     Returns:
         Two sorted int64 index arrays.
@@ -265,7 +266,7 @@ def stratified_split(
             raise DataError(
                 f"cannot split {len(y)} images of {k} classes with a stratified hold-out of {held!r}: class(es) "
                 f"{', '.join(repr(c) for c in one[:5])}{' ...' if len(one) > 5 else ''} have a single image here and each "
-                f"side needs one of every class (add images to them{alone})"
+                f"side needs one of every class ({more}{alone})"
             ) from None
         raise DataError(
             f"cannot split {len(y)} images of {k} classes with a stratified hold-out of {held!r}: each side needs at least "
@@ -985,8 +986,11 @@ def load_dataset(
 
     if val is None:
         if val_fraction > 0:
+            # a synthetic set's images per class come from its spec, not from files
+            more = ("give each class more images: a larger N in 'synthetic:CxHxW:CLASSES:N'" if key == "synthetic"
+                    else "add images to them")  # fmt: skip
             keep, held = stratified_split(train.targets.numpy(), float(val_fraction), seed, classes,
-                                          ", or set data.val_fraction=0 to train without a validation split")
+                                          ", or set data.val_fraction=0 to train without a validation split", more)
             train, val = train.subset(keep), train.subset(held)
         else:
             val = train.subset([])
