@@ -56,6 +56,7 @@ __all__ = [
 
 
 def library_versions() -> dict[str, str]:
+    """Versions recorded in a checkpoint's meta.json: resnetlab, torch, torchvision and Python."""
     import torchvision
 
     from resnetlab import __version__
@@ -243,6 +244,8 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = "best", warn: bool 
 
 
 def load_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a checkpoint folder's meta.json (a missing, damaged or foreign one is a
+    one-line :class:`CheckpointError`)."""
     path = Path(directory) / META
     try:
         meta = json.loads(path.read_text())
@@ -317,6 +320,7 @@ def load_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_trainer_state(directory: str | os.PathLike) -> dict[str, Any]:
+    """The optimizer, scheduler, RNG and progress state of a ``last`` checkpoint folder, for resume."""
     path = Path(directory) / STATE
     if not path.exists():
         raise CheckpointError(f"no resumable trainer state in {directory} ({STATE} missing)")
@@ -327,6 +331,7 @@ def load_trainer_state(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def build_model_from_meta(meta: dict[str, Any]) -> nn.Module:
+    """An untrained model of the architecture recorded in ``meta`` (``arch``, ``arch_args``)."""
     from resnetlab.models import create_model
 
     try:
@@ -391,10 +396,22 @@ class Checkpoint:
 def load_checkpoint(path: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint (run folder, checkpoint folder or weights file) into a model in eval mode.
 
+    Args:
+        path: a run folder, a checkpoint folder or its ``model.safetensors``.
+        which: ``"best"`` or ``"last"`` checkpoint of a run folder.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when available, else CPU).
+
+    Raises:
+        CheckpointError: a missing, damaged or foreign checkpoint.
+        ConfigError: a device name torch does not know, or CUDA where there is none.
+
     Example:
         >>> ckpt = load_checkpoint("runs/demo")          # doctest: +SKIP
         >>> ckpt.model(torch.zeros(1, *ckpt.meta["input_size"]))  # doctest: +SKIP
     """
+    from resnetlab.evaluate import resolve_device  # evaluate imports this module
+
+    device = resolve_device(device)  # before any loading: a bad name is one line, "auto" works
     directory = resolve_checkpoint(path, which)
     meta = load_meta(directory)
     model = build_model_from_meta(meta)

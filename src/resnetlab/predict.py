@@ -23,10 +23,14 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from resnetlab.errors import DataError, ResnetlabError, check_int, unknown_name
+
+if TYPE_CHECKING:
+    from resnetlab.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +42,13 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", 
 
 DEFAULT_TOP_K = 5  # classes per image when top_k is not given (all of a model with fewer)
 
-# A backend factory: (checkpoint source, loaded meta or None, device) -> run(x) -> logits.
+# A backend factory: (checkpoint source, device, which) -> (run, meta); run(x) -> logits.
 Runner = Callable[[torch.Tensor], torch.Tensor]
 BackendFactory = Callable[..., tuple[Runner, dict]]
 BACKENDS: dict[str, BackendFactory] = {}
 
 
-def register_backend(name: str):
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
     """Register a backend factory ``f(checkpoint_or_run, device, which) -> (run, meta)``.
 
     ``run`` maps a normalized float32 batch (B, C, H, W) on ``device`` to logits (B, K);
@@ -244,7 +248,7 @@ def load_as_evaluated(paths: Sequence[str | os.PathLike], meta: dict) -> torch.T
 
 
 def predict(
-    checkpoint_or_run,
+    checkpoint_or_run: str | os.PathLike | Checkpoint,
     inputs: Sequence[str | os.PathLike],
     top_k: int | None = None,
     batch_size: int = 64,
@@ -263,7 +267,8 @@ def predict(
             ``None``: 5, or every class of a model with fewer (no warning).
         batch_size: images per forward pass (files are decoded batch by batch).
         backend: a name from :data:`BACKENDS` (``"torch"``).
-        device: where the model runs.
+        device: where the model runs: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA when
+            available, else CPU), as for :func:`resnetlab.evaluate.evaluate`.
         which: ``"best"`` or ``"last"`` checkpoint of a run folder.
         tta_flip: average the logits of each image and its horizontal mirror; ``None`` (the
             default) does what the run's evaluation did (``train.tta_flip``), so the
@@ -282,7 +287,7 @@ def predict(
     """
     from resnetlab.checkpoint import CheckpointError
     from resnetlab.data.images import preprocess
-    from resnetlab.evaluate import tta_flip_of
+    from resnetlab.evaluate import resolve_device, tta_flip_of
 
     if backend not in BACKENDS:
         raise ValueError(unknown_name("backend", backend, BACKENDS))
@@ -294,7 +299,7 @@ def predict(
     files = collect_image_files(inputs)
     if not files:
         raise DataError("no image files given to predict")
-    device = torch.device(device)
+    device = resolve_device(device)
     run, meta = BACKENDS[backend](checkpoint_or_run, device, which)
     classes = [str(c) for c in meta["classes"]]
     tta = tta_flip_of(meta) if tta_flip is None else bool(tta_flip)

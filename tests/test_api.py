@@ -1,0 +1,49 @@
+"""resnetlab as a Python library: the public API's signatures, docstrings and examples, and the
+keyword arguments the commands share (``device``, ``which``, ...) behaving alike across functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _eval_runs import fresh_checkpoint_run
+from PIL import Image
+
+from resnetlab.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def digits_ckpt(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("api")
+    run = fresh_checkpoint_run(tmp, {"name": "digits"})
+    img = tmp / "digit.png"
+    Image.fromarray((np.arange(64, dtype=np.uint8) * 4).reshape(8, 8)).save(img)
+    return run, img
+
+
+def test_predict_and_load_checkpoint_take_device_auto_like_evaluate(digits_ckpt):
+    """``device="auto"`` is what evaluate / explain / activations accept; predict and
+    load_checkpoint passed it to torch.device, which raised a RuntimeError listing every device type."""
+    from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.predict import predict
+
+    run, img = digits_ckpt
+    want = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    ckpt = load_checkpoint(run, device="auto")
+    assert next(ckpt.model.parameters()).device == want
+    auto = predict(run, [img], top_k=3, device="auto")
+    cpu = predict(run, [img], top_k=3, device="cpu")
+    assert [t["class"] for t in auto[0]["top"]] == [t["class"] for t in cpu[0]["top"]]
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu:x"])
+def test_predict_and_load_checkpoint_refuse_an_unknown_device_in_one_line(digits_ckpt, device):
+    from resnetlab.checkpoint import load_checkpoint
+    from resnetlab.predict import predict
+
+    run, img = digits_ckpt
+    for call in (lambda: load_checkpoint(run, device=device), lambda: predict(run, [img], device=device)):
+        with pytest.raises(ConfigError) as e:
+            call()
+        msg = str(e.value)
+        assert "\n" not in msg and repr(device) in msg and "allowed: auto, cpu, cuda, cuda:N" in msg
