@@ -3,6 +3,9 @@ keyword arguments the commands share (``device``, ``which``, ...) behaving alike
 
 from __future__ import annotations
 
+import importlib
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +13,34 @@ from _eval_runs import fresh_checkpoint_run
 from PIL import Image
 
 from resnetlab.errors import ConfigError
+
+# every module with an __all__; `resnetlab.data` re-exports the data submodules' functions
+PUBLIC_MODULES = [
+    "resnetlab", "resnetlab.bench", "resnetlab.checkpoint", "resnetlab.config", "resnetlab.data",
+    "resnetlab.evaluate", "resnetlab.explain", "resnetlab.export", "resnetlab.fold", "resnetlab.metrics",
+    "resnetlab.models", "resnetlab.models.registry", "resnetlab.models.resnet", "resnetlab.norms",
+    "resnetlab.optim", "resnetlab.predict", "resnetlab.report", "resnetlab.runtime", "resnetlab.study",
+    "resnetlab.trainer", "resnetlab.transfer",
+]  # fmt: skip
+
+
+def public_functions():
+    for mod_name in PUBLIC_MODULES:
+        mod = importlib.import_module(mod_name)
+        for name in getattr(mod, "__all__", []):
+            obj = getattr(mod, name)  # a name in __all__ that does not exist fails here
+            if inspect.isfunction(obj):
+                yield f"{mod_name}.{name}", obj
+
+
+@pytest.mark.parametrize("qualname,fn", list(public_functions()), ids=lambda v: v if isinstance(v, str) else "")
+def test_public_functions_are_typed_and_documented(qualname, fn):
+    sig = inspect.signature(fn)
+    untyped = [p.name for p in sig.parameters.values()
+               if p.annotation is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]  # fmt: skip
+    assert not untyped, f"{qualname}: parameters without a type hint: {untyped}"
+    assert sig.return_annotation is not inspect.Signature.empty, f"{qualname}: no return type hint"
+    assert (fn.__doc__ or "").strip(), f"{qualname}: no docstring"
 
 
 @pytest.fixture(scope="module")

@@ -504,6 +504,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write ``cfg`` as YAML (every key, resolved) to ``path``: what a run folder's config.yaml holds."""
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 

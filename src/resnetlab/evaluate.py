@@ -19,10 +19,10 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -30,6 +30,13 @@ from torch import nn
 from resnetlab.checkpoint import checkpoint_identity
 from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, check_int, check_output_folder
 from resnetlab.metrics import classification_metrics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from resnetlab.checkpoint import Checkpoint
+    from resnetlab.data import DatasetSplits
+    from resnetlab.data.loader import BatchLoader, StreamLoader
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +47,7 @@ SPLITS = ("test", "val", "train")
 
 def collect_outputs(
     model: nn.Module,
-    loader,
+    loader: BatchLoader | StreamLoader | Iterable[tuple[torch.Tensor, ...]],
     device: str | torch.device | None = None,
     amp_dtype: torch.dtype | None = None,
     tta_flip: bool = False,
@@ -149,7 +156,7 @@ def _data_config(meta: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def load_splits_for(meta: dict[str, Any], data_root: str | os.PathLike | None = None):
+def load_splits_for(meta: dict[str, Any], data_root: str | os.PathLike | None = None) -> DatasetSplits:
     """Rebuild the dataset a checkpoint was trained on, from ``meta["config"]["data"]``.
 
     Only keys that :func:`resnetlab.data.load_dataset` accepts are passed (a config's data
@@ -197,7 +204,7 @@ def _check_classes(ckpt_classes: Sequence[str], data_classes: Sequence[str], nam
 # -- files ------------------------------------------------------------------------------
 
 
-def plot_confusion_matrix(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str = "Confusion matrix"):
+def plot_confusion_matrix(cm: Sequence[Sequence[int]], classes: Sequence[str], title: str = "Confusion matrix") -> Figure:
     """A heat map of a confusion matrix as a matplotlib Figure (Agg, no pyplot state).
 
     Colour is the row-normalized share so rare classes are as readable as common ones; cell
@@ -367,14 +374,14 @@ def open_split(checkpoint_or_run, split: str, data_root=None, splits=None, which
 
 
 def evaluate(
-    checkpoint_or_run,
+    checkpoint_or_run: str | os.PathLike | Checkpoint,
     split: str = "test",
     out_dir: str | os.PathLike | None = None,
     data_root: str | os.PathLike | None = None,
     batch_size: int = 256,
     device: str | torch.device = "auto",
     which: str = "best",
-    splits=None,
+    splits: DatasetSplits | None = None,
 ) -> dict:
     """Evaluate a checkpoint on one split of its dataset and write the result files.
 

@@ -42,7 +42,7 @@ import textwrap
 import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +50,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.errors import ResnetlabError, check_int, check_output_folder, did_you_mean, printable, unknown_name
+
+if TYPE_CHECKING:
+    from resnetlab.checkpoint import Checkpoint
+    from resnetlab.data import DatasetSplits
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +308,7 @@ def _select(pred: torch.Tensor, target: torch.Tensor, conf: torch.Tensor, loss: 
 
 
 def explain(
-    checkpoint_or_run,
+    checkpoint_or_run: str | os.PathLike | Checkpoint,
     split: str = "test",
     method: str = "gradcam",
     layer: str | None = None,
@@ -317,7 +321,7 @@ def explain(
     batch_size: int = 256,
     device: str | torch.device = "auto",
     which: str = "best",
-    splits=None,
+    splits: DatasetSplits | None = None,
 ) -> dict[str, Any]:
     """Explain a checkpoint's predictions on a split: galleries, confused pairs, top losses.
 
@@ -722,7 +726,7 @@ def _hooked_forward(model: nn.Module, x: torch.Tensor, hooks: Sequence[tuple[nn.
         model.train(was_training)
 
 
-def list_layers(checkpoint_or_run, device: str | torch.device = "cpu", which: str = "best") -> list[dict[str, Any]]:
+def list_layers(checkpoint_or_run: str | os.PathLike | Checkpoint, device: str | torch.device = "cpu", which: str = "best") -> list[dict[str, Any]]:
     """:func:`layer_shapes` of a checkpoint's model for its input size (``meta["input_size"]``,
     the size after the run's evaluation resize / crop): the names ``--layers`` takes.
 
@@ -741,7 +745,7 @@ def list_layers(checkpoint_or_run, device: str | torch.device = "cpu", which: st
 
 
 def activation_maps(
-    checkpoint_or_run,
+    checkpoint_or_run: str | os.PathLike | Checkpoint,
     image_path: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     layers: Sequence[str] | None = None,

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -467,7 +468,7 @@ class OnnxClassifier:
         return np.concatenate(outs)[: len(x)]
 
 
-def onnx_backend(source, device: torch.device, which: str = "best"):
+def onnx_backend(source: str | os.PathLike, device: torch.device, which: str = "best") -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
     """Backend factory for :func:`resnetlab.predict.predict`: an ``.onnx`` file -> (run, meta).
 
     ``run`` takes the normalized torch batch and returns torch logits on the same device; the
@@ -485,7 +486,7 @@ def onnx_backend(source, device: torch.device, which: str = "best"):
     return run, dict(clf.meta)
 
 
-def torchscript_backend(source, device: torch.device, which: str = "best"):
+def torchscript_backend(source: str | os.PathLike, device: torch.device, which: str = "best") -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
     """Backend factory for :func:`resnetlab.predict.predict`: a TorchScript export -> (run, meta).
 
     The file is loaded with ``torch.jit.load`` onto ``device``; ``run`` maps the normalized batch to

@@ -56,8 +56,8 @@ def _looks_like_probs(scores: torch.Tensor) -> bool:
 
 
 def classification_metrics(
-    logits_or_probs,
-    targets,
+    logits_or_probs: torch.Tensor | np.ndarray,
+    targets: torch.Tensor | np.ndarray | Sequence[int],
     classes: Sequence[str],
     kind: str = "auto",
     top_k: int = 5,

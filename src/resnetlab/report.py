@@ -30,7 +30,10 @@ import re
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from resnetlab.data import DatasetSplits
 
 log = logging.getLogger(__name__)
 
@@ -505,7 +508,7 @@ def build_report(
     run_dir: str | os.PathLike,
     extra_sections: Sequence[tuple[str, str, str]] | None = None,
     split: str = "test",
-    splits=None,
+    splits: DatasetSplits | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.html`` (self-contained) and ``report.md`` into a run folder.
 
