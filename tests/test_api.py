@@ -3,6 +3,7 @@ keyword arguments the commands share (``device``, ``which``, ...) behaving alike
 
 from __future__ import annotations
 
+import doctest
 import importlib
 import inspect
 
@@ -78,3 +79,22 @@ def test_predict_and_load_checkpoint_refuse_an_unknown_device_in_one_line(digits
             call()
         msg = str(e.value)
         assert "\n" not in msg and repr(device) in msg and "allowed: auto, cpu, cuda, cuda:N" in msg
+
+
+def library_modules() -> list[str]:
+    """Every module of the package but the command line's (its examples are the README's)."""
+    import pkgutil
+
+    import resnetlab
+
+    names = ["resnetlab"] + [m.name for m in pkgutil.walk_packages(resnetlab.__path__, "resnetlab.")]
+    return sorted(n for n in names if not n.startswith("resnetlab.cli") and n != "resnetlab.__main__")
+
+
+@pytest.mark.parametrize("mod_name", library_modules())
+def test_docstring_examples_run(mod_name):
+    """The ``>>>`` examples of every docstring (those marked +SKIP need a run folder, data or a
+    network); `pytest --doctest-modules` is not part of the suite, so a wrong example fails here."""
+    mod = importlib.import_module(mod_name)
+    failures, _ = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert failures == 0, f"{mod_name}: {failures} docstring example(s) failed (run with -s to see them)"

@@ -360,8 +360,8 @@ def read_extra_sections(run_dir: str | os.PathLike, checkpoint_tag: str = "", ch
     it, :func:`resnetlab.checkpoint.made_of_another_checkpoint`) is replaced by a note saying so.
 
     Example:
-        >>> read_extra_sections("runs/demo")  # doctest: +SKIP
-        [('Grad-CAM', '<img src=...>', '![...](...)')]
+        >>> read_extra_sections("runs/demo")  # after resnetlab explain runs/demo  # doctest: +SKIP
+        [('Explanations', '<section id="explanations">...', 'Explanations of 360 test images ...')]
     """
     run = Path(run_dir)
     sections = dict(_read_sections(run / SECTIONS_DIR))
