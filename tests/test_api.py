@@ -98,3 +98,24 @@ def test_docstring_examples_run(mod_name):
     mod = importlib.import_module(mod_name)
     failures, _ = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert failures == 0, f"{mod_name}: {failures} docstring example(s) failed (run with -s to see them)"
+
+
+def test_every_command_option_has_help_naming_its_default():
+    """`resnetlab COMMAND --help` documents every option, and an option with a default says it
+    (explain --batch-size and train --epochs / --batch-size / --lr / --seed had no help at all,
+    augment-preview --n / --seed did not say theirs)."""
+    import argparse
+
+    from resnetlab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    problems = []
+    for command, parser in sub.choices.items():
+        for a in parser._actions:
+            if isinstance(a, argparse._HelpAction) or not a.option_strings:
+                continue
+            if not a.help:
+                problems.append(f"{command} {a.option_strings[-1]}: no help")
+            elif not (a.default is None or a.default is False or a.default == [] or a.default is argparse.SUPPRESS) and "default" not in a.help:
+                problems.append(f"{command} {a.option_strings[-1]}: default {a.default!r} not in its help")
+    assert not problems, problems

@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--data-root", default=None, help="dataset root, replacing the one recorded in the checkpoint")
     add_which(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
-    p.add_argument("--batch-size", type=int_at_least(1), default=256)
+    p.add_argument("--batch-size", type=int_at_least(1), default=256, help="images per forward pass (default 256)")
     p.set_defaults(func=run)
 
 
