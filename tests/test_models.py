@@ -539,3 +539,14 @@ def test_block_dropout_bad_values_and_config_key():
     cfg = load_config(None, ["model.block_dropout=0.2"])
     assert cfg.model.arch_args(num_classes=10, in_channels=1)["block_dropout"] == 0.2
     assert "block_dropout" not in load_config(None, []).model.arch_args(num_classes=10, in_channels=1)
+
+
+def test_a_misspelt_model_option_names_the_closest_and_the_allowed_ones():
+    # Python's own "got an unexpected keyword argument 'nrom'" named neither
+    with pytest.raises(TypeError, match=r"^create_model\('resnet20'\): unknown option 'nrom'; did you mean 'norm'\? \(allowed: act, block_dropout, "):
+        resnetlab.create_model("resnet20", nrom="gn")
+    with pytest.raises(TypeError, match=r"allowed: .*\bdepth\b"):  # resnet_cifar's own option is listed for it
+        resnetlab.create_model("resnet_cifar", widht=2)
+    with pytest.raises(TypeError) as info:  # ... and not for a model of fixed depth
+        resnetlab.create_model("resnet18", depht=18)
+    assert "depth" not in str(info.value).split("allowed:")[1]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
-from resnetlab.errors import unknown_name
+from resnetlab.errors import did_you_mean, unknown_name
 
 __all__ = ["register_model", "create_model", "list_models", "model_info", "ModelInfo"]
 
@@ -70,6 +71,21 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
+def _options(builder: Callable[..., nn.Module]) -> set[str]:
+    """The keyword options a builder takes: its own, and the ResNet trunk's when it passes
+    ``**kwargs`` on (its fixed layout, ``block`` / ``layers`` / ``widths``, is not an option)."""
+    from resnetlab.models.resnet import ResNet
+
+    names: set[str] = set()
+    params = inspect.signature(builder).parameters.values()
+    for p in params:
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            names.add(p.name)
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        names |= {n for n in inspect.signature(ResNet.__init__).parameters if n not in ("self", "block", "layers", "widths")}
+    return names
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model.
 
@@ -83,7 +99,15 @@ def create_model(name: str, **kwargs) -> nn.Module:
         >>> m = resnetlab.create_model("resnet20", num_classes=10, norm="gn")
     """
     info = model_info(name)
-    model = info.builder(**kwargs)
+    try:
+        model = info.builder(**kwargs)
+    except TypeError as exc:  # a misspelt option: Python's "unexpected keyword argument 'nrom'" alone
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if m is None or m.group(1) not in kwargs:
+            raise
+        allowed = sorted(_options(info.builder))
+        raise TypeError(f"create_model({name!r}): unknown option {m.group(1)!r}{did_you_mean(m.group(1), allowed)} "
+                        f"(allowed: {', '.join(allowed)})") from None
     model.arch = name  # type: ignore[attr-defined]
     model.arch_args = dict(kwargs)  # type: ignore[attr-defined]
     model.default_input_size = info.input_size  # type: ignore[attr-defined]
