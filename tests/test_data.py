@@ -966,3 +966,29 @@ def test_a_synthetic_set_too_small_to_split_names_its_spec_not_files():
     # "add images to them" is no advice for a synthetic set, whose images per class are its N
     with pytest.raises(DataError, match=r"a larger N in 'synthetic:CxHxW:CLASSES:N', or set data.val_fraction=0"):
         load_dataset("synthetic:3x8x8:10:10", val_fraction=0.1)
+
+
+def test_an_in_memory_image_folder_is_held_once_not_copied_by_the_loader(tmp_path):
+    # The folder was decoded into a list, stacked (two copies at the peak) and stored NCHW; the
+    # in-memory loader then made its own NHWC copy, so the run held the images twice throughout.
+    name = write_png_folder(tmp_path / "imgs", n=24, side=12)
+    s = load_dataset(name, image_size=8, val_fraction=0.25)
+    assert s.train.images.is_contiguous(memory_format=torch.channels_last)
+    dl = build_loader(s.train, 4, train=True, mean=s.mean, std=s.std)
+    assert dl.images.data_ptr() == s.train.images.data_ptr()  # the split's own storage
+    flat = load_dataset(name, image_size=8, val_fraction=0.25, stream_threshold_gb=1e-9)
+    ref = build_loader(flat.train, 4, train=True, mean=flat.mean, std=flat.std)
+    for (a, ya, ia), (b, yb, ib) in zip(dl.iter_epoch(1), ref.iter_epoch(1)):  # same pixels as streamed
+        assert torch.equal(ia, ib) and torch.equal(ya, yb) and torch.equal(a, b)
+
+
+def test_the_streaming_mean_std_sample_is_decoded_in_small_batches(tmp_path, monkeypatch):
+    # Up to 2,000 images were decoded into one list and stacked (0.8 GB at 256 px) to be summed.
+    import resnetlab.data.datasets as ds
+
+    name = write_png_folder(tmp_path / "imgs", n=30, side=12)
+    s = load_dataset(name, image_size=8, val_fraction=0.0, stream_threshold_gb=1e-9)
+    batches = [len(b) for b in ds._decodable_sample(s.train, 2000, chunk=4)]
+    assert batches and max(batches) <= 4 and sum(batches) == len(s.train)
+    exact = ds._channel_stats(s.train.get(torch.arange(len(s.train))))
+    assert np.allclose(s.mean, exact[0], rtol=1e-12) and np.allclose(s.std, exact[1], rtol=1e-12)
