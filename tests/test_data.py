@@ -992,3 +992,17 @@ def test_the_streaming_mean_std_sample_is_decoded_in_small_batches(tmp_path, mon
     assert batches and max(batches) <= 4 and sum(batches) == len(s.train)
     exact = ds._channel_stats(s.train.get(torch.arange(len(s.train))))
     assert np.allclose(s.mean, exact[0], rtol=1e-12) and np.allclose(s.std, exact[1], rtol=1e-12)
+
+
+def test_image_folder_files_keep_their_aspect_shorter_side_resized_then_center_cropped(tmp_path):
+    # docs/CONFIG.md (data.image_size) and the image-folder recipes: not a squash to the square.
+    arr = np.zeros((40, 80, 3), np.uint8)
+    arr[:, 12:68] = 255  # white but for the sides, which the crop cuts off (a squash keeps them)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for j in range(10):
+            Image.fromarray(arr).save(tmp_path / "imgs" / c / f"{j}.jpg", quality=95)
+    s = load_dataset(f"imagefolder:{tmp_path / 'imgs'}", image_size=20, val_fraction=0.0)
+    x = s.train.images[0].int()
+    assert x.shape == (3, 20, 20) and int(x.min()) > 240  # a squash would show the black sides
+    assert torch.equal(load_images([s.train.paths[0]], size=20, channels=3)[0], s.train.images[0])  # predict's decode

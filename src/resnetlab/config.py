@@ -88,7 +88,7 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     name: str = "digits"  # cifar10, cifar100, fashion-mnist, mnist, digits, imagefolder:PATH, synthetic
     root: str | None = None  # data root; default $RESNETLAB_DATA or ~/.cache/resnetlab
-    image_size: int | None = Field(None, ge=4, le=1024)  # square side in pixels; None = native size (image folders: 224)
+    image_size: int | None = Field(None, ge=4, le=1024)  # square side in pixels; None = native size (image folders: 224, aspect kept: shorter side resized, antialiased, then center-cropped)
     val_fraction: float = Field(0.1, ge=0, lt=1)  # of the training split, stratified, seeded
     subset: int | float | None = Field(None, gt=0)  # of the training pool (before the val hold-out): float <= 1 a fraction, int a count; test is never reduced
     download: bool = False  # fetch cifar10/cifar100/mnist/fashion-mnist into the data root with torchvision when missing
