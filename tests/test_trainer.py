@@ -942,3 +942,33 @@ def test_onecycle_state_loads_weights_only_even_where_torch_keeps_the_anneal_fun
     fresh = Trainer(tiny("schedule.name=onecycle"), tmp_path / "run2", progress=False)
     fresh.scheduler.load_state_dict(state["scheduler"])
     assert fresh.scheduler.get_last_lr() == sched.get_last_lr()
+
+
+
+def _large_image_config(*extra: str):
+    return load_config(None, ["model.name=resnet8", "data.name=synthetic:3x256x256:2:20", "train.epochs=1",
+                              "train.batch_size=4", "output.test_every_epoch=true", "output.report=false", *extra])  # fmt: skip
+
+
+def test_evaluation_batches_of_large_images_are_smaller_than_256(tmp_path):
+    # 256 images per evaluation forward at 256 px (a CIFAR stem) peaked at 5 GB, twice a training
+    # step at batch 32: validation and the test curve now take 64 at 256 px, 256 at 32 px.
+    trainer = Trainer(_large_image_config(), tmp_path / "run", progress=False)
+    assert trainer.val_loader.batch_size == trainer.test_loader.batch_size == 64
+    small = load_config(None, ["model.name=resnet8", "data.name=synthetic:3x32x32:2:40", "train.batch_size=8"])
+    assert Trainer(small, tmp_path / "small", progress=False).val_loader.batch_size == 256
+
+
+@pytest.mark.slow
+def test_the_final_evaluation_of_large_images_takes_the_smaller_batch(tmp_path, monkeypatch):
+    import resnetlab.evaluate as ev
+    from resnetlab.trainer import finish_run
+
+    sizes = []
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: sizes.append(k.get("batch_size")) or real(*a, **k))
+    cfg = _large_image_config("output.evaluate_val=true", "output.evaluate_train=true")
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer.fit()
+    finish_run(tmp_path / "run", cfg, splits=trainer.splits, device="cpu")
+    assert len(sizes) == 3 and set(sizes) == {64}

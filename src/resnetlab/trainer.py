@@ -244,6 +244,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | os.PathLike, progress: bool | None = None, callbacks: Sequence[Callback] = (),
                  normalization: tuple[Sequence[float], Sequence[float]] | None = None, pretrained: bool = True):  # fmt: skip
         from resnetlab.data import build_loader, load_dataset, output_shape
+        from resnetlab.data.loader import eval_batch_size
         from resnetlab.data.augment import eval_transforms
         from resnetlab.models import create_model
         from resnetlab.optim import build_optimizer, build_scheduler
@@ -309,11 +310,12 @@ class Trainer:
         # Under torchrun each process scores its own share of an evaluation split (arange(n)[rank::
         # world_size]: every image once, no padding) and validate() sums the counts over them.
         shard = dict(rank=self.rank, world_size=self.world_size)
-        self.val_loader = build_loader(s.val, max(bs, 256), train=False, augment=cfg.augment, **shard, **common) if len(s.val) else None
+        ebs = eval_batch_size(s.image_shape, bs)  # 256 images, fewer when large (memory)
+        self.val_loader = build_loader(s.val, ebs, train=False, augment=cfg.augment, **shard, **common) if len(s.val) else None
         # the test split after every validation: curves for the report, never a selection
         self.test_loader = None
         if cfg.output.test_every_epoch and len(s.test):
-            self.test_loader = build_loader(s.test, max(bs, 256), train=False, augment=cfg.augment, **shard, **common)
+            self.test_loader = build_loader(s.test, ebs, train=False, augment=cfg.augment, **shard, **common)
         self.input_size = list(output_shape(cfg.augment, s.image_shape, train=False))
         self.train_shape = tuple(output_shape(cfg.augment, s.image_shape, train=True))
         if list(self.train_shape) != self.input_size and self.is_main:
@@ -994,23 +996,26 @@ def finish_run(run_dir: Path, cfg: Config, splits=None, device: str | torch.devi
     ``device`` is where evaluation runs: the trainer's (default: ``train.device``).
     Returns the training-split and test-split metrics (``None`` for a split not evaluated).
     """
+    from resnetlab.data.loader import eval_batch_size
     from resnetlab.evaluate import evaluate
     from resnetlab.runtime import restore_malloc
 
     restore_malloc()  # training is over: glibc's own behaviour for evaluation and the report
     train_metrics = test_metrics = None
     device = cfg.train.device if device is None else device
+    # the training's evaluation batch: 256 images, fewer when they are large (memory)
+    bs = 256 if splits is None else eval_batch_size(splits.image_shape, cfg.train.batch_size)
     if cfg.output.evaluate_train:
-        train_metrics = evaluate(run_dir, split="train", data_root=cfg.data.root, splits=splits, device=device)
+        train_metrics = evaluate(run_dir, split="train", data_root=cfg.data.root, splits=splits, device=device, batch_size=bs)
     if cfg.output.evaluate_val:
         # only a run that validated has a validation split to score (an image folder's val/ is one
         # even with data.val_fraction 0)
         if any(r.get("val_acc") is not None for r in _read_metrics(run_dir / "metrics.csv")):
-            evaluate(run_dir, split="val", data_root=cfg.data.root, splits=splits, device=device)
+            evaluate(run_dir, split="val", data_root=cfg.data.root, splits=splits, device=device, batch_size=bs)
         else:
             log.info("output.evaluate_val: the run has no validation split (data.val_fraction=0, no val/ folder); nothing to score")
     if cfg.output.evaluate_test:
-        test_metrics = evaluate(run_dir, split="test", data_root=cfg.data.root, splits=splits, device=device)
+        test_metrics = evaluate(run_dir, split="test", data_root=cfg.data.root, splits=splits, device=device, batch_size=bs)
     if cfg.output.report:
         from resnetlab.report import build_report
 
