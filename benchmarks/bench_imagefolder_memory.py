@@ -84,12 +84,13 @@ def write_folder(root: Path, files: int) -> None:
             os.link(src, d / f"{j:04d}{src.suffix}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=2400, help="images in the folder (default 2400)")
     ap.add_argument("--size", type=int, default=256, help="data.image_size (default 256)")
     ap.add_argument("--folder", help="where to write the folder (default: a temporary one, removed after)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     tmp = None
     if args.folder:
         root = Path(args.folder)
@@ -101,10 +102,13 @@ def main() -> int:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    print(f"command: python {' '.join(sys.argv)}")
+    print(f"command: python benchmarks/bench_imagefolder_memory.py {' '.join(argv)}".rstrip())
     for mode, threshold in (("in memory", 1e9), ("streamed", 1e-9)):
         r = subprocess.run([sys.executable, "-c", "import os\n" + CHILD, str(root), str(args.size), str(threshold)],
-                           capture_output=True, text=True, env=env, check=True)  # fmt: skip
+                           capture_output=True, text=True, env=env)  # fmt: skip
+        if r.returncode:
+            print(f"{mode}: failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}", file=sys.stderr)
+            return 1
         out = json.loads(r.stdout.strip().splitlines()[-1])
         base = out["import"][0]
         print(f"{mode} ({out['data_mb']:.0f} MB as uint8, in_memory={out['in_memory']}): over the imports, "

@@ -98,3 +98,12 @@ def test_probe_transfer_control_trains_the_control_cell_and_counts_live_head_uni
     assert re.search(r"seed 0: last train loss [0-9.]+; pooled features mean [0-9.]+ std [0-9.]+; head hidden units active "
                      r"on any of 180 training images: \d+ of 64; logit std across images [0-9.]+", out), out
     assert "command: python benchmarks/probe_transfer_control.py --study recipes/study-transfer.yaml --seeds 0 --epochs 1" in out
+
+
+def test_bench_imagefolder_memory_measures_both_modes_in_child_processes(tmp_path, capsys):
+    assert _script("bench_imagefolder_memory").main(["--files", "40", "--size", "32", "--folder", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"command: python benchmarks/bench_imagefolder_memory.py --files 40 --size 32 --folder {tmp_path / 'p'}"
+    assert out[1].startswith("in memory (0 MB as uint8, in_memory=True): over the imports, load peak ")
+    assert out[2].startswith("streamed (0 MB as uint8, in_memory=False)") and "after one epoch" in out[2]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["circle", "hstripes", "square", "vstripes"]
