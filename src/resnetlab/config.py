@@ -604,15 +604,15 @@ def _torchvision_weights_available(spec: str, cfg: Config) -> bool:
     """Whether ``torchvision:NAME`` weights load here (cached, or downloaded now). A name that is
     not a weight at all counts as available: the run then fails with its own clear error."""
     from resnetlab.errors import CheckpointError, ResnetlabError
-    from resnetlab.transfer import TORCHVISION_PREFIX, _download_torchvision, _torchvision_weights
+    from resnetlab.transfer import TORCHVISION_PREFIX, _fetch_torchvision, _torchvision_weights
 
     try:
         weights = _torchvision_weights(spec[len(TORCHVISION_PREFIX):].strip(), cfg.model.name)
     except ResnetlabError:
         return True
     try:
-        _download_torchvision(weights, progress=False, data_root=cfg.data.root)
-    except CheckpointError:  # a cached file that does not read or fails its hash: the run names it, not hidden here
+        _fetch_torchvision(weights, data_root=cfg.data.root)
+    except CheckpointError:  # a file that does not read or fails its hash: the run names it, not hidden here
         return True
     except ResnetlabError:  # not cached and no connection
         return False

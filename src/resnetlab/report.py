@@ -468,12 +468,15 @@ def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str
         k = int(i)
         return classes[k] if 0 <= k < len(classes) else i
 
+    def table() -> _Table:  # the shown mistakes, by file (image folders) or index
+        return _Table(["image", "true", "predicted", "confidence"],
+                      [(r.get("path") or r["index"], name(r["target"]), name(r["prediction"]), float(r["confidence"])) for r in shown],
+                      numeric=[False, False, False, True])  # fmt: skip
+
     def without_images(why: str) -> _Section:
         # the mistakes are in predictions.csv even when the pictures cannot be shown
         sec.text(f"(images unavailable: {why})")
-        return sec.add(_Table(["image", "true", "predicted", "confidence"],
-                              [(r.get("path") or r["index"], name(r["target"]), name(r["prediction"]), float(r["confidence"])) for r in shown],
-                              numeric=[False, False, False, True]))  # fmt: skip
+        return sec.add(table())
 
     if meta is None:
         return without_images("no checkpoint metadata to rebuild the dataset"), None
@@ -498,9 +501,7 @@ def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str
     fig = _Figure("misclassified.png", _misclassified_figure(images, titles), f"misclassified {split} images")
     sec.add(fig)
     if any(r.get("path") for r in shown):  # image folders: which files they are, in the figure's order
-        sec.add(_Table(["image", "true", "predicted", "confidence"],
-                       [(r["path"], name(r["target"]), name(r["prediction"]), float(r["confidence"])) for r in shown],
-                       numeric=[False, False, False, True]))  # fmt: skip
+        sec.add(table())
     return sec, fig
 
 

@@ -174,7 +174,17 @@ def check_pretrained_source(spec: str, arch: str | None = None, data_root: str |
     if not spec.startswith(TORCHVISION_PREFIX):
         _existing_source(spec)
         return
-    weights = _torchvision_weights(spec[len(TORCHVISION_PREFIX):].strip(), arch)
+    _fetch_torchvision(_torchvision_weights(spec[len(TORCHVISION_PREFIX):].strip(), arch), data_root)
+
+
+def _fetch_torchvision(weights, data_root: str | os.PathLike | None = None) -> None:
+    """Make sure the file of torchvision ``weights`` is here: in torch hub's cache or in
+    ``data_root`` already (not read), else downloaded now.
+
+    Raises:
+        ResnetlabError: not here and cannot be downloaded (names the file and where to put it).
+        CheckpointError: a download that does not read or fails its hash.
+    """
     file_name = os.path.basename(weights.url)
     places = [Path(torch.hub.get_dir()) / "checkpoints"] + ([Path(data_root)] if data_root is not None else [])
     if not any((p / file_name).exists() for p in places):
