@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import math
 import os
@@ -67,8 +68,52 @@ def dist_info() -> tuple[int, int, int]:
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        _collective(lambda: torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM), [t])
     return t
+
+
+def _refcounts(tensors: Sequence[torch.Tensor]) -> list[int]:
+    return [sys.getrefcount(t) for t in tensors]
+
+
+def _collective(op: Callable[[], Any], tensors: Sequence[torch.Tensor], timeout: float = 10.0) -> None:
+    """Run ``op()``, a collective on ``tensors``, and return once gloo has let go of them.
+
+    gloo runs a collective on a worker thread, which drops its references to the tensors just
+    after ``op()`` has returned here. Dropping the last one touches the tensors' Python objects,
+    which takes the GIL: a process that exits right after a collective (a rank other than 0
+    after the final weights check, a stop on a signal, an error) could reach interpreter
+    shutdown first, and the worker thread then aborted it ("terminate called without an active
+    exception", SIGABRT instead of exit code 0; seen in CI on a busy machine). torch keeps a
+    tensor's Python object referenced while C++ holds the tensor, so the Python refcounts fall
+    back to what they were before ``op()`` exactly when gloo is done; sleeping between looks
+    lets the worker thread take the GIL. (Written here: torch has no call that waits for it.)
+    NCCL's watchdog releases its works on its own schedule: not waited for."""
+    before = _refcounts(tensors)
+    op()
+    if torch.distributed.get_backend() != "gloo":
+        return
+    deadline = time.monotonic() + timeout
+    while any(now > was for now, was in zip(_refcounts(tensors), before)) and time.monotonic() < deadline:
+        time.sleep(0.0002)
+
+
+def _all_gather(t: torch.Tensor) -> list[torch.Tensor]:
+    """``t`` from every process, in rank order (see :func:`_collective`)."""
+    every = [torch.zeros_like(t) for _ in range(torch.distributed.get_world_size())]
+    _collective(lambda: torch.distributed.all_gather(every, t), [t, *every])
+    return every
+
+
+def _all_gather_json(obj: Any, device: torch.device) -> list[Any]:
+    """A JSON-serialisable ``obj`` from every process, in rank order. torch's ``all_gather_object``
+    makes its tensors inside, out of :func:`_collective`'s reach; a difference these comparisons
+    find is followed by an exit at once."""
+    data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8)
+    sizes = [int(n) for n in _all_gather(torch.tensor([data.numel()], dtype=torch.int64, device=device))]
+    padded = torch.zeros(max(sizes), dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data.to(device)
+    return [json.loads(bytes(t[:n].tolist()).decode()) for t, n in zip(_all_gather(padded), sizes)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -423,8 +468,7 @@ class Trainer:
             # a different batch size deadlocks the collectives, a different lr ends in weights
             # that differ. Compared once, here, so the error names the key before any step.
             mine = self.cfg.model_dump(mode="json")
-            every: list[Any] = [None] * self.world_size
-            torch.distributed.all_gather_object(every, mine)
+            every = _all_gather_json(mine, self.device)
             # what may differ between machines: where the data lives, threads, what rank 0 writes
             # (not data.stream_threshold_gb: a node that streams where another holds the images may
             # split and normalize them differently)
@@ -449,8 +493,7 @@ class Trainer:
         s = self.splits
         mine = {"classes": list(s.classes), "image_shape": list(s.image_shape),
                 **{k: len(getattr(s, k)) for k in ("train", "val", "test")}, "files": self.split_fingerprints}  # fmt: skip
-        every: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(every, mine)
+        every = _all_gather_json(mine, self.device)
         for rank, theirs in enumerate(every):
             diff = next((k for k in mine if theirs[k] != every[0][k]), None)
             if diff is None:
@@ -481,7 +524,7 @@ class Trainer:
                 except Exception as exc:  # noqa: BLE001 - re-raised below, after the others' turn ended
                     error = exc
             failed = torch.tensor([0.0 if error is None else 1.0], device=self.device)
-            torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
+            _collective(lambda: torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX), [failed])
             if failed.item() > 0:
                 self.leave_process_group()  # the exit code stays the error's (see _init_distributed)
                 if error is not None:
@@ -718,7 +761,7 @@ class Trainer:
         if not collective:
             return False
         flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        _collective(lambda: torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX), [flag])
         if flag.item() > 0 and self._stop_signal is None:
             self._stop_signal = int(signal.SIGINT)
         return flag.item() > 0
@@ -885,7 +928,7 @@ class Trainer:
         if self.world_size > 1:
             buffers = [*self.model.buffers(), *(self.ema.buffers() if self.ema is not None else ())]
             for buf in buffers:
-                torch.distributed.broadcast(buf, src=0)
+                _collective(lambda buf=buf: torch.distributed.broadcast(buf, src=0), [buf])
 
     def _check_finite(self, window_losses: torch.Tensor, step: int, epoch: int) -> None:
         finite = torch.isfinite(window_losses)
@@ -1064,9 +1107,7 @@ def weights_checksum(model: nn.Module) -> float:
 def check_ranks_in_sync(trainer: Trainer) -> None:
     """All ranks must end with identical weights; rank 0 logs the comparison."""
     local = torch.tensor([weights_checksum(trainer.model)], dtype=torch.float64, device=trainer.device)
-    gathered = [torch.zeros_like(local) for _ in range(trainer.world_size)]
-    torch.distributed.all_gather(gathered, local)
-    values = [g.item() for g in gathered]
+    values = [g.item() for g in _all_gather(local)]
     if any(v != values[0] for v in values):
         raise ResnetlabError(f"weights differ across ranks after training (checksums {values}); this is a bug")
     if trainer.is_main:
