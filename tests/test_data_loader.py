@@ -117,6 +117,17 @@ def test_loader_argument_errors(synth):
         build_loader(synth.train, 8, augment="crop:size=32")
 
 
+def test_loader_device_auto_is_resolved_and_an_unknown_device_is_one_line(synth):
+    """``device="auto"`` as in predict and load_checkpoint: the GPU when there is one, else the CPU
+    (it reached torch.device("auto"): a RuntimeError listing every device type torch knows)."""
+    from resnetlab.errors import ConfigError
+
+    x, _, _ = next(build_loader(synth.train, 8, device="auto").iter_epoch(0))
+    assert x.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match=r"device: unknown device 'gpu0' \(allowed: auto, cpu, cuda, cuda:N\)"):
+        build_loader(synth.train, 8, device="gpu0")
+
+
 def test_derive_seed_depends_on_every_part():
     seeds = {derive_seed(0, e, s) for e in range(5) for s in range(5)}
     assert len(seeds) == 25 and derive_seed(1, 2) != derive_seed(1, 2, 0)

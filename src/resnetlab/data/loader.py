@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -363,7 +364,8 @@ def build_loader(
         train: shuffle + random augmentations; ``False``: dataset order, deterministic items only.
         augment: an augmentation spec (see :mod:`resnetlab.data.augment`).
         mean, std: per-channel normalization in [0, 1] units (default: none).
-        device: where batches are built and returned.
+        device: where batches are built and returned: ``"auto"`` (CUDA when there is one, else
+            the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
         seed: base seed of shuffling and augmentation (see the module docstring).
         drop_last: drop a final partial batch (default: ``train``).
         rank, world_size: data-parallel sharding.
@@ -381,6 +383,9 @@ def build_loader(
         >>> x.shape, len(dl)
         (torch.Size([64, 3, 32, 32]), 4)
     """
+    from resnetlab.evaluate import resolve_device  # (evaluate imports this module)
+
+    device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0") or 0))  # torchrun's process: its own GPU
     common = dict(batch_size=batch_size, train=train, augment=augment, mean=mean, std=std, device=device,
                   seed=seed, drop_last=drop_last, rank=rank, world_size=world_size, threads=threads,
                   channels_last=channels_last)  # fmt: skip
