@@ -46,11 +46,13 @@ def set_args(overrides: list[str]) -> list[str]:
     return out
 
 
-def victim_env(log: Path, slow: float = 0.0) -> dict[str, str]:
+def victim_env(log: Path, slow: float = 0.0, hold_write: str = "", hold_event: str = "") -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         RESNETLAB_FAULT_LOG=str(log),
         RESNETLAB_FAULT_SLOW=str(slow),
+        RESNETLAB_FAULT_HOLD_WRITE=hold_write,
+        RESNETLAB_FAULT_HOLD_EVENT=hold_event,
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
         TQDM_DISABLE="1",
@@ -58,11 +60,12 @@ def victim_env(log: Path, slow: float = 0.0) -> dict[str, str]:
     return env
 
 
-def start_victim(argv: list[str], log: Path, slow: float = 0.0) -> subprocess.Popen:
-    """``python _victim.py ARGV`` (a resnetlab command line) with hooks logging to ``log``."""
+def start_victim(argv: list[str], log: Path, slow: float = 0.0, hold_write: str = "", hold_event: str = "") -> subprocess.Popen:
+    """``python _victim.py ARGV`` (a resnetlab command line) with hooks logging to ``log``;
+    ``hold_write`` / ``hold_event``: where the victim waits for the test (see ``_victim.py``)."""
     return subprocess.Popen(
         [sys.executable, str(VICTIM), *argv],
-        env=victim_env(log, slow),
+        env=victim_env(log, slow, hold_write, hold_event),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

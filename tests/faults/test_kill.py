@@ -55,18 +55,12 @@ def _assert_equals_reference(run, reference_run):
 
 def test_kill9_while_a_checkpoint_file_is_half_written_then_resume(tmp_path, reference_run, capsys):
     run, log = tmp_path / "run", tmp_path / "events.log"
-    proc = start_victim(_train_argv(run), log, slow=SLOW)
-    # The second epoch's `last` save: the first epoch's checkpoint is already in place.
-    seen = []
-
-    def second_weights_write(line):
-        if line.startswith("write ") and "/.last.tmp-" in line and line.endswith("model.safetensors"):
-            seen.append(line)
-        return len(seen) == 2
-
-    i = wait_for(proc, log, second_weights_write)
+    # The second epoch's `last` save (the first epoch's checkpoint is already in place) stops with
+    # half its weights on disk and waits there for the kill. (It was a 0.3 s pause and a kill 0.1 s
+    # after the write began: a loaded machine could delay either side past its window.)
+    proc = start_victim(_train_argv(run), log, hold_write="*/.last.tmp-*/model.safetensors@2")
+    i = wait_for(proc, log, lambda line: line.startswith("held ") and line.endswith("model.safetensors"))
     assert i is not None, proc.communicate()
-    time.sleep(SLOW / 3)  # inside the pause: half the bytes are on disk
     kill9(proc)
     assert proc.returncode == -signal.SIGKILL
 
@@ -91,8 +85,10 @@ def test_kill9_while_a_checkpoint_file_is_half_written_then_resume(tmp_path, ref
 )
 def test_signal_mid_epoch_saves_exact_state_and_resume_matches(tmp_path, reference_run, capsys, sig):
     run, log = tmp_path / "run", tmp_path / "events.log"
-    proc = start_victim(_train_argv(run), log)
-    i = wait_for(proc, log, lambda line: line == "step 1 3")  # epoch 2, step 4 of 8
+    # epoch 2, step 4 of 8: the victim waits there for the signal, so it lands mid-epoch however
+    # late this process sends it (4 steps and an epoch end were the margin on a loaded machine)
+    proc = start_victim(_train_argv(run), log, hold_event="step 1 3")
+    i = wait_for(proc, log, lambda line: line == "step 1 3")
     assert i is not None, proc.communicate()
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
