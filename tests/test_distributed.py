@@ -27,6 +27,19 @@ def _env(tmp_path, **extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path), **extra}
 
 
+@contextlib.contextmanager
+def _reserved_port():
+    """A free port for MASTER_PORT, kept bound (SO_REUSEADDR, not listening) until the processes
+    are done: rank 0's store binds it as well (it sets SO_REUSEADDR too), while no other socket on
+    the machine can take it in between, as it could once a picked port was closed again."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
 def _torchrun() -> str:
     torchrun = Path(sys.executable).with_name("torchrun")
     return str(torchrun) if torchrun.exists() else shutil.which("torchrun")
@@ -147,19 +160,15 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_then_resume_needs_the_same_
 def test_processes_started_with_different_configs_are_refused_before_training(tmp_path):
     """Two processes of one job (as two nodes would start them) with different seeds: the seed
     shards and splits the data, so they would train on overlapping shards; refused at start."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     procs = []
-    for rank, seed in ((0, 0), (1, 1)):
-        env = _env(tmp_path, RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port))  # fmt: skip
-        cmd = [sys.executable, "-m", "resnetlab", "train", "--model", "resnet8", "--data", "digits", "--epochs", "1",
-               "--seed", str(seed), "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))
-    errs = [p.communicate(timeout=240)[1] for p in procs]
+    with _reserved_port() as port:
+        for rank, seed in ((0, 0), (1, 1)):
+            env = _env(tmp_path, RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port))  # fmt: skip
+            cmd = [sys.executable, "-m", "resnetlab", "train", "--model", "resnet8", "--data", "digits", "--epochs", "1",
+                   "--seed", str(seed), "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))
+        errs = [p.communicate(timeout=240)[1] for p in procs]
     assert all(p.returncode == 2 for p in procs), errs
     assert "the torchrun processes were started with different configs (seed: 0 (rank 0) vs 1 (rank 1))" in errs[0], errs[0]
     assert not (tmp_path / "r" / "metrics.csv").exists()
@@ -308,23 +317,19 @@ def test_processes_that_load_different_data_are_refused_before_training(tmp_path
     """One config; two nodes whose data roots (data.root may differ between nodes) hold copies of
     CIFAR-10 that differ: the ranks had other splits and step counts (a collective then waits
     for a step that one rank never takes)."""
-    import socket
-
     from test_data import write_cifar10
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     procs = []
-    for rank, per_batch in ((0, 20), (1, 22)):
-        root = tmp_path / f"node{rank}"
-        write_cifar10(root, per_batch=per_batch)
-        env = _env(tmp_path, RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port))  # fmt: skip
-        cmd = [sys.executable, "-m", "resnetlab", "train", "--model", "resnet8", "--data", "cifar10", "--data-root", str(root),
-               "--epochs", "1", "--batch-size", "4", "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))
-    errs = [p.communicate(timeout=240)[1] for p in procs]
+    with _reserved_port() as port:
+        for rank, per_batch in ((0, 20), (1, 22)):
+            root = tmp_path / f"node{rank}"
+            write_cifar10(root, per_batch=per_batch)
+            env = _env(tmp_path, RANK=str(rank), LOCAL_RANK="0", WORLD_SIZE="2", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=str(port))  # fmt: skip
+            cmd = [sys.executable, "-m", "resnetlab", "train", "--model", "resnet8", "--data", "cifar10", "--data-root", str(root),
+                   "--epochs", "1", "--batch-size", "4", "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))
+        errs = [p.communicate(timeout=240)[1] for p in procs]
     assert all(p.returncode == 2 for p in procs), errs
     assert "the torchrun processes loaded different data (train split: 90 images (rank 0) vs 99 (rank 1))" in errs[0], errs[0]
     assert not (tmp_path / "r" / "metrics.csv").exists()

@@ -378,12 +378,12 @@ def test_scratch_layers_do_not_call_the_functional_norms(monkeypatch):
         get_norm_layer("bn-torch")(8)(x)
 
 
-def _sync_rank(rank: int, world: int, port: int, kind: str, q) -> None:
+def _sync_rank(rank: int, world: int, store: str, kind: str, q) -> None:
     """One process of the sync test: half the batch, statistics shared with the other process."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)
         x = torch.randn(8, 6, 5, 5, dtype=torch.float64) * 3 + 1
@@ -406,19 +406,16 @@ def _sync_rank(rank: int, world: int, port: int, kind: str, q) -> None:
 
 
 @pytest.mark.parametrize("kind", ["bn", "bin"])
-def test_sync_batch_stats_over_two_processes_equal_one_big_batch(kind):
+def test_sync_batch_stats_over_two_processes_equal_one_big_batch(kind, tmp_path):
     """train.sync_bn for the hand-written layers: 2 gloo processes with 4 images each normalize,
     update running statistics and back-propagate exactly as one process with all 8."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # the processes meet through a file, not a port: a free port picked here (bind, close) could be
+    # taken by another process before rank 0 binds it
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_sync_rank, args=(k, 2, port, kind, q)) for k in range(2)]
+    procs = [ctx.Process(target=_sync_rank, args=(k, 2, str(tmp_path / "store"), kind, q)) for k in range(2)]
     for p in procs:
         p.start()
     got = {item[0]: [torch.from_numpy(a) for a in item[1:]] for item in (q.get(timeout=120) for _ in procs)}
@@ -443,13 +440,13 @@ def test_sync_batch_stats_over_two_processes_equal_one_big_batch(kind):
     assert max_abs_diff((got[0][2] + got[1][2]) / 2, ref.weight.grad) < 1e-10
 
 
-def _fp16_rank(port: int, q) -> None:
+def _fp16_rank(store: str, q) -> None:
     """One process alone in a gloo group: synced statistics of an fp16 batch (what fp16 autocast
     feeds the norm on a GPU) with more values per channel than fp16 can count (65,504)."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     try:
         torch.manual_seed(0)
         x = (torch.randn(128, 2, 32, 32) * 3 + 1).half()  # 131,072 values per channel
@@ -465,17 +462,12 @@ def _fp16_rank(port: int, q) -> None:
     os._exit(0)
 
 
-def test_sync_batch_stats_of_an_fp16_batch_count_in_fp32():
-    import socket
-
+def test_sync_batch_stats_of_an_fp16_batch_count_in_fp32(tmp_path):
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_fp16_rank, args=(port, q))
+    p = ctx.Process(target=_fp16_rank, args=(str(tmp_path / "store"), q))
     p.start()
     diff, running_var, running_mean = q.get(timeout=120)
     p.join(timeout=60)
