@@ -125,10 +125,13 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_then_resume_needs_the_same_
            "--set", "output.report=false", "--set", "train.num_threads=1", "--set", "train.device=cpu", "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path, start_new_session=True)
     try:
+        # epoch 1's row, then its `last` and `best` saves (fsync'd: slow on a busy disk): a signal
+        # before rank 0 is past them stops both at the end of epoch 1, not at a step of epoch 2
         deadline = time.time() + 300
-        while time.time() < deadline and not ((out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 2):
+        while time.time() < deadline and not ((out / "metrics.csv").is_file() and len((out / "metrics.csv").read_text().splitlines()) >= 2
+                                              and (out / "checkpoints" / "best" / "meta.json").is_file()):  # fmt: skip
             time.sleep(0.2)
-        time.sleep(1.0)  # into epoch 2
+        time.sleep(1.0)  # the epoch-2 start check (one all_reduce), then into epoch 2
         pid = _worker_pid(proc.pid, 1)
         assert pid, "rank 1's process"
         os.kill(pid, signal.SIGTERM)
