@@ -479,7 +479,7 @@ class Trainer:
                     # every process finds the same difference and stops here; the group is taken
                     # down first, else gloo's threads abort the process at exit ("terminate called
                     # without an active exception") and the exit code is not the error's 2
-                    torch.distributed.destroy_process_group()
+                    self.leave_process_group()
                     raise ConfigError(f"the torchrun processes were started with different configs ({diff}); "
                                       f"start every process (on every node) with the same command and config")  # fmt: skip
 
