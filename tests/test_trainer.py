@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from resnetlab.checkpoint import load_checkpoint, load_weights
 from resnetlab.config import load_config
-from resnetlab.errors import ConfigError, ResnetlabError, TrainingDiverged
+from resnetlab.errors import ConfigError, DataError, ResnetlabError, TrainingDiverged
 from resnetlab.optim import LRFactor, build_scheduler
 from resnetlab.trainer import TIMING_COLUMNS, Callback, Trainer, resume, train
 
@@ -295,6 +295,33 @@ def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(tmp_path):
     data["output"]["report"] = False
     (run / "config.yaml").write_text(yaml.safe_dump(data))
     assert not resume(run, progress=False).interrupted
+
+
+def test_train_and_resume_put_the_callers_thread_count_back(tmp_path, monkeypatch):
+    # train.num_threads is the run's: it left torch at 1 thread for whatever the caller ran next
+    # (in CI, every test after the first such run)
+    import resnetlab.trainer as trainer_mod
+
+    during = []
+    real_finish = trainer_mod.finish_run
+
+    def finish(*args, **kwargs):
+        during.append(torch.get_num_threads())  # the final evaluation runs at the run's count
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "finish_run", finish)
+    before = torch.get_num_threads()
+    assert before != 1
+    run = tmp_path / "r"
+    train(tiny("train.num_threads=1", "output.report=false"), run, progress=False)
+    assert torch.get_num_threads() == before
+    resume(run, progress=False)  # a finished run: evaluated again at its own count
+    assert torch.get_num_threads() == before
+    assert during == [1, 1]
+    # and when the run stops with an error (here: its dataset is not on disk)
+    with pytest.raises(DataError):
+        train(tiny("train.num_threads=1", "data.name=cifar10", f"data.root={tmp_path / 'nothing'}"), tmp_path / "bad", progress=False)
+    assert torch.get_num_threads() == before
 
 
 def test_resume_of_a_transfer_run_does_not_need_the_pretrained_source(tmp_path):

@@ -203,7 +203,7 @@ class TrainConfig(_Section):
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # batch statistics over all torchrun processes (SyncBatchNorm); norm bn, bn-torch or bin
-    num_threads: int | None = Field(None, ge=1)  # CPU threads; None = all cores
+    num_threads: int | None = Field(None, ge=1)  # CPU threads for the run (training and its final evaluation); None = torch's default (all cores); the caller's count is restored after the run
     tune_malloc: bool = True  # keep freed tensor buffers in the process (glibc): no page faults per step
     eval_every: int = Field(1, ge=1)  # epochs between validations
 

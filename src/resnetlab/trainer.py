@@ -1066,6 +1066,23 @@ def finish_run(run_dir: Path, cfg: Config, splits=None, device: str | torch.devi
     return train_metrics, test_metrics
 
 
+@contextlib.contextmanager
+def _callers_thread_count():
+    """Put torch's intra-op thread count back when a run ends.
+
+    ``train.num_threads`` is the run's setting: the Trainer applies it for training and the final
+    evaluation, and the caller's own count (a notebook's, a test suite's) is restored afterwards,
+    as :func:`resnetlab.runtime.restore_malloc` puts malloc back.
+    """
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@_callers_thread_count()
 def train(cfg: Config, run_dir: str | os.PathLike | None = None, overwrite: bool = False, progress: bool | None = None) -> FitResult:
     """Train from a config into a run folder, then evaluate and report.
 
@@ -1130,6 +1147,7 @@ def _fit_and_finish(trainer: Trainer, cfg: Config, run_dir: Path) -> FitResult:
     return result
 
 
+@_callers_thread_count()
 def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResult:
     """Continue a run from its newest good ``last`` checkpoint (falls back to ``last.prev``)."""
     run_dir = Path(run_dir)
