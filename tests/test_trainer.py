@@ -9,6 +9,7 @@ import math
 import os
 import re
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -665,6 +666,53 @@ def test_amp_on_cpu_warns_that_it_trains_in_fp32(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         t = Trainer(tiny("train.amp=fp16", "train.device=cpu"), tmp_path / "amp", progress=False)
     assert t.autocast_dtype is None and "train.amp=fp16 applies on CUDA only; on cpu this run trains in fp32" in caplog.text
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_amp_bf16_on_cpu_trains_in_bf16_only_where_the_cpu_has_bf16_units(tmp_path, caplog, monkeypatch, has_bf16):
+    # bf16 autocast on a CPU without bf16 units runs emulated kernels, slower than fp32: fp32 there
+    # with a warning; on one with them (AVX512_BF16, AMX) the convolutions run in bf16
+    import logging
+
+    import resnetlab.runtime
+
+    monkeypatch.setattr(resnetlab.runtime, "cpu_has_bf16", lambda: has_bf16)
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        t = Trainer(tiny("train.amp=bf16", "train.device=cpu", "train.iterations=3"), tmp_path / "bf16", progress=False)
+    seen = []
+    t.model.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype) if m.training else None)
+    r = t.fit()
+    assert seen == [torch.bfloat16 if has_bf16 else torch.float32] * 3
+    assert math.isfinite(r.history[-1]["train_loss"])
+    assert all(p.dtype == torch.float32 for p in t.model.parameters())  # the weights and the optimizer stay fp32
+    if has_bf16:
+        assert t.autocast_dtype == torch.bfloat16 and t.scaler is None
+        assert "training under bf16 autocast on the CPU" in caplog.text and "WARNING" not in caplog.text
+    else:
+        assert t.autocast_dtype is None
+        assert "train.amp=bf16: this CPU has no bf16 units (AVX512_BF16, AMX or ARM BF16)" in caplog.text
+        assert "this run trains in fp32" in caplog.text
+
+
+def test_amp_auto_on_cpu_stays_fp32_even_with_bf16_units(tmp_path, monkeypatch):
+    import resnetlab.runtime
+
+    monkeypatch.setattr(resnetlab.runtime, "cpu_has_bf16", lambda: True)
+    assert Trainer(tiny("train.device=cpu"), tmp_path / "auto", progress=False).autocast_dtype is None
+
+
+def test_cpu_has_bf16_agrees_with_the_cpu_flags():
+    from resnetlab.runtime import cpu_has_bf16
+
+    flags = set()
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if not flags:
+        pytest.skip("no CPU flags to compare with")
+    assert cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile", "bf16"})
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])

@@ -329,13 +329,14 @@ def run_bench(
     for name, value, low in (("batch_size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0), ("repeats", repeats, 1), ("matmul_size", matmul_size, 1)):
         check_int(name, value, low)
     from resnetlab.evaluate import resolve_device
+    from resnetlab.runtime import cpu_has_bf16, tune_malloc
 
     dev = resolve_device(device)
     if dev.type == "cpu" and amp != "off":
         log.warning("--amp %s on the CPU measures %s autocast and a %s matmul roof; the trainer trains in fp32 on the CPU "
-                    "(train.amp), so these figures are not its speed", amp, amp, amp)  # fmt: skip
+                    "unless train.amp=bf16 and the CPU has bf16 units (this one %s)", amp, amp, amp,
+                    "has" if cpu_has_bf16() else "has not")  # fmt: skip
     n_threads = configure_threads(threads)
-    from resnetlab.runtime import tune_malloc
 
     tune_malloc()  # what the trainer does (train.tune_malloc)
 

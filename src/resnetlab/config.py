@@ -199,7 +199,7 @@ class TrainConfig(_Section):
     tta_flip: bool = False  # evaluation averages the image and its horizontal flip
     progressive_resize: ProgressiveResizeConfig | None = None  # lower training resolution in early epochs
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16 on CUDA compute capability >= 8 (Ampere+), else fp16 with loss scaling; off on CPU; bf16/fp16 on CPU: fp32 with a warning
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto = bf16 on CUDA compute capability >= 8 (Ampere+), else fp16 with loss scaling; fp32 on CPU; bf16 on a CPU with bf16 units (AVX512_BF16, AMX, ARM BF16): bf16 autocast, on other CPUs fp32 with a warning; fp16 on CPU: fp32 with a warning
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # batch statistics over all torchrun processes (SyncBatchNorm); norm bn, bn-torch or bin

@@ -430,9 +430,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.total_steps, self.steps_per_epoch, cfg.optim.lr)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.autocast_dtype = self._amp_dtype()
-        if cfg.train.amp in ("bf16", "fp16") and self.autocast_dtype is None and self.is_main:
-            log.warning("train.amp=%s applies on CUDA only; on %s this run trains in fp32 (set train.amp=auto or off to silence this)",
-                        cfg.train.amp, self.device.type)  # fmt: skip
+        if self.is_main:
+            self._log_amp()
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
 
         # state --------------------------------------------------------------------------
@@ -564,8 +563,15 @@ class Trainer:
 
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.cfg.train.amp
-        if self.device.type != "cuda" or amp == "off":
-            return None  # fp32 on CPU: bf16 autocast is slow without native bf16 units
+        if amp == "off":
+            return None
+        if self.device.type != "cuda":
+            # The CPU trains in fp32 unless asked for bf16 on a CPU with bf16 units: without them
+            # bf16 autocast runs emulated kernels, slower than fp32. auto stays fp32 on the CPU
+            # (the fp32 result is the one a user of the CPU expects to reproduce elsewhere).
+            from resnetlab.runtime import cpu_has_bf16
+
+            return torch.bfloat16 if amp == "bf16" and self.device.type == "cpu" and cpu_has_bf16() else None
         if amp == "fp16":
             return torch.float16
         # auto: bf16 where the GPU has bf16 tensor cores (compute capability 8.0, Ampere, and
@@ -574,6 +580,18 @@ class Trainer:
         if amp == "bf16" or torch.cuda.get_device_capability(self.device)[0] >= 8:
             return torch.bfloat16
         return torch.float16
+
+    def _log_amp(self) -> None:
+        amp, where = self.cfg.train.amp, self.device.type
+        if self.autocast_dtype is not None and where == "cpu":
+            log.info("train.amp=bf16: training under bf16 autocast on the CPU (it has bf16 units); validation and test run in fp32")
+        elif amp == "bf16" and self.autocast_dtype is None and where == "cpu":
+            log.warning("train.amp=bf16: this CPU has no bf16 units (AVX512_BF16, AMX or ARM BF16), where bf16 autocast "
+                        "runs slower than fp32; this run trains in fp32 (set train.amp=auto or off to silence this)")  # fmt: skip
+        elif amp in ("bf16", "fp16") and self.autocast_dtype is None:
+            scope = "CUDA only" if amp == "fp16" else "CUDA and on CPUs with bf16 units only"
+            log.warning("train.amp=%s applies on %s; on %s this run trains in fp32 (set train.amp=auto or off to silence this)",
+                        amp, scope, where)  # fmt: skip
 
     def _apply_freeze(self, epoch: int) -> None:
         cfg = self.cfg
