@@ -25,6 +25,7 @@ same torch thread count. The conventional loop's figure is the wall time of its 
 
 Run:  python benchmarks/bench_epoch.py                      (full epoch each, ~10 min on 2 cores)
       python benchmarks/bench_epoch.py --images 6000        (a tenth of an epoch: a smoke run)
+      python benchmarks/bench_epoch.py --bf16                (also the trainer under train.amp=bf16, on a CPU with bf16 units)
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ BATCH = 128
 PAD = 2
 
 
-def bench_config(images: int, threads: int):
-    """The run both loops mirror (the trainer takes it as it is)."""
+def bench_config(images: int, threads: int, amp: str = "auto"):
+    """The run both loops mirror (the trainer takes it as it is; ``amp="bf16"``: its opt-in bf16 autocast)."""
     return config_from_dict({
         "name": "bench-epoch",
         "seed": 0,
@@ -60,7 +61,7 @@ def bench_config(images: int, threads: int):
         "augment": [{"crop": {"padding": PAD}}, "flip"],
         "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
         "schedule": {"name": "constant"},
-        "train": {"epochs": 1, "batch_size": BATCH, "num_threads": threads},
+        "train": {"epochs": 1, "batch_size": BATCH, "num_threads": threads, "amp": amp},
         "output": {"evaluate_test": False, "report": False, "tensorboard": False},
     })
 
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for both loops (default: all cores)")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of the conventional loop (default 2)")
     ap.add_argument("--bare-steps", type=int, default=20, help="timed steps per window of the bare step (default 20, 3 windows)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time the trainer with train.amp=bf16 (bf16 autocast; CPUs with bf16 units only): "
+                         "a separate row, not the fp32 comparison the target asks for")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
 
@@ -165,13 +169,27 @@ def main(argv: list[str] | None = None) -> int:
     ratio = (fast["images"] / fast["epoch_s"]) / (conv["images"] / conv["epoch_s"])
     print(f"speed-up of the epoch (images/s): {ratio:.2f}x (target 1.7x); the conventional epoch vs the whole train() call: "
           f"{conv['epoch_s'] / fast['wall_s']:.2f}x   $ {COMMAND}" + (f" --images {args.images}" if args.images != 60000 else ""))
+    bf16 = None
+    if args.bf16:
+        from resnetlab.runtime import cpu_has_bf16
+
+        if not cpu_has_bf16():
+            print("resnetlab trainer, train.amp=bf16: skipped (this CPU has no bf16 units: it would train in fp32)", flush=True)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                bf16 = resnetlab_epoch(bench_config(args.images, args.threads, amp="bf16"), Path(tmp) / "run")
+            bf16["speedup"] = (bf16["images"] / bf16["epoch_s"]) / (conv["images"] / conv["epoch_s"])
+            print(f"resnetlab trainer, bf16 {bf16['images']:6d} images  epoch {bf16['epoch_s']:7.1f} s  "
+                  f"{bf16['images'] / bf16['epoch_s']:6.0f} img/s  (train.amp=bf16, opt-in bf16 autocast; train acc "
+                  f"{bf16['train_acc']:.4f} vs fp32 {fast['train_acc']:.4f}): {bf16['speedup']:.2f}x the conventional loop   "
+                  f"$ {COMMAND} --bf16", flush=True)
     bare = bare_step(cfg, steps=args.bare_steps)
     print(f"bare training step    one resident batch, {bare['steps']} steps x {bare['repeats']}: {bare['images_per_s']:6.0f} img/s "
           f"(the ceiling of any loop); the trainer keeps {fast['images'] / fast['epoch_s'] / bare['images_per_s']:.0%} of it, "
           f"the conventional loop {conv['images'] / conv['epoch_s'] / bare['images_per_s']:.0%}", flush=True)
     print(f"# load average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"resnetlab": fast, "conventional": conv, "bare_step": bare, "speedup": ratio,
+        args.json.write_text(json.dumps({"resnetlab": fast, "resnetlab_bf16": bf16, "conventional": conv, "bare_step": bare, "speedup": ratio,
                                          "argv": sys.argv[1:]}, indent=2))
     return 0
 

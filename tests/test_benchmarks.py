@@ -43,7 +43,9 @@ def test_bench_cpu_quick_writes_train_and_infer_rows(tmp_path, capsys):
 @needs_fmnist
 def test_bench_epoch_runs_both_loops_and_the_bare_step(tmp_path, capsys):
     out = tmp_path / "epoch.json"
-    argv = ["--images", "1024", "--threads", "1", "--workers", "0", "--bare-steps", "1", "--json", str(out)]
+    from resnetlab.runtime import cpu_has_bf16
+
+    argv = ["--images", "1024", "--threads", "1", "--workers", "0", "--bare-steps", "1", "--bf16", "--json", str(out)]
     assert _script("bench_epoch").main(argv) == 0
     r = json.loads(out.read_text())
     assert r["conventional"]["images"] == 1024  # the tutorial loop keeps the last partial batch
@@ -51,6 +53,11 @@ def test_bench_epoch_runs_both_loops_and_the_bare_step(tmp_path, capsys):
     assert r["bare_step"]["images_per_s"] > 0 and r["speedup"] > 0
     text = capsys.readouterr().out
     assert "python benchmarks/bench_epoch.py --images 1024" in text and "bare training step" in text
+    if cpu_has_bf16():  # the opt-in bf16 row: its own run of the trainer, the same images
+        assert r["resnetlab_bf16"]["images"] == 1024 and r["resnetlab_bf16"]["speedup"] > 0
+        assert "train.amp=bf16, opt-in bf16 autocast" in text
+    else:
+        assert r["resnetlab_bf16"] is None and "train.amp=bf16: skipped (this CPU has no bf16 units" in text
 
 
 def test_bench_malloc_measures_both_variants_in_child_processes(capsys):
