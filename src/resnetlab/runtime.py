@@ -138,9 +138,9 @@ def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bf16 natively: x86 AVX512_BF16 or AMX, or ARM's BF16 extension.
 
     oneDNN's bf16 convolutions and matmuls use these units; without them PyTorch's CPU bf16
-    autocast runs emulated kernels, slower than fp32 (on an AVX2-only CPU, several times slower).
-    On a CPU that has them, ResNet-20 training under bf16 autocast ran 1.36x the fp32 step
-    (docs/BENCHMARKS.md, "bf16 autocast on the CPU").
+    autocast runs emulated kernels, slower than fp32. On a CPU that has them, the trainer's
+    Fashion-MNIST epoch of ResNet-20 under bf16 autocast ran 1.36x faster than in fp32
+    (docs/BENCHMARKS.md, "Today's host (2026-11-25)": ``python benchmarks/bench_epoch.py --bf16``).
 
     Example:
         >>> isinstance(cpu_has_bf16(), bool)
