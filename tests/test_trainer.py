@@ -694,6 +694,21 @@ def test_amp_bf16_on_cpu_trains_in_bf16_only_where_the_cpu_has_bf16_units(tmp_pa
         assert "this run trains in fp32" in caplog.text
 
 
+@pytest.mark.parametrize("norm", ["bn", "in", "bin", "ln", "gn", "none", "gn-torch", "in-torch", "ln-torch"])
+def test_every_norm_trains_under_cpu_bf16_autocast(tmp_path, monkeypatch, norm):
+    # the hand-written norms take the bf16 convolution outputs of CPU autocast (as CUDA's fp16/bf16)
+    # and keep fp32 weights and statistics; EMA and flip TTA run beside them
+    import resnetlab.runtime
+
+    monkeypatch.setattr(resnetlab.runtime, "cpu_has_bf16", lambda: True)
+    t = Trainer(tiny("train.amp=bf16", "train.device=cpu", "train.iterations=3", f"model.norm={norm}", "train.ema=0.9",
+                     "train.tta_flip=true"), tmp_path / norm, progress=False)  # fmt: skip
+    r = t.fit()
+    assert t.autocast_dtype == torch.bfloat16
+    assert math.isfinite(r.history[-1]["train_loss"]) and r.history[-1]["val_acc"] is not None
+    assert all(v.dtype == torch.float32 for v in t.model.state_dict().values() if v.is_floating_point())
+
+
 def test_amp_auto_on_cpu_stays_fp32_even_with_bf16_units(tmp_path, monkeypatch):
     import resnetlab.runtime
 
