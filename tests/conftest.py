@@ -16,7 +16,18 @@ needs_fmnist = pytest.mark.skipif(
 )
 
 # The suite runs on 2 cores; more threads only oversubscribe them.
-torch.set_num_threads(2)
+SUITE_THREADS = 2
+torch.set_num_threads(SUITE_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The benchmark functions and scripts set torch's thread count for the rest of the process
+    (that is what ``--threads`` means there); put the suite's count back after every test, so
+    the tests after them do not run at 1 thread."""
+    yield
+    if torch.get_num_threads() != SUITE_THREADS:
+        torch.set_num_threads(SUITE_THREADS)
 
 
 @pytest.fixture(autouse=True)
