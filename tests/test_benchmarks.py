@@ -68,13 +68,16 @@ def test_bench_malloc_measures_both_variants_in_child_processes(capsys):
 
 
 def test_bench_wait_policy_runs_each_cell_in_a_child_beside_its_busy_processes(capsys):
-    argv = ["--steps", "1", "--threads", "1", "--batch-size", "8", "--hogs", "0", "1", "--policy", "unset", "--policy", "PASSIVE"]
+    argv = ["--steps", "1", "--threads", "1", "--batch-size", "8", "--hogs", "0", "1", "--policy", "PASSIVE", "--policy", "spin:100"]
     assert _script("bench_wait_policy").main(argv) == 0
     text = capsys.readouterr().out
     rows = [ln.split() for ln in text.splitlines() if ln.startswith("hogs")]
-    assert [(r[1], r[3]) for r in rows] == [("0", "unset"), ("0", "PASSIVE"), ("1", "unset"), ("1", "PASSIVE")]
+    assert [(r[1], r[3]) for r in rows] == [("0", "PASSIVE"), ("0", "spin:100"), ("1", "PASSIVE"), ("1", "spin:100")]
     assert all(float(r[4]) > 0 for r in rows)
-    assert "$ python benchmarks/bench_wait_policy.py --model speedrun --steps 1 --threads 1 --batch-size 8 --hogs 0 1 --policy unset --policy PASSIVE" in text
+    assert "$ python benchmarks/bench_wait_policy.py --model speedrun --steps 1 --threads 1 --batch-size 8 --hogs 0 1 --policy PASSIVE --policy spin:100" in text
+    with pytest.raises(SystemExit):
+        _script("bench_wait_policy").main(["--policy", "spin:many"])
+    assert "use one of unset, PASSIVE, ACTIVE or spin:K" in capsys.readouterr().err
 
 
 def test_profile_train_step_splits_the_step_into_categories(capsys):

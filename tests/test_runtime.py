@@ -100,34 +100,49 @@ def test_trainer_tunes_malloc_unless_switched_off(on, tmp_path, monkeypatch):
     assert len(calls) == (1 if on else 0)
 
 
-def _openmp_spincount(env_policy: str | None) -> str:
+def _openmp_spincount(env: dict[str, str]) -> str:
     """GOMP_SPINCOUNT that torch's OpenMP runtime reports when `resnetlab models` starts it."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if env_policy is not None:
-        env["OMP_WAIT_POLICY"] = env_policy
-    env["OMP_DISPLAY_ENV"] = "VERBOSE"  # the runtime prints its settings when it starts
-    out = subprocess.run([sys.executable, "-m", "resnetlab", "models"], capture_output=True, text=True, env=env, check=True)
+    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    full.update(env)
+    full["OMP_DISPLAY_ENV"] = "VERBOSE"  # the runtime prints its settings when it starts
+    out = subprocess.run([sys.executable, "-m", "resnetlab", "models"], capture_output=True, text=True, env=full, check=True)
     lines = [ln for ln in (out.stdout + out.stderr).splitlines() if "GOMP_SPINCOUNT" in ln]
     if not lines:
         pytest.skip("this torch build's OpenMP runtime is not libgomp")
     return lines[0].split("=")[1].strip().strip("'")
 
 
-def test_command_line_makes_openmp_threads_sleep_instead_of_spin_unless_the_user_chose():
-    # unset, libgomp spins 300,000 rounds before sleeping; PASSIVE: 0. ACTIVE spins (much longer).
-    assert _openmp_spincount(None) == "0"
-    assert _openmp_spincount("ACTIVE") not in ("0", "300000")
+def test_command_line_makes_openmp_threads_spin_briefly_unless_the_user_chose():
+    # unset, libgomp spins 300,000 rounds before sleeping; the command: SPIN_COUNT (3,000).
+    # A user's choice is kept: PASSIVE alone is 0 rounds, ACTIVE spins much longer, a spin count as given.
+    from resnetlab.runtime import SPIN_COUNT
+
+    assert _openmp_spincount({}) == str(SPIN_COUNT) != "300000"
+    assert _openmp_spincount({"OMP_WAIT_POLICY": "PASSIVE"}) == "0"
+    assert _openmp_spincount({"OMP_WAIT_POLICY": "ACTIVE"}) not in ("0", "300000", str(SPIN_COUNT))
+    assert _openmp_spincount({"GOMP_SPINCOUNT": "1234"}) == "1234"
 
 
-def test_default_wait_policy_sets_only_an_unset_variable_before_torch_loads(monkeypatch):
-    from resnetlab.runtime import default_wait_policy
+def test_default_wait_policy_sets_only_unset_variables_before_torch_loads(monkeypatch):
+    from resnetlab.runtime import SPIN_COUNT, default_wait_policy
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     assert default_wait_policy() is False  # torch is imported in this process: too late
-    assert "OMP_WAIT_POLICY" not in os.environ
+    assert "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
     monkeypatch.delitem(sys.modules, "torch")
     assert default_wait_policy() is True
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert os.environ["GOMP_SPINCOUNT"] == str(SPIN_COUNT)
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's ACTIVE gets no spin count that would override it
     assert default_wait_policy() is False
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in os.environ
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "0")
+    assert default_wait_policy() is False
+    assert "OMP_WAIT_POLICY" not in os.environ and os.environ["GOMP_SPINCOUNT"] == "0"
+    assert default_wait_policy(spin_count=None) is False
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    assert default_wait_policy(spin_count=None) is True
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and "GOMP_SPINCOUNT" not in os.environ

@@ -14,8 +14,9 @@ process and are reused by the next step: what tcmalloc or jemalloc preloading gi
 without a preload. The cost is that the process keeps its peak heap until it exits. Nothing here
 is written by hand that a library does; ``mallopt`` is called through :mod:`ctypes`.
 
-:func:`default_wait_policy` makes OpenMP's idle threads sleep instead of spin (the command line
-calls it before torch is imported), so training next to other busy processes does not collapse.
+:func:`default_wait_policy` makes OpenMP's idle threads spin only briefly before they sleep (the
+command line calls it before torch is imported), so training next to other busy processes does
+not collapse and training on an idle machine keeps its speed.
 
 :func:`cpu_has_bf16` says whether the CPU has bf16 arithmetic units, where ``train.amp=bf16``
 trains under bf16 autocast on the CPU too (elsewhere PyTorch's bf16 CPU kernels are emulated and
@@ -33,35 +34,58 @@ import sys
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cpu_has_bf16", "default_wait_policy", "release_free_memory", "restore_malloc", "tune_malloc"]
+__all__ = ["SPIN_COUNT", "cpu_has_bf16", "default_wait_policy", "release_free_memory", "restore_malloc", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _DONE: dict[str, bool] = {}
 
 
-def default_wait_policy(policy: str = "PASSIVE") -> bool:
-    """Set ``OMP_WAIT_POLICY`` for this process (and its children) unless the user has set it.
+# libgomp's spin before a waiting thread sleeps, in rounds of its pause loop (~100 per microsecond
+# by libgomp's own estimate, so ~30 us). Measured 2026-12-07 on the 2-core AVX-512 machine
+# (docs/BENCHMARKS.md, "OpenMP wait policy"): the ResNet-20 step ran 12-14% faster than with no
+# spin at all (PASSIVE) on the idle machine, and as fast as PASSIVE beside 2 and 4 busy processes,
+# where libgomp's own default (300,000) collapsed 2.4-3x.
+SPIN_COUNT = 3000
 
-    PyTorch's CPU thread pool is OpenMP's; with the variable unset, libgomp's waiting threads spin
-    300,000 rounds before they sleep. Beside other busy processes that spinning starves the pool's
-    other thread: on the 2-core development machine the speedrun recipe's training ran at 95 img/s
-    with 2 threads beside two busy-looping processes, 865 img/s with ``PASSIVE``; beside four,
-    210 img/s with a 30,000-round spin and 582 img/s with ``PASSIVE``. On the quiet machine
-    ``PASSIVE`` costs ~3% (1,806 -> 1,752 img/s, means). Commands and tables: docs/BENCHMARKS.md,
-    "OpenMP wait policy". OpenMP reads the variable once, when torch loads it, so this only takes
-    effect before ``import torch``; ``OMP_WAIT_POLICY=ACTIVE`` (or any value) set by the user is kept.
+
+def default_wait_policy(policy: str = "PASSIVE", spin_count: int | None = SPIN_COUNT) -> bool:
+    """Set OpenMP's wait policy for this process (and its children) unless the user has set it.
+
+    PyTorch's CPU thread pool is OpenMP's; with nothing set, libgomp's waiting threads spin
+    300,000 rounds (a few ms) before they sleep. Beside other busy processes that spinning starves
+    the pool's other thread: on the 2-core development machine the speedrun recipe's training ran
+    at 95 img/s with 2 threads beside two busy-looping processes, 865 img/s with ``PASSIVE``. Not
+    spinning at all costs the idle machine 10-15% of a ResNet-20 step on the AVX-512 host, so
+    ``GOMP_SPINCOUNT`` (libgomp, the runtime of the Linux wheels) is set to a short spin,
+    :data:`SPIN_COUNT`, that keeps the idle speed and sleeps before it takes the time slice a
+    busy machine's other thread needs; other OpenMP runtimes read ``OMP_WAIT_POLICY`` only.
+    Commands and tables: docs/BENCHMARKS.md, "OpenMP wait policy". OpenMP reads the variables
+    once, when torch loads it, so this only takes effect before ``import torch``.
+
+    Args:
+        policy: ``OMP_WAIT_POLICY`` to set.
+        spin_count: ``GOMP_SPINCOUNT`` to set beside it (it takes precedence over the policy in
+            libgomp); ``None`` sets none, so libgomp follows ``policy`` (0 rounds for PASSIVE).
 
     Returns:
-        ``True`` when the variable was set here; ``False`` when the user had set it or torch is
-        already imported (then nothing is changed).
+        ``True`` when the variables were set here; ``False`` when the user had set either of
+        them (then both are kept as they are: ``OMP_WAIT_POLICY=ACTIVE`` means what it says) or
+        torch is already imported (then nothing is changed).
+
+    Example:
+        >>> import torch  # once torch has loaded OpenMP it is too late: nothing is changed
+        >>> default_wait_policy()
+        False
     """
-    if "OMP_WAIT_POLICY" in os.environ:
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         return False
     if "torch" in sys.modules:
         log.debug("OMP_WAIT_POLICY not set: torch is already imported")
         return False
     os.environ["OMP_WAIT_POLICY"] = policy
+    if spin_count is not None:
+        os.environ["GOMP_SPINCOUNT"] = str(spin_count)
     return True
 
 
