@@ -23,7 +23,9 @@ KEYS = (
 )
 
 
-def test_bench_json_resnet8(capsys):
+def test_bench_json_resnet8(capsys, monkeypatch):
+    monkeypatch.setenv("GOMP_SPINCOUNT", "3000")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     rc = main(
         ["bench", "--model", "resnet8", "--batch-size", "16", "--input-size", "1x16x16", "--steps", "2",
          "--warmup", "1", "--repeats", "1", "--matmul-size", "512", "--json"]
@@ -42,6 +44,7 @@ def test_bench_json_resnet8(capsys):
     # resnet8 at 1x16x16: ~1/4 of the 3x32x32 FLOPs (0.0245 GFLOPs there)
     assert 0.004 < r["model_gflops_per_image"] < 0.008
     assert r["infer_images_per_s"] == max(r["infer_eager_images_per_s"], r["infer_optimized_images_per_s"])
+    assert r["gomp_spincount"] == "3000" and r["omp_wait_policy"] is None  # the figure says what OpenMP was told
 
 
 def test_bench_text_output(capsys):
@@ -50,6 +53,22 @@ def test_bench_text_output(capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "% of the roof" in out and "resnet8" in out and "channels_last" not in out
+
+
+def test_bench_depth_and_width_build_the_model_they_name(capsys):
+    """--depth / --width reach create_model: the FLOPs are those of resnet_cifar(depth=8, width=2)
+    (a width-2 ResNet-8 has ~4x the FLOPs of resnet8; the options were not there before)."""
+    from resnetlab import create_model
+    from resnetlab.models.profile import count_flops
+
+    argv = ["bench", "--batch-size", "4", "--input-size", "1x16x16", "--steps", "1", "--warmup", "0", "--repeats", "1",
+            "--matmul-size", "64", "--json"]
+    assert main([*argv, "--model", "resnet_cifar", "--depth", "8", "--width", "2"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    expect = count_flops(create_model("resnet_cifar", depth=8, width=2.0, in_channels=1), (1, 16, 16)) / 1e9
+    assert r["model_gflops_per_image"] == pytest.approx(expect, rel=1e-9)
+    assert main([*argv, "--model", "resnet8"]) == 0
+    assert 3.5 < expect / json.loads(capsys.readouterr().out)["model_gflops_per_image"] < 4.5
 
 
 def test_matmul_gflops_is_plausible():
@@ -67,6 +86,9 @@ def test_matmul_gflops_is_plausible():
         (["--warmup", "-1"], "argument --warmup: must be an integer >= 0, got '-1'"),
         (["--matmul-size", "0"], "argument --matmul-size: must be an integer >= 1, got '0'"),
         (["--device", "bogus"], "device: unknown device 'bogus' (allowed: auto, cpu, cuda, cuda:N)"),
+        (["--model", "resnet_cifar", "--depth", "7"], "depth must be 6n+2 with n >= 1"),
+        (["--model", "resnet_cifar", "--depth", "8", "--width", "0"], "width must be > 0, got 0.0"),
+        (["--model", "resnet18", "--depth", "8"], "unknown option 'depth'"),
         # one image whose last feature map is 1x1: torch's "Expected more than 1 value per channel"
         (["-q", "--model", "resnet18", "--batch-size", "1", "--input-size", "3x32x32", "--steps", "1", "--warmup", "0",
           "--repeats", "1", "--matmul-size", "64"], "leaves resnet18's batch norm one value per channel"),

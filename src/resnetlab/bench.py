@@ -314,7 +314,8 @@ def run_bench(
         ``infer_images_per_s`` (the faster of eager and optimized), ``infer_eager_images_per_s``,
         ``infer_optimized_images_per_s``, ``infer_speedup``, ``matmul_gflops``,
         ``model_gflops_per_image``, ``train_gflops``, ``train_roof_fraction``, ``device``,
-        ``threads``, ``channels_last``, ``compile``, ``amp``, ``matmul_dtype``, ``torch``.
+        ``threads``, ``channels_last``, ``compile``, ``amp``, ``matmul_dtype``, ``torch``,
+        ``omp_wait_policy`` and ``gomp_spincount`` (the environment's, ``None`` where unset).
 
     Example:
         >>> r = run_bench("resnet8", batch_size=8, steps=2, warmup=1, repeats=1, matmul_size=256)
@@ -390,4 +391,8 @@ def run_bench(
         "amp": amp,
         "matmul_dtype": "tf32" if roof_dtype is torch.float32 and _roof_tf32(dev) else str(roof_dtype).removeprefix("torch."),
         "torch": torch.__version__,
+        # what OpenMP read when torch loaded it (the command sets both unless the user did): the
+        # wait policy moves the CPU figures by 10-15% (docs/BENCHMARKS.md, "OpenMP wait policy")
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
     }

@@ -39,6 +39,10 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int_at_least(1), default=None, help="intra-op threads (default: all cores)")
     p.add_argument("--matmul-size", type=int_at_least(1), default=2048, help="side of the roof matmul (default: 2048)")
     p.add_argument("--norm", default=None, help="norm layer for the model (default: the model's)")
+    p.add_argument("--depth", type=int_at_least(1), default=None,
+                   help="6n+2 depth, for --model resnet_cifar (default: the model's)")
+    p.add_argument("--width", type=float, default=None,
+                   help="multiplier on every channel count, as model.width (default: the model's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -46,7 +50,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from resnetlab.bench import run_bench
 
-    model_args = {"norm": args.norm} if args.norm else None
+    given = {"norm": args.norm, "depth": args.depth, "width": args.width}
+    model_args = {k: v for k, v in given.items() if v is not None} or None
     r = run_bench(
         model=args.model,
         batch_size=args.batch_size,
