@@ -43,9 +43,9 @@ _DONE: dict[str, bool] = {}
 
 # libgomp's spin before a waiting thread sleeps, in rounds of its pause loop (~100 per microsecond
 # by libgomp's own estimate, so ~30 us). Measured 2026-12-07 on the 2-core AVX-512 machine
-# (docs/BENCHMARKS.md, "OpenMP wait policy"): the ResNet-20 step ran 12-14% faster than with no
-# spin at all (PASSIVE) on the idle machine, and as fast as PASSIVE beside 2 and 4 busy processes,
-# where libgomp's own default (300,000) collapsed 2.4-3x.
+# (docs/BENCHMARKS.md, "OpenMP wait policy"): the ResNet-20 step ran 13-16% faster than with no
+# spin at all (PASSIVE) on the idle machine; beside 2 and 4 busy processes it ran 0-13% slower than
+# PASSIVE, where libgomp's own default (300,000) collapsed 2.5-3x.
 SPIN_COUNT = 3000
 
 
