@@ -391,8 +391,9 @@ def run_bench(
         "amp": amp,
         "matmul_dtype": "tf32" if roof_dtype is torch.float32 and _roof_tf32(dev) else str(roof_dtype).removeprefix("torch."),
         "torch": torch.__version__,
-        # what OpenMP read when torch loaded it (the command sets both unless the user did): the
-        # wait policy moves the CPU figures by 10-15% (docs/BENCHMARKS.md, "OpenMP wait policy")
+        # the environment's values now, which are what OpenMP read at torch's import unless they were
+        # changed since (the command sets both before then unless the user did): the wait policy
+        # moves the CPU figures by 10-15% (docs/BENCHMARKS.md, "OpenMP wait policy")
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
     }
