@@ -106,7 +106,7 @@ def test_instance_norm_of_a_1x1_map_raises_like_torch(mode):
     assert getattr(ours, mode)()(torch.randn(3, 12, 1, 2, dtype=torch.float64)).shape == (3, 12, 1, 2)  # 2 values suffice
 
 
-@pytest.mark.parametrize("momentum", [0.1, 0.5])
+@pytest.mark.parametrize("momentum", [0.1, 0.5, None])
 @pytest.mark.parametrize("shape", [(2, 3, 4, 4), (5, 7, 2, 3), (4, 5, 1, 1)], ids=str)
 def test_batchnorm_running_stats_match_torch(shape, momentum):
     ours = BatchNorm2d(shape[1], momentum=momentum).double()
@@ -123,6 +123,26 @@ def test_batchnorm_running_stats_match_torch(shape, momentum):
     before = ours.running_mean.clone()
     ours.eval()(torch.randn(shape, dtype=torch.float64) + 10)
     assert torch.equal(ours.running_mean, before)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.1"])
+def test_batchnorm_momentum_out_of_range_is_refused_when_built(bad):
+    with pytest.raises(ValueError, match=r"momentum=.* is out of range \(allowed: a number in \[0, 1\], or None"):
+        BatchNorm2d(4, momentum=bad)
+
+
+@pytest.mark.parametrize("kind", ["gn", "ln", "bn", "in"])
+def test_channels_last_input_gives_channels_last_output_like_torch(kind):
+    """A channels_last model (the CPU trainer's layout) keeps its layout through every norm: the
+    hand-written GroupNorm returned NCHW, a copy at each layer."""
+    ours, ref = _pair(kind, 8, groups=4)
+    x = (torch.randn(4, 8, 5, 5, dtype=torch.float64) * 2 + 1).contiguous(memory_format=torch.channels_last)
+    if kind != "in":  # torch's own InstanceNorm2d returns NCHW; ours keeps the layout too
+        assert ref(x).is_contiguous(memory_format=torch.channels_last)
+    assert ours(x).is_contiguous(memory_format=torch.channels_last)
+    _assert_same(ours, ref, x)
+    x = x.detach().requires_grad_(True)
+    assert torch.autograd.gradcheck(ours, (x,))
 
 
 def test_batchnorm_state_dict_names_match_torch():
@@ -487,5 +507,10 @@ def test_enable_sync_replaces_torch_batchnorm_keeping_its_state():
     assert norms.enable_sync_batch_stats(model) == 1 and type(model[1]) is nn.BatchNorm2d  # torch's kept
     assert norms.enable_sync_batch_stats(model, replace_torch=True) == 2
     assert type(model[1]) is BatchNorm2d and model[1].sync and model[3][0].sync
+    # torch's momentum is kept as it was, 0 and None (a cumulative average) included
+    for momentum in (0.0, None):
+        m = nn.Sequential(nn.BatchNorm2d(4, momentum=momentum))
+        norms.enable_sync_batch_stats(m, replace_torch=True)
+        assert type(m[0]) is BatchNorm2d and m[0].momentum == momentum
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)

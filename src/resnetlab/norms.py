@@ -71,8 +71,10 @@ class BatchNorm2d(nn.Module):
     running variance with the unbiased one, exactly as PyTorch does.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True):
         super().__init__()
+        if momentum is not None and not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
+            raise ValueError(f"momentum={momentum!r} is out of range (allowed: a number in [0, 1], or None for a cumulative average)")
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
@@ -103,9 +105,17 @@ class BatchNorm2d(nn.Module):
                 var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                m = self.momentum
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * (n / (n - 1)), alpha=m)
+                unbiased = var.detach() * (n / (n - 1))
+                if self.momentum is None:
+                    # the cumulative average of all batches so far, as torch's momentum=None (a
+                    # tensor weight 1/batches: no host synchronisation)
+                    w = 1.0 / self.num_batches_tracked
+                    self.running_mean.lerp_(mean.detach(), w)
+                    self.running_var.lerp_(unbiased, w)
+                else:
+                    m = self.momentum
+                    self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                    self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
             return mean, var
         return self.running_mean, self.running_var
 
@@ -159,7 +169,7 @@ def enable_sync_batch_stats(model: nn.Module, replace_torch: bool = False) -> in
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.BatchNorm2d and child.affine and child.track_running_stats:
-                    mine = BatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum or 0.1)
+                    mine = BatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum)
                     mine.load_state_dict(child.state_dict())
                     setattr(parent, name, mine.to(device=child.weight.device, dtype=child.weight.dtype).train(child.training))
     layers = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
@@ -208,7 +218,7 @@ class BatchInstanceNorm2d(BatchNorm2d):
     range. Batch statistics follow :class:`BatchNorm2d` (running stats in eval mode).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, rho_init: float = 1.0):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, rho_init: float = 1.0):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=True)
         self.rho = nn.Parameter(torch.full((num_features,), float(rho_init)))
 
@@ -271,10 +281,19 @@ class GroupNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        g = _at_least_fp32(x).reshape(b, self.num_groups, c // self.num_groups * h * w)  # (B, G, C/G*H*W)
-        var, mean = torch.var_mean(g, dim=2, keepdim=True, correction=0)
-        g = (g - mean) * torch.rsqrt(var + self.eps)
-        return _affine(g.reshape(b, c, h, w), self.weight, self.bias).to(x.dtype)
+        xf = _at_least_fp32(x)
+        if x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+            g = xf.reshape(b, self.num_groups, c // self.num_groups * h * w)  # (B, G, C/G*H*W)
+            var, mean = torch.var_mean(g, dim=2, keepdim=True, correction=0)
+            y = ((g - mean) * torch.rsqrt(var + self.eps)).reshape(b, c, h, w)
+        else:
+            # channels_last: grouped as a view of the NHWC memory, (B, H*W, G, C/G), so the output
+            # stays channels_last as nn.GroupNorm's does (the NCHW reshape copied the input and
+            # returned NCHW, a layout change at every norm of a channels_last model)
+            g = xf.permute(0, 2, 3, 1).reshape(b, h * w, self.num_groups, c // self.num_groups)
+            var, mean = torch.var_mean(g, dim=(1, 3), keepdim=True, correction=0)
+            y = ((g - mean) * torch.rsqrt(var + self.eps)).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        return _affine(y, self.weight, self.bias).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
