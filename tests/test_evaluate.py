@@ -422,11 +422,60 @@ def test_evaluate_and_resume_say_when_the_image_folder_changed_since_training(tm
         evaluate(run, split="train", device="cpu", out_dir=tmp_path / "e3")
     assert "the train split is not the one the run had: 26 images now, 25 then; the image folder changed" in caplog.text
     caplog.clear()
+    from resnetlab.errors import DataError
     from resnetlab.trainer import Trainer
 
-    with caplog.at_level(logging.WARNING, logger="resnetlab"):  # what --resume runs once the run is rebuilt
+    # the validation split is drawn from the same files with the run's seed: one more file
+    # shuffled it, so it may hold images the run trained on; --resume would train on the rest
+    held = r"the val split is not the one the run had: 3 images now, 3 then \(other files\).*may now hold images the run trained on"
+    with pytest.raises(DataError, match="cannot resume the run: " + held):  # what --resume runs once the run is rebuilt
         Trainer(cfg, run, progress=False).load_state(run / "checkpoints" / "last")
-    assert "resuming on a changed dataset: the train split is not the one the run had" in caplog.text
+    with pytest.raises(DataError, match="cannot evaluate the val split: " + held):
+        evaluate(run, split="val", device="cpu", out_dir=tmp_path / "e4")
+    assert not (tmp_path / "e4").exists()
+
+    # more files: the test split changes too; its earlier result is kept, nothing is written
+    before = (run / "eval" / "test" / "metrics.json").read_bytes()
+    for i in range(6):
+        shutil.copy(folder / "square" / "square_00.png", folder / "square" / f"more_{i}.png")
+    with pytest.raises(DataError, match=r"cannot evaluate the test split: the test split is not the one the run had: 9 images now, 8 then"):
+        evaluate(run, device="cpu")
+    assert (run / "eval" / "test" / "metrics.json").read_bytes() == before
+    with pytest.raises(DataError, match=r"cannot explain the test split: the test split is not"):
+        from resnetlab.explain import explain
+
+        explain(run, device="cpu", out_dir=tmp_path / "x")
+    # the folder put back as it was: the run resumes
+    for p in [*folder.glob("*/more_*.png"), folder / "circle" / "extra.png"]:
+        p.unlink()
+    Trainer(cfg, run, progress=False).load_state(run / "checkpoints" / "last")
+
+
+def test_a_changed_test_folder_of_its_own_is_evaluated_with_a_warning(tmp_path, caplog):
+    # test/ is a folder of its own: files added to train/ or test/ move no image between the
+    # splits, so the run's result on the new test/ is a held-out result (on other images): a warning
+    import logging
+    import shutil
+
+    from resnetlab.config import load_config
+    from resnetlab.trainer import Trainer, train
+
+    root = tmp_path / "shapes"
+    make_image_folder(root / "train", per_class=8)
+    make_image_folder(root / "test", per_class=3)
+    cfg = load_config(None, [f"data.name=imagefolder:{root}", "data.image_size=16", "model.name=resnet8", "train.epochs=1",
+                             "data.val_fraction=0", "train.batch_size=8", "output.report=false", "output.tensorboard=false",
+                             "train.device=cpu"])  # fmt: skip
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    shutil.copy(root / "test" / "circle" / "circle_00.png", root / "test" / "circle" / "new.png")
+    shutil.copy(root / "train" / "circle" / "circle_00.png", root / "train" / "circle" / "new.png")
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        m = evaluate(run, device="cpu")
+        Trainer(cfg, run, progress=False).load_state(run / "checkpoints" / "last")
+    assert m["num_samples"] == 10
+    assert "the test split is not the one the run had: 10 images now, 9 then; the image folder changed" in caplog.text
+    assert "resuming on a changed dataset: the train split is not the one the run had: 25 images now, 24 then" in caplog.text
 
 
 def test_metrics_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
@@ -482,3 +531,22 @@ def test_a_run_recorded_with_an_option_its_combination_does_not_read_stays_reada
     from resnetlab.trainer import resume
 
     resume(copy)  # a finished run: nothing to train, and no refusal of its config
+
+
+def test_a_test_split_without_some_class_says_so(tmp_path, caplog):
+    # test/ without a class: its recall is undefined and, when the model predicts it, it counts
+    # as 0 in the macro averages (sklearn's rule); the numbers were reported without a word
+    import logging
+
+    root = tmp_path / "shapes"
+    make_image_folder(root / "train", per_class=6)
+    make_image_folder(root / "test", classes=("circle", "square"), per_class=3)
+    run = fresh_checkpoint_run(tmp_path, {"name": f"imagefolder:{root}", "image_size": 16, "val_fraction": 0})
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        m = evaluate(run, device="cpu")
+    assert [r["support"] for r in m["per_class"]] == [3, 3, 0]
+    assert "the test split has no images of class(es) stripes: their recall is undefined" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        evaluate(run, split="train", device="cpu")
+    assert "has no images of class" not in caplog.text

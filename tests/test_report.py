@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from _eval_runs import fresh_checkpoint_run, trained_run
 
 from resnetlab.cli import main
@@ -27,6 +28,10 @@ def test_report_of_a_trained_run(tmp_path):
     html_path, md_path = build_report(run)
     page, md = html_path.read_text(), md_path.read_text()
     test = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    # titled with the run's name (an evaluated run's title said "test", the last split looked at)
+    name = yaml.safe_load((run / "config.yaml").read_text()).get("name") or run.name
+    assert name != "test" and md.startswith(f"# resnetlab report: {name}\n")
+    assert f"<title>resnetlab report: {name}</title>" in page and f"<h1>resnetlab report: {name}</h1>" in page
 
     for title in ("Summary", "Configuration", "Model", "Training curves", "Final metrics (test split)",
                   "Confusion matrix", "Per-class metrics", "Misclassified test images"):

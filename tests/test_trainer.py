@@ -206,31 +206,38 @@ def test_streaming_run_without_augmentation_equals_in_memory_and_resumes_exactly
 
 def test_a_resume_that_now_streams_the_folder_keeps_the_checkpoints_normalization(tmp_path, monkeypatch):
     # data.stream_threshold_gb may change on --resume, and a folder that streams now but was held
-    # in memory gets other mean/std (an estimate from 2,000 images; here a truncated PNG, dropped in
-    # memory but listed when streaming, changes the splits): the weights were trained with the
-    # checkpoint's values, and the resumed epochs and the checkpoints they write keep them.
+    # in memory gets other mean/std (an estimate from 2,000 images; here from 6; and a truncated
+    # PNG, dropped in memory but listed when streaming, changes the train split): the weights were
+    # trained with the checkpoint's values, and the resumed epochs and the checkpoints they write
+    # keep them. (train/ and test/ folders and no validation split: a split drawn from the changed
+    # files by a seeded shuffle would refuse the resume, test_evaluate's changed-folder tests.)
     import yaml
 
     from conftest import write_png_folder
     from resnetlab.config import save_config
     from resnetlab.data import load_dataset
 
-    name = write_png_folder(tmp_path / "imgs")
-    whole = (tmp_path / "imgs" / "c0" / "000.png").read_bytes()
-    (tmp_path / "imgs" / "c0" / "999.png").write_bytes(whole[: len(whole) // 2])
-    cfg = tiny(f"data.name={name}", "data.subset=", "data.image_size=16", "train.batch_size=4")
+    write_png_folder(tmp_path / "imgs" / "train")
+    write_png_folder(tmp_path / "imgs" / "test", n=8)
+    name = f"imagefolder:{tmp_path / 'imgs'}"
+    whole = (tmp_path / "imgs" / "train" / "c0" / "000.png").read_bytes()
+    (tmp_path / "imgs" / "train" / "c0" / "999.png").write_bytes(whole[: len(whole) // 2])
+    cfg = tiny(f"data.name={name}", "data.subset=", "data.image_size=16", "train.batch_size=4", "data.val_fraction=0")
     run = tmp_path / "run"
     run.mkdir()
     save_config(cfg, run / "config.yaml")
     assert Trainer(cfg, run, progress=False, callbacks=[_SignalAtEpochEnd(1)]).fit().interrupted
     saved = load_checkpoint(run, which="last").meta
+    import resnetlab.data.datasets as ds
+
+    # a large folder's estimate: from 2,000 of its images; here from 6 of the 40
+    sample = ds._decodable_sample
+    monkeypatch.setattr(ds, "_decodable_sample", lambda imageset, count, **k: sample(imageset, 6, **k))
     streamed = load_dataset(name, **{**cfg.data.load_kwargs(cfg.seed), "stream_threshold_gb": 1e-9})
     assert streamed.mean != saved["mean"]
     data = yaml.safe_load((run / "config.yaml").read_text())
     data["data"]["stream_threshold_gb"] = 1e-9
     (run / "config.yaml").write_text(yaml.safe_dump(data))
-    import resnetlab.data.datasets as ds
-
     decoded, real = [], ds.read_image
     monkeypatch.setattr(ds, "read_image", lambda *a, **k: decoded.append(a[0]) or real(*a, **k))
     assert not resume(run, progress=False).interrupted

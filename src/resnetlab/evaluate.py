@@ -354,9 +354,10 @@ def open_split(checkpoint_or_run, split: str, data_root=None, splits=None, which
     imageset = getattr(splits, split)
     if imageset is None or len(imageset) == 0:
         raise ResnetlabError(f"dataset {data_name!r} has no {split!r} split to {purpose} (try --split test)")
-    from resnetlab.data.datasets import fingerprint_change
+    from resnetlab.data.datasets import check_held_out_split
 
-    change = fingerprint_change((meta.get("splits") or {}).get(split), imageset, split)
+    # refused for a held-out split (it may now hold training images), before anything is written
+    change = check_held_out_split((meta.get("splits") or {}).get(split), imageset, split, f"{purpose} the {split} split")
     if change:  # the figures are then not comparable with the run's
         log.warning("%s", change)
     workers = (config.get("data") or {}).get("num_workers", 2)
@@ -418,6 +419,11 @@ def evaluate(
     loader = src.loader(batch_size, device)
     logits, targets, indices = collect_outputs(model, loader, device, tta_flip=src.tta_flip)
     metrics = classification_metrics(logits, targets, ckpt.classes, kind="logits")
+    absent = [row["class"] for row in metrics["per_class"] if row["support"] == 0]
+    if absent:  # the macro averages then hold 0 for each of them the model predicts (sklearn's rule)
+        log.warning("the %s split has no images of class(es) %s: their recall is undefined, and a class the model "
+                    "still predicts counts as 0 in the macro averages (precision, recall, F1; as sklearn and "
+                    "torchmetrics do)", split, ", ".join(absent[:10]) + (f" ... ({len(absent) - 10} more)" if len(absent) > 10 else ""))  # fmt: skip
 
     if out_dir is None:
         run = run_dir_of(ckpt.path)

@@ -663,13 +663,13 @@ def build_report(
         # the same checkpoint on every split evaluated (output.evaluate_train / evaluate_val, or resnetlab
         # evaluate --split): report 001's table of train / validation / test accuracy, micro- and macro-F1
         by_split = []
-        for name in ("train", "val", "test"):
-            m = test if name == split else None
-            path = run / "eval" / f"{name}{tag}" / "metrics.json"
+        for other in ("train", "val", "test"):  # not `name`: the run's name titles the report below
+            m = test if other == split else None
+            path = run / "eval" / f"{other}{tag}" / "metrics.json"
             if m is None and not _stale(path, ckpt_dir):
                 m = _read_json(path)
             if m is not None:
-                by_split.append((name, m.get("accuracy"), m.get("loss"), m.get("f1_micro"), m.get("f1_macro"), m.get("num_samples")))
+                by_split.append((other, m.get("accuracy"), m.get("loss"), m.get("f1_micro"), m.get("f1_macro"), m.get("num_samples")))
         if len(by_split) > 1:
             s.text("The same checkpoint on each split evaluated, without augmentation:")
             s.add(_Table(["split", "accuracy", "loss", "F1 (micro)", "F1 (macro)", "images"], by_split,

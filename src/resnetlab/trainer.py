@@ -32,7 +32,7 @@ from torch import nn
 
 from resnetlab import checkpoint as ckpt
 from resnetlab.config import Config, ProgressiveResizeConfig, config_difference, config_from_dict, read_yaml, save_config
-from resnetlab.data.datasets import fingerprint_change, split_fingerprint
+from resnetlab.data.datasets import check_held_out_split, split_fingerprint
 from resnetlab.errors import CheckpointError, ConfigError, DataError, ResnetlabError, TrainingDiverged
 from resnetlab.evaluate import resolve_device
 from resnetlab.norms import BatchInstanceNorm2d
@@ -674,7 +674,8 @@ class Trainer:
         """
         meta = ckpt.load_meta(directory)  # evaluate/predict need it: a broken meta.json is a broken checkpoint
         for split, recorded in (meta.get("splits") or {}).items():
-            change = fingerprint_change(recorded, getattr(self.splits, split, None), split)
+            # a held-out split that changed is refused: the resumed run would train on some of it
+            change = check_held_out_split(recorded, getattr(self.splits, split, None), split, "resume the run")
             if change and self.is_main:
                 log.warning("resuming on a changed dataset: %s", change)
         state = ckpt.load_trainer_state(directory)

@@ -68,6 +68,9 @@ class ImageSet:
         cache: optional path of a memory-mapped cache of the resized images (streaming only).
         cache_rows: int64 ``(N,)`` row of each item in ``cache`` (``None``: item ``i`` is row ``i``);
             the splits and subsets of one image folder share its one cache.
+        held_out: the split was drawn from the same files as the training split by a seeded
+            shuffle (an image folder's val or test without a folder of its own): once the folder
+            changes, it may hold images a run trained on.
     """
 
     targets: torch.Tensor
@@ -77,6 +80,7 @@ class ImageSet:
     paths: list[str] | None = None
     cache: str | None = None
     cache_rows: torch.Tensor | None = None
+    held_out: bool = False
 
     def __post_init__(self) -> None:
         self.targets = torch.as_tensor(self.targets, dtype=torch.int64)
@@ -123,6 +127,7 @@ class ImageSet:
             paths=None if self.paths is None else [self.paths[int(i)] for i in idx],
             cache=self.cache,  # the parent's: the subset's items keep their rows
             cache_rows=None if rows is None else rows[idx],
+            held_out=self.held_out,
         )
 
     def get(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -192,6 +197,25 @@ def fingerprint_change(recorded: dict[str, Any] | None, imageset: ImageSet | Non
         return None
     return (f"the {split} split is not the one the run had: {now['images']} images now, {recorded['images']} then"
             f"{'' if now['images'] != recorded['images'] else ' (other files)'}; the image folder changed since training")
+
+
+def check_held_out_split(recorded: dict[str, Any] | None, imageset: ImageSet | None, split: str, doing: str) -> str | None:
+    """:func:`fingerprint_change`, refused for a held-out split (``ImageSet.held_out``): the
+    folder's files were shuffled again, so the split may now hold images the run trained on, and a
+    score on it (or a resumed run that trains on the rest) would not be a held-out result.
+
+    Returns:
+        The change (to warn about) when the split changed but has a folder of its own, else None.
+
+    Raises:
+        DataError: a held-out split that changed.
+    """
+    change = fingerprint_change(recorded, imageset, split)
+    if change and imageset is not None and imageset.held_out:
+        raise DataError(f"cannot {doing}: {change}, and the {split} split is drawn from the folder's files by a seeded "
+                        f"shuffle, so it may now hold images the run trained on (allowed: the folder as it was at "
+                        f"training, or a new run; a {split}/ sub-folder of its own keeps a split fixed)")  # fmt: skip
+    return change
 
 
 def dataset_key(name: str) -> tuple[str, str]:
@@ -871,12 +895,14 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
             keep, held = stratified_split(train.targets.numpy(), _TEST_FRACTION, _SPLIT_SEED, classes,
                                           f", or put test images into {path}/test/<class>/")
             train, test = train.subset(keep), train.subset(held)
+            test.held_out = True
             log.info("image folder %s has no test/: holding out %d%% of train/ as test (seed %d)", path, int(_TEST_FRACTION * 100), _SPLIT_SEED)
     else:
         full = sets["all"]
         keep, held = stratified_split(full.targets.numpy(), _TEST_FRACTION, _SPLIT_SEED, classes,
                                       f", or split the folder into {path}/train/<class>/ and test/<class>/")
         train, val, test = full.subset(keep), None, full.subset(held)
+        test.held_out = True
     return train, val, test, classes, skipped, listing
 
 
@@ -985,7 +1011,8 @@ def load_dataset(
         c = train.image_shape[0]
         parts = [train, val, test]
         train, val, test = (
-            None if s is None else ImageSet(s.targets, (c, *size), classes, images=_resize_all(s.images, size), paths=s.paths)
+            None if s is None else ImageSet(s.targets, (c, *size), classes, images=_resize_all(s.images, size), paths=s.paths,
+                                            held_out=s.held_out)
             for s in parts
         )
 
@@ -1012,6 +1039,7 @@ def load_dataset(
             keep, held = stratified_split(train.targets.numpy(), float(val_fraction), seed, classes,
                                           ", or set data.val_fraction=0 to train without a validation split", more)
             train, val = train.subset(keep), train.subset(held)
+            val.held_out = True
         else:
             val = train.subset([])
 
