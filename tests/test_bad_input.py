@@ -130,8 +130,8 @@ def _img_train(spec: str, *extra: str) -> list[str]:
 CASES = {
     # -- config ----------------------------------------------------------------------------------
     "key typo": (lambda c: [*TINY, "--set", "optim.lrr=0.1"], ["unknown config key 'optim.lrr'", "did you mean 'optim.lr'"]),
-    "section typo": (lambda c: [*TINY, "--set", "optm.lr=0.1"], ["unknown config key 'optm'", "did you mean 'optim."]),
-    "recipe key typo": (lambda c: ["train", "-c", _yaml(c, "trian:\n  epochs: 3\n")], ["unknown config key 'trian'", "did you mean 'train."]),
+    "section typo": (lambda c: [*TINY, "--set", "optm.lr=0.1"], ["unknown config key 'optm'", "did you mean 'optim'?"]),
+    "recipe key typo": (lambda c: ["train", "-c", _yaml(c, "trian:\n  epochs: 3\n")], ["unknown config key 'trian'", "did you mean 'train'?"]),
     "wrong type": (lambda c: [*TINY, "--set", "train.epochs=abc"], ["config train.epochs", "valid integer", "'abc'"]),
     "out of range": (lambda c: [*TINY, "--set", "optim.lr=-1"], ["config optim.lr", "greater than 0", "-1"]),
     "list for a number": (lambda c: [*TINY, "--set", "optim.lr=[1, 2]"], ["config optim.lr", "[1, 2]"]),

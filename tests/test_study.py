@@ -121,6 +121,17 @@ def load_all(path: Path) -> list:
         ({"grdi": {}}, "unknown key 'grdi'; did you mean 'grid'"),
         ({"cells": [{"label": "a", "set": {}}, {"label": "a", "set": {}}], "grid": {}}, "share the folder name 'a'"),
         ({"base_recipe": "missing.yaml"}, "base_recipe 'missing.yaml' not found"),
+        # a study without cells trained one unlabelled run of the base and called it a study
+        ({"grid": {}}, "has no grid and no cells: nothing to compare"),
+        ({"grid": {}, "cells": []}, "has no grid and no cells: nothing to compare"),
+        ({"grid": {}, "cells": [{"label": "a"}]}, "cells[0] has no 'set' (a cell is {label: NAME, set: {config key: value, ...}}"),
+        ({"grid": {}, "cells": [{"label": "a", "set": {}, "sett": 1}]}, "cells[0] has unknown key 'sett'; did you mean 'set'? (allowed: label, set)"),
+        # recorded in each run's config but never used: every run goes into the study folder
+        ({"grid": {"output.dir": ["o1", "o2"]}}, "'output.dir' cannot be set per cell: each run goes to <study folder>/<cell>/seed<N>"),
+        ({"grid": {}, "cells": [{"label": "a", "set": {"output": {"dir": "x"}}}]}, "'output' cannot be set per cell"),
+        # an unknown key in the base names the study and what is allowed
+        ({"base": {**BASE, "foo": 1}}, "base: unknown config key 'foo' (allowed at the top: augment, data, model, name, optim"),
+        ({"base": {**BASE, "trian": {}}}, "base: unknown config key 'trian'; did you mean 'train'?"),
     ],
 )
 def test_bad_study_files_fail_with_one_line(tmp_path, change, message):
@@ -456,6 +467,37 @@ def test_out_a_non_empty_folder_that_holds_no_study_is_refused(tmp_path, capsys)
     stopped.mkdir()
     (stopped / ".study.lock").touch()
     assert main(["study", str(path), "--out", str(stopped), "--max-cells", "1", "--seeds", "1", "-q"]) == 0
+
+
+def test_out_another_studys_folder_is_refused(tmp_path, capsys):
+    # a second study written into the first one's folder replaced its results.csv and study.md
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps({"study": "norms", "rows": []}))
+    (other / "study.md").write_text("# Study: norms\n")
+    rc = main(["study", str(write_study(tmp_path)), "--out", str(other), "--max-cells", "1", "--seeds", "1", "-q"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == (f"error: study folder {other} holds another study, 'norms' (results.json), not 'tiny'; "
+                               f"choose a new or empty folder with --out")  # fmt: skip
+    assert sorted(p.name for p in other.iterdir()) == ["results.json", "study.md"]
+    assert (other / "study.md").read_text() == "# Study: norms\n"
+
+
+def test_a_finished_run_without_its_report_gets_it_on_the_rerun(tmp_path):
+    # a cell stopped between its test evaluation and its report counted as finished, and its
+    # report was never written
+    path = write_study(tmp_path, base={**BASE, "output": {"report": True, "tensorboard": False}}, seeds=1)
+    st.run_study(path, out=tmp_path / "o", max_cells=1)
+    run = tmp_path / "o" / "norm=bn" / "seed0"
+    report = (run / "report.md").read_text()
+    (run / "report.md").unlink()
+    (run / "report.html").unlink()
+    result = st.run_study(path, out=tmp_path / "o", max_cells=1)
+    assert result.skipped == ["norm=bn/seed0"] and not result.ran
+    assert (run / "report.html").is_file() and (run / "report.md").read_text() == report
+    before = (run / "report.html").stat().st_mtime_ns
+    st.run_study(path, out=tmp_path / "o", max_cells=1)
+    assert (run / "report.html").stat().st_mtime_ns == before  # a report there is left as it is
 
 
 def test_the_recorded_command_runs_as_it_is_copied(tmp_path):

@@ -360,6 +360,11 @@ def suggest_key(key: str) -> str:
     same = [k for k in keys if k.rsplit(".", 1)[-1] == leaf and k != key]
     if same:
         return "; did you mean " + " or ".join(repr(k) for k in same[:3]) + "?"
+    if "." not in key:  # a section or a top-level key ('trian' -> 'train', not 'train.ema')
+        top = sorted({k.split(".", 1)[0] for k in keys})
+        hint = did_you_mean(key, top)
+        if hint:
+            return hint
     return did_you_mean(key, keys)
 
 
@@ -369,7 +374,13 @@ def _format_error(err: ValidationError) -> str:
     e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = ".".join(str(p) for p in e["loc"] if not isinstance(p, int) or True)
     if e["type"] == "extra_forbidden":
-        return f"unknown config key {loc!r}{suggest_key(loc)}"
+        hint = suggest_key(loc)
+        if not hint:  # nothing close: what is allowed there
+            parent, _, _ = loc.rpartition(".")
+            here = sorted({k[len(parent) + 1:].split(".", 1)[0] if parent else k.split(".", 1)[0]
+                           for k in config_keys() if not parent or k.startswith(parent + ".")})  # fmt: skip
+            hint = f" (allowed{' in ' + parent if parent else ' at the top'}: {', '.join(here)})" if here else ""
+        return f"unknown config key {loc!r}{hint}"
     msg = e["msg"].removeprefix("Value error, ")
     if not loc:
         return msg

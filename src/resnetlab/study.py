@@ -151,6 +151,10 @@ def _check_key(key: Any, where: str) -> str:
         raise ConfigError(f"{where}: unknown config key {key!r}{suggest_key(key)}")
     if key == "seed":
         raise ConfigError(f"{where}: 'seed' cannot be varied per cell; use the study's 'seeds: N' instead")
+    if key in ("output.dir", "output"):
+        # each run's folder is <study folder>/<cell>/seed<N>: a per-cell output.dir was recorded but never used
+        raise ConfigError(f"{where}: {key!r} cannot be set per cell: each run goes to <study folder>/<cell>/seed<N> "
+                          f"(choose the study folder with --out; allowed in a cell: the other output.* keys)")  # fmt: skip
     return key
 
 
@@ -189,7 +193,10 @@ def load_study(path: str | os.PathLike, seeds: int | None = None, overrides: lis
     if not isinstance(overrides, dict):
         raise ConfigError(f"study {path}: 'base' must be a mapping of config sections, got {type(overrides).__name__}")
     base = apply_overrides(_deep_merge(base, overrides), base_overrides)
-    config_from_dict(base)  # validate the base on its own: errors name the base, not a cell
+    try:
+        config_from_dict(base)  # validate the base on its own: errors name the base, not a cell
+    except ConfigError as exc:
+        raise ConfigError(f"study {path} base: {exc}") from None
 
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
@@ -202,8 +209,16 @@ def load_study(path: str | os.PathLike, seeds: int | None = None, overrides: lis
     if not isinstance(cells, list):
         raise ConfigError(f"study {path}: 'cells' must be a list of {{label, set}} mappings")
     for i, c in enumerate(cells):
-        if not isinstance(c, dict) or set(c) - {"label", "set"} or "label" not in c:
+        if not isinstance(c, dict):
             raise ConfigError(f"study {path}: cells[{i}] must be a mapping with 'label' and 'set', got {c!r}")
+        extra = sorted(map(str, set(c) - {"label", "set"}))
+        if extra:
+            raise ConfigError(f"study {path}: cells[{i}] has unknown key {extra[0]!r}{did_you_mean(extra[0], ('label', 'set'))} "
+                              f"(allowed: label, set)")  # fmt: skip
+        missing = [k for k in ("label", "set") if k not in c]
+        if missing:
+            raise ConfigError(f"study {path}: cells[{i}] has no {missing[0]!r} (a cell is {{label: NAME, set: {{config key: "
+                              f"value, ...}}}}; 'set: {{}}' runs the base as it is)")  # fmt: skip
         sets = c.get("set") or {}
         if not isinstance(sets, dict):
             raise ConfigError(f"study {path}: cells[{i}].set must map config keys to values, got {sets!r}")
@@ -211,6 +226,9 @@ def load_study(path: str | os.PathLike, seeds: int | None = None, overrides: lis
             _check_key(key, f"study {path} cells[{i}] ({c['label']})")
             if key in grid:
                 raise ConfigError(f"study {path}: cells[{i}] sets {key!r}, which is also a grid axis; keep it in one place")
+    if not grid and not cells:
+        raise ConfigError(f"study {path} has no grid and no cells: nothing to compare (allowed: 'grid: {{config key: [values]}}' "
+                          f"and/or 'cells: [{{label, set}}, ...]'; see recipes/study-*.yaml)")  # fmt: skip
     n = data.get("seeds", 1) if seeds is None else seeds
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"study {path}: seeds must be an integer >= 1, got {n!r}")
@@ -474,7 +492,9 @@ def _capped_splits(cfg: Config, cap: int):
 def _finish_cell(run_dir: Path, cfg: Config, smoke: bool) -> None:
     """Write eval/test, eval/val and eval/train of the best checkpoint when the trainer did not,
     or when the one there is older than the best checkpoint (``resnetlab evaluate`` on a run
-    that was interrupted and then resumed: it scored an earlier best)."""
+    that was interrupted and then resumed: it scored an earlier best); then the run's report
+    (``output.report``) when anything was evaluated here or the run has none yet (a run stopped
+    between its test evaluation and its report)."""
     from resnetlab.evaluate import evaluate
 
     best = run_dir / "checkpoints" / "best"
@@ -484,7 +504,8 @@ def _finish_cell(run_dir: Path, cfg: Config, smoke: bool) -> None:
         return path.is_file() and not (best.is_dir() and made_of_another_checkpoint(path, best))
 
     need = [s for s in ("test", "val", "train") if not current(s)]
-    if not need:
+    report = cfg.output.report and not smoke and (bool(need) or not (run_dir / "report.html").is_file())
+    if not need and not report:
         return
     from resnetlab.trainer import _read_metrics
 
@@ -496,6 +517,10 @@ def _finish_cell(run_dir: Path, cfg: Config, smoke: bool) -> None:
         if split == "val" and not validated:
             continue
         evaluate(run_dir, split=split, splits=splits, data_root=cfg.data.root)
+    if report:
+        from resnetlab.report import build_report
+
+        build_report(run_dir)
 
 
 @dataclass
@@ -594,6 +619,14 @@ def run_study(
         (out_dir / "results.json").is_file() or any((out_dir / cell.label).is_dir() for cell in cells)
     ):
         raise ResnetlabError(f"study folder {out_dir} is not empty and holds no study (no results.json, no cell folder); "
+                             f"choose a new or empty folder with --out")  # fmt: skip
+    # another study's folder: its results.csv, study.md ... would be replaced by this one's
+    try:
+        other = json.loads((out_dir / "results.json").read_text()).get("study")
+    except (OSError, ValueError, AttributeError):  # none, or not a study's: the checks above and per cell hold
+        other = None
+    if other is not None and str(other) != spec.name:
+        raise ResnetlabError(f"study folder {out_dir} holds another study, {other!r} (results.json), not {spec.name!r}; "
                              f"choose a new or empty folder with --out")  # fmt: skip
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
