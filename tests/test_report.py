@@ -386,3 +386,22 @@ def test_evaluate_val_scores_the_best_checkpoint_on_every_split_and_the_report_t
         assert m["split"] == name
         row = f"| {name} | {m['accuracy']:.4g} | {m['loss']:.4g} | {m['f1_micro']:.4g} | {m['f1_macro']:.4g} | {m['num_samples']} |"
         assert row in md
+
+
+def test_the_report_of_an_interrupted_run_says_where_it_stopped_and_how_to_go_on(tmp_path):
+    # an interrupted run's report showed "epochs run 2" beside "train.epochs 8" and nothing else
+    import yaml
+
+    run = trained_run(tmp_path)
+    assert "Training is unfinished" not in build_report(run)[1].read_text()
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    done = json.loads((run / "checkpoints" / "last" / "meta.json").read_text())
+    assert done["epoch"] == config["train"]["epochs"] == 2
+    config["train"]["epochs"] = 5  # as a run of 5 epochs stopped after 2
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    page, md = (p.read_text() for p in build_report(run))
+    assert f"Training is unfinished: it stopped after 2 of 5 epochs; `resnetlab train --resume {run}` continues it." in md
+    assert "Training is unfinished: it stopped after 2 of 5 epochs" in page
+    config["train"]["iterations"] = done["step"] + 100
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert f"it stopped at step {done['step']:,} of {done['step'] + 100:,};" in build_report(run)[1].read_text()

@@ -505,6 +505,29 @@ def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str
     return sec, fig
 
 
+def _unfinished(run: Path, config: dict[str, Any]) -> str | None:
+    """Where an interrupted run stopped ("it stopped after 2 of 8 epochs"), from its last checkpoint
+    and its config; None for a run trained to the end (or one that cannot tell)."""
+    from resnetlab.checkpoint import load_meta
+    from resnetlab.errors import CheckpointError
+
+    last = run / "checkpoints" / "last"
+    if not last.is_dir():
+        return None
+    try:
+        meta = load_meta(last)
+    except CheckpointError:
+        return None
+    train = config.get("train") or {}
+    epoch, step = int(meta.get("epoch") or 0), int(meta.get("step") or 0)
+    if isinstance(train.get("iterations"), int) and train["iterations"] > 0:
+        return f"it stopped at step {step:,} of {train['iterations']:,}" if step < train["iterations"] else None
+    epochs = train.get("epochs")
+    if isinstance(epochs, int) and epoch < epochs:
+        return f"it stopped after {epoch} of {epochs} epochs"
+    return None
+
+
 def build_report(
     run_dir: str | os.PathLike,
     extra_sections: Sequence[tuple[str, str, str]] | None = None,
@@ -593,7 +616,12 @@ def build_report(
         ("training time (s)", round(train_time, 1) if rows else None),
         ("median images/s", None if not rows else statistics.median(r.get("images_per_s") or 0.0 for r in rows)),
     ]
-    sections.append(s.add(_Table(["", "value"], summary, numeric=[False, True])))
+    s.add(_Table(["", "value"], summary, numeric=[False, True]))
+    unfinished = _unfinished(run, config)
+    if unfinished:
+        s.text(f"Training is unfinished: {unfinished}; `resnetlab train --resume {run}` continues it. The figures "
+               f"below are of the checkpoints saved so far.")  # fmt: skip
+    sections.append(s)
 
     # configuration
     s = _Section("Configuration")
