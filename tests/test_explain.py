@@ -651,13 +651,13 @@ def test_explain_maps_use_the_evaluation_crop(cropped_run, monkeypatch):
     import resnetlab.explain as ex
 
     seen = []
-    real = ex.attribution_maps
+    real = ex._attribution_maps
 
     def spy(model, x, *a, **kw):
         seen.append(tuple(x.shape[1:]))
         return real(model, x, *a, **kw)
 
-    monkeypatch.setattr(ex, "attribution_maps", spy)
+    monkeypatch.setattr(ex, "_attribution_maps", spy)
     explain(cropped_run, method="gradcam", n_per_class=1, n_pairs=0, n_top_loss=1, device="cpu")
     assert seen and set(seen) == {(1, 6, 6)}  # the 6x6 center crop the predictions saw, not the 8x8 image
 
@@ -744,7 +744,7 @@ def test_explain_of_a_flip_tta_run_maps_the_image_and_its_mirror(digits_run, tmp
         return np.broadcast_to((np.arange(w, dtype=np.float32) / (w - 1)) ** 2, (len(x), x.shape[-2], w)).copy()
 
     real_overlay = ex.overlay
-    monkeypatch.setattr(ex, "attribution_maps", ramp_maps)
+    monkeypatch.setattr(ex, "_attribution_maps", ramp_maps)
     monkeypatch.setattr(ex, "overlay", lambda img, hm: shown.append(hm) or real_overlay(img, hm))
     summary = explain(run, n_per_class=1, n_pairs=0, n_top_loss=0)
     assert summary["tta_flip"] is tta and shown
@@ -829,3 +829,33 @@ def test_cli_activations_of_an_image_of_the_runs_own_dataset(digits_run, tmp_pat
     assert main(["activations", str(run)]) == 2
     assert "needs an IMAGE file or --index N" in capsys.readouterr().err
     assert main(["activations", str(run), "--index", "-1"]) == 2
+
+
+def test_a_last_stage_of_1x1_maps_is_not_the_default_cam_layer(caplog):
+    # ResNet-18's layer4 is 1x1 at 32x32: its Grad-CAM is one value per image, and every heat
+    # map of explain's galleries was a flat colour without a word
+    from resnetlab.explain import cam_layer, stage_sizes
+
+    torch.manual_seed(1)  # an untrained net whose layer3 CAMs of these 2 images are not all negative (all-zero maps)
+    model = create_model("resnet18", num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert stage_sizes(model, x) == {"stem": (8, 8), "layer1": (8, 8), "layer2": (4, 4), "layer3": (2, 2), "layer4": (1, 1)}
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        assert cam_layer(model, x) == "layer3"
+    assert "layer4's maps are 1x1 at a 32x32 input (a uniform heat map): the CAM looks at layer3 (2x2) instead" in caplog.text
+    maps = attribution_maps(model, x, [0, 1])
+    assert maps.shape == (2, 32, 32) and all(m.std() > 0.05 for m in maps)
+    np.testing.assert_array_equal(maps, attribution_maps(model, x, [0, 1], layer="layer3"))
+    # asked for by name: kept, with a warning naming a layer that has pixels
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        flat = attribution_maps(model, x, [0, 1], layer="layer4")
+    assert float(flat.std()) == 0.0
+    assert "layer4's maps are 1x1 at a 32x32 input: its heat map is uniform (one value per image); choose a layer " \
+           "with more pixels (--layer layer3: 2x2)" in caplog.text
+    # at 64x64 the last stage has 2x2 maps and stays the default, silently
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        assert cam_layer(model, torch.randn(1, 3, 64, 64)) == "layer4"
+    assert not caplog.records
+    assert model.training is False and cam_layer(model.train(), x) == "layer3" and model.training

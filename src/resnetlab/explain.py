@@ -78,6 +78,59 @@ def default_layer(model: nn.Module) -> str:
     return list(model.stages())[-1]
 
 
+def stage_sizes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Each stage's output height and width for inputs shaped like ``x`` (one forward pass of
+    one image, in eval mode, without gradients; the model's mode is put back)."""
+    sizes: dict[str, tuple[int, int]] = {}
+
+    def record(name: str):
+        def hook(_module, _inputs, out) -> None:  # returns None: the output is left as it is
+            sizes.setdefault(name, tuple(out.shape[-2:]))
+
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in model.stages().items()]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return sizes
+
+
+def cam_layer(model: nn.Module, x: torch.Tensor, layer: str | None = None) -> str:
+    """The stage a CAM method looks at for inputs shaped like ``x``.
+
+    A stage whose maps are 1x1 gives every image one uniform heat map (the CAM weights one pixel):
+    the default is then the last stage with more than one pixel (``layer3`` for a ResNet-18 at
+    32x32), said in a log line; a layer named by the caller is kept, with a warning naming the
+    stages that would show where the evidence is.
+    """
+    sizes = stage_sizes(model, x)
+    flat = [n for n, (h, w) in sizes.items() if h * w <= 1]
+    if layer is not None:
+        if layer in flat:
+            spatial = [n for n in sizes if n not in flat]
+            log.warning("%s's maps are 1x1 at a %dx%d input: its heat map is uniform (one value per image); "
+                        "choose a layer with more pixels%s", layer, x.shape[-2], x.shape[-1],
+                        f" (--layer {spatial[-1]}: {sizes[spatial[-1]][0]}x{sizes[spatial[-1]][1]})" if spatial else "")  # fmt: skip
+        return layer
+    last = default_layer(model)
+    if last not in flat:
+        return last
+    spatial = [n for n in sizes if n not in flat]
+    if not spatial:
+        log.warning("every stage's maps are 1x1 at a %dx%d input: the heat maps are uniform", x.shape[-2], x.shape[-1])
+        return last
+    pick = spatial[-1]
+    log.info("%s's maps are 1x1 at a %dx%d input (a uniform heat map): the CAM looks at %s (%dx%d) instead",
+             last, x.shape[-2], x.shape[-1], pick, *sizes[pick])  # fmt: skip
+    return pick
+
+
 @contextlib.contextmanager
 def _quiet_scorecam():
     # pytorch_grad_cam's ScoreCAM draws a tqdm bar per image; swap its module-level reference for
@@ -119,8 +172,9 @@ def attribution_maps(
         targets: the class to explain for each image (usually the predicted one).
         method: ``gradcam``, ``gradcam++``, ``scorecam`` (grad-cam package), ``saliency`` or
             ``integrated-gradients`` (captum).
-        layer: stage name for the CAM methods (``stem``, ``layer1`` ...; default the last stage);
-            saliency and integrated gradients work on the input and ignore it.
+        layer: stage name for the CAM methods (``stem``, ``layer1`` ...; default the last stage
+            whose maps are larger than 1x1 at this input size, :func:`cam_layer`); saliency and
+            integrated gradients work on the input and ignore it.
         batch_size: images per forward/backward pass.
         ig_steps: integration steps of integrated gradients.
         baseline: integrated-gradients baseline, broadcastable to ``x`` (default: zeros, which in
@@ -139,12 +193,20 @@ def attribution_maps(
         (2, 16, 16)
     """
     method = _method(method)
+    if layer is not None:
+        model.get_stage(layer)  # ValueError listing the stages for an unknown name
+    if method in CAM_METHODS and len(x):
+        layer = cam_layer(model, x, layer)
+    return _attribution_maps(model, x, targets, method, layer, batch_size, ig_steps, baseline)
+
+
+def _attribution_maps(model, x, targets, method, layer, batch_size, ig_steps, baseline) -> np.ndarray:
+    """:func:`attribution_maps` once the method and the layer are settled."""
     targets = [int(t) for t in torch.as_tensor(targets).flatten().tolist()]
     if len(targets) != len(x):
         raise ValueError(f"targets has {len(targets)} entries for {len(x)} images")
-    if layer is not None or method in CAM_METHODS:
-        layer = layer or default_layer(model)
-        stage = model.get_stage(layer)  # ValueError listing the stages for an unknown name
+    if method in CAM_METHODS:
+        stage = model.get_stage(layer or default_layer(model))
     was_training = model.training
     # Gradients flow from the input, not the weights: a model with frozen parameters (an
     # optimize_for_inference copy, a transfer run's frozen stages) is explained as well, and the
@@ -329,7 +391,7 @@ def explain(
         checkpoint_or_run: a run folder, a checkpoint folder, or a loaded ``Checkpoint``.
         split: ``test``, ``val`` or ``train``.
         method: one of :data:`METHODS`.
-        layer: the stage the CAM methods look at (default: the last stage of the model).
+        layer: the stage the CAM methods look at (default: the last stage of the model whose maps are larger than 1x1 at the split's image size, :func:`cam_layer`).
         n_per_class: images per gallery row (correct / incorrect), and per confused pair.
         out_dir: default ``<run>/explain`` (``<run>/explain-last`` for the last checkpoint). The
             best checkpoint's report section goes to ``<run>/report_sections`` (read by the run's
@@ -371,10 +433,10 @@ def explain(
     device = resolve_device(device)
     ckpt = checkpoint_or_run if isinstance(checkpoint_or_run, Checkpoint) else load_checkpoint(checkpoint_or_run, which=which)
     model = ckpt.model.to(device)
-    layer = layer or default_layer(model)
-    model.get_stage(layer)  # fail on an unknown layer before any work
-    if method not in CAM_METHODS:
-        log.info("%s works on the input pixels; layer %s is not used", method, layer)
+    if layer is not None:
+        model.get_stage(layer)  # fail on an unknown layer before any work
+        if method not in CAM_METHODS:
+            log.info("%s works on the input pixels; layer %s is not used", method, layer)
     src = open_split(ckpt, split, data_root=data_root, splits=splits, purpose="explain")
     imageset, data_name, mean, std = src.imageset, src.data_name, src.mean, src.std
     classes = list(ckpt.classes)
@@ -402,22 +464,25 @@ def explain(
     maps_true: dict[int, np.ndarray] = {}
 
     def maps(x: torch.Tensor, cls: torch.Tensor) -> np.ndarray:
-        m = attribution_maps(model, x, cls, method, layer, batch_size=min(batch_size, 64))
+        m = _attribution_maps(model, x, cls, method, layer, min(batch_size, 64), 32, None)
         if not src.tta_flip:
             return m
         # the prediction averaged the image and its mirror: so does its map (the mirror's map
         # flipped back), as test-time augmentation of a CAM does; then scaled min to max again
-        mf = attribution_maps(model, torch.flip(x, dims=(3,)), cls, method, layer, batch_size=min(batch_size, 64))
+        mf = _attribution_maps(model, torch.flip(x, dims=(3,)), cls, method, layer, min(batch_size, 64), 32, None)
         return _normalize_maps(torch.from_numpy((m + mf[:, :, ::-1]) / 2))
 
     if wanted:
         x = preprocess(raw, mean, std, device=device, channels_last=False)
+        if method in CAM_METHODS:  # once, for the images' size: the last stage may be 1x1 there
+            layer = cam_layer(model, x, layer)
         maps_pred = dict(zip(wanted, maps(x, pred[wanted])))
         if wrong:
             pos = {i: j for j, i in enumerate(wanted)}
             xw = x[[pos[i] for i in wrong]]
             maps_true = dict(zip(wrong, maps(xw, targets[wrong])))
     images = {i: raw[j] for j, i in enumerate(wanted)} if wanted else {}
+    layer = layer or default_layer(model)  # nothing to show: the stage it would have looked at
 
     # 3. files
     run = run_dir_of(ckpt.path)

@@ -14,7 +14,7 @@ def register(sub) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN", help="a run folder or checkpoint folder")
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to explain (default test)")
     p.add_argument("--method", default="gradcam", choices=list(METHODS), help="attribution method (default gradcam)")
-    p.add_argument("--layer", default=None, help="stage for the CAM methods: stem, layer1, ... (default: the last stage)")
+    p.add_argument("--layer", default=None, help="stage for the CAM methods: stem, layer1, ... (default: the last stage whose maps are larger than 1x1 at the run's input size)")
     p.add_argument("--n", type=int_at_least(1), default=4, help="images per gallery row and per confused pair (default 4)")
     p.add_argument("--pairs", type=int_at_least(0), default=5, help="most-confused class pairs to show (default 5)")
     p.add_argument("--top-loss", type=int_at_least(0), default=12, help="highest-loss examples to show (default 12)")
