@@ -6,6 +6,7 @@ import gzip
 import logging
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -176,6 +177,28 @@ def test_mnist_files_in_the_bare_root_do_not_shadow_the_system_fashion_mnist(tmp
         f.rename(tmp_path / f.name)  # MNIST files directly in the data root
     assert len(load_dataset("mnist", root=tmp_path, val_fraction=0.0).train) == 200  # taken for mnist
     assert len(load_dataset("fashion-mnist", root=tmp_path, val_fraction=0.0).train) == 60_000  # not for fashion
+
+
+def test_an_incomplete_fashion_mnist_of_the_users_is_an_error_not_the_system_copy(tmp_path, monkeypatch, caplog):
+    # 3 of the 4 files under --data-root: the system's 60,000 images were used in their place, silently
+    import logging
+
+    system = tmp_path / "system"
+    write_mnist(system, n_train=40)
+    monkeypatch.setattr("resnetlab.data.datasets.SYSTEM_FASHION_MNIST", str(system / "mnist"))
+    mine = tmp_path / "mine"
+    write_mnist(mine, n_train=30)
+    (mine / "mnist").rename(mine / "fashion-mnist")
+    (mine / "fashion-mnist" / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=re.escape(f"fashion-mnist: {mine / 'fashion-mnist'} holds 3 of its 4 IDX files but no "
+                                                  f"t10k-images-idx3-ubyte[.gz]")):  # fmt: skip
+        load_dataset("fashion-mnist", root=mine)
+    # none of the user's: the system copy, said in a log line
+    (tmp_path / "empty").mkdir()
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        s = load_dataset("fashion-mnist", root=tmp_path / "empty", val_fraction=0.0)
+    assert len(s.train) == 40
+    assert f"fashion-mnist: using the system copy in {system / 'mnist'} (Debian's dataset-fashion-mnist; none under" in caplog.text
 
 
 @needs_fmnist
@@ -1006,3 +1029,15 @@ def test_image_folder_files_keep_their_aspect_shorter_side_resized_then_center_c
     x = s.train.images[0].int()
     assert x.shape == (3, 20, 20) and int(x.min()) > 240  # a squash would show the black sides
     assert torch.equal(load_images([s.train.paths[0]], size=20, channels=3)[0], s.train.images[0])  # predict's decode
+
+
+@pytest.mark.parametrize("subset", [5, 0.005])
+def test_a_subset_smaller_than_the_class_count_says_so(subset):
+    # the error spoke of a stratified hold-out and of raising data.val_fraction, which cannot help
+    with pytest.raises(DataError) as info:
+        load_dataset("digits", subset=subset, val_fraction=0.0)
+    msg = str(info.value)
+    assert msg.startswith(f"data.subset={subset!r} keeps {5 if subset == 5 else 7} image(s), fewer than the 10 classes: "
+                          f"a stratified subset needs one image of each class (allowed: 10..1437 images")  # fmt: skip
+    assert ("a fraction of at least 0.00696" in msg) == isinstance(subset, float) and "val_fraction" not in msg
+    assert len(load_dataset("digits", subset=10, val_fraction=0.0).train) == 10

@@ -656,7 +656,22 @@ def _read_mnist(root: Path, name: str, download: bool, origin: str = ""):
         dirs.append(Path(SYSTEM_FASHION_MNIST))
     dirs.append(root)
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    found = _find_idx_set(dirs, stems)
+    # the user's own copy, incomplete: an error naming the missing file (or the download that
+    # completes it), not the system's Fashion-MNIST in its place without a word
+    own = [[_find_idx([d], st) for st in stems] for d in dirs[:2]]
+    if not any(None not in f for f in own):
+        partial = next(((d, f) for d, f in zip(dirs[:2], own) if any(f) and None in f), None)
+        if partial is not None and not download:
+            d, f = partial
+            raise DataError(f"{name}: {d} holds {sum(p is not None for p in f)} of its 4 IDX files but no "
+                            f"{stems[f.index(None)]}[.gz]{origin}; copy the missing file there, or "
+                            f"{_DOWNLOAD_HINT}")  # fmt: skip
+        if partial is not None:
+            found = [None]  # torchvision downloads what is missing into root/<dataset>/raw
+        else:
+            found = _find_idx_set(dirs, stems)
+    else:
+        found = _find_idx_set(dirs, stems)
     if None in found and download:
         import torchvision
 
@@ -673,6 +688,8 @@ def _read_mnist(root: Path, name: str, download: bool, origin: str = ""):
         )
     if found[0].parent == root:
         log.info("%s: using the IDX files directly in %s (%s/%s/ is the unambiguous place for them)", name, root, root, name)
+    elif str(found[0].parent) == str(Path(SYSTEM_FASHION_MNIST)):
+        log.info("%s: using the system copy in %s (Debian's dataset-fashion-mnist; none under %s)", name, found[0].parent, root)
     xtr, ytr, xte, yte = (_read_idx(p, ndim) for p, ndim in zip(found, (3, 1, 3, 1)))
     for xp, yp, x, y in ((found[0], found[1], xtr, ytr), (found[2], found[3], xte, yte)):
         if len(x) != len(y):
@@ -1027,6 +1044,11 @@ def load_dataset(
         count = int(subset) if isinstance(subset, int) else int(round(subset * n))
         if isinstance(subset, int) and not (1 <= subset <= n):
             raise DataError(f"subset={subset} is out of range (allowed: 1..{n}, the training pool size)")
+        k = int(torch.unique(train.targets).numel())
+        if count < k:  # a stratified subset holds one image of each class at least
+            frac = "" if isinstance(subset, int) else f", or a fraction of at least {k / n:.3g}"
+            raise DataError(f"data.subset={subset!r} keeps {count} image(s), fewer than the {k} classes: a stratified "
+                            f"subset needs one image of each class (allowed: {k}..{n} images{frac})")  # fmt: skip
         if count < n:
             _, keep = stratified_split(train.targets.numpy(), count, seed)
             train = train.subset(keep)
