@@ -435,6 +435,14 @@ def test_imagefolder_streaming_with_cache_matches_in_memory(tmp_path, caplog):
     ref = {p: mem.train.images[i] for i, p in enumerate(mem.train.paths)}
     ref.update({p: mem.test.images[i] for i, p in enumerate(mem.test.paths)})
     assert any(p.endswith("truncated.jpg") for p in big.train.paths)  # the seeded split puts it in train
+    # the same images in each split: the truncated file takes part in the in-memory draw too, then
+    # leaves (the in-memory split used to be drawn without it: other test images than streaming's)
+    assert mem.test.paths == big.test.paths and torch.equal(mem.test.targets, big.test.targets)
+    assert mem.train.paths == [p for p in big.train.paths if not p.endswith("truncated.jpg")]
+    with_val = [load_dataset(name, image_size=12, val_fraction=0.3, seed=4, **kw) for kw in ({}, {"stream_threshold_gb": 1e-9})]
+    for split in ("train", "val", "test"):
+        a, b = (getattr(d, split).paths for d in with_val)
+        assert a == [p for p in b if not p.endswith("truncated.jpg")], split
     dl = build_loader(big.train, batch_size=8, train=False, num_workers=2)
     for epoch in range(2):  # epoch 0 fills the memory-mapped cache (2 worker processes), epoch 1 reads it
         caplog.clear()

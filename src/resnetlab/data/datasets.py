@@ -71,6 +71,10 @@ class ImageSet:
         held_out: the split was drawn from the same files as the training split by a seeded
             shuffle (an image folder's val or test without a folder of its own): once the folder
             changes, it may hold images a run trained on.
+        bad: bool ``(N,)``, in-memory image folders while the splits are drawn: the items whose
+            file did not decode (their images are zeros). They take part in the draw, as a
+            streaming folder's do (it cannot know them beforehand), so both hold the same images
+            in each split; :func:`load_dataset` then leaves them out.
     """
 
     targets: torch.Tensor
@@ -81,6 +85,7 @@ class ImageSet:
     cache: str | None = None
     cache_rows: torch.Tensor | None = None
     held_out: bool = False
+    bad: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.targets = torch.as_tensor(self.targets, dtype=torch.int64)
@@ -128,6 +133,7 @@ class ImageSet:
             cache=self.cache,  # the parent's: the subset's items keep their rows
             cache_rows=None if rows is None else rows[idx],
             held_out=self.held_out,
+            bad=None if self.bad is None else self.bad[idx],
         )
 
     def get(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -890,17 +896,19 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             good = list(pool.map(load, range(len(paths))))
-        ok = [i for i, g in enumerate(good) if g]
         skipped.extend(paths[i] for i, g in enumerate(good) if not g)
-        if len(ok) < len(paths):
-            x = x[torch.tensor(ok, dtype=torch.int64)]  # [] keeps channels_last
-        sets[split] = ImageSet(torch.tensor([ys[i] for i in ok], dtype=torch.int64), shape, classes,
-                               images=x, paths=[paths[i] for i in ok])
+        # the files that did not decode stay listed until the splits are drawn (ImageSet.bad)
+        bad = torch.tensor([not g for g in good], dtype=torch.bool)
+        for i in torch.nonzero(bad).flatten().tolist():
+            x[i] = 0
+        sets[split] = ImageSet(torch.tensor(ys, dtype=torch.int64), shape, classes, images=x, paths=paths,
+                               bad=bad if bool(bad.any()) else None)
     if skipped:
         shown = ", ".join(skipped[:20]) + (f", ... ({len(skipped) - 20} more)" if len(skipped) > 20 else "")
         log.warning("skipped %d unreadable file(s) in %s: %s", len(skipped), path, shown)
     main_set = sets.get("train", sets.get("all"))
-    counts = torch.bincount(main_set.targets, minlength=len(classes))
+    readable = main_set.targets if main_set.bad is None else main_set.targets[~main_set.bad]
+    counts = torch.bincount(readable, minlength=len(classes))
     if int(counts.min()) == 0:
         bad = [classes[i] for i in range(len(classes)) if counts[i] == 0]
         raise DataError(f"image folder {path!r}: class folder(s) {', '.join(bad)} have no readable images")
@@ -921,6 +929,13 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
         train, val, test = full.subset(keep), None, full.subset(held)
         test.held_out = True
     return train, val, test, classes, skipped, listing
+
+
+def _without_bad(imageset: ImageSet) -> ImageSet:
+    """``imageset`` without its items whose file did not decode (``ImageSet.bad``)."""
+    out = imageset.subset(torch.nonzero(~imageset.bad).flatten())
+    out.bad = None
+    return out
 
 
 def _decodable_sample(imageset: ImageSet, count: int, chunk: int = 64) -> Iterator[torch.Tensor]:
@@ -1029,7 +1044,7 @@ def load_dataset(
         parts = [train, val, test]
         train, val, test = (
             None if s is None else ImageSet(s.targets, (c, *size), classes, images=_resize_all(s.images, size), paths=s.paths,
-                                            held_out=s.held_out)
+                                            held_out=s.held_out, bad=s.bad)
             for s in parts
         )
 
@@ -1064,6 +1079,9 @@ def load_dataset(
             val.held_out = True
         else:
             val = train.subset([])
+
+    # the splits are drawn: an in-memory folder's files that did not decode leave them now
+    train, val, test = (s if s is None or s.bad is None else _without_bad(s) for s in (train, val, test))
 
     if cache and not train.in_memory:
         cache_dir = Path(arg).expanduser() / ".resnetlab-cache" if isinstance(cache, bool) else Path(cache).expanduser()
