@@ -411,3 +411,10 @@ def test_smoke_of_a_small_photo_folder_fits_its_batch_and_caps_the_default_224_p
     assert cfg.train.batch_size == len(load_dataset(cfg.data.name, **cfg.data.load_kwargs(cfg.seed)).train) < 30
     # a large dataset keeps the smoke batch of 64
     assert smoke_fallback(smoke_config(load_config(None, ["data.name=digits"]))).train.batch_size == 64
+
+
+def test_an_unknown_activation_is_refused_with_the_config():
+    # it was accepted here and refused only when the model was built, after the data had loaded
+    with pytest.raises(ConfigError, match=r"model.act: unknown activation 'rleu'; did you mean 'relu'.*\(allowed: relu, leaky_relu, gelu, silu, elu, mish\)"):
+        load_config(None, ["model.act=rleu"])
+    assert load_config(None, ["model.act=GELU"]).model.act == "GELU"  # the model reads it case-blind

@@ -497,7 +497,10 @@ def test_cli_list_layers_needs_no_image(digits_run, capsys):
     assert "(1, 8, 8) input" in lines[0]
     rows = {ln.split()[0]: ln.split(None, 1)[1] for ln in lines[1:]}
     assert rows["conv1"].startswith("(16, 8, 8)") and "Conv2d" in rows["conv1"]
-    assert "(stage stem)" in rows["maxpool"] and "layer1.0.act#2" in rows and "normalized image" in rows["input"]
+    assert "layer1.0.act#2" in rows and "normalized image" in rows["input"]
+    # every name --layers takes is a row of its own: stem too (it was only a note on maxpool's row)
+    assert rows["stem"].split()[0] == rows["maxpool"].split()[0] and rows["stem"].endswith("stage stem: the output of maxpool")
+    assert list(rows).index("stem") == list(rows).index("maxpool") + 1
     assert main(["activations", str(run)]) == 2  # neither an image nor --list-layers
     err = capsys.readouterr().err.strip()
     assert err == ("error: resnetlab activations needs an IMAGE file or --index N (an image of the run's --split) to draw "

@@ -55,7 +55,7 @@ class ModelConfig(_Section):
     shortcut: Literal["A", "B"] | None = None  # None = the model's default (A for CIFAR, B for ImageNet)
     stem: Literal["imagenet", "cifar", "cifar-pool"] | None = None  # None = the model's default
     width: float = Field(1.0, gt=0)  # multiplier on every channel count
-    act: str = "relu"
+    act: str = "relu"  # relu, leaky_relu, elu, gelu, silu, mish
     dropout: float = Field(0.0, ge=0, lt=1)  # before the classifier
     block_dropout: float = Field(0.0, ge=0, lt=1)  # inside every residual block, between its convolutions (Wide ResNet's place)
     head: list[PositiveInt] | None = None  # MLP hidden sizes; None = one linear layer
@@ -260,6 +260,11 @@ class Config(_Section):
                              f"(allowed: {', '.join(list_models())})")  # fmt: skip
         if self.model.norm not in NORM_NAMES:
             raise ValueError(f"model.norm: unknown norm {self.model.norm!r}{did_you_mean(self.model.norm, NORM_NAMES)} (allowed: {', '.join(NORM_NAMES)})")
+        from resnetlab.models.resnet import ACT_NAMES
+
+        if str(self.model.act).lower() not in ACT_NAMES:  # before any data is loaded (the model refused it only after)
+            raise ValueError(f"model.act: unknown activation {self.model.act!r}{did_you_mean(self.model.act, ACT_NAMES)} "
+                             f"(allowed: {', '.join(ACT_NAMES)})")  # fmt: skip
         if self.model.depth is not None and self.model.name != "resnet_cifar":
             raise ValueError(f"model.depth applies only to model.name=resnet_cifar; {self.model.name} has a fixed depth "
                              f"(use model.name=resnet_cifar with model.depth={self.model.depth})")  # fmt: skip

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
-    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors (any command)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no log lines: only warnings, errors and the command's result (any command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _discover(sub)
     # Every command takes them too, anywhere among its own arguments; SUPPRESS leaves the value
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     # by hand: a file named -q after `--`, or a flag's `--name=-q`, stays what it is.
     for p in sub.choices.values():
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks and debug logs")
-        p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
+        p.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="no log lines: only warnings, errors and the command's result")
     return parser
 
 

@@ -39,13 +39,14 @@ def run(args) -> int:
 
     if args.list_layers:
         rows = list_layers(args.checkpoint, device=args.device, which=which_of(args))
-        width = max(len(r["name"]) for r in rows)
+        width = max(len(n) for r in rows for n in (r["name"], r["stage"] or ""))
         print(f"layers for --layers, in forward order, with their output (C, H, W) for a {rows[0]['shape']} input:")
         for r in rows:
             shape = "(" + ", ".join(str(v) for v in r["shape"]) + ")"
             what = "the normalized image, one map per channel" if r["name"] == "input" else r["module"]
-            also = f" (stage {r['stage']})" if r["stage"] else ""
-            print(f"  {r['name']:<{width}}  {shape:<16}  {what}{also}")
+            print(f"  {r['name']:<{width}}  {shape:<16}  {what}")
+            if r["stage"]:  # a stage named after a module of another name (stem: maxpool's output)
+                print(f"  {r['stage']:<{width}}  {shape:<16}  stage {r['stage']}: the output of {r['name']}")
         return 0
     if args.image is None and args.layers and Path(args.layers[-1]).is_file():
         # `activations RUN --layers layer1 img.png`: --layers takes every word up to the next
