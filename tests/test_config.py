@@ -418,3 +418,14 @@ def test_an_unknown_activation_is_refused_with_the_config():
     with pytest.raises(ConfigError, match=r"model.act: unknown activation 'rleu'; did you mean 'relu'.*\(allowed: relu, leaky_relu, gelu, silu, elu, mish\)"):
         load_config(None, ["model.act=rleu"])
     assert load_config(None, ["model.act=GELU"]).model.act == "GELU"  # the model reads it case-blind
+
+
+def test_the_smoke_probe_of_the_dataset_logs_no_dataset_line(caplog):
+    # `train --smoke` printed the probe's "dataset fashion-mnist: 60000 train / 0 val ..." before
+    # the run's own line, which read as if the run had no validation split
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        cfg = smoke_fallback(smoke_config(load_config(None, ["data.name=digits"])))
+    assert cfg.data.name == "digits" and not [r for r in caplog.records if r.getMessage().startswith("dataset ")]
+    assert logging.getLogger("resnetlab.data.datasets").level == logging.NOTSET  # put back

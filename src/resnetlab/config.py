@@ -647,9 +647,16 @@ def smoke_fallback(cfg: Config) -> Config:
     dataset_key(cfg.data.name)  # a misspelt name fails here: only a dataset that is not on this machine falls back
     data = cfg.model_dump(mode="json")
     pool = None  # the real dataset's training pool, when it is here
+    # the probe's own "dataset ...: 60000 train / 0 val ..." line would read as the run's splits
+    probe_log = logging.getLogger("resnetlab.data.datasets")
+    level = probe_log.level
     try:
-        found = load_dataset(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, val_fraction=0,
-                             download=cfg.data.download)  # fmt: skip
+        probe_log.setLevel(max(logging.WARNING, probe_log.getEffectiveLevel()))
+        try:
+            found = load_dataset(cfg.data.name, root=cfg.data.root, image_size=cfg.data.image_size, val_fraction=0,
+                                 download=cfg.data.download)  # fmt: skip
+        finally:
+            probe_log.setLevel(level)
         classes = len(found.classes)
         pool, val_folder = len(found.train), len(found.val) > 0  # val_fraction=0: a val split is the folder's val/
         if isinstance(cfg.data.subset, int) and cfg.data.subset > len(found.train):

@@ -485,6 +485,7 @@ def _capped_splits(cfg: Config, cap: int):
     splits = load_dataset(cfg.data.name, **cfg.data.load_kwargs(cfg.seed))
     if len(splits.test) > cap:
         _, keep = stratified_split(splits.test.targets.numpy(), cap, seed=0)
+        log.info("smoke study: evaluating on %d of the %d test images (a stratified subset)", cap, len(splits.test))
         splits.test = splits.test.subset(keep)
     return splits
 
