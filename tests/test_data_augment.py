@@ -253,6 +253,11 @@ def test_erasing_draws_its_boxes_as_torchvision():
     assert abs(on - 0.5) < 0.04  # p
     # a box that cannot fit in 10 draws leaves the image as it is, as torchvision does
     assert torch.equal(build_augment("erasing:scale=(0.9,1),ratio=(3,3),p=1", (1, 32, 32))(x[:8]), x[:8])
+    # a box never spans a whole side (torchvision keeps h < H and w < W): the whole image at
+    # scale 1 was erased, and 2% of the default boxes on 8x8 images spanned a side
+    assert torch.equal(build_augment("erasing:scale=(1,1),ratio=(1,1),p=1", (1, 32, 32))(x[:8]), x[:8])
+    small = build_augment("erasing:p=1", (1, 8, 8))(torch.ones(4000, 1, 8, 8))[:, 0] == 0
+    assert not (small.any(2).sum(1) == 8).any() and not (small.any(1).sum(1) == 8).any() and small.any((1, 2)).float().mean() > 0.9
 
 
 def test_blur_smooths_noise_and_keeps_mean():
@@ -323,3 +328,15 @@ def test_mapping_parameters_read_like_the_string_form_whatever_yaml_made_of_them
     assert items == parse_augment("salt-pepper:amount=1e-2 blur:sigma=(5e-1,1) erasing:scale=(0.1,0.2) crop:padding_mode=reflect")
     with pytest.raises(DataError, match="amount='lots' is not a number"):
         parse_augment([{"salt-pepper": {"amount": "lots"}}])
+
+
+@pytest.mark.parametrize("spec", [{"flip": {"p": float("nan")}}, {"blur": {"sigma": [0.5, float("inf")]}},
+                                  {"erasing": {"scale": [float("nan"), 0.3]}}, {"rotation": {"degrees": float("nan")}},
+                                  {"color-jitter": {"brightness": float("inf")}}])  # fmt: skip
+def test_nan_and_inf_parameters_are_refused_by_name(spec):
+    # nan passed every range check (flip:p=nan never flipped; erasing failed mid-run with torch's
+    # "from is out of bounds"), and inf an open one
+    (name, params), = spec.items()
+    (key, value), = params.items()
+    with pytest.raises(DataError, match=rf"augmentation {name!r}: {key}=.*(nan|inf).* is not a finite number"):
+        parse_augment([spec])

@@ -151,6 +151,8 @@ def _canonical(name: str) -> str:
 def _number(name: str, key: str, v: Any, lo: float | None = None, hi: float | None = None) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise DataError(f"augmentation {name!r}: {key}={v!r} is not a number")
+    if not math.isfinite(v):  # nan passes every comparison below, and inf an open range
+        raise DataError(f"augmentation {name!r}: {key}={v!r} is not a finite number")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
         raise DataError(f"augmentation {name!r}: {key}={v!r} is out of range (allowed: {rng})")
@@ -414,7 +416,7 @@ class RandomErasingBox(nn.Module):
         area = torch.empty(b, self.tries, device=dev).uniform_(*self.scale) * (h * w)
         ratio = torch.empty(b, self.tries, device=dev).uniform_(*self.log_ratio).exp_()
         eh, ew = (area * ratio).sqrt_().round_(), (area / ratio).sqrt_().round_()  # (B, tries)
-        fits = (eh <= h) & (ew <= w)
+        fits = (eh < h) & (ew < w)  # strictly smaller, as torchvision's: a box never spans a whole side
         first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first box that fits
         eh, ew = eh.gather(1, first), ew.gather(1, first)  # (B, 1)
         on = fits.any(1, keepdim=True) & (torch.rand(b, 1, device=dev) < self.p)
