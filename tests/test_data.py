@@ -1049,3 +1049,20 @@ def test_a_subset_smaller_than_the_class_count_says_so(subset):
                           f"a stratified subset needs one image of each class (allowed: 10..1437 images")  # fmt: skip
     assert ("a fraction of at least 0.00696" in msg) == isinstance(subset, float) and "val_fraction" not in msg
     assert len(load_dataset("digits", subset=10, val_fraction=0.0).train) == 10
+
+
+def test_an_in_memory_folder_decodes_only_the_images_its_splits_hold(tmp_path, monkeypatch):
+    # --subset 6 of a 60-image folder decoded all 60 before drawing the 6
+    import resnetlab.data.datasets as ds
+
+    name = write_png_folder(tmp_path / "imgs", n=60, classes=3)
+    decoded = []
+    real = ds.read_image
+    monkeypatch.setattr(ds, "read_image", lambda p, *a, **k: decoded.append(p) or real(p, *a, **k))
+    s = load_dataset(name, image_size=8, subset=6, val_fraction=0.0)
+    assert (len(s.train), len(s.test)) == (6, 12) and s.train.in_memory and s.test.in_memory
+    assert sorted(decoded) == sorted(s.train.paths + s.test.paths)  # 18 files, each once
+    full = load_dataset(name, image_size=8, val_fraction=0.0)
+    assert s.test.paths == full.test.paths and set(s.train.paths) <= set(full.train.paths)
+    i = full.train.paths.index(s.train.paths[0])
+    assert torch.equal(s.train.images[0], full.train.images[i])

@@ -71,10 +71,6 @@ class ImageSet:
         held_out: the split was drawn from the same files as the training split by a seeded
             shuffle (an image folder's val or test without a folder of its own): once the folder
             changes, it may hold images a run trained on.
-        bad: bool ``(N,)``, in-memory image folders while the splits are drawn: the items whose
-            file did not decode (their images are zeros). They take part in the draw, as a
-            streaming folder's do (it cannot know them beforehand), so both hold the same images
-            in each split; :func:`load_dataset` then leaves them out.
     """
 
     targets: torch.Tensor
@@ -85,7 +81,6 @@ class ImageSet:
     cache: str | None = None
     cache_rows: torch.Tensor | None = None
     held_out: bool = False
-    bad: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.targets = torch.as_tensor(self.targets, dtype=torch.int64)
@@ -133,7 +128,6 @@ class ImageSet:
             cache=self.cache,  # the parent's: the subset's items keep their rows
             cache_rows=None if rows is None else rows[idx],
             held_out=self.held_out,
-            bad=None if self.bad is None else self.bad[idx],
         )
 
     def get(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -881,34 +875,12 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
             listing += paths
             sets[split] = ImageSet(torch.tensor(ys, dtype=torch.int64), shape, classes, paths=paths, cache_rows=rows)
             continue
-        # Full decode now (threads: the decoders release the GIL); failures are skipped. Each
-        # image goes straight into one preallocated batch, stored NHWC (channels_last) as the
-        # in-memory loader keeps it: a list of decoded images then torch.stack held the split
-        # twice at the peak, and the loader's NHWC copy held it twice for the whole run.
-        x = torch.empty((len(paths), *shape), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
-
-        def load(i: int) -> bool:
-            try:
-                x[i] = read_image(paths[i], channels=channels, size=size)
-            except Exception:  # corrupt or truncated: reported once below
-                return False
-            return True
-
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            good = list(pool.map(load, range(len(paths))))
-        skipped.extend(paths[i] for i, g in enumerate(good) if not g)
-        # the files that did not decode stay listed until the splits are drawn (ImageSet.bad)
-        bad = torch.tensor([not g for g in good], dtype=torch.bool)
-        for i in torch.nonzero(bad).flatten().tolist():
-            x[i] = 0
-        sets[split] = ImageSet(torch.tensor(ys, dtype=torch.int64), shape, classes, images=x, paths=paths,
-                               bad=bad if bool(bad.any()) else None)
-    if skipped:
-        shown = ", ".join(skipped[:20]) + (f", ... ({len(skipped) - 20} more)" if len(skipped) > 20 else "")
-        log.warning("skipped %d unreadable file(s) in %s: %s", len(skipped), path, shown)
+        # held in memory: decoded by load_dataset once the splits (and data.subset) are drawn, so
+        # only the images a run uses are decoded, and a file whose pixels do not decode takes
+        # part in the draw as it does when streaming (both ways draw the same images)
+        sets[split] = ImageSet(torch.tensor(ys, dtype=torch.int64), shape, classes, paths=paths)
     main_set = sets.get("train", sets.get("all"))
-    readable = main_set.targets if main_set.bad is None else main_set.targets[~main_set.bad]
-    counts = torch.bincount(readable, minlength=len(classes))
+    counts = torch.bincount(main_set.targets, minlength=len(classes))
     if int(counts.min()) == 0:
         bad = [classes[i] for i in range(len(classes)) if counts[i] == 0]
         raise DataError(f"image folder {path!r}: class folder(s) {', '.join(bad)} have no readable images")
@@ -928,14 +900,37 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
                                       f", or split the folder into {path}/train/<class>/ and test/<class>/")
         train, val, test = full.subset(keep), None, full.subset(held)
         test.held_out = True
-    return train, val, test, classes, skipped, listing
+    return train, val, test, classes, skipped, listing, not streaming
 
 
-def _without_bad(imageset: ImageSet) -> ImageSet:
-    """``imageset`` without its items whose file did not decode (``ImageSet.bad``)."""
-    out = imageset.subset(torch.nonzero(~imageset.bad).flatten())
-    out.bad = None
-    return out
+def _decode_into_memory(imageset: ImageSet, workers: int) -> tuple[ImageSet, list[str]]:
+    """An image folder's split decoded into memory, and the files that did not decode (left out).
+
+    Threads (the decoders release the GIL); each image goes straight into one preallocated batch,
+    stored NHWC (channels_last) as the in-memory loader keeps it: a list of decoded images then
+    torch.stack held the split twice at the peak.
+    """
+    channels, h, w = imageset.image_shape
+    paths = imageset.paths
+    x = torch.empty((len(paths), channels, h, w), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+
+    def load(i: int) -> bool:
+        try:
+            x[i] = read_image(paths[i], channels=channels, size=(h, w))
+        except Exception:  # corrupt or truncated: reported once by load_dataset
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        good = list(pool.map(load, range(len(paths))))
+    ok = [i for i, g in enumerate(good) if g]
+    failed = [paths[i] for i, g in enumerate(good) if not g]
+    if failed:
+        keep = torch.tensor(ok, dtype=torch.int64)
+        x, targets, paths = x[keep], imageset.targets[keep], [paths[i] for i in ok]  # x[keep] stays channels_last
+    else:
+        targets = imageset.targets
+    return ImageSet(targets, imageset.image_shape, imageset.classes, images=x, paths=paths, held_out=imageset.held_out), failed
 
 
 def _decodable_sample(imageset: ImageSet, count: int, chunk: int = 64) -> Iterator[torch.Tensor]:
@@ -1034,7 +1029,7 @@ def load_dataset(
         else:
             if not arg:
                 raise DataError("imagefolder needs a path: 'imagefolder:PATH'")
-            train, val, test, classes, skipped, listing = _read_imagefolder(
+            train, val, test, classes, skipped, listing, decode = _read_imagefolder(
                 arg, size or (224, 224), stream_threshold_gb, workers or os.cpu_count() or 1
             )
 
@@ -1044,7 +1039,7 @@ def load_dataset(
         parts = [train, val, test]
         train, val, test = (
             None if s is None else ImageSet(s.targets, (c, *size), classes, images=_resize_all(s.images, size), paths=s.paths,
-                                            held_out=s.held_out, bad=s.bad)
+                                            held_out=s.held_out)
             for s in parts
         )
 
@@ -1080,8 +1075,19 @@ def load_dataset(
         else:
             val = train.subset([])
 
-    # the splits are drawn: an in-memory folder's files that did not decode leave them now
-    train, val, test = (s if s is None or s.bad is None else _without_bad(s) for s in (train, val, test))
+    if key == "imagefolder":
+        if decode:  # the splits are drawn: an in-memory folder decodes the images they hold
+            decoded = [_decode_into_memory(s, workers or os.cpu_count() or 1) for s in (train, val, test)]
+            (train, failed_train), (val, failed_val), (test, failed_test) = decoded
+            skipped = skipped + failed_train + failed_val + failed_test
+        if skipped:
+            shown = ", ".join(skipped[:20]) + (f", ... ({len(skipped) - 20} more)" if len(skipped) > 20 else "")
+            log.warning("skipped %d unreadable file(s) in %s: %s", len(skipped), arg, shown)
+        if decode:
+            lacking = sorted(set(range(len(classes))) - set(train.targets.tolist()))
+            if lacking:
+                raise DataError(f"image folder {arg!r}: class folder(s) {', '.join(classes[i] for i in lacking)} have no "
+                                f"readable images in the training split")  # fmt: skip
 
     if cache and not train.in_memory:
         cache_dir = Path(arg).expanduser() / ".resnetlab-cache" if isinstance(cache, bool) else Path(cache).expanduser()
