@@ -141,6 +141,11 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_then_resume_needs_the_same_
             os.killpg(proc.pid, signal.SIGKILL)
     saves = [line for line in log.splitlines() if "received: saved" in line]
     assert len(saves) == 1, log[-3000:]  # rank 0 alone; rank 1 used to claim a save it never made
+    # named as the signal rank 1 got (rank 0 said SIGINT), with the command that resumes it (the
+    # plain `resnetlab train --resume` it gave is refused for a 2-process run)
+    assert "SIGTERM received: saved" in saves[0], saves
+    assert saves[0].endswith(f"resume with: torchrun --nproc_per_node=2 -m resnetlab train --resume {out}"), saves
+    assert f"interrupted: resume with `torchrun --nproc_per_node=2 -m resnetlab train --resume {out}`" in log
     assert "Connection closed by peer" not in log and "Traceback" not in log.split("received: saved")[0]
     meta = json.loads((out / "checkpoints" / "last" / "meta.json").read_text())
     epoch, step = (int(v) for v in re.search(r"at epoch (\d+) step (\d+)", saves[0]).groups())
@@ -448,3 +453,45 @@ def test_a_collective_returns_only_once_gloo_has_released_its_tensors(tmp_path):
     assert sorted(r for r, _, _ in found) == ["0", "1"], proc.stdout
     assert [raised for _, raised, _ in found] == ["0", "0"], proc.stdout
     print(proc.stdout)
+
+
+def test_the_resume_command_and_a_lost_peer_are_said_for_the_launch(monkeypatch, tmp_path):
+    from resnetlab.cli import _peer_lost
+    from resnetlab.trainer import resume_command
+
+    for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    assert resume_command("runs/a") == "resnetlab train --resume runs/a"
+    assert _peer_lost(RuntimeError("Connection reset by peer"), "Connection reset by peer") is None  # one process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resume_command("runs/a") == "torchrun --nproc_per_node=2 -m resnetlab train --resume runs/a"
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resume_command("runs/a") == ("torchrun --nproc_per_node=4 --nnodes=2 -m resnetlab train --resume runs/a on each of the "
+                                        "2 nodes (the same --nnodes and rendezvous)")  # fmt: skip
+    gloo = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:16774: "
+            "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application.")
+    assert _peer_lost(RuntimeError(gloo), gloo) == "Connection reset by peer"
+    assert _peer_lost(ValueError("unknown config key"), "unknown config key") is None
+
+
+def test_a_dead_peer_is_one_line_that_says_so_and_how_to_resume(tmp_path, monkeypatch, capsys):
+    # gloo's own words were the error line: "[.../pair.cc:545] Read error ...: Connection reset by
+    # peer. This is typically caused by ..."
+    from resnetlab import cli
+    from resnetlab.cli import train as cli_train
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+
+    def dies(args):
+        raise RuntimeError("[../pair.cc:545] Read error [127.0.0.1]:16774: Connection reset by peer. This is typically caused by ...")
+
+    monkeypatch.setattr(cli_train, "run", dies)
+    rc = cli.main(["train", "--data", "digits", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1] == (f"error: another process of this torchrun job stopped (Connection reset by peer); the run "
+                                   f"folder keeps its last saved checkpoint: resume with `torchrun --nproc_per_node=2 -m resnetlab "
+                                   f"train --resume {tmp_path / 'run'}`")  # fmt: skip

@@ -66,6 +66,18 @@ def dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def resume_command(run_dir: str | os.PathLike) -> str:
+    """The command that resumes ``run_dir`` in this process's launch: ``resnetlab train --resume
+    RUN``, or its torchrun form with as many processes (a resume on another count is refused)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return f"resnetlab train --resume {run_dir}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = max(1, world // max(1, local))
+    where = "" if nodes == 1 else f" on each of the {nodes} nodes (the same --nnodes and rendezvous)"
+    return f"torchrun --nproc_per_node={local}{'' if nodes == 1 else f' --nnodes={nodes}'} -m resnetlab train --resume {run_dir}{where}"
+
+
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         _collective(lambda: torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM), [t])
@@ -774,16 +786,18 @@ class Trainer:
     def _stop_agreed(self, collective: bool = True) -> bool:
         """Whether to stop now. One process: its own signal flag. Several: only where ``collective``
         (every rank reaches that point at the same step), true if any rank was signalled; a rank
-        that was not takes the signal's name as SIGINT's (torchrun forwards its signal to all)."""
+        that was not takes the signal of the rank that was (the highest number, if several were:
+        SIGTERM over SIGINT), so rank 0 names the signal that stopped the job."""
         if self.world_size == 1:
             return self._stop_signal is not None
         if not collective:
             return False
-        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=self.device)
+        flag = torch.tensor([float(self._stop_signal or 0)], device=self.device)
         _collective(lambda: torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX), [flag])
-        if flag.item() > 0 and self._stop_signal is None:
-            self._stop_signal = int(signal.SIGINT)
-        return flag.item() > 0
+        got = int(flag.item())
+        if got > 0 and self._stop_signal is None:
+            self._stop_signal = got
+        return got > 0
 
     def _stop_if_signalled(self) -> None:
         """Between epochs (``last`` holds the finished epoch): stop on a signal that came after the
@@ -797,10 +811,10 @@ class Trainer:
             raise _Interrupted()
         if self.epoch >= self.epochs or self.global_step >= self.total_steps:
             log.warning("%s received: training finished and %s is saved; the test evaluation and report were skipped: "
-                        "resnetlab train --resume %s writes them", name, last, self.run_dir)  # fmt: skip
+                        "%s writes them", name, last, resume_command(self.run_dir))  # fmt: skip
         else:
-            log.warning("%s received: saved %s at the end of epoch %d; resume with: resnetlab train --resume %s",
-                        name, last, self.epoch, self.run_dir)  # fmt: skip
+            log.warning("%s received: saved %s at the end of epoch %d; resume with: %s",
+                        name, last, self.epoch, resume_command(self.run_dir))  # fmt: skip
         raise _Interrupted()
 
     def _train_epoch(self) -> None:
@@ -897,8 +911,8 @@ class Trainer:
                 self.save_last()
                 if self.is_main:
                     name = signal.Signals(self._stop_signal).name
-                    log.warning("%s received: saved %s at epoch %d step %d; resume with: resnetlab train --resume %s",
-                                name, self.run_dir / "checkpoints" / "last", epoch + 1, step, self.run_dir)  # fmt: skip
+                    log.warning("%s received: saved %s at epoch %d step %d; resume with: %s",
+                                name, self.run_dir / "checkpoints" / "last", epoch + 1, step, resume_command(self.run_dir))  # fmt: skip
                 raise _Interrupted()
             if self.global_step >= self.total_steps:
                 break

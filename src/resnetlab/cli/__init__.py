@@ -252,8 +252,31 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        peer = _peer_lost(exc, msg)
+        if peer:
+            run = getattr(args, "resume", None) or getattr(args, "out", None)
+            from resnetlab.trainer import resume_command
+
+            msg = (f"another process of this torchrun job stopped ({peer}); the run folder keeps its last saved "
+                   f"checkpoint: resume with `{resume_command(run or 'RUN_DIR')}`")  # fmt: skip
         print(f"error: {msg}", file=sys.stderr)
         return 2
+
+
+_PEER_LOST = re.compile(r"Connection (reset|closed) by peer|Broken pipe|Connection refused")
+
+
+def _peer_lost(exc: BaseException, msg: str) -> str | None:
+    """Under torchrun, the cause in the words of a collective whose peer process died (gloo's "Read
+    error [127.0.0.1]:16774: Connection reset by peer. This is typically caused by ..." gives
+    "Connection reset by peer"); None for any other error."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    dist = sys.modules.get("torch.distributed")
+    found = _PEER_LOST.search(msg)
+    if found is None and not (dist is not None and isinstance(exc, getattr(dist, "DistNetworkError", ()))):
+        return None
+    return found.group(0) if found else msg
 
 
 def _leave_process_group() -> None:

@@ -116,7 +116,9 @@ def run(args) -> int:
         # under torchrun, rank 0 reports; every rank exits with the run's status
         return 128 + int(signal.SIGINT) if result.interrupted else 0
     if result.interrupted:
-        print(f"interrupted: resume with `resnetlab train --resume {result.run_dir}`")
+        from resnetlab.trainer import resume_command
+
+        print(f"interrupted: resume with `{resume_command(result.run_dir)}`")
         return 128 + int(signal.SIGINT)
     best = f"{result.best_val_acc:.4f}" if result.best_val_acc is not None else "n/a"
     print(f"run: {result.run_dir}")
