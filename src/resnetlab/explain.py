@@ -200,7 +200,7 @@ def attribution_maps(
     return _attribution_maps(model, x, targets, method, layer, batch_size, ig_steps, baseline)
 
 
-def _attribution_maps(model, x, targets, method, layer, batch_size, ig_steps, baseline) -> np.ndarray:
+def _attribution_maps(model, x, targets, method, layer, batch_size=64, ig_steps=32, baseline=None) -> np.ndarray:
     """:func:`attribution_maps` once the method and the layer are settled."""
     targets = [int(t) for t in torch.as_tensor(targets).flatten().tolist()]
     if len(targets) != len(x):
@@ -464,12 +464,12 @@ def explain(
     maps_true: dict[int, np.ndarray] = {}
 
     def maps(x: torch.Tensor, cls: torch.Tensor) -> np.ndarray:
-        m = _attribution_maps(model, x, cls, method, layer, min(batch_size, 64), 32, None)
+        m = _attribution_maps(model, x, cls, method, layer, batch_size=min(batch_size, 64))
         if not src.tta_flip:
             return m
         # the prediction averaged the image and its mirror: so does its map (the mirror's map
         # flipped back), as test-time augmentation of a CAM does; then scaled min to max again
-        mf = _attribution_maps(model, torch.flip(x, dims=(3,)), cls, method, layer, min(batch_size, 64), 32, None)
+        mf = _attribution_maps(model, torch.flip(x, dims=(3,)), cls, method, layer, batch_size=min(batch_size, 64))
         return _normalize_maps(torch.from_numpy((m + mf[:, :, ::-1]) / 2))
 
     if wanted:

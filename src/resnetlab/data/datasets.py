@@ -659,19 +659,14 @@ def _read_mnist(root: Path, name: str, download: bool, origin: str = ""):
     # the user's own copy, incomplete: an error naming the missing file (or the download that
     # completes it), not the system's Fashion-MNIST in its place without a word
     own = [[_find_idx([d], st) for st in stems] for d in dirs[:2]]
-    if not any(None not in f for f in own):
-        partial = next(((d, f) for d, f in zip(dirs[:2], own) if any(f) and None in f), None)
-        if partial is not None and not download:
-            d, f = partial
-            raise DataError(f"{name}: {d} holds {sum(p is not None for p in f)} of its 4 IDX files but no "
-                            f"{stems[f.index(None)]}[.gz]{origin}; copy the missing file there, or "
-                            f"{_DOWNLOAD_HINT}")  # fmt: skip
-        if partial is not None:
-            found = [None]  # torchvision downloads what is missing into root/<dataset>/raw
-        else:
-            found = _find_idx_set(dirs, stems)
-    else:
-        found = _find_idx_set(dirs, stems)
+    complete = any(None not in f for f in own)
+    partial = None if complete else next(((d, f) for d, f in zip(dirs[:2], own) if any(f)), None)
+    if partial is not None and not download:
+        d, f = partial
+        raise DataError(f"{name}: {d} holds {sum(p is not None for p in f)} of its 4 IDX files but no "
+                        f"{stems[f.index(None)]}[.gz]{origin}; copy the missing file there, or {_DOWNLOAD_HINT}")  # fmt: skip
+    # a partial copy with data.download: torchvision fetches what is missing into root/<dataset>/raw
+    found = [None] if partial is not None else _find_idx_set(dirs, stems)
     if None in found and download:
         import torchvision
 
