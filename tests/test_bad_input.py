@@ -184,11 +184,14 @@ CASES = {
     "output under a regular file": (lambda c: [*TINY, "--out", str(c.file / "run")], ["output folder", "is not writable (Not a directory)", "--out"]),
     "output is an existing file": (lambda c: [*TINY, "--out", str(c.file)], ["output folder", "is an existing file, not a folder", "--out"]),
     "existing run without --resume": (lambda c: [*TINY, "--out", str(c.run)], ["already holds a run", "use --resume"]),
-    "run name a path": (lambda c: [*TINY, "--name", "../x"], ["name: a run name is one folder name under output.dir", "got '../x'", "use --out PATH"]),
+    "run name a path": (lambda c: [*TINY, "--name", "../x"], ["name: a run name is one non-empty folder name under output.dir", "got '../x'", "use --out PATH"]),
     "bad config on an existing run with --overwrite": (lambda c: [*TINY, "--out", str(c.run), "--overwrite", "--norm", "bnn"], ["unknown norm 'bnn'"]),
     # -- checkpoints and runs --------------------------------------------------------------------
     "resume a folder that is not a run": (lambda c: ["train", "--resume", str(c.tmp)], ["is not a run folder (no config.yaml)"]),
     "resume a missing folder": (lambda c: ["train", "--resume", str(c.tmp / "nope")], ["is not a run folder"]),
+    # it said "RUN/config.yaml is not a run folder (no config.yaml)"
+    "resume a file": (lambda c: ["train", "--resume", _yaml(c, "a: 1\n")], ["recipe.yaml is a file, not a run folder (give the folder that holds config.yaml)"]),
+    "run name empty": (lambda c: [*TINY, "--name", ""], ["name: a run name is one non-empty folder name", "got ''"]),
     "resume with other options": (lambda c: ["train", "--resume", str(c.run), "--epochs", "2", "--set", "optim.lr=0.5"],
                                   ["takes no other options (got --epochs, --set optim.lr=0.5)"]),  # fmt: skip
     "missing checkpoint": (lambda c: ["predict", str(c.tmp / "nope"), str(c.img)], ["checkpoint or run folder not found"]),

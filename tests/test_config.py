@@ -380,7 +380,7 @@ def test_set_on_a_text_key_takes_the_value_as_typed():
 @pytest.mark.parametrize("name", ["../x", "a/b", "..", ".", "a\\b"])
 def test_a_run_name_that_is_a_path_is_refused_and_a_recorded_one_stays_readable(name):
     # --name ../x wrote the run beside output.dir, not in it
-    with pytest.raises(ConfigError, match=r"^name: a run name is one folder name under output.dir .* use --out PATH or output.dir$"):
+    with pytest.raises(ConfigError, match=r"^name: a run name is one non-empty folder name under output.dir .* use --out PATH or output.dir$"):
         load_config(None, [f"name={name}"])
     from resnetlab.config import config_from_dict
 
@@ -429,3 +429,17 @@ def test_the_smoke_probe_of_the_dataset_logs_no_dataset_line(caplog):
         cfg = smoke_fallback(smoke_config(load_config(None, ["data.name=digits"])))
     assert cfg.data.name == "digits" and not [r for r in caplog.records if r.getMessage().startswith("dataset ")]
     assert logging.getLogger("resnetlab.data.datasets").level == logging.NOTSET  # put back
+
+
+def test_an_empty_run_name_and_a_seed_outside_numpys_range_are_refused():
+    # --name '' fell back to <model>-<data> without a word; --seed -1 failed later as "cannot split
+    # 1437 images ... with a stratified hold-out", which pointed at the wrong fix
+    from resnetlab.config import config_from_dict
+
+    for name in ("", "  "):
+        with pytest.raises(ConfigError, match=r"^name: a run name is one non-empty folder name under output.dir"):
+            config_from_dict({"name": name})
+    for seed in (-1, 2**32):
+        with pytest.raises(ConfigError, match=r"^config seed: Input should be (greater|less) than or equal to"):
+            load_config(None, [f"seed={seed}"])
+    assert load_config(None, [f"seed={2**32 - 1}"]).seed == 2**32 - 1

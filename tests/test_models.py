@@ -471,7 +471,7 @@ def test_wrong_input_channels_at_forward_time():
         # the config refused these; the Python API built a zero-width layer, or ignored the dropout
         ({"head": [0]}, "every head hidden size must be an integer >= 1, got 0"),
         ({"head_dropout": 0.5}, "head_dropout applies between the layers of an MLP head"),
-        ({"depth": 32}, "resnet8 has a fixed depth; for another use create_model('resnet_cifar', depth=32)"),
+        ({"depth": 32}, "resnet8 has a fixed depth; for another use the model resnet_cifar with depth=32 (--model resnet_cifar --depth 32, or create_model('resnet_cifar', depth=32))"),
     ],
 )
 def test_other_bad_options(kwargs, words):

@@ -231,7 +231,7 @@ class OutputConfig(_Section):
 
 class Config(_Section):
     name: str | None = None  # run name; default <model>-<data>
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy's and torch's seed range; a study adds the seed index to it
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     augment: list[str | dict[str, Any]] = []  # e.g. [crop, flip] or [{crop: {padding: 4}}]
@@ -331,8 +331,8 @@ class Config(_Section):
     def _check_run_name(self) -> None:
         """The run name is the run folder's name under output.dir: one folder, not a path."""
         n = self.name
-        if n is not None and (n in (".", "..") or any(c in n for c in "/\\\0")):
-            raise ValueError(f"name: a run name is one folder name under output.dir (no '/', '\\', '.' or '..'), got {n!r}; "
+        if n is not None and (not n.strip() or n in (".", "..") or any(c in n for c in "/\\\0")):
+            raise ValueError(f"name: a run name is one non-empty folder name under output.dir (no '/', '\\', '.' or '..'), got {n!r}; "
                              f"to write the run elsewhere use --out PATH or output.dir")  # fmt: skip
 
     def run_name(self) -> str:

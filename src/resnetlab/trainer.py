@@ -1185,7 +1185,8 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResul
     """Continue a run from its newest good ``last`` checkpoint (falls back to ``last.prev``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        raise ResnetlabError(f"{run_dir} is not a run folder (no config.yaml); nothing to resume")
+        what = "is a file, not a run folder (give the folder that holds config.yaml)" if Path(run_dir).is_file() else "is not a run folder (no config.yaml)"
+        raise ResnetlabError(f"{run_dir} {what}; nothing to resume")
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), recorded=True)
     candidates = ckpt.resume_candidates(run_dir)
     _check_resume_config(run_dir, cfg, candidates)

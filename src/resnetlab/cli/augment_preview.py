@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="FILE.png", help="where to write the grid")
     p.add_argument("--overwrite", action="store_true", help="replace an existing FILE.png")
     p.add_argument("--n", type=int_at_least(1), default=6, help="number of sample images (rows; default 6)")
-    p.add_argument("--seed", type=int, default=0, help="picks the samples and the random parameters (default 0)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="picks the samples and the random parameters (default 0)")
     p.set_defaults(func=run)
 
 

@@ -62,7 +62,8 @@ def resnet_cifar(depth: int = 20, **kwargs) -> ResNet:
 def _cifar_builder(depth: int):
     def builder(**kwargs) -> ResNet:
         if "depth" in kwargs:
-            raise ValueError(f"resnet{depth} has a fixed depth; for another use create_model('resnet_cifar', depth={kwargs['depth']!r})")
+            raise ValueError(f"resnet{depth} has a fixed depth; for another use the model resnet_cifar with depth={kwargs['depth']!r} "
+                             f"(--model resnet_cifar --depth {kwargs['depth']!r}, or create_model('resnet_cifar', depth={kwargs['depth']!r}))")
         return resnet_cifar(depth=depth, **kwargs)
 
     builder.__name__ = f"resnet{depth}"
