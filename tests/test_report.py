@@ -288,6 +288,9 @@ def test_report_of_the_val_split_shows_val_results_and_val_images(tmp_path, caps
     preds = list(csv.DictReader(open(run / "eval" / "val" / "predictions.csv")))
     wrong = sorted((r for r in preds if r["target"] != r["prediction"]), key=lambda r: -float(r["confidence"]))
     assert "## Final metrics (val split)" in md and "## Misclassified val images" in md
+    # the val split chose the checkpoint: it said "the val split chose nothing"
+    assert "chosen on validation accuracy; the val split chose it, so these figures are optimistic" in md
+    assert "val split chose nothing" not in md
     assert f"| accuracy | {val['accuracy']:.4g} |" in md
     assert f"{len(wrong)} of {len(preds)} val images are misclassified" in md
     splits = load_splits_for(load_checkpoint(run).meta)

@@ -686,7 +686,9 @@ def build_report(
             at = f" (epoch {ckpt_epoch})" if ckpt_epoch is not None else ""
             how = ("chosen on validation accuracy" if best is not None
                    else "the final weights: the run has no validation split")  # fmt: skip
-            s.text(f"Of the best checkpoint{at}, {how}; the {split} split chose nothing.")
+            chose = (f"the {split} split chose it, so these figures are optimistic (the test split's are the held-out ones)"
+                     if split == "val" and best is not None else f"the {split} split chose nothing")  # fmt: skip
+            s.text(f"Of the best checkpoint{at}, {how}; {chose}.")
         s.add(_Table(["metric", "value"], [(label, test.get(k)) for k, label in keys], numeric=[False, True]))
         # the same checkpoint on every split evaluated (output.evaluate_train / evaluate_val, or resnetlab
         # evaluate --split): report 001's table of train / validation / test accuracy, micro- and macro-F1
