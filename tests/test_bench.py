@@ -71,6 +71,23 @@ def test_bench_depth_and_width_build_the_model_they_name(capsys):
     assert 3.5 < expect / json.loads(capsys.readouterr().out)["model_gflops_per_image"] < 4.5
 
 
+def test_bench_echoes_model_options_and_counts_what_it_folded(capsys):
+    """--norm/--depth/--width are named in the output; the optimized path says how many batch norms
+    it folded, and "no batch norm to fold" when the norm is not a batch norm (it said "BN folded")."""
+    argv = ["bench", "--batch-size", "4", "--input-size", "1x16x16", "--steps", "1", "--warmup", "0", "--repeats", "1",
+            "--matmul-size", "64"]
+    assert main([*argv, "--model", "resnet_cifar", "--depth", "8", "--width", "0.5", "--norm", "in"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet_cifar  norm in  depth 8  width 0.5  batch 4" in out
+    assert "no batch norm to fold" in out and "folded," not in out
+    assert main([*argv, "--model", "resnet8", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    # resnet8: stem + 3 blocks x 2 convs = 7 conv -> BN pairs (its option-A shortcuts have no norm)
+    assert r["folded_norms"] == 7 and r["model_args"] == {}
+    assert main([*argv, "--model", "resnet8"]) == 0
+    assert "7 batch norms folded" in capsys.readouterr().out
+
+
 def test_matmul_gflops_is_plausible():
     # 2 cores of any recent x86 do between 1 and a few hundred fp32 GFLOP/s
     assert 1 < matmul_gflops(512, repeats=2) < 2000
@@ -84,6 +101,8 @@ def test_matmul_gflops_is_plausible():
         (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got '0'"),
         (["--threads", "0"], "argument --threads: must be an integer >= 1, got '0'"),
         (["--warmup", "-1"], "argument --warmup: must be an integer >= 0, got '-1'"),
+        # timing a compiled step with no warmup measures the compiler, not the model
+        (["--compile", "--warmup", "0"], "warmup must be 1 or more with compile"),
         (["--matmul-size", "0"], "argument --matmul-size: must be an integer >= 1, got '0'"),
         (["--device", "bogus"], "device: unknown device 'bogus' (allowed: auto, cpu, cuda, cuda:N)"),
         (["--model", "resnet_cifar", "--depth", "7"], "depth must be 6n+2 with n >= 1"),

@@ -80,7 +80,8 @@ def test_models_pattern_without_match(capsys):
     assert cli.main(["models", "--json", "vgg*"]) == 1  # like text mode (and grep): no match is exit 1
     assert json.loads(capsys.readouterr().out) == []
     assert cli.main(["models", "vgg*"]) == 1
-    assert "no model matches 'vgg*'" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: no model matches 'vgg*'") and "`resnetlab models` lists" in err
 
 
 def test_describe_models_extra_fields():

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnetlab.errors import check_int
-from resnetlab.fold import optimize_for_inference
+from resnetlab.fold import foldable_pairs, optimize_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -310,9 +310,10 @@ def run_bench(
             roof matmul then runs in that dtype, so the fraction compares like with like.
 
     Returns:
-        A dict with ``model``, ``batch_size``, ``input_size``, ``train_images_per_s``,
+        A dict with ``model``, ``model_args`` (``model_args`` as given, ``{}`` for none), ``batch_size``, ``input_size``, ``train_images_per_s``,
         ``infer_images_per_s`` (the faster of eager and optimized), ``infer_eager_images_per_s``,
-        ``infer_optimized_images_per_s``, ``infer_speedup``, ``matmul_gflops``,
+        ``infer_optimized_images_per_s``, ``infer_speedup``, ``folded_norms`` (the batch norms the optimized
+        path folded into their convolutions), ``matmul_gflops``,
         ``model_gflops_per_image``, ``train_gflops``, ``train_roof_fraction``, ``device``,
         ``threads``, ``channels_last``, ``compile``, ``amp``, ``matmul_dtype``, ``torch``,
         ``omp_wait_policy`` and ``gomp_spincount`` (the environment's, ``None`` where unset).
@@ -329,6 +330,8 @@ def run_bench(
     roof_dtype = _amp_dtype(amp) or torch.float32  # a bad value fails before any work
     for name, value, low in (("batch_size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0), ("repeats", repeats, 1), ("matmul_size", matmul_size, 1)):
         check_int(name, value, low)
+    if compile and warmup < 1:  # the first compiled step compiles: timing it measures the compiler
+        raise ValueError(f"warmup must be 1 or more with compile (the first step compiles the model), got {warmup}")
     from resnetlab.evaluate import resolve_device
     from resnetlab.runtime import cpu_has_bf16, tune_malloc
 
@@ -364,6 +367,7 @@ def run_bench(
             ) from None
         infer_model = create_model(model, **args).to(dev)
         infer_model.load_state_dict(net.state_dict())  # trained weights: non-trivial BN statistics
+        folded = len(foldable_pairs(infer_model))
         eager = infer_images_per_s(infer_model, batch_size, size, steps, warmup, repeats, dev, channels_last=False, amp=amp)
         fast = infer_images_per_s(
             infer_model, batch_size, size, steps, warmup, repeats, dev, channels_last=channels_last, optimize=True, amp=amp
@@ -373,6 +377,7 @@ def run_bench(
     train_gflops = train_ips * 3 * fwd_flops / 1e9
     return {
         "model": model,
+        "model_args": dict(model_args or {}),
         "batch_size": batch_size,
         "input_size": list(size),
         "train_images_per_s": train_ips,
@@ -380,6 +385,7 @@ def run_bench(
         "infer_eager_images_per_s": eager,
         "infer_optimized_images_per_s": fast,
         "infer_speedup": fast / eager,
+        "folded_norms": folded,
         "matmul_gflops": roof,
         "model_gflops_per_image": fwd_flops / 1e9,
         "train_gflops": train_gflops,

@@ -20,7 +20,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int_at_least(1), default=128, help="images per step (default: 128)")
     p.add_argument("--input-size", default="3x32x32", help="CxHxW (default: 3x32x32)")
     p.add_argument("--steps", type=int_at_least(1), default=20, help="timed steps per window (default: 20)")
-    p.add_argument("--warmup", type=int_at_least(0), default=3, help="untimed steps first (default: 3)")
+    p.add_argument("--warmup", type=int_at_least(0), default=3,
+                   help="untimed steps first; 1 or more with --compile (default: 3)")
     p.add_argument("--repeats", type=int_at_least(1), default=3, help="timed windows, the best counts (default: 3)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:N (default: cpu)")
     p.add_argument(
@@ -71,12 +72,17 @@ def run(args) -> int:
         print(json.dumps(r))
         return 0
     size = "x".join(str(s) for s in r["input_size"])
-    print(f"model            {r['model']}  batch {r['batch_size']}  input {size}  device {r['device']}  threads {r['threads']}")
+    extra = "".join(f"  {k} {v:g}" if isinstance(v, float) else f"  {k} {v}" for k, v in r["model_args"].items())
+    print(f"model            {r['model']}{extra}  batch {r['batch_size']}  input {size}  device {r['device']}  threads {r['threads']}")
     print(f"model FLOPs      {r['model_gflops_per_image']:.4f} GFLOP/image forward (x3 for a training step)")
     print(f"matmul roof      {r['matmul_gflops']:.1f} GFLOP/s ({r['matmul_dtype']}, {args.matmul_size}x{args.matmul_size})")
     print(f"training         {r['train_images_per_s']:.1f} images/s = {r['train_gflops']:.1f} GFLOP/s "
           f"= {100 * r['train_roof_fraction']:.1f}% of the roof")
     print(f"inference eager  {r['infer_eager_images_per_s']:.1f} images/s")
-    print(f"inference folded {r['infer_optimized_images_per_s']:.1f} images/s ({r['infer_speedup']:.2f}x eager; "
-          f"BN folded{', channels_last' if r['channels_last'] else ''})")
+    n = r["folded_norms"]
+    how = [f"{n} batch norm{'s' if n != 1 else ''} folded" if n else "no batch norm to fold"]
+    if r["channels_last"]:
+        how.append("channels_last")
+    print(f"inference fast   {r['infer_optimized_images_per_s']:.1f} images/s ({r['infer_speedup']:.2f}x eager; "
+          f"{', '.join(how)})")
     return 0

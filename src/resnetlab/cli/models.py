@@ -23,7 +23,10 @@ def run(args) -> int:
                           for r in rows], indent=2))
         return 0 if rows else 1  # no match: exit 1, as in text mode
     if not rows:
-        print(f"no model matches {args.pattern!r}")
+        import sys
+
+        print(f"error: no model matches {args.pattern!r} (a shell pattern, part of a name, or a family: cifar, imagenet; "
+              "`resnetlab models` lists them all)", file=sys.stderr)  # fmt: skip
         return 1
     print(f"{'name':<28} {'params':>12} {'GMACs':>8} {'GFLOPs':>8}  input      description")
     for r in rows:
