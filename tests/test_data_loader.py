@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import matplotlib.image as mpimg
+import logging
+
 import pytest
 import torch
 from conftest import write_png_folder
@@ -156,6 +158,16 @@ def test_augment_preview_cli_grid(tmp_path, capsys):
     assert "grid.png already exists" in capsys.readouterr().err and out.read_bytes() == before
     assert main(["augment-preview", "--data", "digits", "--aug", "flip", "--out", str(tmp_path / "g2")]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'g2.png'}" and (tmp_path / "g2.png").is_file()
+
+
+def test_augment_preview_says_when_n_is_more_than_the_training_images(caplog):
+    from resnetlab.data.preview import preview_columns
+
+    s = load_dataset("synthetic:1x8x8:2:12", val_fraction=0, seed=0)
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):  # it was clamped without a word
+        cols = preview_columns(s, "flip", n=50)
+    assert cols[0][1].shape[0] == len(s.train)
+    assert f"n=50 is more than the {len(s.train)} training images: the preview shows all {len(s.train)}" in caplog.text
 
 
 def test_reseed_seeds_the_generator_of_the_batchs_gpu(monkeypatch):

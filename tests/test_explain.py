@@ -832,6 +832,13 @@ def test_cli_activations_of_an_image_of_the_runs_own_dataset(digits_run, tmp_pat
     assert main(["activations", str(run)]) == 2
     assert "needs an IMAGE file or --index N" in capsys.readouterr().err
     assert main(["activations", str(run), "--index", "-1"]) == 2
+    capsys.readouterr()
+    # --split and --data-root choose the --index image: with a file they were ignored without a word
+    for opt in (["--split", "val"], ["--data-root", str(tmp_path)]):
+        assert main(["activations", str(run), str(img), *opt, "--out", str(tmp_path / "f.png")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: {opt[0]} chooses the image for --index N; the file {img} is drawn as it is: drop {opt[0]} "
+                       "or use --index") and not (tmp_path / "f.png").exists()
 
 
 def test_a_last_stage_of_1x1_maps_is_not_the_default_cam_layer(caplog):

@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--index", type=int_at_least(0), default=None,
                    help="instead of a file: image N of --split of the run's own dataset (the index column of "
                         "eval/<split>/predictions.csv)")  # fmt: skip
-    p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split for --index (default test)")
+    p.add_argument("--split", choices=("test", "val", "train"), default=None, help="split for --index (default test)")
     p.add_argument("--data-root", default=None, help="dataset root for --index, replacing the one recorded in the checkpoint")
     p.add_argument("--out", default=None, help="PNG to write (default <run>/explain/activations_<image>.png; explain-last/ with --which last)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file (--out or the default)")
@@ -58,10 +58,15 @@ def run(args) -> int:
                              "(or --list-layers to list the layer names)")  # fmt: skip
     if args.image is not None and args.index is not None:
         raise ResnetlabError(f"resnetlab activations draws one image: give the file {args.image} or --index {args.index}, not both")
+    if args.image is not None:  # they choose an image of the run's dataset: with a file they would do nothing
+        given = [f for f, v in (("--split", args.split), ("--data-root", args.data_root)) if v is not None]
+        if given:
+            raise ResnetlabError(f"{' and '.join(given)} choose{'s' if len(given) == 1 else ''} the image for --index N; "
+                                 f"the file {args.image} is drawn as it is: drop {' and '.join(given)} or use --index")
 
     # the library refuses an existing output (--out or the default path) before computing anything
     path = activation_maps(args.checkpoint, args.image, out=args.out, layers=args.layers,
                            max_channels=args.channels, device=args.device, which=which_of(args),
-                           overwrite=args.overwrite, index=args.index, split=args.split, data_root=args.data_root)
+                           overwrite=args.overwrite, index=args.index, split=args.split or "test", data_root=args.data_root)
     print(path)
     return 0

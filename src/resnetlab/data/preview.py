@@ -36,6 +36,8 @@ def preview_columns(splits: DatasetSplits, spec: Any, n: int = 6, seed: int = 0)
     if not items:
         raise DataError("no augmentation given (e.g. --aug 'crop:padding=4 flip')")
     train = splits.train
+    if n > len(train):
+        log.warning("n=%d is more than the %d training images: the preview shows all %d", n, len(train), len(train))
     g = torch.Generator().manual_seed(derive_seed(seed, 0))
     pick = torch.randperm(len(train), generator=g)[: min(n, len(train))]
     x = train.get(pick).float().div_(255.0)  # (n, C, H, W)
