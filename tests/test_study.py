@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import json
 import re
 from pathlib import Path
@@ -544,6 +545,31 @@ def test_set_overrides_change_every_cell_base(tmp_path):
     assert {c.train.epochs for c in cfgs} == {2} and {c.data.subset for c in cfgs} == {500}
     assert sorted(c.model.norm for c in cfgs) == sorted(spec.grid["model.norm"])  # the axis still wins
     assert spec.overrides == ["train.epochs=2", "data.subset=500"]
+
+
+def test_set_on_a_grid_axis_is_refused_and_on_a_cells_key_is_named(tmp_path, caplog):
+    """--set of a key that the study sets itself was silently overridden: refused for a grid axis
+    (it changes no cell), a warning naming the cells for a cell's own set."""
+    from resnetlab.errors import ConfigError
+    from resnetlab.study import cell_config, expand_cells, load_study
+
+    grid = write_study(tmp_path, name="g", grid={"model.norm": ["bn", "gn"]}, seeds=1)
+    with pytest.raises(ConfigError, match=r"--set model.norm=in: model.norm is a grid axis of study .* change the grid"):
+        load_study(grid, overrides=["model.norm=in"])
+    with pytest.raises(ConfigError, match=r"--set model=\{norm: in\}: model.norm is a grid axis"):  # a whole section
+        load_study(grid, overrides=["model={norm: in}"])
+    cells = tmp_path / "study-c.yaml"
+    cells.write_text(yaml.safe_dump({"base": {"model": {"name": "resnet8"}}, "cells": [
+        {"label": "fast", "set": {"optim.lr": 0.5}}, {"label": "slow", "set": {"optim.lr": 0.01}},
+        {"label": "plain", "set": {}}]}))
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        spec = load_study(cells, overrides=["optim.lr=0.2"])
+    assert "--set optim.lr=0.2 is overridden in cells fast, slow, which set optim.lr itself" in caplog.text
+    assert [cell_config(spec, c).optim.lr for c in expand_cells(spec)] == [0.5, 0.01, 0.2]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        load_study(cells, overrides=["train.epochs=1"])  # a key no cell sets: no word
+    assert "overridden" not in caplog.text
 
 
 def test_a_run_saved_before_a_config_key_existed_still_counts_as_done(finished, tmp_path):

@@ -226,6 +226,7 @@ def load_study(path: str | os.PathLike, seeds: int | None = None, overrides: lis
             _check_key(key, f"study {path} cells[{i}] ({c['label']})")
             if key in grid:
                 raise ConfigError(f"study {path}: cells[{i}] sets {key!r}, which is also a grid axis; keep it in one place")
+    _check_set_not_shadowed(path, base_overrides, grid, cells)
     if not grid and not cells:
         raise ConfigError(f"study {path} has no grid and no cells: nothing to compare (allowed: 'grid: {{config key: [values]}}' "
                           f"and/or 'cells: [{{label, set}}, ...]'; see recipes/study-*.yaml)")  # fmt: skip
@@ -240,6 +241,25 @@ def load_study(path: str | os.PathLike, seeds: int | None = None, overrides: lis
                      overrides=list(base_overrides or []))
     expand_cells(spec)  # labels unique and safe
     return spec
+
+
+def _check_set_not_shadowed(path: Path, overrides: list[str] | None, grid: dict, cells: list[dict]) -> None:
+    """A ``--set`` key that the grid or a cell also sets is overridden there: refused for a grid
+    axis (it would change no cell), a warning naming the cells for a cell's ``set``."""
+
+    def overlaps(a: str, b: str) -> bool:  # the same key, or one a section of the other
+        return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+    for item in overrides or []:
+        key = str(item).partition("=")[0].strip()
+        axis = next((k for k in grid if overlaps(key, str(k))), None)
+        if axis is not None:
+            raise ConfigError(f"--set {item}: {axis} is a grid axis of study {path}, so every cell sets it and the "
+                              f"override would change nothing; change the grid's values instead")  # fmt: skip
+        labels = [str(c["label"]) for c in cells if any(overlaps(key, str(k)) for k in (c.get("set") or {}))]
+        if labels:
+            log.warning("--set %s is overridden in cell%s %s, which set%s %s itself; it applies to the other cells",
+                        item, "s" if len(labels) > 1 else "", ", ".join(labels), "" if len(labels) > 1 else "s", key)
 
 
 def _deep_merge(a: dict, b: dict) -> dict:
