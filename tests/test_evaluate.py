@@ -352,6 +352,20 @@ def test_truncated_weights(run, capsys):
     assert "corrupt or truncated" in msg and "model.safetensors" in msg
 
 
+def test_a_checkpoint_with_nan_weights_is_not_scored(run, capsys):
+    """nan logits made argmax predict class 0 everywhere: evaluate wrote a number for a broken model."""
+    from safetensors.torch import load_file, save_file
+
+    w = run / "checkpoints" / "best" / "model.safetensors"
+    state = load_file(w)
+    state["fc.weight"] = torch.full_like(state["fc.weight"], float("nan"))
+    save_file(state, w)
+    before = sorted(p.name for p in run.rglob("*"))
+    msg = _cli_error(capsys, ["evaluate", str(run)])
+    assert msg.startswith("error: the model's outputs are nan or inf for ") and "diverged" in msg
+    assert sorted(p.name for p in run.rglob("*")) == before  # nothing written
+
+
 def test_foreign_meta_json(run, capsys):
     (run / "checkpoints" / "best" / "meta.json").write_text(json.dumps({"format": "keras-h5/2", "layers": []}))
     msg = _cli_error(capsys, ["evaluate", str(run)])

@@ -160,6 +160,13 @@ def test_attribution_bad_input(object_model):
         attribution_maps(model, x[:2], [0, 1], "gradcam+")
     with pytest.raises(ValueError, match="targets has 1 entries for 2 images"):
         attribution_maps(model, x[:2], [0])
+    # a class the model does not have: grad-cam printed an IndexError and resnetlab failed with an
+    # UnboundLocalError; -1 explained the last class; captum raised torch's index error
+    n = model.num_classes
+    for method in ("gradcam", "saliency"):
+        for bad in (n, -1):
+            with pytest.raises(ValueError, match=rf"targets: class {bad} is not a class of this model \(allowed: 0 .. {n - 1}\)"):
+                attribution_maps(model, x[:2], [0, bad], method)
 
 
 # -- a trained digits run -----------------------------------------------------------------------

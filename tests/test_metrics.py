@@ -122,9 +122,16 @@ def test_agrees_with_torchmetrics_on_random_data():
         (np.zeros((2, 3)), [0, 3], {}, "target 3 is out of range"),
         (np.zeros((2, 3)), [0, 1], {"kind": "softmax"}, "kind must be one of"),
         (np.zeros((0, 3)), [], {}, "0 samples"),
+        # nan scores made argmax "predict" class 0: all-nan logits scored accuracy 1.0 on targets 0
+        (np.full((2, 3), np.nan), [0, 0], {}, "2 of 2 rows hold nan or inf"),
+        (np.array([[0.0, np.inf, 0.0], [1.0, 0.0, 0.0]]), [1, 0], {}, "1 of 2 rows hold nan or inf"),
+        # float targets were truncated: 1.7 counted as class 1
+        (np.zeros((2, 3)), [0.0, 1.7], {}, r"targets must be class indices \(whole numbers\), got 1.7"),
+        (np.zeros((2, 3)), [0, 1], {"top_k": 0}, "top_k must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_input_one_line_errors(scores, targets, kw, match):
+    assert classification_metrics(np.eye(3)[[0, 1]], [0.0, 1.0], CLASSES3)["accuracy"] == 1.0  # whole floats are fine
     with pytest.raises(ValueError, match=match) as exc:
         classification_metrics(scores, targets, CLASSES3, **kw)
     assert "\n" not in str(exc.value)

@@ -418,6 +418,10 @@ def evaluate(
     model = ckpt.model.to(device)
     loader = src.loader(batch_size, device)
     logits, targets, indices = collect_outputs(model, loader, device, tta_flip=src.tta_flip)
+    finite = torch.isfinite(logits).all(1)
+    if not bool(finite.all()):
+        raise ValueError(f"the model's outputs are nan or inf for {int((~finite).sum())} of {len(finite)} {split} images "
+                         f"(the checkpoint's weights diverged?): there is nothing to score")  # fmt: skip
     metrics = classification_metrics(logits, targets, ckpt.classes, kind="logits")
     absent = [row["class"] for row in metrics["per_class"] if row["support"] == 0]
     if absent:  # the macro averages then hold 0 for each of them the model predicts (sklearn's rule)

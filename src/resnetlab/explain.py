@@ -184,7 +184,8 @@ def attribution_maps(
         float32 ``(N, H, W)`` maps, each scaled to [0, 1].
 
     Raises:
-        ValueError: unknown method or layer (lists the valid ones), targets of the wrong length.
+        ValueError: unknown method or layer (lists the valid ones), targets of the wrong length or
+            outside ``0 .. num_classes - 1``.
 
     Example:
         >>> from resnetlab import create_model
@@ -205,6 +206,10 @@ def _attribution_maps(model, x, targets, method, layer, batch_size=64, ig_steps=
     targets = [int(t) for t in torch.as_tensor(targets).flatten().tolist()]
     if len(targets) != len(x):
         raise ValueError(f"targets has {len(targets)} entries for {len(x)} images")
+    n_classes = getattr(model, "num_classes", None)
+    bad = [t for t in targets if n_classes is not None and not 0 <= t < n_classes]
+    if bad:  # grad-cam printed an IndexError and returned nothing; -1 explained the last class
+        raise ValueError(f"targets: class {bad[0]} is not a class of this model (allowed: 0 .. {n_classes - 1})")
     if method in CAM_METHODS:
         stage = model.get_stage(layer or default_layer(model))
     was_training = model.training

@@ -91,8 +91,14 @@ def classification_metrics(
     """
     if kind not in INPUT_KINDS:
         raise ValueError(f"kind must be one of {', '.join(INPUT_KINDS)}, got {kind!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
     scores = _as_tensor(logits_or_probs, torch.float64)
-    y = _as_tensor(targets, torch.int64).reshape(-1)
+    raw_y = _as_tensor(targets, torch.float64).reshape(-1)
+    if not bool(torch.isfinite(raw_y).all()) or bool((raw_y != raw_y.round()).any()):  # int64 would truncate 1.7 to 1
+        bad = raw_y[~torch.isfinite(raw_y) | (raw_y != raw_y.round())][0].item()
+        raise ValueError(f"targets must be class indices (whole numbers), got {bad:g}")
+    y = raw_y.to(torch.int64)
     classes = [str(c) for c in classes]
     k = len(classes)
     if scores.dim() != 2:
@@ -103,6 +109,10 @@ def classification_metrics(
         raise ValueError(f"{scores.shape[0]} score rows but {y.shape[0]} targets")
     if scores.shape[0] == 0:
         raise ValueError("cannot compute metrics of 0 samples")
+    finite = torch.isfinite(scores).all(1)
+    if not bool(finite.all()):  # argmax takes nan for the largest score: every such row "predicted" class 0
+        raise ValueError(f"logits_or_probs: {int((~finite).sum())} of {len(finite)} rows hold nan or inf; "
+                         f"metrics of non-finite scores mean nothing")  # fmt: skip
     if bool(((y < 0) | (y >= k)).any()):
         bad = int(y[(y < 0) | (y >= k)][0])
         raise ValueError(f"target {bad} is out of range for {k} classes (allowed: 0..{k - 1})")
