@@ -375,6 +375,13 @@ def test_reset_classifier():
     assert [m.out_features for m in model.fc.modules() if isinstance(m, nn.Linear)] == [32, 6]
     with pytest.raises(ValueError, match="num_classes.*0"):
         model.reset_classifier(0)
+    # arch_args follows, so a checkpoint saved with them rebuilds the model (it said num_classes 10:
+    # "shape mismatch at fc.weight" on load)
+    assert model.arch_args == {"num_classes": 6, "head": [32]}
+    model.reset_classifier(4)
+    assert model.arch_args == {"num_classes": 4}
+    rebuilt = resnetlab.create_model("resnet20", **model.arch_args)
+    rebuilt.load_state_dict(model.state_dict())
 
 
 def test_activation_option():
@@ -471,6 +478,15 @@ def test_wrong_input_channels_at_forward_time():
         # the config refused these; the Python API built a zero-width layer, or ignored the dropout
         ({"head": [0]}, "every head hidden size must be an integer >= 1, got 0"),
         ({"head_dropout": 0.5}, "head_dropout applies between the layers of an MLP head"),
+        # a string or a bool was a TypeError or a ValueError naming nothing, or taken as true
+        ({"dropout": "0.5"}, "dropout must be in [0, 1), got '0.5'"),
+        ({"width": "x"}, "width must be > 0, got 'x'"),
+        ({"head": 256}, "head must be 'linear', None or a list of hidden sizes (e.g. [256]), got 256"),
+        ({"zero_init_residual": "no"}, "zero_init_residual must be True or False, got 'no'"),
+        # groups was silently ignored by every norm but GroupNorm (the config refused it)
+        ({"groups": 5}, "groups applies only to norm 'gn' or 'gn-torch' (GroupNorm), got norm='bn-torch'"),
+        ({"groups": 5, "norm": "ln-torch"}, "groups applies only to norm 'gn' or 'gn-torch'"),
+        ({"stem_width": 0}, "stem_width must be an integer >= 1, got 0"),
         ({"depth": 32}, "resnet8 has a fixed depth; for another use the model resnet_cifar with depth=32 (--model resnet_cifar --depth 32, or create_model('resnet_cifar', depth=32))"),
     ],
 )

@@ -40,6 +40,14 @@ def check_int(name: str, value: object, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+def check_fraction(name: str, value: object, allow_one: bool = False) -> None:
+    """Refuse ``value`` unless it is a real number (not a bool or a string) in [0, 1) (or [0, 1]):
+    one-line ``ValueError`` naming the parameter (``"0.5" > 0`` was a TypeError naming nothing)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (0 <= value <= 1 if allow_one else 0 <= value < 1)
+    if not ok:
+        raise ValueError(f"{name} must be in [0, 1{']' if allow_one else ')'}, got {value!r}")
+
+
 def did_you_mean(value: str, allowed: Iterable[str], n: int = 3) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest allowed names, or ``""``."""
     allowed = [str(a) for a in allowed]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetlab.errors import check_int, unknown_name
+from resnetlab.errors import check_fraction, check_int, unknown_name
 from resnetlab.norms import get_norm_layer, is_norm
 
 __all__ = ["BasicBlock", "Bottleneck", "TwoConvBottleneck", "ResNet", "ZeroPadShortcut", "get_act_layer", "ACT_NAMES"]
@@ -194,11 +194,12 @@ def _check_head(head: Any, head_dropout: float) -> list[int] | None:
             raise ValueError(f"head must be 'linear' or a list of hidden sizes, got {head!r}")
         head = None
     if head is not None:
+        if not isinstance(head, (list, tuple)):  # head=256 was "'int' object is not iterable"
+            raise ValueError(f"head must be 'linear', None or a list of hidden sizes (e.g. [256]), got {head!r}")
         head = list(head)
         for width in head:
             check_int("every head hidden size", width, 1)
-    if not 0.0 <= float(head_dropout) < 1.0:
-        raise ValueError(f"head_dropout must be in [0, 1), got {head_dropout!r}")
+    check_fraction("head_dropout", head_dropout)
     if head_dropout > 0 and not head:
         raise ValueError(f"head_dropout applies between the layers of an MLP head; give head (e.g. [256]) or use dropout "
                          f"(before the classifier), got head_dropout={head_dropout}")  # fmt: skip
@@ -284,12 +285,16 @@ class ResNet(nn.Module):
         shortcut = str(shortcut).upper()
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' (zero-pad) or 'B' (1x1 conv), got {shortcut!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if not 0.0 <= float(block_dropout) < 1.0:
-            raise ValueError(f"block_dropout must be in [0, 1), got {block_dropout!r}")
-        if not float(width) > 0:
+        check_fraction("dropout", dropout)
+        check_fraction("block_dropout", block_dropout)
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
             raise ValueError(f"width must be > 0, got {width!r}")
+        if not isinstance(zero_init_residual, bool):  # "no" is a true string: it zeroed the norms
+            raise ValueError(f"zero_init_residual must be True or False, got {zero_init_residual!r}")
+        if groups is not None and str(norm).lower() not in ("gn", "gn-torch"):  # as the config refuses model.groups
+            raise ValueError(f"groups applies only to norm 'gn' or 'gn-torch' (GroupNorm), got norm={norm!r}; drop groups")
+        if stem_width is not None:
+            check_int("stem_width", stem_width, 1)
         # zip() would silently drop the extra entries, and a stage of 0 blocks would leave the
         # next stage built for channels it never receives.
         layers, widths = tuple(layers), tuple(widths)
@@ -388,8 +393,19 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, num_classes: int, head: Sequence[int] | None = None, head_dropout: float = 0.0) -> None:
-        """Replace the classifier (transfer learning), keeping the body."""
+        """Replace the classifier (transfer learning), keeping the body.
+
+        ``arch_args`` (set by :func:`resnetlab.create_model`) follows, so that a checkpoint saved
+        with them rebuilds this model."""
         check_int("num_classes", num_classes, 1)
         head = _check_head(head, head_dropout)
         self.num_classes = num_classes
         self.fc = make_head(self.num_features, num_classes, head, head_dropout, get_act_layer(self.act_name))
+        args = getattr(self, "arch_args", None)
+        if isinstance(args, dict):
+            args["num_classes"] = num_classes
+            for key, value in (("head", head), ("head_dropout", head_dropout)):
+                if value:
+                    args[key] = value
+                else:  # the default
+                    args.pop(key, None)
