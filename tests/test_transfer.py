@@ -161,7 +161,9 @@ def test_foreign_architecture_names_the_key(tmp_path):
     ({"norm": "gn", "groups": 4}, {"norm": "gn-torch"}, r"groups=\[16, 32\] here, \[4\] in the source"),
     ({"act": "gelu"}, {}, "act=relu here, gelu in the source"),
     ({"stem": "cifar-pool"}, {}, "stem=cifar here, cifar-pool in the source"),
-], ids=["norm", "groups", "act", "stem"])
+    # the keys differ too (running statistics): it said "another architecture?" with the buffers' names
+    ({"norm": "bn-torch"}, {"norm": "gn"}, "norm=gn here, bn in the source"),
+], ids=["norm", "groups", "act", "stem", "bn-gn"])
 def test_resnetlab_source_with_other_unseen_options_is_refused(tmp_path, source, target, named):
     # these sources have the same parameter names and shapes as the model: they loaded silently
     args = {"num_classes": 10, "in_channels": 1}

@@ -280,7 +280,13 @@ def process_device(spec: str, local_rank: int = 0, world_size: int = 1) -> torch
 
 
 class Trainer:
-    """Train a model from a :class:`~resnetlab.config.Config`.
+    """The training loop of a run: the model, data, optimizer and schedule of a
+    :class:`~resnetlab.config.Config`, fitted into ``run_dir`` (``checkpoints/``, ``metrics.csv``).
+
+    It is the part of the main job that trains. :func:`train` is the whole job, and what most
+    callers want: it also writes ``config.yaml`` (which makes the folder resumable with
+    :func:`resume`), evaluates on the test split, builds the report, and puts the process's
+    thread count back afterwards (the Trainer sets ``train.num_threads`` for the process).
 
     Args:
         cfg: the resolved config.
@@ -296,6 +302,7 @@ class Trainer:
         >>> from resnetlab.config import load_config
         >>> cfg = load_config(None, ["model.name=resnet8", "train.epochs=1"])  # doctest: +SKIP
         >>> Trainer(cfg, "runs/x").fit()  # doctest: +SKIP
+        >>> train(cfg, "runs/y")  # the whole job  # doctest: +SKIP
     """
 
     def __init__(self, cfg: Config, run_dir: str | os.PathLike, progress: bool | None = None, callbacks: Sequence[Callback] = (),

@@ -323,16 +323,17 @@ def load_pretrained(
     body = {k for k in (*own, *state) if not _is_head_key(k)}
     # Old torchvision files predate BatchNorm's num_batches_tracked buffer; the model's value stays.
     problem = describe_mismatch(own, state, keys=body, optional=("num_batches_tracked",))
-    if problem:
+    # Norms with only an affine weight and bias (gn, ln, in) share names and shapes, as do all
+    # activations: a body trained with another would load and compute something else. Named first
+    # when the keys differ too (a batch norm's buffers against a group norm's none).
+    other = _options_difference(model, source_meta) if source_meta else ""
+    if problem and not other:
         raise CheckpointError(
             f"weights from {source} do not fit model {arch or type(model).__name__} (another architecture?): {problem}"
         )
-    # Norms with only an affine weight and bias (gn, ln, in) share names and shapes, as do all
-    # activations: a body trained with another would load and compute something else.
-    other = _options_difference(model, source_meta) if source_meta else ""
     if other:
         raise CheckpointError(f"weights from {source} were trained in another architecture ({other}): "
-                              "build the model with the source's options")
+                              f"build the model with the source's options{f' (the keys differ too: {problem})' if problem else ''}")
 
     head_own = {k: own[k] for k in own if _is_head_key(k)}
     head_src = {k: state[k] for k in state if _is_head_key(k)}
