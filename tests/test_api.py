@@ -119,3 +119,22 @@ def test_every_command_option_has_help_naming_its_default():
             elif not (a.default is None or a.default is False or a.default == [] or a.default is argparse.SUPPRESS) and "default" not in a.help:
                 problems.append(f"{command} {a.option_strings[-1]}: default {a.default!r} not in its help")
     assert not problems, problems
+
+
+def test_submodules_are_attributes_of_a_bare_import_without_importing_torch_first():
+    """`import resnetlab; resnetlab.models` was an AttributeError until something imported the
+    submodule; the bare import still leaves torch unimported (the CLI sets OpenMP's environment first)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, resnetlab; assert 'torch' not in sys.modules; names = dir(resnetlab); "
+            "assert 'create_model' in names and 'models' in names; "
+            "from resnetlab.models import create_model; assert resnetlab.models.create_model is create_model; "
+            "assert resnetlab.norms.BatchNorm2d.__name__ == 'BatchNorm2d'\n"
+            "try:\n    resnetlab.nope\nexcept AttributeError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "module 'resnetlab' has no attribute 'nope'"
+    import resnetlab
+
+    for name in resnetlab._SUBMODULES:  # each one a real submodule
+        assert getattr(resnetlab, name) is importlib.import_module(f"resnetlab.{name}")

@@ -14,4 +14,16 @@ def __getattr__(name: str):
         from resnetlab import models
 
         return getattr(models, name)
+    if name in _SUBMODULES:  # `resnetlab.models` after a bare `import resnetlab`, as with torchvision
+        import importlib
+
+        return importlib.import_module(f"resnetlab.{name}")
     raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")
+
+
+_SUBMODULES = ("bench", "checkpoint", "config", "data", "errors", "evaluate", "explain", "export", "fold", "metrics",
+               "models", "norms", "optim", "predict", "report", "runtime", "study", "trainer", "transfer")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBMODULES})
