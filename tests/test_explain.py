@@ -198,7 +198,7 @@ def test_explain_galleries_match_predictions(digits_run):
     prob = logits.softmax(1)
     conf, pred = prob.max(1)
     summary = explain(run, method="gradcam", n_per_class=3, n_pairs=3, n_top_loss=5, device="cpu")
-    assert summary["accuracy"] == pytest.approx((pred == y).float().mean().item(), abs=1e-6)
+    assert summary["accuracy"] == int((pred == y).sum()) / len(y)  # exact (a float32 mean was 0.2027777731)
     assert summary["layer"] == "layer3"  # the last stage of resnet8
     errors = int((pred != y).sum())
     assert errors > 0, "the brief training should leave some mistakes to show"

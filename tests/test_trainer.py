@@ -62,6 +62,13 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert read_rows(tmp_path / "c" / "metrics.csv") != rows  # the seed matters
 
 
+def test_val_accuracy_is_the_exact_fraction_of_correct_images(tmp_path):
+    """val_acc was a float32 mean: 10 of 60 was 0.1666666716, while evaluate says 0.1666666666."""
+    r = train(tiny("data.subset=300", "train.epochs=1"), tmp_path / "r", progress=False)  # 60 val images
+    acc = r.history[0]["val_acc"]
+    assert acc == round(acc * 60) / 60 and r.best_val_acc == acc
+
+
 class _SignalAt(Callback):
     """Send ourselves SIGTERM at the end of a logging window of a given epoch."""
 
