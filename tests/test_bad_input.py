@@ -142,7 +142,7 @@ CASES = {
     "override without =": (lambda c: ["train", "--set", "optim.lr"], ["override 'optim.lr' must look like section.key=value"]),
     # -- unknown names ---------------------------------------------------------------------------
     "unknown model": (lambda c: ["train", "--model", "resnet9000"], ["unknown model 'resnet9000'", "did you mean", "(allowed: resnet8, resnet14"]),
-    "unknown norm": (lambda c: ["train", "--norm", "bnn"], ["unknown norm 'bnn'", "did you mean 'bn'", "allowed:"]),
+    "unknown norm": (lambda c: ["train", "--norm", "bnn"], ["model.norm (--norm): unknown norm 'bnn'", "did you mean 'bn'", "allowed:"]),
     "unknown device": (lambda c: [*TINY, "--device", "bogus", "--out", str(c.tmp / "never")], ["train.device: unknown device 'bogus'", "allowed: auto, cpu, cuda"]),
     "config is a folder": (lambda c: ["train", "--config", str(c.tmp)], ["is a folder; give a YAML recipe file"]),
     "depth of a fixed-depth model": (lambda c: ["train", "--set", "model.depth=14"], ["model.depth applies only to model.name=resnet_cifar"]),
@@ -159,15 +159,15 @@ CASES = {
     "unknown dataset": (lambda c: ["train", "--data", "cifar11"], ["unknown dataset 'cifar11'", "did you mean 'cifar10'", "allowed:"]),
     "unknown augmentation": (lambda c: ["train", "--aug", "flipp"], ["unknown augmentation 'flipp'", "did you mean 'flip'", "allowed:"]),
     "unknown augmentation parameter": (lambda c: ["train", "--aug", "crop:paddin=2"], ["'crop' has no parameter 'paddin'", "'padding'"]),
-    "unknown optimizer": (lambda c: ["train", "--optimizer", "sgdd"], ["config optim.name", "'sgd', 'adam' or 'adamw'", "'sgdd'"]),
-    "unknown schedule": (lambda c: ["train", "--schedule", "cosin"], ["config schedule.name", "'cosine'", "'cosin'"]),
+    "unknown optimizer": (lambda c: ["train", "--optimizer", "sgdd"], ["config optim.name (--optimizer):", "'sgd', 'adam' or 'adamw'", "'sgdd'"]),
+    "unknown schedule": (lambda c: ["train", "--schedule", "cosin"], ["config schedule.name (--schedule):", "'cosine'", "'cosin'"]),
     "cuda without a GPU": (lambda c: _without_cuda([*TINY, "--device", "cuda", "--out", str(c.tmp / "r")]), ["train.device='cuda'", "not available", "allowed"]),
     # -- impossible combinations -----------------------------------------------------------------
-    "batch size 1 with BatchNorm": (lambda c: [*TINY, "--batch-size", "1"], ["train.batch_size=1", "norm bn/bin", "gn/ln/in"]),
+    "batch size 1 with BatchNorm": (lambda c: [*TINY, "--batch-size", "1"], ["train.batch_size=1 (--batch-size) cannot", "norm bn/bin", "gn/ln/in"]),
     "crop larger than the image": (lambda c: [*TINY, "--aug", "crop:size=64", "--out", str(c.tmp / "r")], ["'crop': size=64 is larger than the image 8x8"]),
     "center-crop larger than the image": (lambda c: [*TINY, "--aug", "center-crop:size=9", "--out", str(c.tmp / "r")], ["'center-crop': size=9 is larger than the image 8x8"]),
     "batch larger than the data": (lambda c: [*TINY, "--batch-size", "1000", "--out", str(c.tmp / "r")], ["train.batch_size=1000 is larger than the training split (180 images)"]),
-    "image size too small": (lambda c: ["train", "--image-size", "2"], ["config data.image_size", "greater than or equal to 4"]),
+    "image size too small": (lambda c: ["train", "--image-size", "2"], ["config data.image_size (--image-size):", "greater than or equal to 4"]),
     # -- image folders ---------------------------------------------------------------------------
     "zero-byte images": (lambda c: _img_train(_imgf(c, lambda r: [p.write_bytes(b"") for p in (r / "b").iterdir()]), "--out", str(c.tmp / "r")),
                          ["class folder(s) b have no readable images"]),  # fmt: skip
@@ -184,14 +184,14 @@ CASES = {
     "output under a regular file": (lambda c: [*TINY, "--out", str(c.file / "run")], ["output folder", "is not writable (Not a directory)", "--out"]),
     "output is an existing file": (lambda c: [*TINY, "--out", str(c.file)], ["output folder", "is an existing file, not a folder", "--out"]),
     "existing run without --resume": (lambda c: [*TINY, "--out", str(c.run)], ["already holds a run", "use --resume"]),
-    "run name a path": (lambda c: [*TINY, "--name", "../x"], ["name: a run name is one non-empty folder name under output.dir", "got '../x'", "use --out PATH"]),
+    "run name a path": (lambda c: [*TINY, "--name", "../x"], ["name (--name): a run name is one non-empty folder name under output.dir", "got '../x'", "use --out PATH"]),
     "bad config on an existing run with --overwrite": (lambda c: [*TINY, "--out", str(c.run), "--overwrite", "--norm", "bnn"], ["unknown norm 'bnn'"]),
     # -- checkpoints and runs --------------------------------------------------------------------
     "resume a folder that is not a run": (lambda c: ["train", "--resume", str(c.tmp)], ["is not a run folder (no config.yaml)"]),
     "resume a missing folder": (lambda c: ["train", "--resume", str(c.tmp / "nope")], ["is not a run folder"]),
     # it said "RUN/config.yaml is not a run folder (no config.yaml)"
     "resume a file": (lambda c: ["train", "--resume", _yaml(c, "a: 1\n")], ["recipe.yaml is a file, not a run folder (give the folder that holds config.yaml)"]),
-    "run name empty": (lambda c: [*TINY, "--name", ""], ["name: a run name is one non-empty folder name", "got ''"]),
+    "run name empty": (lambda c: [*TINY, "--name", ""], ["name (--name): a run name is one non-empty folder name", "got ''"]),
     "resume with other options": (lambda c: ["train", "--resume", str(c.run), "--epochs", "2", "--set", "optim.lr=0.5"],
                                   ["takes no other options (got --epochs, --set optim.lr=0.5)"]),  # fmt: skip
     "missing checkpoint": (lambda c: ["predict", str(c.tmp / "nope"), str(c.img)], ["checkpoint or run folder not found"]),
@@ -287,7 +287,7 @@ def test_debug_shows_the_traceback_and_still_one_error_line(capsys):
     assert main(["--debug", "train", "--model", "resnet9000"]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "ConfigError" in err
-    assert err.rstrip().splitlines()[-1].startswith("error: model.name: unknown model 'resnet9000'")
+    assert err.rstrip().splitlines()[-1].startswith("error: model.name (--model): unknown model 'resnet9000'")
     # --debug after the subcommand works too
     assert main(["train", "--model", "resnet9000", "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err

@@ -85,9 +85,23 @@ def collect_overrides(args) -> list[str]:
 
 
 def build_config(args):
-    from resnetlab.config import load_config, smoke_config
+    import re
 
-    cfg = load_config(args.config, collect_overrides(args))
+    from resnetlab.config import load_config, smoke_config
+    from resnetlab.errors import ConfigError
+
+    try:
+        cfg = load_config(args.config, collect_overrides(args))
+    except ConfigError as exc:  # "config optim.lr: ..." names the key: add the flag that set it
+        msg = str(exc)
+        for attr, key in SHORT_FLAGS.items():
+            if getattr(args, attr, None) is None:
+                continue
+            found = re.search(rf"(?<![\w.]){re.escape(key)}(=[^\s,;:]*)?(?![\w.])", msg)  # the key, or key=VALUE
+            if found:
+                flag = f"--{attr.replace('_', '-')}"
+                raise ConfigError(f"{msg[:found.end()]} ({flag}){msg[found.end():]}") from None
+        raise
     if args.smoke:
         cfg = smoke_config(cfg)
     return cfg
