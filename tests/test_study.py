@@ -733,3 +733,13 @@ def test_smoke_study_of_a_small_image_folder_fits_each_cells_batch_to_it(tmp_pat
              for b in (8, 128)]  # fmt: skip
     meta = json.loads((tmp_path / "o" / "batch_size=128" / "seed0" / "checkpoints" / "best" / "meta.json").read_text())
     assert sizes == [8, sum(meta["class_counts"]["train"])] and sizes[1] < 64  # the large batch fitted to the training split
+
+
+def test_summary_of_runs_with_an_infinite_value_has_no_std():
+    """statistics.stdev fails on inf ("'float' object has no attribute 'numerator'"): a study of
+    runs written with val_loss=inf (before the trainer called that a divergence) wrote no report."""
+    cell = st.Cell("a", {}, {"cell": "a"})
+    row = st.summarize([cell], {("a", 0): {"val_loss": float("inf"), "val_acc": 0.1},
+                                ("a", 1): {"val_loss": 0.5, "val_acc": 0.3}})[0]
+    assert row["val_loss_mean"] == float("inf") and row["val_loss_std"] is None
+    assert row["val_acc_mean"] == pytest.approx(0.2) and row["val_acc_std"] == pytest.approx(0.1414, abs=1e-4)

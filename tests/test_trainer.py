@@ -411,6 +411,25 @@ def test_nan_loss_names_epoch_and_step_and_keeps_last_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in load_weights(ck.path).values() if v.dtype.is_floating_point)
 
 
+def test_an_infinite_validation_loss_is_a_divergence(tmp_path, monkeypatch):
+    """A run whose outputs overflow (lr 50: train loss 4e9, val loss inf) trained on without a
+    word, wrote val_loss=inf, and a study of it then failed in its std: it is a divergence."""
+    t = Trainer(tiny("train.epochs=3"), tmp_path / "inf", progress=False)
+    real, calls = t.validate, {"n": 0}
+
+    def validate(loader=None):
+        calls["n"] += 1
+        loss, acc = real(loader)
+        return (float("inf") if calls["n"] >= 2 else loss), acc
+
+    monkeypatch.setattr(t, "validate", validate)
+    with pytest.raises(TrainingDiverged, match=r"validation loss became inf at epoch 2 \(training loss [0-9.e+]+\): the "
+                                               r"model's outputs overflowed; lower the learning rate .* the last good checkpoint is"):
+        t.fit()
+    assert load_checkpoint(tmp_path / "inf", which="last").meta["epoch"] == 1
+    assert len(read_rows(tmp_path / "inf" / "metrics.csv")) == 1  # the inf row is not written
+
+
 def test_iterations_override_epochs(tmp_path):
     # 256 images / 32 = 8 steps per epoch; 12 iterations = 2 epochs, the second cut at 4 steps.
     r = train(tiny("train.iterations=12"), tmp_path / "it", progress=False)

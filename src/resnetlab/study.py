@@ -41,6 +41,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -853,6 +854,8 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
     xs = [float(v) for v in values if v is not None]
     if not xs:
         return None, None
+    if not all(math.isfinite(x) for x in xs):  # statistics.stdev fails on inf ("no attribute 'numerator'")
+        return sum(xs) / len(xs), None
     # sample standard deviation (n - 1): the spread we expect between two runs; undefined for n = 1
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 

@@ -946,6 +946,9 @@ class Trainer:
         last_epoch = self.epoch >= self.epochs or self.global_step >= self.total_steps
         if self.epoch % self.cfg.train.eval_every == 0 or last_epoch:
             row["val_loss"], row["val_acc"] = self.validate()
+            if row["val_loss"] is not None and not math.isfinite(row["val_loss"]):  # the same on every rank (reduced)
+                self._diverged(f"validation loss became {row['val_loss']} at epoch {self.epoch} (training loss "
+                               f"{row['train_loss']:.3g}): the model's outputs overflowed")  # fmt: skip
             if self.test_loader is not None:  # a curve only: the checkpoint is chosen on val_acc below
                 row["test_loss"], row["test_acc"] = self.validate(self.test_loader)
         self.history.append(row)
@@ -978,12 +981,12 @@ class Trainer:
         n = (step - 1) % NAN_CHECK_EVERY + 1
         bad = [i for i in range(n) if not bool(finite[i])]
         bad_step = step - n + bad[0] + 1 if bad else step
+        self._diverged(f"loss became {window_losses[bad[0] if bad else 0].item()} at epoch {epoch + 1} step {bad_step}")
+
+    def _diverged(self, what: str) -> None:
         last = self.run_dir / "checkpoints" / "last"
         where = f"the last good checkpoint is {last}" if last.is_dir() else "no checkpoint was saved before it"
-        raise TrainingDiverged(
-            f"loss became {window_losses[bad[0] if bad else 0].item()} at epoch {epoch + 1} step {bad_step}; "
-            f"lower the learning rate (optim.lr={self.cfg.optim.lr}) or set train.grad_clip; {where}"
-        )
+        raise TrainingDiverged(f"{what}; lower the learning rate (optim.lr={self.cfg.optim.lr}) or set train.grad_clip; {where}")
 
 
 def _ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
