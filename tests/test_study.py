@@ -566,6 +566,12 @@ def test_set_on_a_grid_axis_is_refused_and_on_a_cells_key_is_named(tmp_path, cap
         spec = load_study(cells, overrides=["optim.lr=0.2"])
     assert "--set optim.lr=0.2 is overridden in cells fast, slow, which set optim.lr itself" in caplog.text
     assert [cell_config(spec, c).optim.lr for c in expand_cells(spec)] == [0.5, 0.01, 0.2]
+    # every cell sets it: refused as a grid axis is (it said "it applies to the other cells" with none left)
+    with pytest.raises(ConfigError, match=r"--set model.name=resnet20: every cell of study .* sets model.name itself "
+                                          r"\(fast, slow, plain\)"):
+        every = tmp_path / "study-e.yaml"
+        every.write_text(yaml.safe_dump({"cells": [{"label": n, "set": {"model.name": "resnet8"}} for n in ("fast", "slow", "plain")]}))
+        load_study(every, overrides=["model.name=resnet20"])
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         load_study(cells, overrides=["train.epochs=1"])  # a key no cell sets: no word

@@ -246,7 +246,7 @@ def load_study(path: str | os.PathLike, seeds: int | None = None, overrides: lis
 
 def _check_set_not_shadowed(path: Path, overrides: list[str] | None, grid: dict, cells: list[dict]) -> None:
     """A ``--set`` key that the grid or a cell also sets is overridden there: refused for a grid
-    axis (it would change no cell), a warning naming the cells for a cell's ``set``."""
+    axis or a key every cell sets (it would change no cell), a warning naming the cells otherwise."""
 
     def overlaps(a: str, b: str) -> bool:  # the same key, or one a section of the other
         return a == b or a.startswith(b + ".") or b.startswith(a + ".")
@@ -258,6 +258,9 @@ def _check_set_not_shadowed(path: Path, overrides: list[str] | None, grid: dict,
             raise ConfigError(f"--set {item}: {axis} is a grid axis of study {path}, so every cell sets it and the "
                               f"override would change nothing; change the grid's values instead")  # fmt: skip
         labels = [str(c["label"]) for c in cells if any(overlaps(key, str(k)) for k in (c.get("set") or {}))]
+        if labels and len(labels) == len(cells):
+            raise ConfigError(f"--set {item}: every cell of study {path} sets {key} itself ({', '.join(labels)}), so the "
+                              f"override would change nothing; change the cells' values instead")  # fmt: skip
         if labels:
             log.warning("--set %s is overridden in cell%s %s, which set%s %s itself; it applies to the other cells",
                         item, "s" if len(labels) > 1 else "", ", ".join(labels), "" if len(labels) > 1 else "s", key)
