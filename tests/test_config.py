@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import yaml
 
@@ -443,3 +445,22 @@ def test_an_empty_run_name_and_a_seed_outside_numpys_range_are_refused():
         with pytest.raises(ConfigError, match=r"^config seed: Input should be (greater|less) than or equal to"):
             load_config(None, [f"seed={seed}"])
     assert load_config(None, [f"seed={2**32 - 1}"]).seed == 2**32 - 1
+
+
+def test_aug_flag_replacing_a_recipes_augmentations_says_so(tmp_path, caplog):
+    """--aug sets augment whole: the recipe's crop and flip were dropped without a word."""
+    from resnetlab.cli import build_parser
+    from resnetlab.cli.train import build_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("augment:\n  - crop: {padding: 2}\n  - flip\n")
+    parser = build_parser()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        cfg = build_config(parser.parse_args(["train", "-c", str(recipe), "--aug", "cutout:size=3"]))
+    assert [str(a) for a in cfg.augment] == ["cutout:size=3"]
+    assert "--aug replaces the recipe's augment; to keep it, add --aug crop:padding=2 --aug flip" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):  # the recipe's own list again, or no recipe: no word
+        build_config(parser.parse_args(["train", "-c", str(recipe), "--aug", "crop:padding=2", "--aug", "flip"]))
+        build_config(parser.parse_args(["train", "--aug", "flip"]))
+    assert "replaces" not in caplog.text

@@ -102,6 +102,17 @@ def build_config(args):
                 flag = f"--{attr.replace('_', '-')}"
                 raise ConfigError(f"{msg[:found.end()]} ({flag}){msg[found.end():]}") from None
         raise
+    if getattr(args, "aug", None) and args.config:  # --aug sets augment whole, as --set augment=[...] does
+        import logging
+        import shlex
+
+        from resnetlab.config import read_yaml
+        from resnetlab.data.augment import parse_augment
+
+        recipe = [str(item) for item in parse_augment(read_yaml(args.config).get("augment") or [])]
+        if recipe and [str(item) for item in parse_augment(cfg.augment)] != recipe:
+            logging.getLogger("resnetlab.cli").warning(
+                "--aug replaces the recipe's augment; to keep it, add %s", " ".join(f"--aug {shlex.quote(i)}" for i in recipe))
     if args.smoke:
         cfg = smoke_config(cfg)
     return cfg
