@@ -494,3 +494,33 @@ def test_quiet_and_debug_are_options_not_words_picked_out_of_argv(tmp_path, caps
     assert capsys.readouterr().err.strip() == "error: run folder not found: -q"
     assert main(["report", "nothere", "-q", "--debug"]) == 2  # still options after the command
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_ctrl_c_before_the_command_runs_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while the parser was built (the first second of any command) printed a traceback."""
+    import resnetlab.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["models"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_sigterm_outside_the_training_loop_says_so_and_exits_143(tmp_path):
+    """SIGTERM during a command's work outside the trainer's handling (evaluation after the last
+    epoch, a study's report, here a benchmark) killed the process without a word."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "resnetlab", "bench", "--model", "resnet8", "--steps", "100000",
+                             "--repeats", "1", "--warmup", "0", "--matmul-size", "64", "--input-size", "1x8x8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(6)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated (SIGTERM)" and "Traceback" not in err

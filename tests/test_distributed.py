@@ -462,6 +462,7 @@ def test_the_resume_command_and_a_lost_peer_are_said_for_the_launch(monkeypatch,
     for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)
     assert resume_command("runs/a") == "resnetlab train --resume runs/a"
+    assert resume_command("runs/sp ace") == "resnetlab train --resume 'runs/sp ace'"  # pasted into a shell as is
     assert _peer_lost(RuntimeError("Connection reset by peer"), "Connection reset by peer") is None  # one process
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")

@@ -619,7 +619,9 @@ def build_report(
     s.add(_Table(["", "value"], summary, numeric=[False, True]))
     unfinished = _unfinished(run, config)
     if unfinished:
-        s.text(f"Training is unfinished: {unfinished}; `resnetlab train --resume {run}` continues it. The figures "
+        from resnetlab.trainer import resume_command
+
+        s.text(f"Training is unfinished: {unfinished}; `{resume_command(run)}` continues it. The figures "
                f"below are of the checkpoints saved so far.")  # fmt: skip
     sections.append(s)
 

@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 import math
+import shlex
 import os
 import shutil
 import signal
@@ -70,6 +71,7 @@ def resume_command(run_dir: str | os.PathLike) -> str:
     """The command that resumes ``run_dir`` in this process's launch: ``resnetlab train --resume
     RUN``, or its torchrun form with as many processes (a resume on another count is refused)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    run_dir = shlex.quote(str(run_dir))  # pasted into a shell: "runs/sp ace" was two arguments
     if world <= 1:
         return f"resnetlab train --resume {run_dir}"
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -240,6 +242,7 @@ class FitResult:
     test_metrics: dict[str, Any] | None = None
     train_metrics: dict[str, Any] | None = None  # the best checkpoint on the training split (output.evaluate_train)
     interrupted: bool = False
+    signal: int | None = None  # the signal that interrupted it (SIGINT, SIGTERM)
 
 
 class _Interrupted(Exception):
@@ -788,7 +791,8 @@ class Trainer:
         if not interrupted:
             for cb in self.callbacks:
                 cb.on_fit_end(self)
-        return FitResult(self.run_dir, self.best_val_acc, self.epoch, self.history, interrupted=interrupted)
+        return FitResult(self.run_dir, self.best_val_acc, self.epoch, self.history, interrupted=interrupted,
+                         signal=self._stop_signal if interrupted else None)
 
     def _stop_agreed(self, collective: bool = True) -> bool:
         """Whether to stop now. One process: its own signal flag. Several: only where ``collective``

@@ -211,7 +211,34 @@ def summarise_glyph_warnings():
         warnings.showwarning = show
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the trainer's own handling (which saves and stops at a step): unwinds like
+    Ctrl-C, so that the command says so and cleans up, instead of dying silently with 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    previous = None
+    with contextlib.suppress(ValueError):  # not in the main thread (a test calling main from a thread)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:  # also while the parser is built or a module imports: no traceback
+        terminated = isinstance(exc, Terminated) or str(exc) == "SIGTERM"  # the study's parallel handler's
+        print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+        return 128 + int(signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        if previous is not None:
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None = None) -> int:
     from resnetlab.runtime import default_wait_policy
 
     default_wait_policy()  # before any subcommand imports torch: OpenMP reads it once
@@ -242,9 +269,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with summarise_glyph_warnings():
             return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         return 1
     except Exception as exc:  # one line for users, the traceback with --debug

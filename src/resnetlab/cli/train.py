@@ -139,12 +139,12 @@ def run(args) -> int:
         result = train(cfg, run_dir=args.out, overwrite=args.overwrite, progress=None if not args.quiet else False)
     if os.environ.get("RANK", "0") != "0":
         # under torchrun, rank 0 reports; every rank exits with the run's status
-        return 128 + int(signal.SIGINT) if result.interrupted else 0
+        return 128 + int(result.signal or signal.SIGINT) if result.interrupted else 0
     if result.interrupted:
         from resnetlab.trainer import resume_command
 
         print(f"interrupted: resume with `{resume_command(result.run_dir)}`")
-        return 128 + int(signal.SIGINT)
+        return 128 + int(result.signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     best = f"{result.best_val_acc:.4f}" if result.best_val_acc is not None else "n/a"
     print(f"run: {result.run_dir}")
     if result.train_metrics:
