@@ -218,6 +218,17 @@ def test_export_bad_args_one_line_exit_2(ckpt_dir, tmp_path, capsys, extra, need
     assert not out.exists()
 
 
+def test_an_out_name_ending_in_json_is_refused(ckpt_dir, tmp_path, capsys):
+    """--out good.pt.json replaced the metadata of an existing export good.pt with a model."""
+    (tmp_path / "good.pt.json").write_text("{}")
+    for fmt in ("torchscript", "onnx"):
+        capsys.readouterr()
+        assert main(["export", str(ckpt_dir), "--format", fmt, "--out", str(tmp_path / "good.pt.json"), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --out good.pt.json ends in .json, the suffix of an export's metadata file")
+    assert (tmp_path / "good.pt.json").read_text() == "{}"
+
+
 def test_export_missing_checkpoint_and_onnx_backend_needs_onnx_file(tmp_path, ckpt_dir, capsys):
     assert main(["export", str(tmp_path / "nope"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -256,6 +256,9 @@ def export_model(
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out must be a file path, got the directory {str(out)!r}")
+    if out.suffix.lower() == ".json":  # the metadata's suffix: model.pt.json would replace model.pt's sidecar
+        raise ValueError(f"--out {out.name} ends in .json, the suffix of an export's metadata file (model.onnx -> "
+                         f"model.onnx.json); use a {'.onnx' if fmt == 'onnx' else '.pt'} name")  # fmt: skip
     other = {"onnx": (".pt", ".pth", ".ts", ".torchscript"), "torchscript": (".onnx",)}[fmt]
     if out.suffix.lower() in other:  # a file named for the other format misleads every later reader
         raise ValueError(f"--out {out.name} names {'a TorchScript' if fmt == 'onnx' else 'an ONNX'} file, and --format is {fmt}; "
