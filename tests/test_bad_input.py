@@ -405,6 +405,55 @@ def test_read_only_output_folder(tmp_path, capsys):
             ro.chmod(0o755)
 
 
+def test_a_run_folder_in_use_by_another_process_is_refused(good_run, tmp_path, capsys):
+    """Two trains or resumes of one folder both exited 0: metrics.csv got every row twice and each
+    overwrote the other's checkpoints. The second is refused while the first holds the lock."""
+    import fcntl
+    import shutil
+
+    run = tmp_path / "busy"
+    shutil.copytree(good_run, run)
+    (run / "metrics.csv").write_text((run / "metrics.csv").read_text().splitlines()[0] + "\n")  # unfinished: resumable
+    before = _digest(run)
+    with open(run / ".run.lock", "a") as held:  # what the other process holds while it trains
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for argv in (["train", "--resume", str(run)], [*TINY, "--out", str(run), "--overwrite"]):
+            capsys.readouterr()
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()[-1]
+            assert err == (f"error: run folder {run} is in use by another resnetlab process (a train, a --resume or a "
+                           "study's cell); wait for it to end, or stop it, and run this again")
+    assert _digest(run) == before
+    fresh = tmp_path / "fresh"
+    assert main([*TINY, "--out", str(fresh)]) == 0  # released: the lock file alone is not "a folder of other files"
+    assert main(["train", "--resume", str(run)]) == 0
+
+
+def test_resume_of_a_read_only_run_folder_is_one_line(tmp_path, capsys):
+    """It failed in tensorboard's writer thread: a bytes path, then a 40-line traceback."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs and remount it read-only")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        run = mnt / "run"
+        assert main([*TINY, "--out", str(run)]) == 0
+        lines = (run / "metrics.csv").read_text().splitlines()
+        (run / "metrics.csv").write_text(lines[0] + "\n")  # as if stopped before its first epoch ended
+        before = _digest(run)
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True).returncode == 0
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1] == (f"error: run folder {run} is not writable (Read-only file system); a resume "
+                                                "writes its checkpoints and metrics there: make it writable")
+        assert "Traceback" not in err and _digest(run) == before
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 # -- the config loader never raises anything but a one-line ConfigError -----------------------------
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

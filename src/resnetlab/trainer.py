@@ -1055,6 +1055,47 @@ RUN_OUTPUTS = ("metrics.csv", "checkpoints", "eval", "explain", "report_sections
                "report.html", "report.md", "tensorboard")  # fmt: skip
 
 
+RUN_LOCK = ".run.lock"  # held while a process trains into the folder; an empty file, left in place
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path):
+    """Hold an exclusive ``flock`` on ``<run_dir>/.run.lock`` while a process trains into the
+    folder: a second ``train`` or ``--resume`` of it is refused instead of appending its own rows
+    to ``metrics.csv`` and overwriting the other's checkpoints. Under torchrun rank 0 holds it.
+    Without ``flock`` (Windows, some network file systems) the run goes on unlocked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        f = open(run_dir / RUN_LOCK, "a")
+    except OSError:  # a read-only folder: the write check names it
+        yield
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResnetlabError(f"run folder {run_dir} is in use by another resnetlab process (a train, a --resume or a "
+                                 f"study's cell); wait for it to end, or stop it, and run this again") from None
+        except OSError:
+            pass
+        yield
+
+
+def _check_writable(run_dir: Path, remedy: str = "choose another with --out") -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        what = "output folder" if remedy.endswith("--out") else "run folder"
+        raise ResnetlabError(f"{what} {run_dir} is not writable ({exc.strerror or exc}); {remedy}") from None
+
+
 def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     if run_dir.exists() and (run_dir / "checkpoints").exists() and not overwrite:
         raise ResnetlabError(
@@ -1062,18 +1103,12 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         )
     if run_dir.exists() and not run_dir.is_dir():
         raise ResnetlabError(f"output folder {run_dir} is an existing file, not a folder; choose a folder with --out")
-    if run_dir.is_dir() and not overwrite and any(run_dir.iterdir()):
+    if run_dir.is_dir() and not overwrite and any(p.name != RUN_LOCK for p in run_dir.iterdir()):
         raise ResnetlabError(
             f"output folder {run_dir} is not empty and holds no run; choose a new or empty folder with --out "
             f"(--overwrite writes the run into it, replacing only files a run writes)"
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ResnetlabError(f"output folder {run_dir} is not writable ({exc.strerror or exc}); choose another with --out") from None
+    _check_writable(run_dir)
 
 
 def finish_run(run_dir: Path, cfg: Config, splits=None, device: str | torch.device | None = None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -1142,12 +1177,20 @@ def train(cfg: Config, run_dir: str | os.PathLike | None = None, overwrite: bool
     created = not run_dir.exists()
     if rank == 0:
         _prepare_run_dir(run_dir, overwrite)
-    try:
-        trainer = Trainer(cfg, run_dir, progress=progress)
-    except BaseException:
-        if rank == 0 and created and run_dir.is_dir() and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run that never started leaves no empty folder behind
-        raise
+    with run_folder_lock(run_dir) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:  # the other process took the lock between our check and now: check again under it
+            _prepare_run_dir(run_dir, overwrite)
+        try:
+            trainer = Trainer(cfg, run_dir, progress=progress)
+        except BaseException:
+            if rank == 0 and created and run_dir.is_dir() and all(p.name == RUN_LOCK for p in run_dir.iterdir()):
+                (run_dir / RUN_LOCK).unlink(missing_ok=True)
+                run_dir.rmdir()  # a run that never started leaves no empty folder behind
+            raise
+        return _start_and_fit(trainer, cfg, run_dir, overwrite, rank)
+
+
+def _start_and_fit(trainer: Trainer, cfg: Config, run_dir: Path, overwrite: bool, rank: int) -> FitResult:
     if rank == 0:
         if overwrite:
             # Only now that config and data are known to be good: the old run's rows would be
@@ -1202,6 +1245,14 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResul
         what = "is a file, not a run folder (give the folder that holds config.yaml)" if Path(run_dir).is_file() else "is not a run folder (no config.yaml)"
         raise ResnetlabError(f"{run_dir} {what}; nothing to resume")
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), recorded=True)
+    rank, _, _ = dist_info()
+    if rank == 0:  # a read-only folder failed in tensorboard's writer thread, with a traceback
+        _check_writable(run_dir, "a resume writes its checkpoints and metrics there: make it writable")
+    with run_folder_lock(run_dir) if rank == 0 else contextlib.nullcontext():
+        return _resume_locked(run_dir, cfg, progress)
+
+
+def _resume_locked(run_dir: Path, cfg: Config, progress: bool | None) -> FitResult:
     candidates = ckpt.resume_candidates(run_dir)
     _check_resume_config(run_dir, cfg, candidates)
     # with a checkpoint to load (or an error below), the pretrained source is not read again
