@@ -379,6 +379,49 @@ def test_a_source_trained_at_another_image_size_is_warned_about(tmp_path, caplog
     assert "were trained on" not in caplog.text
 
 
+def test_a_metrics_csv_cut_mid_line_is_repaired_on_resume_and_left_out_when_read(tmp_path, caplog):
+    """A row cut short (a crash mid-write) had the next epoch's row appended to it: the report then
+    read a step count as the validation accuracy (2.0000) and counted epochs wrong."""
+    from resnetlab.report import read_metrics_csv
+    from resnetlab.trainer import read_metrics_file
+
+    run = tmp_path / "r"
+    train(tiny("train.epochs=3"), run, progress=False)
+    ref = read_rows(run / "metrics.csv")
+    text = (run / "metrics.csv").read_text()
+    lines = text.splitlines()
+    # epoch 1's row cut in half, no newline: as if the process died while appending epoch 2's row
+    (run / "metrics.csv").write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        rows = read_metrics_csv(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1.0] and "line(s) 3 are damaged" in caplog.text
+    # resume from epoch 2's checkpoint (the last one removed): the cut row is dropped, epoch 3 appended
+    import shutil
+
+    (run / "checkpoints" / "last").rename(run / "keep")
+    shutil.copytree(run / "checkpoints" / "last.prev", run / "checkpoints" / "last")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        resume(run, progress=False)
+    assert "dropped damaged line(s) 3 before resuming" in caplog.text
+    columns, rows, bad = read_metrics_file(run / "metrics.csv")
+    assert bad == [] and [int(r["epoch"]) for r in rows] == [1, 3]
+    assert read_rows(run / "metrics.csv")[0] == ref[0] and read_rows(run / "metrics.csv")[1]["epoch"] == "3"
+
+
+def test_damaged_metrics_lines_are_named_not_read_under_the_wrong_columns(tmp_path):
+    from resnetlab.trainer import METRIC_COLUMNS, read_metrics_file
+
+    p = tmp_path / "metrics.csv"
+    good = ",".join("1" if c == "epoch" else "0.5" for c in METRIC_COLUMNS)
+    p.write_bytes((",".join(METRIC_COLUMNS) + "\n" + good + "\n" + good.replace("0.5", "abc", 1) + "\n\xff\xfe,1\n"
+                   + good.replace("1", "1.5", 1) + "\n").encode("latin-1"))  # fmt: skip
+    columns, rows, bad = read_metrics_file(p)
+    assert columns == METRIC_COLUMNS and len(rows) == 1 and bad == [3, 4, 5]
+    p.write_text("epoch,step,lr,train_loss,train2,66,0.1\n" + good + "\n")  # a header cut short, then a row
+    assert read_metrics_file(p) == ([], [], [1, 2])
+
+
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(ResnetlabError, match="not a run folder"):
         resume(tmp_path)

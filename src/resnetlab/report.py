@@ -55,16 +55,6 @@ img{max-width:100%;height:auto} .muted{color:#777} code{background:#f5f5f5;paddi
 # -- reading the run folder ---------------------------------------------------------------
 
 
-def _num(v: str | None) -> float | None:
-    if v is None or v.strip() == "":
-        return None
-    try:
-        x = float(v)
-    except ValueError:
-        return None
-    return x if math.isfinite(x) else None
-
-
 def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
     """Rows of ``metrics.csv`` with numbers parsed (empty cells -> None); [] if absent.
 
@@ -72,11 +62,10 @@ def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
         >>> rows = read_metrics_csv("runs/demo/metrics.csv")  # doctest: +SKIP
         >>> rows[-1]["val_acc"]  # doctest: +SKIP
     """
-    p = Path(path)
-    if not p.is_file():
-        return []
-    with open(p, newline="") as f:
-        return [{k: _num(v) for k, v in row.items() if k is not None} for row in csv.DictReader(f)]
+    from resnetlab.trainer import _read_metrics
+
+    # damaged lines are left out with a warning (a row cut short used to be read under the wrong columns)
+    return [{k: (v if v is None or math.isfinite(v) else None) for k, v in row.items()} for row in _read_metrics(Path(path))]
 
 
 def _read_json(path: Path) -> dict | None:

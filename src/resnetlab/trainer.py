@@ -1289,7 +1289,8 @@ def _resume_locked(run_dir: Path, cfg: Config, progress: bool | None) -> FitResu
     if loaded is None and trainer.is_main:
         log.warning("no checkpoint in %s yet: starting the run from the beginning", run_dir)
     if trainer.is_main:
-        _truncate_metrics(run_dir / "metrics.csv", trainer.epoch)
+        logger = next((cb for cb in trainer.callbacks if isinstance(cb, CSVLogger)), None)
+        _truncate_metrics(run_dir / "metrics.csv", trainer.epoch, logger.columns if logger else METRIC_COLUMNS)
     if trainer.world_size > 1:
         torch.distributed.barrier()
     trainer.history = _read_metrics(run_dir / "metrics.csv")
@@ -1362,23 +1363,62 @@ def _checkpoint_normalization(candidates: Sequence[Path]) -> tuple[list[float], 
     return None
 
 
+def read_metrics_file(path: Path) -> tuple[list[str], list[dict[str, float | None]], list[int]]:
+    """``metrics.csv`` as ``(columns, rows, damaged line numbers)``; ``([], [], [])`` if absent.
+
+    Rows are appended one per epoch, so a crash, a full disk or an edit can leave a line cut short
+    (the next epoch's row then continues it), bytes that are not UTF-8, or a word for a number.
+    Such a line, and every line under a header that is not ``metrics.csv``'s, is left out and its
+    number returned, instead of being read with its values under the wrong columns."""
+    if not path.is_file():
+        return [], [], []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        lines = list(csv.reader(f))
+    if not lines:
+        return [], [], []
+    columns, rows, bad = lines[0], [], []
+    known = set(METRIC_COLUMNS) | set(TEST_COLUMNS)
+    header_ok = bool(columns) and columns[0] == "epoch" and set(columns) <= known and len(set(columns)) == len(columns)
+    for number, values in enumerate(lines[1:], start=2):
+        if not values:
+            continue
+        row: dict[str, float | None] | None = None
+        if header_ok and len(values) == len(columns):
+            try:
+                row = {k: (float(v) if v != "" else None) for k, v in zip(columns, values)}
+            except ValueError:
+                row = None
+            if row is not None and (row["epoch"] is None or not float(row["epoch"]).is_integer()):
+                row = None
+        if row is None:
+            bad.append(number)
+        else:
+            rows.append(row)
+    if not header_ok:
+        bad.insert(0, 1)
+    return (columns if header_ok else []), rows, bad
+
+
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in csv.DictReader(f)]
+    columns, rows, bad = read_metrics_file(path)
+    if bad:
+        log.warning("%s: line(s) %s are damaged (cut short, not UTF-8, or not numbers) and left out", path,
+                    ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else ""))
+    return rows
 
 
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop rows written after the checkpoint we resume from (a crash between the two)."""
+def _truncate_metrics(path: Path, epochs_done: int, columns: Sequence[str] = METRIC_COLUMNS) -> None:
+    """Drop rows written after the checkpoint we resume from (a crash between the two), and damaged
+    lines (:func:`read_metrics_file`): the resumed run appends to a file that parses again."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        columns = reader.fieldnames or METRIC_COLUMNS  # the file's own (test columns or not)
-    keep = [r for r in rows if r.get("epoch") and int(float(r["epoch"])) <= epochs_done]
-    if len(keep) != len(rows):
+    own, rows, bad = read_metrics_file(path)
+    if bad:
+        log.warning("%s: dropped damaged line(s) %s before resuming (cut short, not UTF-8, or not numbers); the report's "
+                    "curves miss those epochs", path, ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else ""))
+    columns = own or list(columns)  # the file's own (test columns or not), the run's if the header is damaged
+    keep = [{k: _fmt(r.get(k)) for k in columns} for r in rows if int(r["epoch"]) <= epochs_done]
+    if len(keep) != len(rows) or bad:
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=columns)
