@@ -749,3 +749,24 @@ def test_summary_of_runs_with_an_infinite_value_has_no_std():
                                 ("a", 1): {"val_loss": 0.5, "val_acc": 0.3}})[0]
     assert row["val_loss_mean"] == float("inf") and row["val_loss_std"] is None
     assert row["val_acc_mean"] == pytest.approx(0.2) and row["val_acc_std"] == pytest.approx(0.1414, abs=1e-4)
+
+
+def test_a_damaged_evaluation_of_a_finished_cell_is_made_again(finished, tmp_path, caplog):
+    """A cut eval/val/metrics.json made the rerun fail with json's "Expecting property name ..."
+    naming no file; it is evaluated again from the cell's checkpoint."""
+    import shutil
+
+    path, reference = finished
+    out = tmp_path / "copy"
+    shutil.copytree(reference.out_dir, out)
+    damaged = out / "norm=bn" / "seed0" / "eval" / "val" / "metrics.json"
+    good = json.loads(damaged.read_text())
+    damaged.write_text("{bad")
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        result = st.run_study(path, out=out)
+    assert f"{damaged} is damaged: evaluating the val split again" in caplog.text
+    assert result.ran == [] and json.loads(damaged.read_text())["accuracy"] == good["accuracy"]
+    assert table(out / "results.csv") == table(reference.out_dir / "results.csv")
+    with pytest.raises(ResnetlabError, match=r"metrics.json is damaged \(Expecting"):  # read where it is not remade
+        damaged.write_text("{bad")
+        st.read_run(damaged.parents[2])

@@ -526,7 +526,14 @@ def _finish_cell(run_dir: Path, cfg: Config, smoke: bool) -> None:
 
     def current(split: str) -> bool:
         path = run_dir / "eval" / split / "metrics.json"
-        return path.is_file() and not (best.is_dir() and made_of_another_checkpoint(path, best))
+        if not path.is_file():
+            return False
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # damaged (cut short, edited): evaluated again
+            log.warning("%s is damaged: evaluating the %s split again", path, split)
+            return False
+        return not (best.is_dir() and made_of_another_checkpoint(path, best))
 
     need = [s for s in ("test", "val", "train") if not current(s)]
     report = cfg.output.report and not smoke and (bool(need) or not (run_dir / "report.html").is_file())
@@ -792,7 +799,12 @@ def _command_line(spec: StudySpec, smoke: bool, out_dir: Path, jobs: int = 1, ma
 # reading results back
 # ---------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # json's "Expecting property name ..." named no file
+        raise ResnetlabError(f"{path} is damaged ({exc}); delete it and rerun the study to write it again") from None
 
 
 def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
