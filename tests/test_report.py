@@ -408,3 +408,21 @@ def test_the_report_of_an_interrupted_run_says_where_it_stopped_and_how_to_go_on
     config["train"]["iterations"] = done["step"] + 100
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert f"it stopped at step {done['step']:,} of {done['step'] + 100:,};" in build_report(run)[1].read_text()
+
+
+def test_a_damaged_evaluation_or_config_is_named_in_one_warning_line(tmp_path, caplog):
+    """A cut eval/test/metrics.json made the report show '-' for the test accuracy without a word;
+    an unparsable config.yaml's warning pasted YAML's five-line message."""
+    import logging
+
+    run = trained_run(tmp_path)
+    (run / "eval" / "test" / "metrics.json").write_text('{"accuracy": 0.9')
+    (run / "config.yaml").write_text("model:\n  name: resnet8\n   norm: bn\n")
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        build_report(run)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    test = [w for w in warnings if "eval/test/metrics.json" in w]
+    assert len(test) == 1 and "the report leaves its numbers out" in test[0]
+    assert f"`resnetlab evaluate {run} --split test` writes it again" in test[0]
+    cfg = [w for w in warnings if "config.yaml" in w]
+    assert len(cfg) == 1 and "\n" not in cfg[0] and cfg[0].endswith("; using the checkpoint's config")

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,9 +70,17 @@ def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
 
 
 def _read_json(path: Path) -> dict | None:
+    """The file's JSON; None if it is absent, and None with a warning if it is damaged (the report
+    showed '-' for a cut eval/test/metrics.json without a word)."""
+    if not path.is_file():
+        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        again = (f"; `resnetlab evaluate {shlex.quote(str(path.parents[2]))} --split {path.parent.name}` writes it again"
+                 if path.parent.parent.name == "eval" else "")  # fmt: skip
+        log.warning("cannot read %s (%s): the report leaves its numbers out%s", path,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__, again)
         return None
 
 
@@ -85,7 +94,8 @@ def _read_config(run: Path, meta: dict | None) -> dict:
             if isinstance(cfg, dict):
                 return cfg
         except (OSError, yaml.YAMLError) as exc:
-            log.warning("cannot read %s (%s); using the checkpoint's config", p, exc)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__  # YAML's text is 5 lines
+            log.warning("cannot read %s (%s); using the checkpoint's config", p, first)
     return dict((meta or {}).get("config") or {})
 
 
