@@ -770,3 +770,22 @@ def test_a_damaged_evaluation_of_a_finished_cell_is_made_again(finished, tmp_pat
     with pytest.raises(ResnetlabError, match=r"metrics.json is damaged \(Expecting"):  # read where it is not remade
         damaged.write_text("{bad")
         st.read_run(damaged.parents[2])
+
+
+def test_a_cell_whose_config_yaml_is_gone_is_resumed_not_trained_again(finished, tmp_path):
+    """It was taken as "fresh": the finished cell was trained again from scratch over its checkpoints."""
+    import shutil
+
+    path, reference = finished
+    out = tmp_path / "copy"
+    shutil.copytree(reference.out_dir, out)
+    cell = out / "norm=gn" / "seed1"
+    weights = (cell / "checkpoints" / "best" / "model.safetensors").read_bytes()
+    (cell / "config.yaml").unlink()
+    spec = st.load_study(path)
+    cfg = st.cell_config(spec, next(c for c in st.expand_cells(spec) if c.label == "norm=gn"), seed_index=1)
+    assert st.cell_status(cell, cfg) == "resume"
+    result = st.run_study(path, out=out)
+    assert result.ran == ["norm=gn/seed1"] and (cell / "config.yaml").is_file()
+    assert (cell / "checkpoints" / "best" / "model.safetensors").read_bytes() == weights  # not retrained
+    assert table(out / "results.csv") == table(reference.out_dir / "results.csv")

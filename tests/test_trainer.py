@@ -422,6 +422,20 @@ def test_damaged_metrics_lines_are_named_not_read_under_the_wrong_columns(tmp_pa
     assert read_metrics_file(p) == ([], [], [1, 2])
 
 
+def test_a_run_without_config_yaml_resumes_with_its_checkpoints_config(tmp_path, caplog):
+    """train refused the folder ("already holds a run; use --resume") and resume refused it ("not a
+    run folder (no config.yaml)"), each sending the user to the other."""
+    run = tmp_path / "r"
+    cfg = tiny("train.epochs=2")
+    train(cfg, run, progress=False)
+    before = (run / "config.yaml").read_text()
+    (run / "config.yaml").unlink()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        result = resume(run, progress=False)
+    assert f"{run} has no config.yaml: resuming with the config saved in its checkpoint" in caplog.text
+    assert result.epochs == 2 and (run / "config.yaml").read_text() == before
+
+
 def test_resume_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(ResnetlabError, match="not a run folder"):
         resume(tmp_path)

@@ -408,12 +408,17 @@ def cell_status(run_dir: Path, cfg: Config) -> str:
         ResnetlabError: the folder holds a run of a different config.
     """
     saved = run_dir / "config.yaml"
-    if saved.is_file():
-        diff = config_difference(read_yaml(saved), cfg.model_dump(mode="json"), ignore=_EXECUTION_KEYS, labels=("folder", "study"))
+    from resnetlab.trainer import checkpoint_config
+
+    # checkpoints without config.yaml: the checkpoint's config says what they are (the cell was
+    # trained again from scratch over them, as "fresh"); the resume writes config.yaml back
+    recorded = read_yaml(saved) if saved.is_file() else checkpoint_config(run_dir)
+    if recorded is not None:
+        diff = config_difference(recorded, cfg.model_dump(mode="json"), ignore=_EXECUTION_KEYS, labels=("folder", "study"))
         if diff:
             raise ResnetlabError(f"{run_dir} holds a run with another config ({diff}); delete that folder or choose another --out")
         ckpts = run_dir / "checkpoints"
-        if (run_dir / "eval" / "test" / "metrics.json").is_file() and _trained_to_the_end(ckpts / "last", cfg):
+        if saved.is_file() and (run_dir / "eval" / "test" / "metrics.json").is_file() and _trained_to_the_end(ckpts / "last", cfg):
             return "done"
         if (ckpts / "last").is_dir() or (ckpts / "last.prev").is_dir():
             return "resume"

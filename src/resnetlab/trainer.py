@@ -1242,8 +1242,17 @@ def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResul
     """Continue a run from its newest good ``last`` checkpoint (falls back to ``last.prev``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        what = "is a file, not a run folder (give the folder that holds config.yaml)" if Path(run_dir).is_file() else "is not a run folder (no config.yaml)"
-        raise ResnetlabError(f"{run_dir} {what}; nothing to resume")
+        saved = checkpoint_config(run_dir)
+        if saved is None:
+            what = "is a file, not a run folder (give the folder that holds config.yaml)" if Path(run_dir).is_file() else "is not a run folder (no config.yaml)"
+            raise ResnetlabError(f"{run_dir} {what}; nothing to resume")
+        # checkpoints without config.yaml (deleted, or lost in a copy): train refused the folder
+        # ("holds a run; use --resume") and resume refused it ("not a run folder"), each naming the other
+        log.warning("%s has no config.yaml: resuming with the config saved in its checkpoint (written back to config.yaml)", run_dir)
+        cfg = config_from_dict(saved, recorded=True)
+        if dist_info()[0] == 0:
+            _check_writable(run_dir, "a resume writes its checkpoints and metrics there: make it writable")
+            save_config(cfg, run_dir / "config.yaml")
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), recorded=True)
     rank, _, _ = dist_info()
     if rank == 0:  # a read-only folder failed in tensorboard's writer thread, with a traceback
@@ -1337,6 +1346,18 @@ def _check_resume_config(run_dir: Path, cfg: Config, candidates: Sequence[Path])
                 f"(--pretrained {run_dir} starts it from these weights)"
             )
         return
+
+
+def checkpoint_config(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The config recorded in the newest readable resume checkpoint of ``run_dir`` (None if none)."""
+    for cand in ckpt.resume_candidates(run_dir):
+        try:
+            saved = ckpt.load_meta(cand).get("config")
+        except CheckpointError:
+            continue
+        if isinstance(saved, dict):
+            return saved
+    return None
 
 
 def _finished(meta: dict[str, Any], cfg: Config) -> bool:
