@@ -192,6 +192,9 @@ CASES = {
     # it said "RUN/config.yaml is not a run folder (no config.yaml)"
     "resume a file": (lambda c: ["train", "--resume", _yaml(c, "a: 1\n")], ["recipe.yaml is a file, not a run folder (give the folder that holds config.yaml)"]),
     "run name empty": (lambda c: [*TINY, "--name", ""], ["name (--name): a run name is one non-empty folder name", "got ''"]),
+    "run name too long": (lambda c: [*TINY, "--name", "x" * 300], ["name (--name): a run name is a folder name of at most 200 bytes, got 300"]),
+    # an OSError with a file name: "[Errno 36] File name too long: '...'" named neither clearly
+    "output path too long": (lambda c: [*TINY, "--out", str(c.tmp / ("y" * 300) / "r")], ["cannot use ", "yyy/r (File name too long)"]),
     "resume with other options": (lambda c: ["train", "--resume", str(c.run), "--epochs", "2", "--set", "optim.lr=0.5"],
                                   ["takes no other options (got --epochs, --set optim.lr=0.5)"]),  # fmt: skip
     "missing checkpoint": (lambda c: ["predict", str(c.tmp / "nope"), str(c.img)], ["checkpoint or run folder not found"]),

@@ -334,6 +334,9 @@ class Config(_Section):
         if n is not None and (not n.strip() or n in (".", "..") or any(c in n for c in "/\\\0")):
             raise ValueError(f"name: a run name is one non-empty folder name under output.dir (no '/', '\\', '.' or '..'), got {n!r}; "
                              f"to write the run elsewhere use --out PATH or output.dir")  # fmt: skip
+        if n is not None and len(n.encode("utf-8", "surrogateescape")) > 200:  # a folder name is at most 255 bytes; "-smoke" etc. follow
+            raise ValueError(f"name: a run name is a folder name of at most 200 bytes, got {len(n.encode('utf-8', 'surrogateescape'))} "
+                             f"({n[:20]!r}...)")  # fmt: skip
 
     def run_name(self) -> str:
         if self.name:

@@ -83,7 +83,7 @@ def check_output_folder(path: str | os.PathLike, own: Callable[[str], bool], com
     earlier result of the command (rerun, or cut short), is used."""
     p = Path(path)
     if p.is_dir():
-        other = sorted(e.name for e in p.iterdir() if not own(e.name))
+        other = sorted((e.name for e in p.iterdir() if not own(e.name)), key=lambda n: (n.startswith("."), n))  # hidden last
         if other:
             shown = ", ".join(printable(n) for n in other[:3]) + (", ..." if len(other) > 3 else "")
             raise ResnetlabError(f"--out {printable(str(p))} holds files {command} does not write ({shown}); "

@@ -276,6 +276,9 @@ def _main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:  # "[Errno 13] Permission denied: 'x'"
+            name = os.fsdecode(exc.filename)
+            msg = f"cannot use {name} ({exc.strerror})" + (f" or {os.fsdecode(exc.filename2)}" if exc.filename2 else "")
         peer = _peer_lost(exc, msg)
         if peer:
             run = getattr(args, "resume", None) or getattr(args, "out", None)
