@@ -789,3 +789,31 @@ def test_a_cell_whose_config_yaml_is_gone_is_resumed_not_trained_again(finished,
     assert result.ran == ["norm=gn/seed1"] and (cell / "config.yaml").is_file()
     assert (cell / "checkpoints" / "best" / "model.safetensors").read_bytes() == weights  # not retrained
     assert table(out / "results.csv") == table(reference.out_dir / "results.csv")
+
+
+def test_test_accuracy_figure_draws_points_on_a_zoomed_axis_that_says_so(monkeypatch):
+    """Bars on an axis starting near 80% (5 in a transfer study) drew a 10.0 vs 10.6 gap as a bar
+    twice as tall; the title was cut ('... on validation accur')."""
+    figs = []
+    monkeypatch.setattr(st, "_png", lambda fig: figs.append(fig) or b"")
+    rows = [{"cell": "pretrained=torchvision-IMAGENET1K_V1,freeze_until=layer3", "test_acc_mean": 0.100, "test_acc_std": 0.002},
+            {"cell": "scratch", "test_acc_mean": 0.106, "test_acc_std": None},
+            {"cell": "failed", "test_acc_mean": None, "test_acc_std": None}]  # fmt: skip
+    st._bar_figure(rows, "scratch")
+    ax = figs[0].axes[0]
+    assert not [p for p in ax.patches if type(p).__name__ == "Rectangle"]  # no bars
+    points = [line for line in ax.lines if line.get_marker() == "o"]
+    assert [list(line.get_ydata()) for line in points] == [[pytest.approx(10.0)], [pytest.approx(10.6)]]
+    assert points[1].get_color() == "tab:orange"
+    lo, hi = ax.get_ylim()
+    assert 0 < lo < 9.8 and 10.8 < hi < 12  # zoomed, and the title says the axis does not start at 0
+    title = figs[0]._suptitle
+    assert "the axis does not start at 0" in title.get_text()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figs[0])
+    canvas.draw()
+    title = title.get_window_extent(canvas.get_renderer())
+    assert title.x0 >= 0 and title.x1 <= figs[0].bbox.width  # the whole title is inside the figure
+    for label in ax.get_xticklabels():  # and every cell's label (one axis per line)
+        assert label.get_window_extent(canvas.get_renderer()).x0 >= 0, label.get_text()
