@@ -817,3 +817,29 @@ def test_test_accuracy_figure_draws_points_on_a_zoomed_axis_that_says_so(monkeyp
     assert title.x0 >= 0 and title.x1 <= figs[0].bbox.width  # the whole title is inside the figure
     for label in ax.get_xticklabels():  # and every cell's label (one axis per line)
         assert label.get_window_extent(canvas.get_renderer()).x0 >= 0, label.get_text()
+
+
+def test_study_tables_give_each_cells_parameters_and_accuracy_and_f1_by_split(finished):
+    """Report 002's table has #params per depth; report 001's gives accuracy, micro and macro F1 on
+    train, val and test: study.md had no parameter count and only some of the F1 scores."""
+    from resnetlab import create_model
+    from resnetlab.models.profile import count_params
+
+    path, result = finished
+    rows = {r["cell"]: r for r in csv.DictReader(open(result.out_dir / "results.csv"))}
+    spec = st.load_study(path)
+    md = (result.out_dir / "study.md").read_text()
+    for cell in st.expand_cells(spec):
+        cfg = st.cell_config(spec, cell)
+        expect = count_params(create_model(cfg.model.name, **cfg.model.arch_args(num_classes=3, in_channels=1)))  # synthetic:1x8x8:3
+        assert float(rows[cell.label]["params_mean"]) == expect
+        line = next(x for x in md.splitlines() if x.startswith(f"| {cell.label}"))
+        assert line.split(" | ")[2] == f"{expect:,}"
+        split_line = [x for x in md.splitlines() if x.startswith(f"| {cell.label}")][1]
+        r = rows[cell.label]
+        assert split_line.split(" | ")[1:] == [
+            f"{float(r[f'{s}_{m}_mean']) * 100:.2f} ± {float(r[f'{s}_{m}_std']) * 100:.2f}" + (" |" if (s, m) == ("test", "f1_macro") else "")
+            for s in ("train", "val", "test") for m in ("acc", "f1_micro", "f1_macro")]  # fmt: skip
+    assert "| cell | train acc % | train F1 micro % | train F1 macro % | val acc % |" in md
+    html_text = (result.out_dir / "study.html").read_text()
+    assert "<th>train F1 micro %</th>" in html_text and "<th>params</th>" in html_text

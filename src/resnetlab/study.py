@@ -99,6 +99,7 @@ METRICS: tuple[str, ...] = (
     "train_loss",  # last epoch, running mean over the training batches
     "val_loss",  # last validated epoch
     "epochs",
+    "params",  # the model's parameter count (report 002's table has it beside each depth)
     "train_time_s",  # sum of the epochs' training time (seconds; excludes evaluation)
     "images_per_s",  # training images per second over the whole run
 )
@@ -812,6 +813,23 @@ def _read_json(path: Path) -> dict | None:
         raise ResnetlabError(f"{path} is damaged ({exc}); delete it and rerun the study to write it again") from None
 
 
+def _param_count(run_dir: Path) -> int | None:
+    """Parameters of the run's model, built on the meta device from its checkpoint's record."""
+    import torch
+
+    from resnetlab.checkpoint import build_model_from_meta
+    from resnetlab.models.profile import count_params
+
+    for name in ("best", "last"):
+        try:
+            meta = load_meta(run_dir / "checkpoints" / name)
+            with torch.device("meta"):
+                return count_params(build_model_from_meta(meta))
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            continue
+    return None
+
+
 def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The per-run numbers of :data:`METRICS` plus the curves, read from a run folder.
 
@@ -854,6 +872,7 @@ def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
         "train_loss": last["train_loss"],
         "val_loss": val_losses[-1] if val_losses else None,
         "epochs": len(rows),
+        "params": _param_count(run_dir),
         "train_time_s": total,
         "images_per_s": images / total if total > 0 else None,
         "test_images": test.get("num_samples"),
@@ -1095,16 +1114,24 @@ def write_study_report(
         (fig_dir / name).write_bytes(png)
 
     # tables -------------------------------------------------------------------------------
-    headers = ["cell", "n", "train acc %", "val acc %", "test acc %", "test F1 micro %", "test F1 macro %",
+    headers = ["cell", "n", "params", "train acc %", "val acc %", "test acc %", "test F1 micro %", "test F1 macro %",
                "val F1 macro %", "train loss", "val loss", "epochs", "train time s", "images/s"]  # fmt: skip
+
+    def cell_name(r: dict) -> str:
+        return r["cell"] + (" **(best)**" if r["cell"] == best else "")
 
     def table_row(r: dict) -> list[str]:
         pm = lambda m, pct=True, d=2: _pm(r[f"{m}_mean"], r[f"{m}_std"], pct, d)  # noqa: E731
-        return [r["cell"] + (" **(best)**" if r["cell"] == best else ""), str(r["n"]), pm("train_acc"), pm("val_acc"),
+        params = "–" if r.get("params_mean") is None else f"{round(r['params_mean']):,}"  # the same for every seed
+        return [cell_name(r), str(r["n"]), params, pm("train_acc"), pm("val_acc"),
                 pm("test_acc"), pm("test_f1_micro"), pm("test_f1_macro"), pm("val_f1_macro"), pm("train_loss", False, 4),
                 pm("val_loss", False, 4), pm("epochs", False, 0), pm("train_time_s", False, 1), pm("images_per_s", False, 0)]  # fmt: skip
 
     body = [table_row(r) for r in rows]
+    # report 001's table: accuracy, micro and macro F1 on each split, side by side
+    split_headers = ["cell", *(f"{split} {what} %" for split in ("train", "val", "test") for what in ("acc", "F1 micro", "F1 macro"))]
+    split_body = [[cell_name(r), *(_pm(r[f"{split}_{m}_mean"], r[f"{split}_{m}_std"], True, 2)
+                              for split in ("train", "val", "test") for m in ("acc", "f1_micro", "f1_macro"))] for r in rows]  # fmt: skip
     best_line = (
         f"Best cell: **{best}**, chosen on mean **validation** accuracy over seeds. Test accuracy is reported "
         "for every cell but never used to choose (choosing on test would make the test number optimistic)."
@@ -1131,6 +1158,9 @@ def write_study_report(
     md = [f"# Study: {spec.name}", "", *[n for n in notes if n], "", best_line, "",
           "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]  # fmt: skip
     md += ["| " + " | ".join(row) + " |" for row in body]
+    md += ["", "By split (the best checkpoint on each split, without augmentation):", "",
+           "| " + " | ".join(split_headers) + " |", "|" + "|".join("---" for _ in split_headers) + "|"]
+    md += ["| " + " | ".join(row) + " |" for row in split_body]
     md.append("")
     for name, alt, _ in figures:
         md += [f"![{alt}](study_files/{name})", ""]
@@ -1145,10 +1175,14 @@ def write_study_report(
         f"<p>{_md_inline(best_line)}</p>",
         "<table><tr>" + "".join(f"<th>{esc(x)}</th>" for x in headers) + "</tr>",
     ]
-    for r, row in zip(rows, body):
-        cls = " class='best'" if r["cell"] == best else ""
-        h.append(f"<tr{cls}>" + "".join(f"<td{' class=num' if i else ''}>{_md_inline(x)}</td>" for i, x in enumerate(row)) + "</tr>")
-    h.append("</table>")
+    for table_headers, table_body in ((headers, body), (split_headers, split_body)):
+        if table_headers is split_headers:
+            h += ["<p>By split (the best checkpoint on each split, without augmentation):</p>",
+                  "<table><tr>" + "".join(f"<th>{esc(x)}</th>" for x in split_headers) + "</tr>"]
+        for r, row in zip(rows, table_body):
+            cls = " class='best'" if r["cell"] == best else ""
+            h.append(f"<tr{cls}>" + "".join(f"<td{' class=num' if i else ''}>{_md_inline(x)}</td>" for i, x in enumerate(row)) + "</tr>")
+        h.append("</table>")
     for _, alt, png in figures:
         h.append(f"<h2>{esc(alt)}</h2><img src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}' alt='{esc(alt)}'>")
     h.append("<h2>Runs</h2><table><tr><th>run</th><th>val acc</th><th>test acc</th></tr>")
