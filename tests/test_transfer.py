@@ -272,6 +272,19 @@ def test_freeze_count_matches_torchvision_children_convention():
     assert _trainable(m2) == tv_trainable
 
 
+
+def test_freeze_log_names_a_cifar_stems_maxpool_as_an_identity(caplog):
+    # ResNet-20 has no max-pool: the log said "froze ... in conv1, bn1, act, maxpool, ..." all the same
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="resnetlab"):
+        freeze(create_model("resnet20"), 5)
+        freeze(create_model("resnet18"), 5)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("froze")]
+    assert lines[0].endswith("in conv1, bn1, act, maxpool (an identity here), layer1")
+    assert lines[1].endswith("in conv1, bn1, act, maxpool, layer1")
+
+
 def test_freeze_errors():
     model = create_model("resnet20")
     with pytest.raises(ValueError, match=r"unknown layer 'layer4'.*layer1, layer2, layer3, stem"):

@@ -485,7 +485,9 @@ def freeze(model: nn.Module, until: str | int) -> list[str]:
         for name, p in getattr(model, prefix).named_parameters(prefix=prefix):
             p.requires_grad_(False)
             frozen.append(name)
-    log.info("froze %d parameter tensors in %s", len(frozen), ", ".join(prefixes) or "nothing")
+    # a CIFAR stem's maxpool is an Identity: counted (as list(model.children()) does) but named as such
+    shown = [f"{p} (an identity here)" if isinstance(getattr(model, p), nn.Identity) else p for p in prefixes]
+    log.info("froze %d parameter tensors in %s", len(frozen), ", ".join(shown) or "nothing")
     return frozen
 
 
