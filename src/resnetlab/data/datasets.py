@@ -46,6 +46,7 @@ from resnetlab.data.images import image_mode, is_gray_mode, read_image, resize_c
 log = logging.getLogger(__name__)
 
 DATASET_NAMES: tuple[str, ...] = ("cifar10", "cifar100", "fashion-mnist", "mnist", "digits", "imagefolder", "synthetic")
+_SAID_WHERE: set[tuple[str, str]] = set()  # (dataset, folder) whose unusual place was logged
 SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 _TEST_FRACTION = 0.2  # held-out test share for datasets that ship without a test split
@@ -681,10 +682,14 @@ def _read_mnist(root: Path, name: str, download: bool, origin: str = ""):
             f"{name} not found: no {missing}[.gz] in {', '.join(str(d) for d in dirs)}{origin}; "
             f"{_DOWNLOAD_HINT}{hint}"
         )
-    if found[0].parent == root:
+    where = (name, str(found[0].parent))
+    if where in _SAID_WHERE:
+        pass  # once per process: the report reads the dataset again for its misclassified images
+    elif found[0].parent == root:
         log.info("%s: using the IDX files directly in %s (%s/%s/ is the unambiguous place for them)", name, root, root, name)
     elif str(found[0].parent) == str(Path(SYSTEM_FASHION_MNIST)):
         log.info("%s: using the system copy in %s (Debian's dataset-fashion-mnist; none under %s)", name, found[0].parent, root)
+    _SAID_WHERE.add(where)
     xtr, ytr, xte, yte = (_read_idx(p, ndim) for p, ndim in zip(found, (3, 1, 3, 1)))
     for xp, yp, x, y in ((found[0], found[1], xtr, ytr), (found[2], found[3], xte, yte)):
         if len(x) != len(y):
