@@ -843,3 +843,17 @@ def test_study_tables_give_each_cells_parameters_and_accuracy_and_f1_by_split(fi
     assert "| cell | train acc % | train F1 micro % | train F1 macro % | val acc % |" in md
     html_text = (result.out_dir / "study.html").read_text()
     assert "<th>train F1 micro %</th>" in html_text and "<th>params</th>" in html_text
+
+
+def test_curves_of_one_epoch_runs_have_whole_epoch_ticks(monkeypatch):
+    """With one epoch, MaxNLocator(integer=True) fell back to ticks 0.945 ... 1.065."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figs = []
+    monkeypatch.setattr(st, "_png", lambda fig: figs.append(fig) or b"")
+    curve = {"epoch": [1.0], "val_acc": [0.5], "train_loss": [1.0], "val_loss": [0.9], "train_acc": [0.4]}
+    st._curves_figure([("a", [curve])], "all cells")
+    FigureCanvasAgg(figs[0]).draw()
+    for ax in figs[0].axes:
+        visible = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert visible == [1.0], (ax.get_title(), list(ax.get_xticks()))

@@ -199,7 +199,7 @@ def _curves_figure(rows: list[dict], test: dict | None, label_smoothing: float =
                 ax.plot([best], [value * scale], "r*", markersize=12, label=f"test, best checkpoint ({value * scale:.4g})")
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
@@ -207,7 +207,7 @@ def _curves_figure(rows: list[dict], test: dict | None, label_smoothing: float =
     axes[2].plot(x, y, "-o", markersize=3, color="tab:green")  # a marker: one epoch is one point
     axes[2].set_title("Learning rate (end of epoch)")
     axes[2].set_xlabel("epoch")
-    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes[2].grid(alpha=0.3)
     known = sorted({e for e in epochs if e is not None})
     if len(known) == 1:  # one epoch (a --smoke run): the integer locator finds no tick in a +-0.05 range

@@ -1006,7 +1006,7 @@ def _curves_figure(groups: list[tuple[str, list[dict]]], title: str) -> bytes:
             (line,) = ax.plot(x, m_, marker="o" if len(x) < 3 else None, label=name, color=f"C{j % 10}")
             if any(s_):
                 ax.fill_between(x, [a - b for a, b in zip(m_, s_)], [a + b for a, b in zip(m_, s_)], color=line.get_color(), alpha=0.15)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
