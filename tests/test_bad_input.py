@@ -576,3 +576,15 @@ def test_sigterm_outside_the_training_loop_says_so_and_exits_143(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == "terminated (SIGTERM)" and "Traceback" not in err
+
+
+def test_an_unknown_freeze_until_layer_is_said_before_the_data_loads(tmp_path, capsys):
+    """It came after the dataset's log line (and after a folder of photos had loaded)."""
+    capsys.readouterr()
+    argv = ["train", "--model", "resnet20", "--data", "digits", "--freeze-until", "layer9", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: model.freeze_until: unknown layer 'layer9'; did you mean 'layer3' or 'layer2' or 'layer1'? "
+                   "(allowed: layer1, layer2, layer3, stem)\n") and not (tmp_path / "r").exists()
+    assert main([*argv[:-2], "--freeze-until", "99", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.startswith("error: model.freeze_until: freeze_until count must be in 0..")

@@ -329,6 +329,15 @@ class Trainer:
 
             tune_malloc()  # host-side buffers on CUDA too (the data pipeline, metrics)
         torch.manual_seed(cfg.seed)
+        if cfg.model.freeze_until is not None:  # a bad name fails now, not after the data has loaded
+            from resnetlab.transfer import freeze_prefixes
+
+            with torch.device("meta"):
+                layout = create_model(cfg.model.name, **cfg.model.arch_args(num_classes=2, in_channels=3))
+            try:
+                freeze_prefixes(layout, cfg.model.freeze_until)
+            except ValueError as exc:
+                raise ConfigError(f"model.freeze_until: {exc}") from None
 
         # data -------------------------------------------------------------------------
         d = cfg.data

@@ -461,6 +461,21 @@ def freeze(model: nn.Module, until: str | int) -> list[str]:
         >>> m.layer2[0].conv1.weight.requires_grad, m.layer3[0].conv1.weight.requires_grad
         (False, True)
     """
+    prefixes = freeze_prefixes(model, until)
+    frozen = []
+    for prefix in prefixes:
+        for name, p in getattr(model, prefix).named_parameters(prefix=prefix):
+            p.requires_grad_(False)
+            frozen.append(name)
+    # a CIFAR stem's maxpool is an Identity: counted (as list(model.children()) does) but named as such
+    shown = [f"{p} (an identity here)" if isinstance(getattr(model, p), nn.Identity) else p for p in prefixes]
+    log.info("froze %d parameter tensors in %s", len(frozen), ", ".join(shown) or "nothing")
+    return frozen
+
+
+def freeze_prefixes(model: nn.Module, until: str | int) -> list[str]:
+    """The top-level modules :func:`freeze` freezes for ``until``; ValueError for an unknown name
+    or a count out of range (a model built on the meta device is enough: nothing is computed)."""
     children = _top_level(model)
     if isinstance(until, str) and until.strip().isdigit():
         until = int(until.strip())
@@ -480,15 +495,7 @@ def freeze(model: nn.Module, until: str | int) -> list[str]:
             raise ValueError(unknown_name("layer", until, valid))
         stop = children.index("maxpool") + 1 if until == "stem" else children.index(until) + 1
         prefixes = children[:stop]
-    frozen = []
-    for prefix in prefixes:
-        for name, p in getattr(model, prefix).named_parameters(prefix=prefix):
-            p.requires_grad_(False)
-            frozen.append(name)
-    # a CIFAR stem's maxpool is an Identity: counted (as list(model.children()) does) but named as such
-    shown = [f"{p} (an identity here)" if isinstance(getattr(model, p), nn.Identity) else p for p in prefixes]
-    log.info("froze %d parameter tensors in %s", len(frozen), ", ".join(shown) or "nothing")
-    return frozen
+    return prefixes
 
 
 def freeze_all_but_head(model: nn.Module) -> list[str]:

@@ -27,7 +27,10 @@ def run(args) -> int:
     from resnetlab.data import load_dataset
     from resnetlab.data.preview import augment_preview
 
+    from resnetlab.data.augment import parse_augment
+
     args.out = refuse_existing_out(args.out, args.overwrite)
+    parse_augment(args.aug)  # a misspelt augmentation is said before the dataset loads (and its log line)
     splits = load_dataset(args.data, root=args.data_root, image_size=args.image_size, val_fraction=0.0)
     path = augment_preview(splits, args.aug, args.out, n=args.n, seed=args.seed)
     print(f"wrote {path}")
