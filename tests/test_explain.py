@@ -288,7 +288,7 @@ def test_explain_of_a_streamed_split_with_an_undecodable_file_keeps_images_and_l
         assert it["confidence"] == pytest.approx(float(r["confidence"]), abs=1e-3)
 
 
-def test_explain_of_the_last_checkpoint_goes_beside_the_best_ones(digits_run, tmp_path):
+def test_explain_of_the_last_checkpoint_goes_beside_the_best_ones(digits_run, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "run"
@@ -301,6 +301,13 @@ def test_explain_of_the_last_checkpoint_goes_beside_the_best_ones(digits_run, tm
     assert last["files"]["html"] == str(run / "explain-last" / "explain.html")
     assert (run / "report_sections" / "explain.html").read_bytes() == before
     assert (run / "explain-last" / "summary.json").is_file()
+    # the command says the report does not show it (it printed the path alone, as if it did)
+    from resnetlab.cli import main
+
+    capsys.readouterr()
+    assert main(["explain", str(run), "--which", "last", "--n", "1", "--pairs", "1", "--top-loss", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"report section: {run / 'explain-last' / 'explain.html'} (a page of its own: the run's report shows the best" in out
 
 
 

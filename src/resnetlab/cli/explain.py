@@ -43,6 +43,9 @@ def run(args) -> int:
     section = Path(s["files"]["html"])
     if _read_by_report(section):  # the run's own section: read by the next report build
         print(f"report section: {section} (add it to report.html: resnetlab report {section.parent.parent})")
+    elif section.parent.name.startswith("explain-"):  # --which last beside a best checkpoint: a page of its own
+        print(f"report section: {section} (a page of its own: the run's report shows the best checkpoint's "
+              f"explanations, from `resnetlab explain {section.parent.parent}`)")
     else:
         print(f"report section: {section}")
     return 0
