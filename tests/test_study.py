@@ -857,3 +857,21 @@ def test_curves_of_one_epoch_runs_have_whole_epoch_ticks(monkeypatch):
     for ax in figs[0].axes:
         visible = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
         assert visible == [1.0], (ax.get_title(), list(ax.get_xticks()))
+
+
+def test_each_cells_report_is_built_once(tmp_path, monkeypatch):
+    """The study scored val and train after the trainer had built the run's report, then built it
+    again to show them: the trainer now scores every split the study needs, once."""
+    import resnetlab.report as report
+
+    built = []
+    real = report.build_report
+    monkeypatch.setattr(report, "build_report", lambda run, *a, **k: built.append(Path(run)) or real(run, *a, **k))
+    path = write_study(tmp_path, name="once", grid={"model.norm": ["bn"]}, seeds=1,
+                       base={**BASE, "output": {"report": True, "tensorboard": False}})
+    result = st.run_study(path, out=tmp_path / "o")
+    run = tmp_path / "o" / "norm=bn" / "seed0"
+    assert built == [run] and result.ran == ["norm=bn/seed0"]
+    for split in ("test", "val", "train"):
+        assert (run / "eval" / split / "metrics.json").is_file()
+    assert "val" in (run / "report.md").read_text()

@@ -372,13 +372,18 @@ def cell_config(spec: StudySpec, cell: Cell, seed_index: int = 0, smoke: bool = 
     if spec.scale_lr_with_batch:
         lr = cfg.optim.lr * cfg.train.batch_size / spec.scale_lr_with_batch
         cfg = config_from_dict(_set_path(cfg.model_dump(mode="json"), "optim.lr", lr))
+    d = cfg.model_dump(mode="json")
     if smoke:
         cfg = smoke_config(cfg)
         d = cfg.model_dump(mode="json")
         # the study evaluates a capped test split itself; per-run reports are not needed in CI
         d["output"].update(evaluate_test=False, report=False, tensorboard=False)
-        cfg = config_from_dict(d)
-    return cfg
+    else:
+        # the study's tables need every split of every run: the trainer scores them, so the run's
+        # report is built once, with them (the study scored them after it and built it again).
+        # output.* keys are not compared when a folder is matched to its cell: older runs still match.
+        d["output"].update(evaluate_val=True, evaluate_train=True)
+    return config_from_dict(d)
 
 
 def _set_path(data: dict, key: str, value: Any) -> dict:
