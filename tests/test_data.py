@@ -264,6 +264,9 @@ def test_synthetic_deterministic_and_configurable():
     assert (means[0] - means[1]).abs().mean() > 5
     with pytest.raises(DataError, match="synthetic"):
         load_dataset("synthetic:3x32")
+    # a typo of a zero or two was a MemoryError (or the machine swapping) before any message
+    with pytest.raises(DataError, match=r"synthetic spec '3x2240x2240:10:50000' would hold 841.1 GiB of images .* at most 16 GiB"):
+        load_dataset("synthetic:3x2240x2240:10:50000")
 
 
 def test_resize_on_load():

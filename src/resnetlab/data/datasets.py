@@ -722,6 +722,9 @@ def _read_digits():
 _SYNTH_RE = re.compile(r"^(\d+)x(\d+)x(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
+SYNTHETIC_MAX_BYTES = 16 * 2**30  # a typo (an extra zero or two) was a MemoryError, or the machine swapping
+
+
 def parse_synthetic(spec: str) -> tuple[tuple[int, int, int], int, int]:
     """``"3x32x32:10:2000"`` -> ((3, 32, 32), 10 classes, 2000 training images)."""
     if not spec:
@@ -734,6 +737,11 @@ def parse_synthetic(spec: str) -> tuple[tuple[int, int, int], int, int]:
     n = int(m.group(5) or 2000)
     if c not in (1, 3) or h < 1 or w < 1 or k < 2 or n < k:
         raise DataError(f"synthetic spec {spec!r}: need C in (1, 3), H, W >= 1, CLASSES >= 2 and N >= CLASSES")
+    total = (n + max(k, n // 5)) * c * h * w  # uint8 bytes of the training and test images, held in memory
+    if total > SYNTHETIC_MAX_BYTES:
+        raise DataError(f"synthetic spec {spec!r} would hold {total / 2**30:.1f} GiB of images in memory (N training images "
+                        f"and N/5 test images of CxHxW bytes each; at most {SYNTHETIC_MAX_BYTES / 2**30:.0f} GiB): use a "
+                        f"smaller N or image")  # fmt: skip
     return (c, h, w), k, n
 
 
