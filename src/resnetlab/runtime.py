@@ -25,6 +25,7 @@ slower than fp32).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -34,7 +35,8 @@ import sys
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SPIN_COUNT", "cpu_has_bf16", "default_wait_policy", "release_free_memory", "restore_malloc", "tune_malloc"]
+__all__ = ["SPIN_COUNT", "cpu_has_bf16", "default_wait_policy", "exclusive_lock", "release_free_memory", "restore_malloc",
+           "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_THRESHOLD = -3
@@ -186,3 +188,33 @@ def cpu_has_bf16() -> bool:
         except (AttributeError, RuntimeError):  # pragma: no cover
             return False
     return False
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, busy: str):
+    """Hold an exclusive, non-blocking ``flock`` on the file ``path`` (created, left in place)
+    while the block runs; yields its file descriptor, or None where there is no ``flock``
+    (Windows, some network file systems) or the file cannot be opened, and the block runs
+    unlocked. Another process holding it: :class:`~resnetlab.errors.ResnetlabError` ``busy``.
+    Used for a run folder (``.run.lock``) and a study folder (``.study.lock``)."""
+    from resnetlab.errors import ResnetlabError
+
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield None
+        return
+    try:
+        f = open(path, "a")
+    except OSError:  # e.g. a read-only folder: the caller's write check says so
+        yield None
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = f.fileno()
+        except BlockingIOError:
+            raise ResnetlabError(busy) from None
+        except OSError:  # no locking on this file system
+            fd = None
+        yield fd

@@ -489,27 +489,14 @@ def _run_subprocess(cfg: Config, run_dir: Path, status: str, threads: int, live:
         raise ResnetlabError(f"exit {proc.returncode}: {tail[-1] if tail else 'no output'} (log: {run_dir / 'study-cell.log'})")
 
 
-@contextlib.contextmanager
 def _study_folder_lock(out_dir: Path):
     """Hold an exclusive lock on ``<out_dir>/.study.lock``; yields its file descriptor (None where
     the platform or file system has no ``flock``: the study then runs unlocked)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield None
-        return
-    with open(out_dir / ".study.lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fd = f.fileno()
-        except BlockingIOError:
-            raise ResnetlabError(
-                f"{out_dir} is in use by another resnetlab study, or by cells a killed study started that are still "
-                f"training; wait for them to end (or stop them) and rerun"
-            ) from None
-        except OSError:  # no locking on this file system
-            fd = None
-        yield fd
+    from resnetlab.runtime import exclusive_lock
+
+    return exclusive_lock(out_dir / ".study.lock", f"{out_dir} is in use by another resnetlab study, or by cells a killed "
+                                                   f"study started that are still training; wait for them to end (or stop "
+                                                   f"them) and rerun")  # fmt: skip
 
 
 def _capped_splits(cfg: Config, cap: int):

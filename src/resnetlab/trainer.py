@@ -1067,31 +1067,14 @@ RUN_OUTPUTS = ("metrics.csv", "checkpoints", "eval", "explain", "report_sections
 RUN_LOCK = ".run.lock"  # held while a process trains into the folder; an empty file, left in place
 
 
-@contextlib.contextmanager
 def run_folder_lock(run_dir: Path):
-    """Hold an exclusive ``flock`` on ``<run_dir>/.run.lock`` while a process trains into the
-    folder: a second ``train`` or ``--resume`` of it is refused instead of appending its own rows
-    to ``metrics.csv`` and overwriting the other's checkpoints. Under torchrun rank 0 holds it.
-    Without ``flock`` (Windows, some network file systems) the run goes on unlocked."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    try:
-        f = open(run_dir / RUN_LOCK, "a")
-    except OSError:  # a read-only folder: the write check names it
-        yield
-        return
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ResnetlabError(f"run folder {run_dir} is in use by another resnetlab process (a train, a --resume or a "
-                                 f"study's cell); wait for it to end, or stop it, and run this again") from None
-        except OSError:
-            pass
-        yield
+    """Hold an exclusive lock on ``<run_dir>/.run.lock`` while a process trains into the folder: a
+    second ``train`` or ``--resume`` of it is refused instead of appending its own rows to
+    ``metrics.csv`` and overwriting the other's checkpoints. Under torchrun rank 0 holds it."""
+    from resnetlab.runtime import exclusive_lock
+
+    return exclusive_lock(run_dir / RUN_LOCK, f"run folder {run_dir} is in use by another resnetlab process (a train, a "
+                                              f"--resume or a study's cell); wait for it to end, or stop it, and run this again")
 
 
 def _check_writable(run_dir: Path, remedy: str = "choose another with --out") -> None:
