@@ -224,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     previous = None
-    with contextlib.suppress(ValueError):  # not in the main thread (a test calling main from a thread)
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # Not under torchrun: its agent stops the workers with SIGTERM, and a Python handler runs only
+    # once a blocked collective returns, where the default action ends the process at once.
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):
+        with contextlib.suppress(ValueError):  # not in the main thread (a test calling main from a thread)
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _main(argv)
     except KeyboardInterrupt as exc:  # also while the parser is built or a module imports: no traceback
