@@ -143,7 +143,7 @@ CASES = {
     # -- unknown names ---------------------------------------------------------------------------
     "unknown model": (lambda c: ["train", "--model", "resnet9000"], ["unknown model 'resnet9000'", "did you mean", "(allowed: resnet8, resnet14"]),
     "unknown norm": (lambda c: ["train", "--norm", "bnn"], ["model.norm (--norm): unknown norm 'bnn'", "did you mean 'bn'", "allowed:"]),
-    "unknown device": (lambda c: [*TINY, "--device", "bogus", "--out", str(c.tmp / "never")], ["train.device: unknown device 'bogus'", "allowed: auto, cpu, cuda"]),
+    "unknown device": (lambda c: [*TINY, "--device", "bogus", "--out", str(c.tmp / "never")], ["train.device (--device): unknown device 'bogus'", "allowed: auto, cpu, cuda"]),
     "config is a folder": (lambda c: ["train", "--config", str(c.tmp)], ["is a folder; give a YAML recipe file"]),
     "depth of a fixed-depth model": (lambda c: ["train", "--set", "model.depth=14"], ["model.depth applies only to model.name=resnet_cifar"]),
     "groups without group norm": (lambda c: ["train", "--norm", "bn", "--set", "model.groups=4"], ["model.groups applies only to norm gn"]),
@@ -166,7 +166,7 @@ CASES = {
     "batch size 1 with BatchNorm": (lambda c: [*TINY, "--batch-size", "1"], ["train.batch_size=1 (--batch-size) cannot", "norm bn/bin", "gn/ln/in"]),
     "crop larger than the image": (lambda c: [*TINY, "--aug", "crop:size=64", "--out", str(c.tmp / "r")], ["'crop': size=64 is larger than the image 8x8"]),
     "center-crop larger than the image": (lambda c: [*TINY, "--aug", "center-crop:size=9", "--out", str(c.tmp / "r")], ["'center-crop': size=9 is larger than the image 8x8"]),
-    "batch larger than the data": (lambda c: [*TINY, "--batch-size", "1000", "--out", str(c.tmp / "r")], ["train.batch_size=1000 is larger than the training split (180 images)"]),
+    "batch larger than the data": (lambda c: [*TINY, "--batch-size", "1000", "--out", str(c.tmp / "r")], ["train.batch_size=1000 (--batch-size) is larger than the training split (180 images)"]),
     "image size too small": (lambda c: ["train", "--image-size", "2"], ["config data.image_size (--image-size):", "greater than or equal to 4"]),
     # -- image folders ---------------------------------------------------------------------------
     "zero-byte images": (lambda c: _img_train(_imgf(c, lambda r: [p.write_bytes(b"") for p in (r / "b").iterdir()]), "--out", str(c.tmp / "r")),
@@ -584,7 +584,22 @@ def test_an_unknown_freeze_until_layer_is_said_before_the_data_loads(tmp_path, c
     argv = ["train", "--model", "resnet20", "--data", "digits", "--freeze-until", "layer9", "--out", str(tmp_path / "r")]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err == ("error: model.freeze_until: unknown layer 'layer9'; did you mean 'layer3' or 'layer2' or 'layer1'? "
+    assert err == ("error: model.freeze_until (--freeze-until): unknown layer 'layer9'; did you mean 'layer3' or 'layer2' or 'layer1'? "
                    "(allowed: layer1, layer2, layer3, stem)\n") and not (tmp_path / "r").exists()
     assert main([*argv[:-2], "--freeze-until", "99", "--out", str(tmp_path / "r")]) == 2
-    assert capsys.readouterr().err.startswith("error: model.freeze_until: freeze_until count must be in 0..")
+    assert capsys.readouterr().err.startswith("error: model.freeze_until (--freeze-until): freeze_until count must be in 0..")
+
+
+@pytest.mark.parametrize("argv,line", [
+    # the flag is named where the message is about its key, not wherever the key's name appears
+    (["--seed", "1", "--set", "sed=1"], "error: unknown config key 'sed'; did you mean 'seed' or 'schedule'?"),
+    (["--lr", "0.1", "--set", "optim.lrr=1"], "error: unknown config key 'optim.lrr'; did you mean 'optim.lr'"),
+    # a --set of the same key came later and set the value: it is not the flag's
+    (["--batch-size", "4", "--set", "train.batch_size=abc"], "error: config train.batch_size: Input should be a valid integer"),
+    (["--epochs", "1", "--set", "schedule.warmup_epochs=2"], "error: schedule.warmup_epochs=2.0 covers the whole run (train.epochs=1):"),
+    (["--lr", "-1"], "error: config optim.lr (--lr): Input should be greater than 0"),
+])
+def test_a_flag_is_named_only_where_the_error_is_about_its_key(capsys, argv, line):
+    capsys.readouterr()
+    assert main(["train", "--data", "digits", *argv]) == 2
+    assert capsys.readouterr().err.startswith(line)

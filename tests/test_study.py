@@ -572,6 +572,18 @@ def test_set_on_a_grid_axis_is_refused_and_on_a_cells_key_is_named(tmp_path, cap
         every = tmp_path / "study-e.yaml"
         every.write_text(yaml.safe_dump({"cells": [{"label": n, "set": {"model.name": "resnet8"}} for n in ("fast", "slow", "plain")]}))
         load_study(every, overrides=["model.name=resnet20"])
+    # a cell's set given as a mapping changes only the keys it names (it is merged): optim: {lr: ...}
+    # does not set optim.weight_decay (the --set was refused as set by every cell)
+    nested = tmp_path / "study-n.yaml"
+    nested.write_text(yaml.safe_dump({"base": {"model": {"name": "resnet8"}}, "cells": [
+        {"label": "a", "set": {"optim": {"lr": 0.05}}}, {"label": "b", "set": {"optim": {"lr": 0.2}}}]}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        spec = load_study(nested, overrides=["optim.weight_decay=0.01"])
+    assert "overridden" not in caplog.text
+    assert [cell_config(spec, c).optim.weight_decay for c in expand_cells(spec)] == [0.01, 0.01]
+    with pytest.raises(ConfigError, match="every cell of study .* sets optim.lr itself"):
+        load_study(nested, overrides=["optim.lr=0.3"])
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         load_study(cells, overrides=["train.epochs=1"])  # a key no cell sets: no word

@@ -252,13 +252,19 @@ def _check_set_not_shadowed(path: Path, overrides: list[str] | None, grid: dict,
     def overlaps(a: str, b: str) -> bool:  # the same key, or one a section of the other
         return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
+    def keys_of(sets: dict, prefix: str = "") -> list[str]:  # a mapping value is merged key by key (_set_dotted)
+        out: list[str] = []
+        for k, v in sets.items():
+            out += keys_of(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+        return out
+
     for item in overrides or []:
         key = str(item).partition("=")[0].strip()
         axis = next((k for k in grid if overlaps(key, str(k))), None)
         if axis is not None:
             raise ConfigError(f"--set {item}: {axis} is a grid axis of study {path}, so every cell sets it and the "
                               f"override would change nothing; change the grid's values instead")  # fmt: skip
-        labels = [str(c["label"]) for c in cells if any(overlaps(key, str(k)) for k in (c.get("set") or {}))]
+        labels = [str(c["label"]) for c in cells if any(overlaps(key, k) for k in keys_of(c.get("set") or {}))]
         if labels and len(labels) == len(cells):
             raise ConfigError(f"--set {item}: every cell of study {path} sets {key} itself ({', '.join(labels)}), so the "
                               f"override would change nothing; change the cells' values instead")  # fmt: skip

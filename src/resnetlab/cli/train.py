@@ -84,24 +84,29 @@ def collect_overrides(args) -> list[str]:
     return overrides + list(args.overrides or [])
 
 
-def build_config(args):
+def _with_flag(args, exc: Exception) -> Exception:
+    """``config optim.lr: ...`` -> ``config optim.lr (--lr): ...`` when the message is about a key that
+    a flag set (and no --set set it again after); any other error is returned as it is."""
     import re
 
+    msg = str(exc)
+    for attr, key in SHORT_FLAGS.items():
+        if getattr(args, attr, None) is None or any(o.split("=", 1)[0].strip() == key for o in args.overrides or []):
+            continue
+        found = re.match(rf"(config )?{re.escape(key)}(=[^\s,;:]*)?(?=[:\s])", msg)  # the subject: KEY or KEY=VALUE
+        if found:
+            return type(exc)(f"{msg[:found.end()]} (--{attr.replace('_', '-')}){msg[found.end():]}")
+    return exc
+
+
+def build_config(args):
     from resnetlab.config import load_config, smoke_config
     from resnetlab.errors import ConfigError
 
     try:
         cfg = load_config(args.config, collect_overrides(args))
-    except ConfigError as exc:  # "config optim.lr: ..." names the key: add the flag that set it
-        msg = str(exc)
-        for attr, key in SHORT_FLAGS.items():
-            if getattr(args, attr, None) is None:
-                continue
-            found = re.search(rf"(?<![\w.]){re.escape(key)}(=[^\s,;:]*)?(?![\w.])", msg)  # the key, or key=VALUE
-            if found:
-                flag = f"--{attr.replace('_', '-')}"
-                raise ConfigError(f"{msg[:found.end()]} ({flag}){msg[found.end():]}") from None
-        raise
+    except ConfigError as exc:
+        raise _with_flag(args, exc) from None
     if getattr(args, "aug", None) and args.config:  # --aug sets augment whole, as --set augment=[...] does
         import logging
         import shlex
@@ -131,12 +136,26 @@ def run(args) -> int:
                               f"to train with other settings start a new run with --out")  # fmt: skip
         result = resume(args.resume, progress=None if not args.quiet else False)
     else:
+        from pathlib import Path
+
+        from resnetlab.errors import ResnetlabError
+
         cfg = build_config(args)
         if args.smoke:
             from resnetlab.config import smoke_fallback
 
             cfg = smoke_fallback(cfg)
-        result = train(cfg, run_dir=args.out, overwrite=args.overwrite, progress=None if not args.quiet else False)
+        run_dir = Path(args.out) if args.out else Path(cfg.output.dir) / cfg.run_name()
+        try:
+            result = train(cfg, run_dir=run_dir, overwrite=args.overwrite, progress=None if not args.quiet else False)
+        except ResnetlabError as exc:  # checks made with the data (train.batch_size=1000 is larger than ...)
+            raise _with_flag(args, exc) from None
+        except KeyboardInterrupt:  # a signal after training (the test evaluation, the report): its checkpoint is saved
+            if (run_dir / "config.yaml").is_file() and os.environ.get("RANK", "0") == "0":
+                from resnetlab.trainer import resume_command
+
+                print(f"interrupted after training: `{resume_command(run_dir)}` finishes the run")
+            raise
     if os.environ.get("RANK", "0") != "0":
         # under torchrun, rank 0 reports; every rank exits with the run's status
         return 128 + int(result.signal or signal.SIGINT) if result.interrupted else 0
