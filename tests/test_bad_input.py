@@ -603,3 +603,24 @@ def test_a_flag_is_named_only_where_the_error_is_about_its_key(capsys, argv, lin
     capsys.readouterr()
     assert main(["train", "--data", "digits", *argv]) == 2
     assert capsys.readouterr().err.startswith(line)
+
+
+def test_a_signal_after_training_says_how_to_finish_the_run(tmp_path, monkeypatch, capsys):
+    """SIGTERM during the test evaluation or the report printed only "terminated (SIGTERM)"; the
+    checkpoint is saved and --resume finishes the run."""
+    import resnetlab.cli as cli
+    import resnetlab.trainer as trainer
+
+    run = tmp_path / "r"
+
+    def killed_after_training(cfg, run_dir, **kw):
+        run_dir.mkdir()
+        (run_dir / "config.yaml").write_text("{}")
+        raise cli.Terminated
+
+    monkeypatch.setattr(trainer, "train", killed_after_training)
+    capsys.readouterr()
+    assert main(["train", "--data", "digits", "--out", str(run)]) == 143
+    out, err = capsys.readouterr()
+    assert out == f"interrupted after training: `resnetlab train --resume {run}` finishes the run\n"
+    assert err.endswith("terminated (SIGTERM)\n")

@@ -458,9 +458,14 @@ def test_aug_flag_replacing_a_recipes_augmentations_says_so(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         cfg = build_config(parser.parse_args(["train", "-c", str(recipe), "--aug", "cutout:size=3"]))
     assert [str(a) for a in cfg.augment] == ["cutout:size=3"]
-    assert "--aug replaces the recipe's augment; to keep it, add --aug crop:padding=2 --aug flip" in caplog.text
+    assert "--aug replaces the recipe's augment; to keep the rest of it, add --aug crop:padding=2 --aug flip" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="resnetlab"):  # the recipe's own list again, or no recipe: no word
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):  # only what is left out is named
+        build_config(parser.parse_args(["train", "-c", str(recipe), "--aug", "flip", "--aug", "cutout:size=3"]))
+    assert "to keep the rest of it, add --aug crop:padding=2\n" in caplog.text + "\n"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):  # the recipe's list again, added to, or no recipe: no word
         build_config(parser.parse_args(["train", "-c", str(recipe), "--aug", "crop:padding=2", "--aug", "flip"]))
+        build_config(parser.parse_args(["train", "-c", str(recipe), "--aug", "crop:padding=2", "--aug", "flip", "--aug", "erasing"]))
         build_config(parser.parse_args(["train", "--aug", "flip"]))
     assert "replaces" not in caplog.text

@@ -407,6 +407,14 @@ def test_a_metrics_csv_cut_mid_line_is_repaired_on_resume_and_left_out_when_read
     columns, rows, bad = read_metrics_file(run / "metrics.csv")
     assert bad == [] and [int(r["epoch"]) for r in rows] == [1, 3]
     assert read_rows(run / "metrics.csv")[0] == ref[0] and read_rows(run / "metrics.csv")[1]["epoch"] == "3"
+    # a header cut at a comma (good names, too few): rewritten whole on resume, so later rows parse
+    lines = (run / "metrics.csv").read_text().splitlines()
+    (run / "metrics.csv").write_text("epoch,step,lr,train_loss\n" + "\n".join(lines[1:]) + "\n")
+    shutil.rmtree(run / "checkpoints" / "last")
+    shutil.copytree(run / "checkpoints" / "last.prev", run / "checkpoints" / "last")  # epoch 2 again
+    resume(run, progress=False)
+    columns, rows, bad = read_metrics_file(run / "metrics.csv")
+    assert bad == [] and [int(r["epoch"]) for r in rows] == [3] and columns[:3] == ["epoch", "step", "lr"]
 
 
 def test_damaged_metrics_lines_are_named_not_read_under_the_wrong_columns(tmp_path):
@@ -419,6 +427,8 @@ def test_damaged_metrics_lines_are_named_not_read_under_the_wrong_columns(tmp_pa
     columns, rows, bad = read_metrics_file(p)
     assert columns == METRIC_COLUMNS and len(rows) == 1 and bad == [3, 4, 5]
     p.write_text("epoch,step,lr,train_loss,train2,66,0.1\n" + good + "\n")  # a header cut short, then a row
+    assert read_metrics_file(p) == ([], [], [1, 2])
+    p.write_text("epoch,step,lr,train_loss\n" + good + "\n")  # cut at a comma: good names, too few of them
     assert read_metrics_file(p) == ([], [], [1, 2])
 
 

@@ -1391,7 +1391,9 @@ def read_metrics_file(path: Path) -> tuple[list[str], list[dict[str, float | Non
         return [], [], []
     columns, rows, bad = lines[0], [], []
     known = set(METRIC_COLUMNS) | set(TEST_COLUMNS)
-    header_ok = bool(columns) and columns[0] == "epoch" and set(columns) <= known and len(set(columns)) == len(columns)
+    # every column the trainer writes (a header cut at a comma is made of good names), at most the test ones more
+    header_ok = (bool(columns) and columns[0] == "epoch" and set(METRIC_COLUMNS) <= set(columns) <= known
+                 and len(set(columns)) == len(columns))  # fmt: skip
     for number, values in enumerate(lines[1:], start=2):
         if not values:
             continue

@@ -114,10 +114,11 @@ def build_config(args):
         from resnetlab.config import read_yaml
         from resnetlab.data.augment import parse_augment
 
-        recipe = [str(item) for item in parse_augment(read_yaml(args.config).get("augment") or [])]
-        if recipe and [str(item) for item in parse_augment(cfg.augment)] != recipe:
+        given = {str(item) for item in parse_augment(cfg.augment)}
+        dropped = [str(i) for i in parse_augment(read_yaml(args.config).get("augment") or []) if str(i) not in given]
+        if dropped:  # only what --aug leaves out (the recipe's own items given again, or added to, say nothing)
             logging.getLogger("resnetlab.cli").warning(
-                "--aug replaces the recipe's augment; to keep it, add %s", " ".join(f"--aug {shlex.quote(i)}" for i in recipe))
+                "--aug replaces the recipe's augment; to keep the rest of it, add %s", " ".join(f"--aug {shlex.quote(i)}" for i in dropped))
     if args.smoke:
         cfg = smoke_config(cfg)
     return cfg
