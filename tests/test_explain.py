@@ -167,6 +167,9 @@ def test_attribution_bad_input(object_model):
         for bad in (n, -1):
             with pytest.raises(ValueError, match=rf"targets: class {bad} is not a class of this model \(allowed: 0 .. {n - 1}\)"):
                 attribution_maps(model, x[:2], [0, bad], method)
+    for bad, shown in (([0, 2.7], "2.7"), ([True, False], "True")):  # were cut to class 2, and class 1
+        with pytest.raises(ValueError, match=rf"targets must be class indices \(whole numbers\), got {shown}"):
+            attribution_maps(model, x[:2], bad)
 
 
 # -- a trained digits run -----------------------------------------------------------------------

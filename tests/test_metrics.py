@@ -132,6 +132,8 @@ def test_agrees_with_torchmetrics_on_random_data():
 )
 def test_bad_input_one_line_errors(scores, targets, kw, match):
     assert classification_metrics(np.eye(3)[[0, 1]], [0.0, 1.0], CLASSES3)["accuracy"] == 1.0  # whole floats are fine
+    # a numpy integer is an integer (it was refused as "top_k must be an integer >= 1, got np.int64(1)")
+    assert classification_metrics(np.eye(3)[[0, 1]], [0, 1], CLASSES3, top_k=np.int64(1))["top1_accuracy"] == 1.0
     with pytest.raises(ValueError, match=match) as exc:
         classification_metrics(scores, targets, CLASSES3, **kw)
     assert "\n" not in str(exc.value)

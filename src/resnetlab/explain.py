@@ -203,7 +203,11 @@ def attribution_maps(
 
 def _attribution_maps(model, x, targets, method, layer, batch_size=64, ig_steps=32, baseline=None) -> np.ndarray:
     """:func:`attribution_maps` once the method and the layer are settled."""
-    targets = [int(t) for t in torch.as_tensor(targets).flatten().tolist()]
+    raw = torch.as_tensor(targets).flatten()
+    if raw.dtype == torch.bool or (raw.is_floating_point() and bool((raw != raw.round()).any())):  # 2.7 explained class 2
+        bad = raw[raw != raw.round()][0].item() if raw.is_floating_point() else raw[0].item()
+        raise ValueError(f"targets must be class indices (whole numbers), got {bad!r}")
+    targets = [int(t) for t in raw.tolist()]
     if len(targets) != len(x):
         raise ValueError(f"targets has {len(targets)} entries for {len(x)} images")
     n_classes = getattr(model, "num_classes", None)

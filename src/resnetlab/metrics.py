@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -91,7 +92,7 @@ def classification_metrics(
     """
     if kind not in INPUT_KINDS:
         raise ValueError(f"kind must be one of {', '.join(INPUT_KINDS)}, got {kind!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
     scores = _as_tensor(logits_or_probs, torch.float64)
     raw_y = _as_tensor(targets, torch.float64).reshape(-1)
@@ -111,8 +112,8 @@ def classification_metrics(
         raise ValueError("cannot compute metrics of 0 samples")
     finite = torch.isfinite(scores).all(1)
     if not bool(finite.all()):  # argmax takes nan for the largest score: every such row "predicted" class 0
-        raise ValueError(f"logits_or_probs: {int((~finite).sum())} of {len(finite)} rows hold nan or inf; "
-                         f"metrics of non-finite scores mean nothing")  # fmt: skip
+        raise ValueError(f"logits_or_probs: {int((~finite).sum())} of {len(finite)} rows hold nan or inf; metrics of "
+                         f"non-finite scores mean nothing (for a masked class use a large negative logit, e.g. -1e9)")  # fmt: skip
     if bool(((y < 0) | (y >= k)).any()):
         bad = int(y[(y < 0) | (y >= k)][0])
         raise ValueError(f"target {bad} is out of range for {k} classes (allowed: 0..{k - 1})")
