@@ -32,6 +32,7 @@ import logging
 import os
 import platform
 import sys
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def cpu_has_bf16() -> bool:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike, busy: str):
+def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[int | None]:
     """Hold an exclusive, non-blocking ``flock`` on the file ``path`` (created, left in place)
     while the block runs; yields its file descriptor, or None where there is no ``flock``
     (Windows, some network file systems) or the file cannot be opened, and the block runs
