@@ -88,7 +88,7 @@ def test_a_batch_larger_than_each_ranks_share_is_refused(tmp_path):
            "--data", "digits", "--subset", "300", "--batch-size", "256", "--epochs", "1", "--set", "train.device=cpu", "--out", str(tmp_path / "r")]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
     assert proc.returncode != 0
-    assert "train.batch_size=256 per process is larger than each of the 2 processes' share of the training split (135 images)" in proc.stderr
+    assert "train.batch_size=256 (--batch-size) per process is larger than each of the 2 processes' share of the training split (135 images)" in proc.stderr
     assert not (tmp_path / "r").exists()
 
 
