@@ -203,11 +203,12 @@ def attribution_maps(
 
 def _attribution_maps(model, x, targets, method, layer, batch_size=64, ig_steps=32, baseline=None) -> np.ndarray:
     """:func:`attribution_maps` once the method and the layer are settled."""
-    raw = torch.as_tensor(targets).flatten()
-    if raw.dtype == torch.bool or (raw.is_floating_point() and bool((raw != raw.round()).any())):  # 2.7 explained class 2
-        bad = raw[raw != raw.round()][0].item() if raw.is_floating_point() else raw[0].item()
-        raise ValueError(f"targets must be class indices (whole numbers), got {bad!r}")
-    targets = [int(t) for t in raw.tolist()]
+    from resnetlab.metrics import class_indices
+
+    raw = torch.as_tensor(targets)
+    if raw.dtype == torch.bool:  # True explained class 1
+        raise ValueError(f"targets must be class indices (whole numbers), got {raw.flatten()[0].item()!r}")
+    targets = class_indices(raw).tolist()  # 2.7 explained class 2
     if len(targets) != len(x):
         raise ValueError(f"targets has {len(targets)} entries for {len(x)} images")
     n_classes = getattr(model, "num_classes", None)

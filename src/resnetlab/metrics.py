@@ -48,6 +48,16 @@ def _as_tensor(x, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype)
 
 
+def class_indices(values: torch.Tensor | np.ndarray | Sequence[float], name: str = "targets") -> torch.Tensor:
+    """``values`` as a flat int64 tensor of class indices; ValueError for a fractional or
+    non-finite value (an int64 cast truncates 1.7 to class 1 without a word)."""
+    raw = _as_tensor(values, torch.float64).reshape(-1)
+    wrong = ~torch.isfinite(raw) | (raw != raw.round())
+    if bool(wrong.any()):
+        raise ValueError(f"{name} must be class indices (whole numbers), got {raw[wrong][0].item():g}")
+    return raw.to(torch.int64)
+
+
 def _looks_like_probs(scores: torch.Tensor) -> bool:
     # Rows of non-negative numbers that sum to 1 are treated as probabilities; logits
     # practically never satisfy both (a softmax output always does).
@@ -95,11 +105,7 @@ def classification_metrics(
     if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
         raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
     scores = _as_tensor(logits_or_probs, torch.float64)
-    raw_y = _as_tensor(targets, torch.float64).reshape(-1)
-    if not bool(torch.isfinite(raw_y).all()) or bool((raw_y != raw_y.round()).any()):  # int64 would truncate 1.7 to 1
-        bad = raw_y[~torch.isfinite(raw_y) | (raw_y != raw_y.round())][0].item()
-        raise ValueError(f"targets must be class indices (whole numbers), got {bad:g}")
-    y = raw_y.to(torch.int64)
+    y = class_indices(targets)
     classes = [str(c) for c in classes]
     k = len(classes)
     if scores.dim() != 2:

@@ -1233,22 +1233,22 @@ def _fit_and_finish(trainer: Trainer, cfg: Config, run_dir: Path) -> FitResult:
 def resume(run_dir: str | os.PathLike, progress: bool | None = None) -> FitResult:
     """Continue a run from its newest good ``last`` checkpoint (falls back to ``last.prev``)."""
     run_dir = Path(run_dir)
+    saved = None
     if not (run_dir / "config.yaml").is_file():
+        # checkpoints without config.yaml (deleted, or lost in a copy): train refused the folder
+        # ("holds a run; use --resume") and resume refused it ("not a run folder"), each naming the other
         saved = checkpoint_config(run_dir)
         if saved is None:
             what = "is a file, not a run folder (give the folder that holds config.yaml)" if Path(run_dir).is_file() else "is not a run folder (no config.yaml)"
             raise ResnetlabError(f"{run_dir} {what}; nothing to resume")
-        # checkpoints without config.yaml (deleted, or lost in a copy): train refused the folder
-        # ("holds a run; use --resume") and resume refused it ("not a run folder"), each naming the other
-        log.warning("%s has no config.yaml: resuming with the config saved in its checkpoint (written back to config.yaml)", run_dir)
-        cfg = config_from_dict(saved, recorded=True)
-        if dist_info()[0] == 0:
-            _check_writable(run_dir, "a resume writes its checkpoints and metrics there: make it writable")
-            save_config(cfg, run_dir / "config.yaml")
-    cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), recorded=True)
     rank, _, _ = dist_info()
     if rank == 0:  # a read-only folder failed in tensorboard's writer thread, with a traceback
         _check_writable(run_dir, "a resume writes its checkpoints and metrics there: make it writable")
+    # every rank reads the checkpoint's config itself: rank 0 writing config.yaml back is no race for them
+    cfg = config_from_dict(read_yaml(run_dir / "config.yaml") if saved is None else saved, recorded=True)
+    if saved is not None and rank == 0:
+        log.warning("%s has no config.yaml: resuming with the config saved in its checkpoint (written back to config.yaml)", run_dir)
+        save_config(cfg, run_dir / "config.yaml")
     with run_folder_lock(run_dir) if rank == 0 else contextlib.nullcontext():
         return _resume_locked(run_dir, cfg, progress)
 
@@ -1414,11 +1414,14 @@ def read_metrics_file(path: Path) -> tuple[list[str], list[dict[str, float | Non
     return (columns if header_ok else []), rows, bad
 
 
+def _line_numbers(bad: Sequence[int]) -> str:
+    return ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+
+
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    columns, rows, bad = read_metrics_file(path)
+    _, rows, bad = read_metrics_file(path)
     if bad:
-        log.warning("%s: line(s) %s are damaged (cut short, not UTF-8, or not numbers) and left out", path,
-                    ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else ""))
+        log.warning("%s: line(s) %s are damaged (cut short, not UTF-8, or not numbers) and left out", path, _line_numbers(bad))
     return rows
 
 
@@ -1430,7 +1433,7 @@ def _truncate_metrics(path: Path, epochs_done: int, columns: Sequence[str] = MET
     own, rows, bad = read_metrics_file(path)
     if bad:
         log.warning("%s: dropped damaged line(s) %s before resuming (cut short, not UTF-8, or not numbers); the report's "
-                    "curves miss those epochs", path, ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else ""))
+                    "curves miss those epochs", path, _line_numbers(bad))
     columns = own or list(columns)  # the file's own (test columns or not), the run's if the header is damaged
     keep = [{k: _fmt(r.get(k)) for k in columns} for r in rows if int(r["epoch"]) <= epochs_done]
     if len(keep) != len(rows) or bad:
