@@ -151,6 +151,25 @@ def test_batchnorm_state_dict_names_match_torch():
     GroupNorm(2, 4).load_state_dict(nn.GroupNorm(2, 4).state_dict(), strict=True)
 
 
+def test_batchnorm_loads_a_state_dict_without_num_batches_tracked_like_torch():
+    # pre-0.4 checkpoints (and dicts rebuilt without their metadata) have no counter: torch's
+    # layer keeps its own, so a strict load must not fail on the hand-written one either
+    src = nn.BatchNorm2d(4)
+    src.running_mean.fill_(0.5)
+    old = {k: v for k, v in src.state_dict().items() if k != "num_batches_tracked"}  # no _metadata
+    ours, ref = BatchNorm2d(4), nn.BatchNorm2d(4)
+    ours.num_batches_tracked.fill_(7)
+    assert str(ours.load_state_dict(old, strict=True)) == str(ref.load_state_dict(old, strict=True))
+    assert torch.equal(ours.running_mean, torch.full((4,), 0.5))
+    assert int(ours.num_batches_tracked) == 7
+    # a current state dict (version 2 metadata) without the counter still fails, as torch's does
+    current = src.state_dict()
+    del current["num_batches_tracked"]
+    for layer in (BatchNorm2d(4), nn.BatchNorm2d(4)):
+        with pytest.raises(RuntimeError, match="num_batches_tracked"):
+            layer.load_state_dict(current, strict=True)
+
+
 def test_float32_layers_match_torch():
     """The default dtype is float32; the match holds there too (to float32 precision)."""
     x = torch.randn(4, 8, 6, 6) * 2 + 1

@@ -128,6 +128,19 @@ class BatchNorm2d(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
 
+    # torch's batch norm is at version 2 since num_batches_tracked exists (PyTorch 0.4)
+    _version = 2
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # As torch.nn.BatchNorm2d: a state dict from before the counter existed (no version, or
+        # version 1: pre-0.4 checkpoints, or a dict rebuilt without its metadata) loads with the
+        # counter this layer holds, instead of failing on a missing num_batches_tracked.
+        version = local_metadata.get("version", None)
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 2) and key not in state_dict:
+            state_dict[key] = self.num_batches_tracked.clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over all processes, differentiable (the gradient is summed over processes too)."""
