@@ -337,6 +337,24 @@ def test_zero_init_residual_zeroes_the_last_norm_of_each_branch_by_name():
     assert torch.all(bottleneck.bn2.weight == 1) and torch.all(bottleneck.bn1.weight == 1)
 
 
+@pytest.mark.parametrize("name,kwargs", [("resnet20", {}), ("resnet50", {"width": 0.125}), ("resnet26_bottleneck2_cifar", {"width": 0.125})])
+def test_zero_init_residual_without_a_norm_zeroes_the_last_convolution(name, kwargs):
+    # norm "none" has no weight to zero: the option used to be accepted and do nothing
+    model = resnetlab.create_model(name, norm="none", zero_init_residual=True, **kwargs)
+    plain = resnetlab.create_model(name, norm="none", **kwargs)
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    assert blocks
+    for blk in blocks:
+        assert torch.all(blk.last_conv().weight == 0)
+        assert blk.last_conv() is (blk.conv3 if isinstance(blk, Bottleneck) else blk.conv2)
+        assert torch.any(blk.conv1.weight != 0)
+    assert all(torch.any(m.last_conv().weight != 0) for m in plain.modules() if isinstance(m, (BasicBlock, Bottleneck)))
+    x = torch.randn(2, 3, 32, 32)
+    for blk in blocks:  # each block passes its input through its shortcut, as with a zeroed norm
+        blk.register_forward_hook(lambda m, i, o: torch.testing.assert_close(o, m.act(i[0] if m.downsample is None else m.downsample(i[0]))))
+    model(x)
+
+
 def test_kaiming_init_of_convolutions():
     model = resnetlab.create_model("resnet18")
     w = model.layer3[0].conv2.weight  # 256 out channels, 3x3: fan_out = 256 * 9

@@ -60,7 +60,7 @@ class ModelConfig(_Section):
     block_dropout: float = Field(0.0, ge=0, lt=1)  # inside every residual block, between its convolutions (Wide ResNet's place)
     head: list[PositiveInt] | None = None  # MLP hidden sizes; None = one linear layer
     head_dropout: float = Field(0.0, ge=0, lt=1)
-    zero_init_residual: bool = False
+    zero_init_residual: bool = False  # zero each branch's last norm weight (norm none: its last conv), blocks start as identities
     pretrained: str | None = None  # torchvision:IMAGENET1K_V1, a run folder, or a state-dict file
     freeze_until: str | int | None = None  # stem, layer1..layer4, or a count of leading modules
 

@@ -116,6 +116,9 @@ class BasicBlock(nn.Module):
     def last_norm(self) -> nn.Module:
         return self.bn2
 
+    def last_conv(self) -> nn.Conv2d:
+        return self.conv2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.act(self.bn1(self.conv1(x)))
@@ -145,6 +148,9 @@ class Bottleneck(nn.Module):
 
     def last_norm(self) -> nn.Module:
         return self.bn3
+
+    def last_conv(self) -> nn.Conv2d:
+        return self.conv3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -243,7 +249,8 @@ class ResNet(nn.Module):
         dropout: dropout probability before the classifier.
         head: ``None`` / ``"linear"`` for a linear classifier, or hidden sizes of an MLP head.
         head_dropout: dropout between the MLP head's layers.
-        zero_init_residual: zero each block's last norm weight, so blocks start as identities.
+        zero_init_residual: zero each block's last norm weight (its last convolution's weight
+            with ``norm="none"``), so blocks start as identities.
         block_dropout: dropout probability inside every residual block, on the activations
             between its convolutions (Wide ResNet's placement; in a bottleneck before the
             expanding 1x1). Off at 0, where the block has no dropout module at all.
@@ -351,8 +358,10 @@ class ResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     norm = m.last_norm()
-                    if getattr(norm, "weight", None) is not None:
-                        nn.init.zeros_(norm.weight)
+                    # without a norm weight to zero (norm "none", or a norm without affine
+                    # parameters) the branch's last convolution is zeroed instead, as Fixup does:
+                    # either way the block starts as the identity (its shortcut, through the act)
+                    nn.init.zeros_(norm.weight if getattr(norm, "weight", None) is not None else m.last_conv().weight)
 
     # -- named stages, for hooks (activation maps, Grad-CAM) -----------------------------
     def stages(self) -> OrderedDict[str, nn.Module]:
