@@ -130,7 +130,7 @@ def test_models_filter_by_family():
 
     assert list_models("cifar") == [
         "resnet8", "resnet14", "resnet20", "resnet26_bottleneck2_cifar", "resnet32", "resnet38_bottleneck_cifar",
-        "resnet44", "resnet56", "resnet110", "resnet1202", "resnet_cifar",
+        "resnet44", "resnet56", "resnet110", "resnet164", "resnet1202", "resnet_cifar",
     ]  # fmt: skip
     assert all(model_info(n).family == "cifar" for n in list_models("cifar"))
     assert list_models("imagenet") == ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]

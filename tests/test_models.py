@@ -38,9 +38,9 @@ def _grad_check(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
 
 
 def test_registry_lists_every_architecture_of_the_issue():
-    expected = {f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110, 1202, 18, 34, 50, 101, 152)}
+    expected = {f"resnet{d}" for d in (8, 14, 20, 32, 44, 56, 110, 164, 1202, 18, 34, 50, 101, 152)}
     assert expected | {"resnet_cifar", "resnet38_bottleneck_cifar", "resnet26_bottleneck2_cifar"} <= set(ALL_MODELS)
-    assert resnetlab.list_models("resnet1*") == ["resnet14", "resnet18", "resnet101", "resnet110", "resnet152", "resnet1202"]
+    assert resnetlab.list_models("resnet1*") == ["resnet14", "resnet18", "resnet101", "resnet110", "resnet152", "resnet164", "resnet1202"]
     assert resnetlab.list_models("bottleneck") == ["resnet26_bottleneck2_cifar", "resnet38_bottleneck_cifar"]  # substring
     assert resnetlab.list_models("nothing*") == []
 
@@ -174,6 +174,46 @@ def test_cifar_param_counts_match_the_paper_with_option_a(depth, millions, digit
         model = resnetlab.create_model(f"resnet{depth}")
     assert round(count_params(model) / 1e6, digits) == millions
     assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in model.modules())
+
+
+def test_resnet164_is_the_9n_plus_2_bottleneck_network_of_the_identity_mappings_paper():
+    # He et al. 2016 ("Identity Mappings"), CIFAR: 1.7M parameters, 18 bottlenecks per stage
+    # at 16/32/64 (outputs 64/128/256), projection shortcuts where the shape changes
+    with torch.device("meta"):
+        model = resnetlab.create_model("resnet164")
+        same = resnetlab.create_model("resnet_cifar", depth=164, block="bottleneck")
+        basic = resnetlab.create_model("resnet_cifar", depth=164)  # 164 is 6n+2 too: basic blocks, n=27
+    assert count_params(model) == count_params(same) == 1_704_154 and round(count_params(model) / 1e6, 1) == 1.7
+    assert [len(model.get_stage(s)) for s in ("layer1", "layer2", "layer3")] == [18, 18, 18]
+    assert all(isinstance(b, Bottleneck) for b in model.modules() if isinstance(b, (BasicBlock, Bottleneck)))
+    assert model.num_features == 256 and model.layer1[0].downsample is not None and not any(isinstance(m, ZeroPadShortcut) for m in model.modules())
+    assert [len(basic.get_stage(s)) for s in ("layer1", "layer2", "layer3")] == [27, 27, 27] and basic.num_features == 64
+    small = resnetlab.create_model("resnet_cifar", depth=11, block="bottleneck", shortcut="A", num_classes=3)
+    assert sum(isinstance(m, ZeroPadShortcut) for m in small.modules()) == 3  # 16 -> 64, then 64 -> 128 and 128 -> 256 strided
+    _grad_check(small, torch.randn(2, 3, 16, 16), 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"depth": 21, "block": "bottleneck"}, "depth must be 9n+2 with n >= 1 for block='bottleneck' (11, 20, 29, 56, 110, 164, 1001, ...), got 21"),
+        ({"depth": 29}, "got 29; 29 is 9n+2: with block='bottleneck' (model.block) it is a bottleneck network"),
+        ({"depth": 164, "block": "bottle"}, "block must be 'basic' (depth 6n+2) or 'bottleneck' (depth 9n+2), got 'bottle'"),
+    ],
+)
+def test_resnet_cifar_depth_must_fit_its_block(kwargs, message):
+    with pytest.raises(ValueError) as e:
+        resnetlab.create_model("resnet_cifar", **kwargs)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("name,key", [("resnet18", "block"), ("resnet50", "layers"), ("resnet20", "block"), ("resnet38_bottleneck_cifar", "widths")])
+def test_a_fixed_layout_option_is_refused_by_name(name, key):
+    # Python's "_imagenet() got multiple values for argument 'block'" named no option
+    with pytest.raises(TypeError) as e:
+        resnetlab.create_model(name, **{key: "bottleneck"})
+    assert str(e.value).startswith(f"create_model({name!r}): {key!r} is fixed by the model's layout, not an option")
+    assert ("resnet_cifar takes depth and block" in str(e.value)) == name.startswith(("resnet20", "resnet38"))
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,8 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name: str = "resnet20"  # a name from `resnetlab models`
-    depth: int | None = None  # any 6n+2 depth, for name=resnet_cifar
+    depth: int | None = None  # for name=resnet_cifar: any 6n+2 depth (basic blocks), or 9n+2 with block=bottleneck
+    block: Literal["basic", "bottleneck"] | None = None  # for name=resnet_cifar; None = basic
     norm: str = "bn-torch"  # bn, in, bin, ln, gn, none, bn-torch, gn-torch, in-torch, ln-torch
     groups: int | None = None  # GroupNorm groups (gn / gn-torch); None = largest divisor <= 32
     shortcut: Literal["A", "B"] | None = None  # None = the model's default (A for CIFAR, B for ImageNet)
@@ -78,7 +79,7 @@ class ModelConfig(_Section):
         }
         if self.block_dropout:  # only when on: a checkpoint stays loadable by versions without it
             args["block_dropout"] = self.block_dropout
-        for key in ("depth", "groups", "shortcut", "stem", "head"):
+        for key in ("depth", "block", "groups", "shortcut", "stem", "head"):
             value = getattr(self, key)
             if value is not None:
                 args[key] = value
@@ -268,6 +269,15 @@ class Config(_Section):
         if self.model.depth is not None and self.model.name != "resnet_cifar":
             raise ValueError(f"model.depth applies only to model.name=resnet_cifar; {self.model.name} has a fixed depth "
                              f"(use model.name=resnet_cifar with model.depth={self.model.depth})")  # fmt: skip
+        if self.model.name == "resnet_cifar":  # before any data is loaded (the model refused it only after)
+            from resnetlab.models.zoo import cifar_depth_problem
+
+            problem = cifar_depth_problem(20 if self.model.depth is None else self.model.depth, self.model.block or "basic")
+            if problem:
+                raise ValueError(f"model.{problem}")
+        if self.model.block is not None and self.model.name != "resnet_cifar":
+            raise ValueError(f"model.block applies only to model.name=resnet_cifar; {self.model.name} has fixed blocks "
+                             f"(use model.name=resnet_cifar with model.block={self.model.block} and a model.depth)")  # fmt: skip
         if self.model.groups is not None and self.model.norm not in ("gn", "gn-torch"):
             raise ValueError(f"model.groups applies only to norm gn or gn-torch, got norm {self.model.norm}")
         if self.model.head_dropout > 0 and not self.model.head:

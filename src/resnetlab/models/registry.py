@@ -99,13 +99,17 @@ def create_model(name: str, **kwargs) -> nn.Module:
         >>> m = resnetlab.create_model("resnet20", num_classes=10, norm="gn")
     """
     info = model_info(name)
+    allowed = sorted(_options(info.builder))
+    for key in ("block", "layers", "widths"):  # Python's "got multiple values for argument 'block'" alone
+        if key in kwargs and key not in allowed:
+            hint = "; resnet_cifar takes depth and block" if info.family == "cifar" else ""
+            raise TypeError(f"create_model({name!r}): {key!r} is fixed by the model's layout, not an option{hint} (allowed: {', '.join(allowed)})")
     try:
         model = info.builder(**kwargs)
     except TypeError as exc:  # a misspelt option: Python's "unexpected keyword argument 'nrom'" alone
         m = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         if m is None or m.group(1) not in kwargs:
             raise
-        allowed = sorted(_options(info.builder))
         raise TypeError(f"create_model({name!r}): unknown option {m.group(1)!r}{did_you_mean(m.group(1), allowed)} "
                         f"(allowed: {', '.join(allowed)})") from None
     model.arch = name  # type: ignore[attr-defined]

@@ -47,23 +47,59 @@ def resnet152(**kwargs) -> ResNet:
     return _imagenet("bottleneck", (3, 8, 36, 3), **kwargs)
 
 
+def cifar_depth_problem(depth: object, block: object = "basic") -> str | None:
+    """Why :func:`resnet_cifar` refuses ``depth`` with ``block`` (None when it builds it).
+
+    Example:
+        >>> cifar_depth_problem(20), cifar_depth_problem(164, "bottleneck")
+        (None, None)
+    """
+    if block not in ("basic", "bottleneck"):
+        return f"block must be 'basic' (depth 6n+2) or 'bottleneck' (depth 9n+2), got {block!r}"
+    per_block = 2 if block == "basic" else 3
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < per_block * 3 + 2 or (depth - 2) % (3 * per_block) != 0:
+        examples = "8, 14, 20, 32, 44, 56, 110, ..." if block == "basic" else "11, 20, 29, 56, 110, 164, 1001, ..."
+        other = "" if block == "bottleneck" or not (isinstance(depth, int) and depth >= 11 and (depth - 2) % 9 == 0) else (
+            f"; {depth} is 9n+2: with block='bottleneck' (model.block) it is a bottleneck network")
+        return f"depth must be {3 * per_block}n+2 with n >= 1 for block={block!r} ({examples}), got {depth!r}{other}"
+    return None
+
+
 @register_model((3, 32, 32), "cifar")
-def resnet_cifar(depth: int = 20, **kwargs) -> ResNet:
-    """CIFAR ResNet of any depth 6n+2: 3 stages of n basic blocks, widths 16/32/64."""
-    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
-        raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...), got {depth!r}")
-    n = (depth - 2) // 6
+def resnet_cifar(depth: int = 20, block: str = "basic", **kwargs) -> ResNet:
+    """CIFAR ResNet of any depth: 6n+2 with basic blocks, or 9n+2 with bottlenecks (ResNet-164).
+
+    Three stages of n blocks at widths 16/32/64: basic blocks (two 3x3 convolutions, He et al.
+    2015, shortcut A by default) or bottleneck blocks (1x1, 3x3, 1x1 expanding x4, so the stages
+    output 64/128/256 channels: the ResNet-164 family of He et al. 2016, "Identity Mappings",
+    in its original post-activation form, projection shortcuts (B) by default).
+
+    Example:
+        >>> sum(p.numel() for p in resnet_cifar(depth=164, block="bottleneck").parameters())
+        1704154
+    """
+    problem = cifar_depth_problem(depth, block)
+    if problem:
+        raise ValueError(problem)
+    n = (depth - 2) // (6 if block == "basic" else 9)
     kwargs.setdefault("num_classes", 10)
     kwargs.setdefault("stem", "cifar")
-    kwargs.setdefault("shortcut", "A")  # the paper's default for CIFAR
-    return ResNet("basic", (n, n, n), CIFAR_WIDTHS, **kwargs)
+    # the papers' defaults: zero-padding for basic blocks (2015), projections for bottlenecks (2016)
+    kwargs.setdefault("shortcut", "A" if block == "basic" else "B")
+    return ResNet(block, (n, n, n), CIFAR_WIDTHS, **kwargs)
+
+
+def _fixed_depth(name: str, kwargs: dict) -> None:
+    if "block" in kwargs:
+        raise ValueError(f"{name} has fixed blocks; for others use the model resnet_cifar with block={kwargs['block']!r} and a depth")
+    if "depth" in kwargs:
+        raise ValueError(f"{name} has a fixed depth; for another use the model resnet_cifar with depth={kwargs['depth']!r} "
+                         f"(--model resnet_cifar --depth {kwargs['depth']!r}, or create_model('resnet_cifar', depth={kwargs['depth']!r}))")
 
 
 def _cifar_builder(depth: int):
     def builder(**kwargs) -> ResNet:
-        if "depth" in kwargs:
-            raise ValueError(f"resnet{depth} has a fixed depth; for another use the model resnet_cifar with depth={kwargs['depth']!r} "
-                             f"(--model resnet_cifar --depth {kwargs['depth']!r}, or create_model('resnet_cifar', depth={kwargs['depth']!r}))")
+        _fixed_depth(f"resnet{depth}", kwargs)
         return resnet_cifar(depth=depth, **kwargs)
 
     builder.__name__ = f"resnet{depth}"
@@ -73,6 +109,13 @@ def _cifar_builder(depth: int):
 
 for _d in (8, 14, 20, 32, 44, 56, 110, 1202):
     globals()[f"resnet{_d}"] = _cifar_builder(_d)
+
+
+@register_model((3, 32, 32), "cifar")
+def resnet164(**kwargs) -> ResNet:
+    """ResNet-164 for CIFAR (He et al. 2016; 9n+2, n=18 bottlenecks, 1.7M parameters), shortcut B."""
+    _fixed_depth("resnet164", kwargs)
+    return resnet_cifar(depth=164, block="bottleneck", **kwargs)
 
 
 def _report004(block: str, **kwargs) -> ResNet:
