@@ -375,6 +375,51 @@ def test_imagefolder_valid_and_validation_name_the_validation_split(tmp_path, ca
         load_dataset(f"imagefolder:{tmp_path / 'ds'}", image_size=6)
 
 
+def test_a_class_named_train_in_a_flat_folder_is_a_class(tmp_path, caplog):
+    # CIFAR-100 exported to folders has a class "train": the folder was read as a train/ split,
+    # bus/ and car/ were ignored, and the run stopped at "has no class sub-folders"
+    import logging
+
+    rng = np.random.default_rng(0)
+    for c in ("bus", "car", "train"):
+        for j in range(5):
+            _save(tmp_path / "flat" / c / f"{j}.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    s = load_dataset(f"imagefolder:{tmp_path / 'flat'}", image_size=6, val_fraction=0.25)
+    assert s.classes == ["bus", "car", "train"] and len(s.train) + len(s.val) + len(s.test) == 15
+    # a train/ split with class folders beside class folders: the ignored ones say how many images they hold
+    for c in ("steam", "electric"):
+        for j in range(5):
+            _save(tmp_path / "mixed" / "train" / c / f"{j}.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    _save(tmp_path / "mixed" / "bus" / "0.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        assert load_dataset(f"imagefolder:{tmp_path / 'mixed'}", image_size=6, val_fraction=0.25).classes == ["electric", "steam"]
+    assert "ignoring folder(s) bus/ (1 images) beside train/" in caplog.text
+    assert "if they are classes, move them into train/<class>/" in caplog.text
+
+
+@pytest.mark.parametrize("layout", ["unlabelled", "empty"])
+def test_a_test_or_val_folder_without_class_folders_is_not_a_split(tmp_path, caplog, layout):
+    # Kaggle ships test/ as unlabelled images: it was a 0-image test split, and train failed after
+    # its last epoch ("has no 'test' split"); an empty val/ turned validation off without a word
+    import logging
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        for j in range(10):
+            _save(tmp_path / "train" / c / f"{j}.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    (tmp_path / "test").mkdir()
+    (tmp_path / "val").mkdir()
+    if layout == "unlabelled":
+        for j in range(3):
+            _save(tmp_path / "test" / f"{j}.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        s = load_dataset(f"imagefolder:{tmp_path}", image_size=6, val_fraction=0.25)
+    assert len(s.test) == 4 and s.test.held_out and len(s.val) == 4 and len(s.train) == 12  # held out of train/, as without the folders
+    assert ("test/ has 3 image(s) directly in it and no class sub-folders (unlabelled?)" if layout == "unlabelled"
+            else "test/ has nothing in it") in caplog.text  # fmt: skip
+    assert "val/ has nothing in it; it is not used as the validation split: data.val_fraction of train/ is held out instead" in caplog.text
+
+
 def test_a_corrupt_png_is_skipped_not_a_crash_of_the_process(tmp_path):
     # torchvision's libpng decoder segfaulted on corrupt PNG data (one flipped byte): train,
     # evaluate and predict died with exit 139 and no file named. Run in a child process, so a

@@ -796,11 +796,33 @@ def _list_class_files(folder: Path) -> dict[str, list[str]]:
 _SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 
 
+def _visible(folder: Path) -> tuple[list[str], list[str]]:
+    """The visible sub-folders of ``folder`` and the image files directly in it (names, sorted)."""
+    from resnetlab.predict import IMAGE_EXTENSIONS
+
+    dirs, images = [], []
+    for p in folder.iterdir():
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            dirs.append(p.name)
+        elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(p.name)
+    return sorted(dirs), sorted(images)
+
+
 def _split_dirs(base: Path, path: str) -> dict[str, Path]:
     """``train`` / ``val`` / ``test`` -> their sub-folder of ``base`` (``valid/`` and ``validation/``
     name the validation split too, as Kaggle-style datasets ship it). Names match in any case:
-    ``Train/``, ``Val/``, ``Test/`` were read as three classes named after the splits. Beside
-    ``train/``, any other visible folder is named in a warning: it is not read."""
+    ``Train/``, ``Val/``, ``Test/`` were read as three classes named after the splits.
+
+    A folder with a split's name is a split only when it holds class sub-folders. Without them
+    ``train/`` is a class of a flat layout (a class named "train": CIFAR-100 has one), and a
+    ``val/`` or ``test/`` beside a ``train/`` split (empty, or unlabelled images directly in it, as
+    Kaggle ships its test set) is left out with a warning, so the split is held out of train/ as
+    when the folder is absent: it used to be a 0-image split, and the run failed after training
+    for want of a test split. Beside ``train/``, any other visible folder is named in a warning:
+    it is not read."""
     found: dict[str, Path] = {}
     folders = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     for split, names in _SPLIT_NAMES.items():
@@ -809,12 +831,27 @@ def _split_dirs(base: Path, path: str) -> dict[str, Path]:
             raise DataError(f"image folder {path!r} has {' and '.join(f'{n}/' for n in present)}: keep one {'validation' if split == 'val' else split} folder")
         if present:
             found[split] = base / present[0]
+    contents = {split: _visible(d) for split, d in found.items()}
+    if "train" in found and not contents["train"][0] and contents["train"][1]:
+        return {}  # train/ holds images, no class folders: a class of a flat layout
+    for split in ("val", "test"):
+        if split in found and "train" in found and not contents[split][0]:
+            images = contents[split][1]
+            what = f"{len(images)} image(s) directly in it and no class sub-folders (unlabelled?)" if images else "nothing in it"
+            log.warning("image folder %s: %s/ has %s; it is not used as the %s split: %s", path, found[split].name, what,
+                        "validation" if split == "val" else "test",
+                        "data.val_fraction of train/ is held out instead" if split == "val" else
+                        f"part of train/ is held out instead (`resnetlab predict RUN {found[split]}` labels its images)")  # fmt: skip
+            del found[split]
     if "train" in found:
-        known = {p.name for p in found.values()}
-        other = sorted(p.name for p in base.iterdir() if p.is_dir() and p.name not in known and not p.name.startswith("."))
+        known = {p.name for p in found.values()} | {n for n in folders if n.lower() in _SPLIT_NAMES["val"] + _SPLIT_NAMES["test"]}
+        other = [n for n in folders if n not in known]
         if other:
+            loose = {n: len(_visible(base / n)[1]) for n in other}
             log.warning("image folder %s: ignoring folder(s) %s beside train/ (the splits read are train/, val/ or valid/ "
-                        "or validation/, and test/)", path, ", ".join(f"{n}/" for n in other))  # fmt: skip
+                        "or validation/, and test/)%s", path, ", ".join(f"{n}/" + (f" ({loose[n]} images)" if loose[n] else "") for n in other),
+                        "; if they are classes, move them into train/<class>/ (a class named train must hold its images "
+                        "directly, not in sub-folders)" if any(loose.values()) else "")  # fmt: skip
     return found
 
 
@@ -901,7 +938,7 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
                                           f", or put test images into {path}/test/<class>/")
             train, test = train.subset(keep), train.subset(held)
             test.held_out = True
-            log.info("image folder %s has no test/: holding out %d%% of train/ as test (seed %d)", path, int(_TEST_FRACTION * 100), _SPLIT_SEED)
+            log.info("image folder %s has no test/<class>/ folders: holding out %d%% of train/ as test (seed %d)", path, int(_TEST_FRACTION * 100), _SPLIT_SEED)
     else:
         full = sets["all"]
         keep, held = stratified_split(full.targets.numpy(), _TEST_FRACTION, _SPLIT_SEED, classes,
