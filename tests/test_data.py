@@ -420,6 +420,42 @@ def test_a_test_or_val_folder_without_class_folders_is_not_a_split(tmp_path, cap
     assert "val/ has nothing in it; it is not used as the validation split: data.val_fraction of train/ is held out instead" in caplog.text
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_is_applied_so_a_phone_photo_is_seen_upright(tmp_path, fmt):
+    # a phone stores a portrait photo as landscape pixels plus Orientation=6: it was read sideways
+    # (torchvision's ImageFolder reads it so), and predicted as another class than the same picture
+    from PIL import Image
+
+    from resnetlab.data.images import read_image
+
+    upright = np.zeros((24, 16, 3), np.uint8)
+    upright[:6] = (255, 255, 255)  # a white band along the top edge, as the photo is displayed
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # the sensor's landscape pixels
+    stored.save(tmp_path / f"phone.{fmt.lower()}", format=fmt, exif=exif, **({"quality": 100} if fmt != "PNG" else {}))
+    img = read_image(tmp_path / f"phone.{fmt.lower()}", channels=3)
+    assert tuple(img.shape) == (3, 24, 16)  # portrait, as displayed
+    assert img[:, :6].float().mean() > 200 and img[:, 8:].float().mean() < 50  # the band is on top
+
+
+def test_a_float_tiff_in_0_to_1_is_scaled_not_black(tmp_path):
+    # mode F (32-bit float) with values in 0..1 decoded all black: the run trained at chance
+    from PIL import Image
+
+    from resnetlab.data.images import read_image
+
+    a = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(a, mode="F").save(tmp_path / "unit.tif")
+    Image.fromarray(a * 200, mode="F").save(tmp_path / "bytes.tif")
+    Image.fromarray(np.where(a > 0.5, np.nan, a * 4000), mode="F").save(tmp_path / "wide.tif")
+    unit = read_image(tmp_path / "unit.tif", channels=1)[0]
+    assert int(unit.min()) == 0 and int(unit.max()) == 255 and int(unit[4, 0]) == round(32 / 63 * 255)
+    assert int(read_image(tmp_path / "bytes.tif", channels=1)[0].max()) == 200  # 0..255 values kept
+    wide = read_image(tmp_path / "wide.tif", channels=1)[0]  # beyond 255: from the image's maximum; NaN black
+    assert int(wide[3, 7]) == 255 and int(wide[7, 7]) == 0
+
+
 def test_a_corrupt_png_is_skipped_not_a_crash_of_the_process(tmp_path):
     # torchvision's libpng decoder segfaulted on corrupt PNG data (one flipped byte): train,
     # evaluate and predict died with exit 139 and no file named. Run in a child process, so a

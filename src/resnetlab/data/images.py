@@ -1,10 +1,12 @@
 """Reading image files into uint8 tensors, and the evaluation preprocessing.
 
 Decoding goes through ``torchvision.io`` (libjpeg-turbo, no PIL object per image) except for
-PNG, which Pillow decodes: torchvision's libpng decoder kills the process (SIGSEGV) on corrupt
-PNG data instead of raising (pytorch/vision#3613; 199 of 200 randomly corrupted PNGs did with
-torchvision 0.29, and Pillow decodes a PNG as fast). Formats torchvision cannot decode (BMP,
-TIFF, ...) fall back to Pillow too. Both raise on truncated or corrupt files, which callers turn
+PNG and WebP, which Pillow decodes. PNG: torchvision's libpng decoder kills the process
+(SIGSEGV) on corrupt PNG data instead of raising (pytorch/vision#3613; 199 of 200 randomly
+corrupted PNGs did with torchvision 0.29, and Pillow decodes a PNG as fast). WebP: torchvision's
+decoder ignores its EXIF orientation. Every image is turned upright by its EXIF orientation.
+Formats torchvision cannot decode (BMP, TIFF, ...) fall back to Pillow too. Both raise on
+truncated or corrupt files, which callers turn
 into "skipped" entries instead of crashes.
 """
 
@@ -42,8 +44,9 @@ def unused_png_path(path: str | os.PathLike, overwrite: bool) -> Path:
 log = logging.getLogger(__name__)
 
 # Bumped whenever a change here gives other pixels for the same file (the image cache of a
-# streamed folder is keyed on it, with the Pillow and torchvision versions): 2 = mode I as 16 bits.
-DECODER_VERSION = 2
+# streamed folder is keyed on it, with the Pillow and torchvision versions): 2 = mode I as 16 bits,
+# 3 = EXIF orientation applied, float images (mode F) in 0..1 scaled.
+DECODER_VERSION = 3
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
 
@@ -75,19 +78,32 @@ def _decode(path: str, channels: int) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     with open(path, "rb") as f:
-        png = f.read(8) == _PNG_SIGNATURE  # by content, not by name: Pillow decodes it (module docstring)
-    if not png:
+        head = f.read(16)
+    # by content, not by name: Pillow decodes PNG (module docstring) and WebP (torchvision's
+    # decoder does not apply a WebP's EXIF orientation)
+    if not (head[:8] == _PNG_SIGNATURE or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
         mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
         try:
-            return _as_chw_uint8(decode_image(read_file(path), mode=mode), channels)
+            # EXIF orientation applied: a phone photo stored sideways (Orientation=6) is seen upright,
+            # as every photo viewer shows it (torchvision's ImageFolder would see it sideways)
+            return _as_chw_uint8(decode_image(read_file(path), mode=mode, apply_exif_orientation=True), channels)
         except RuntimeError:
             pass  # not a format torchvision decodes (or broken): let Pillow try, it raises if broken
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
         im.load()  # raises OSError on truncated data
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        im = ImageOps.exif_transpose(im)  # as torchvision's path above (a copy when it turns nothing)
+        if im.mode == "F":
+            # 32-bit float (a float TIFF): convert("L") clipped values of 0..1 to black. Values in
+            # 0..1 are scaled to 0..255, values in 0..255 kept, larger ones scaled from the image's
+            # maximum; NaN is black.
+            a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            top = float(a.max()) if a.size else 0.0
+            scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / top
+            im = Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), mode="L")
+        elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
             # 16/32-bit gray: Pillow's convert("L") clips to 255 instead of scaling. Mode "I" holds
             # 16-bit data too (a 16-bit PGM; a 16-bit PNG before Pillow 10.3), so it is scaled from
             # 0..65535 as well: stretching each image to its own maximum turned a dark image white
