@@ -371,6 +371,27 @@ def test_symlink_loops_neither_hang_nor_duplicate_images(tmp_path):
     assert len(collect_image_files([root])) == 20
 
 
+def test_linked_folders_and_extensionless_images_are_read_by_training_and_predict_alike(tmp_path):
+    # a class's linked sub-folder (images kept on another disk) was left out by both without a
+    # word (torchvision's ImageFolder follows it); predict on a folder skipped the extensionless
+    # images training read by their header
+    from resnetlab.data import load_dataset
+    from resnetlab.predict import collect_image_files
+
+    root = _image_folder(tmp_path / "data")
+    extra = _image_folder(tmp_path / "elsewhere", n=5, classes=("more",)) / "more"
+    os.symlink(extra, root / "b" / "more")  # 5 more images of b, outside the dataset
+    os.symlink(root / "a", root / "b" / "same")  # into the dataset itself: not followed (duplicates of a)
+    os.symlink(tmp_path, root / "a" / "top")  # a folder holding the dataset: not followed (a loop)
+    shutil.copy(root / "a" / "0.png", root / "a" / "scan_01")
+    s = load_dataset(f"imagefolder:{root}", image_size=12, val_fraction=0)
+    files = sorted(s.train.paths + s.test.paths)
+    assert len(files) == 26 and sum("/b/more/" in f for f in files) == 5 and any(f.endswith("scan_01") for f in files)
+    assert sorted(map(str, collect_image_files([root]))) == files
+    (root / "a" / "notes.txt").write_text("not an image")
+    assert len(collect_image_files([root / "a"])) == 11  # the header decides, not the name
+
+
 def test_paths_with_spaces_and_unicode_work_end_to_end(tmp_path, capsys):
     root = _image_folder(tmp_path / "my data ñ 类", classes=("chat noir", "狗"))
     run = tmp_path / "runs ü" / "exp 1"

@@ -145,19 +145,33 @@ def _torchscript_backend(source, device: torch.device, which: str = "best") -> t
 _GLOB_CHARS = frozenset("*?[")
 
 
-def _walk(folder: Path, is_hidden) -> list[Path]:
-    """Image files under ``folder``, sorted, hidden files and folders left out."""
-    return sorted(
-        f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(f, folder)
-    )
+def _walk(folder: Path) -> list[Path]:
+    """Image files under ``folder``, sorted, hidden files and folders left out, linked folders
+    followed as the image-folder datasets follow them: files with an image extension, and other
+    files whose header reads as an image (training reads ``scan_01`` or ``x.dat`` by its header:
+    ``predict`` on the same folder left them out)."""
+    from resnetlab.data.datasets import walk_files
+    from resnetlab.data.images import image_mode
+
+    def is_image(f: Path) -> bool:
+        if f.suffix.lower() in IMAGE_EXTENSIONS:
+            return True
+        try:
+            image_mode(f)
+        except Exception:  # Pillow raises several types for what is not an image
+            return False
+        return True
+
+    return sorted(f for f in walk_files(folder) if is_image(f))
 
 
 def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files, directories and glob patterns into a de-duplicated list of image files.
 
-    Directories are walked recursively and keep files with an image extension
-    (:data:`IMAGE_EXTENSIONS`), leaving out hidden files and folders (a name starting with a dot,
-    as the image-folder datasets do); files given explicitly are kept whatever their name and
+    Directories are walked recursively, linked folders followed, and keep the files the
+    image-folder datasets train on: those with an image extension (:data:`IMAGE_EXTENSIONS`) and
+    others whose header reads as an image, leaving out hidden files and folders (a name
+    starting with a dot); files given explicitly are kept whatever their name and
     are checked when decoded. A path that does not exist and holds ``*``, ``?`` or ``[`` is a glob
     pattern (``**`` for any depth), for a quoted pattern or a shell that does not expand them: its
     matches are treated as a folder's files (image extensions only) and its folders walked.
@@ -170,8 +184,6 @@ def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     Example:
         >>> collect_image_files(["photos/", "cat.jpg"])  # doctest: +SKIP
     """
-    from resnetlab.data.datasets import is_hidden
-
     files: list[Path] = []
     empty: list[str] = []
     for item in inputs:
@@ -185,14 +197,14 @@ def collect_image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             before = len(files)
             for m in matches:
                 if m.is_dir():
-                    files.extend(_walk(m, is_hidden))
+                    files.extend(_walk(m))
                 elif m.suffix.lower() in IMAGE_EXTENSIONS:
                     files.append(m)
             if len(files) == before:
                 empty.append(f"pattern {str(p)!r}")
             continue
         if p.is_dir():
-            found = _walk(p, is_hidden)
+            found = _walk(p)
             if not found:
                 empty.append(f"directory {str(p)!r}")
             files.extend(found)

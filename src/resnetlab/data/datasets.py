@@ -775,6 +775,45 @@ def is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def walk_files(root: Path, fence: Path | None = None) -> list[Path]:
+    """Every visible file under ``root`` (hidden files and folders left out, see :func:`is_hidden`),
+    in no set order. Symbolic links to folders are followed, as torchvision's ``ImageFolder``
+    follows them (``Path.rglob`` did not: a class's linked sub-folder was left out without a
+    word), each real folder once, except links back into ``fence`` (default ``root``: the
+    dataset's folder) or to a folder holding it, whose files are there already or would come
+    round again (a loop)."""
+    top = os.path.realpath(fence if fence is not None else root)
+    seen: set[str] = set()
+    out: list[Path] = []
+
+    def visit(folder: str) -> None:
+        real = os.path.realpath(folder)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # unreadable, or gone: as rglob, its files are not listed
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir():
+                    if e.is_symlink():
+                        target = os.path.realpath(e.path)
+                        if os.path.commonpath([target, top]) in (target, top):  # inside the dataset, or holding it
+                            continue
+                    visit(e.path)
+                elif e.is_file():
+                    out.append(Path(e.path))
+            except OSError:
+                continue
+
+    visit(os.fspath(root))
+    return out
+
+
 def _list_class_files(folder: Path) -> dict[str, list[str]]:
     from resnetlab.predict import IMAGE_EXTENSIONS
 
@@ -789,7 +828,7 @@ def _list_class_files(folder: Path) -> dict[str, list[str]]:
     out = {}
     for c in classes:
         root = folder / c
-        out[c] = sorted(str(p) for p in root.rglob("*") if p.is_file() and not is_hidden(p, root))
+        out[c] = sorted(str(p) for p in walk_files(root, fence=folder))
     return out
 
 
