@@ -276,11 +276,16 @@ def test_image_folder_predictions_have_paths(tmp_path):
         # the target is the class folder the file lives in
         assert ["circle", "square", "stripes"][int(r["target"])] in r["path"]
 
-    # a dataset that moved away: one line naming the path the checkpoint recorded
+    # a dataset that moved away: one line naming the path the checkpoint recorded, and how to
+    # give its new place (--data-root was ignored for image folders: no way to evaluate it)
     folder.rename(tmp_path / "moved")
-    with pytest.raises(ValueError, match="shapes") as exc:
+    with pytest.raises(ValueError, match="shapes' the run was trained on does not exist.*if it moved, give its new place with --data-root") as exc:
         evaluate(run, device="cpu")
     assert "\n" not in str(exc.value)
+    again = evaluate(run, device="cpu", data_root=tmp_path / "moved", out_dir=tmp_path / "e-moved")
+    assert again["accuracy"] == m["accuracy"] and again["num_samples"] == 6  # the same split: its fingerprint holds relative paths
+    rows = list(csv.DictReader(open(again["predictions"])))
+    assert all(r["path"].startswith(str(tmp_path / "moved")) for r in rows)
 
 
 

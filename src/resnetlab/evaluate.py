@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from resnetlab.checkpoint import checkpoint_identity
-from resnetlab.errors import CheckpointError, ConfigError, ResnetlabError, check_int, check_output_folder
+from resnetlab.errors import CheckpointError, ConfigError, DataError, ResnetlabError, check_int, check_output_folder
 from resnetlab.metrics import classification_metrics
 
 if TYPE_CHECKING:
@@ -170,14 +170,25 @@ def load_splits_for(meta: dict[str, Any], data_root: str | os.PathLike | None = 
 
     cfg = run_config(meta)
     kwargs = cfg.data.load_kwargs(cfg.seed)
-    if data_root is not None:
+    name = cfg.data.name
+    if name.startswith("imagefolder:"):
+        # an image folder is its own root: --data-root gives its new place when it was moved (the
+        # split fingerprints hold paths relative to each split, so a moved folder still matches)
+        if data_root is not None:
+            moved = os.path.abspath(os.path.expanduser(os.fspath(data_root)))
+            log.info("image folder %s read from %s (--data-root)", name.split(":", 1)[1], moved)
+            name = f"imagefolder:{moved}"
+        elif not Path(name.split(":", 1)[1]).is_dir():
+            raise DataError(f"image folder {name.split(':', 1)[1]!r} the run was trained on does not exist or is not a "
+                            f"directory; if it moved, give its new place with --data-root")  # fmt: skip
+    elif data_root is not None:
         kwargs["root"] = str(data_root)
     if isinstance(meta.get("mean"), list) and isinstance(meta.get("std"), list):
         # evaluation normalizes with the checkpoint's values: no estimate to compute (a streaming
         # folder's decodes up to 2,000 images)
         kwargs["normalization"] = (meta["mean"], meta["std"])
-    log.debug("rebuilding dataset %s with %s", cfg.data.name, kwargs)
-    return load_dataset(cfg.data.name, **kwargs)
+    log.debug("rebuilding dataset %s with %s", name, kwargs)
+    return load_dataset(name, **kwargs)
 
 
 def run_config(meta: dict[str, Any]):

@@ -17,7 +17,7 @@ def register(sub) -> None:
                    help="instead of a file: image N of --split of the run's own dataset (the index column of "
                         "eval/<split>/predictions.csv)")  # fmt: skip
     p.add_argument("--split", choices=("test", "val", "train"), default=None, help="split for --index (default test)")
-    p.add_argument("--data-root", default=None, help="dataset root for --index, replacing the one recorded in the checkpoint")
+    p.add_argument("--data-root", default=None, help="dataset root for --index, replacing the one recorded in the checkpoint (an image folder: its new place)")
     p.add_argument("--out", default=None, help="PNG to write (default <run>/explain/activations_<image>.png; explain-last/ with --which last)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file (--out or the default)")
     p.add_argument("--layers", nargs="+", default=None,

@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="split to evaluate (default: test)")
     add_which(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset root, replacing the one in the checkpoint")
+    p.add_argument("--data-root", default=None, metavar="DIR", help="dataset root, replacing the one in the checkpoint (an image folder: its new place, if it moved)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder: new, empty, or an earlier evaluate output (default: <run>/eval/<split>; <run>/eval/<split>-last with --which last)")
     p.add_argument("--batch-size", type=int_at_least(1), default=256, help="images per forward pass (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")
