@@ -366,6 +366,17 @@ def test_train_flags_are_taken_as_typed_not_parsed_as_yaml(tmp_path):
     assert (cfg.model.freeze_until, cfg.model.norm, cfg.optim.lr, cfg.data.subset) == (7, "gn", 1e-5, 200)
 
 
+@pytest.mark.parametrize("flag,expected", [("1", 1), ("1.0", 1.0), ("0.5", 0.5), ("300", 300), ("300.0", 300)])
+def test_subset_flag_means_what_data_subset_means(flag, expected):
+    # --subset 1 was read as the fraction 1.0 (every image) where data.subset=1 is one image
+    from resnetlab.cli import build_parser
+    from resnetlab.cli.train import collect_overrides
+
+    args = build_parser().parse_args(["train", "--subset", flag])
+    assert collect_overrides(args) == [f"data.subset={expected}"]
+    assert load_config(None, collect_overrides(args)).data.subset == load_config(None, [f"data.subset={flag}"]).data.subset
+
+
 def test_set_on_a_text_key_takes_the_value_as_typed():
     # --set went through YAML: name=2024 became an int and was refused as "not a valid string",
     # name=001 the run "1", a date a datetime, and a path lost what followed " #"

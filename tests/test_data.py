@@ -456,6 +456,22 @@ def test_a_float_tiff_in_0_to_1_is_scaled_not_black(tmp_path):
     assert int(wide[3, 7]) == 255 and int(wide[7, 7]) == 0
 
 
+def test_flat_training_images_and_an_unused_cache_are_warned_about(tmp_path, caplog):
+    # images that decode to one value (float TIFFs clipped to black, before decoder 3) trained at
+    # chance with nothing said; data.cache on a dataset held in memory did nothing, silently
+    for c in ("a", "b"):
+        for j in range(5):
+            _save(tmp_path / "flat" / c / f"{j}.png", np.full((6, 6), 7, np.uint8))
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        load_dataset(f"imagefolder:{tmp_path / 'flat'}", image_size=6, val_fraction=0.25, cache=True)
+    assert "every training image is one flat value (pixel std 1e-06 of 1 in every channel, mean 0.027)" in caplog.text
+    assert "data.cache applies to image folders that stream from disk; imagefolder:" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        load_dataset("digits", val_fraction=0.1)
+    assert caplog.text == ""
+
+
 def test_a_corrupt_png_is_skipped_not_a_crash_of_the_process(tmp_path):
     # torchvision's libpng decoder segfaulted on corrupt PNG data (one flipped byte): train,
     # evaluate and predict died with exit 139 and no file named. Run in a child process, so a

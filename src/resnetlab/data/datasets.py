@@ -1173,6 +1173,8 @@ def load_dataset(
                 raise DataError(f"image folder {arg!r}: class folder(s) {', '.join(classes[i] for i in lacking)} have no "
                                 f"readable images in the training split")  # fmt: skip
 
+    if cache and train.in_memory:  # accepted and unused without a word (data.root on such a dataset warns)
+        log.warning("data.cache applies to image folders that stream from disk; %s is held in memory, so no cache is made", name)
     if cache and not train.in_memory:
         cache_dir = Path(arg).expanduser() / ".resnetlab-cache" if isinstance(cache, bool) else Path(cache).expanduser()
         path = cache_file_for(listing, train.image_shape, cache_dir, arg)
@@ -1193,6 +1195,11 @@ def load_dataset(
         mean, std = _channel_stats(train.images)
     else:
         mean, std = _channel_stats(_decodable_sample(train, 2000), channels=train.image_shape[0])
+    if normalization is None and len(train) and max(std) < 0.5 / 255:
+        # a float TIFF clipped to black, say: the run trains at chance with nothing said
+        log.warning("dataset %s: every training image is one flat value (pixel std %.2g of 1 in every channel, mean %s): "
+                    "nothing to learn from; are the files decoded as expected?", name, max(std),
+                    ", ".join(f"{m:.3f}" for m in mean))  # fmt: skip
     log.info(
         "dataset %s: %d train / %d val / %d test, %d classes, shape %s",
         name, len(train), len(val), len(test), len(classes), "x".join(map(str, train.image_shape)),
