@@ -286,7 +286,7 @@ def test_top_k_beyond_the_classes_gives_all_of_them_with_a_warning(shapes_run, c
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         res = predict(run, [img], top_k=7)
     assert len(res[0]["top"]) == 3
-    assert "top_k 7 is more than the model's 3 classes; giving all 3" in caplog.text
+    assert "top_k (--top-k) 7 is more than the model's 3 classes; giving all 3" in caplog.text
 
 
 def test_flip_tta_is_announced(shapes_run, caplog):

@@ -451,6 +451,7 @@ def test_smoke_keeps_an_explicit_number_of_seeds(tmp_path, capsys):
     assert not (tmp_path / "o" / "norm=bn" / "seed2").exists()
     md = (tmp_path / "o" / "study.md").read_text()
     assert "SMOKE RUN" in md and "2 seeds" in md and "--smoke --seeds 2 --out" in md
+    assert re.search(r"2 seeds, test on \d+ images;", md)  # it printed the list: "test on [360] images"
 
 
 def test_out_a_non_empty_folder_that_holds_no_study_is_refused(tmp_path, capsys):

@@ -317,7 +317,7 @@ def predict(
     tta = tta_flip_of(meta) if tta_flip is None else bool(tta_flip)
     k = min(DEFAULT_TOP_K if top_k is None else top_k, len(classes))
     if top_k is not None and top_k > k:  # asked for more than there are: say so rather than return fewer silently
-        log.warning("top_k %d is more than the model's %d classes; giving all %d", top_k, k, k)
+        log.warning("top_k (--top-k) %d is more than the model's %d classes; giving all %d", top_k, k, k)
     if tta:  # the probabilities then differ from a plain forward pass: say why
         why = "the run's evaluation did (train.tta_flip)" if tta_flip is None else "asked (tta_flip)"
         log.info("averaging each image's logits with its mirror's (flip TTA), as %s", why)

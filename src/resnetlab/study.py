@@ -1152,7 +1152,7 @@ def write_study_report(
         notes.append(f"SMOKE RUN: one epoch on at most 256 training images, with the batch capped at 64 and images at 64 px "
                      f"(a cell's label keeps the value it asks for: a batch_size=128 cell ran at 64), "
                      f"{'one seed' if spec.seeds == 1 else f'{spec.seeds} seeds'}, test on "
-                     f"{test_images or '?'} images; the numbers say nothing about the question.")  # fmt: skip
+                     f"{', '.join(map(str, test_images)) or '?'} images; the numbers say nothing about the question.")  # fmt: skip
     md = [f"# Study: {spec.name}", "", *[n for n in notes if n], "", best_line, "",
           "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]  # fmt: skip
     md += ["| " + " | ".join(row) + " |" for row in body]

@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--n", type=int_at_least(1), default=4, help="images per gallery row and per confused pair (default 4)")
     p.add_argument("--pairs", type=int_at_least(0), default=5, help="most-confused class pairs to show (default 5)")
     p.add_argument("--top-loss", type=int_at_least(0), default=12, help="highest-loss examples to show (default 12)")
-    p.add_argument("--out", default=None, help="output folder: new, empty, or an earlier explain output (default <run>/explain, <run>/explain-last with --which last; the report section goes to <run>/report_sections for a folder inside the run, else into --out)")
+    p.add_argument("--out", default=None, help="output folder: new, empty, or an earlier explain output (default <run>/explain, <run>/explain-last with --which last; the report section goes to <run>/report_sections for a folder inside the run, else into --out; with --which last it is a page of its own, explain.html in --out)")
     p.add_argument("--data-root", default=None, help="dataset root, replacing the one recorded in the checkpoint (an image folder: its new place, if it moved)")
     add_which(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: auto)")

@@ -689,7 +689,8 @@ def _read_mnist(root: Path, name: str, download: bool, origin: str = ""):
         log.info("%s: using the IDX files directly in %s (%s/%s/ is the unambiguous place for them)", name, root, root, name)
     elif str(found[0].parent) == str(Path(SYSTEM_FASHION_MNIST)):
         log.info("%s: using the system copy in %s (Debian's dataset-fashion-mnist; none under %s)", name, found[0].parent, root)
-    _SAID_WHERE.add(where)
+    if log.isEnabledFor(logging.INFO):  # said, not only looked at: --smoke's silenced probe said nothing
+        _SAID_WHERE.add(where)
     xtr, ytr, xte, yte = (_read_idx(p, ndim) for p, ndim in zip(found, (3, 1, 3, 1)))
     for xp, yp, x, y in ((found[0], found[1], xtr, ytr), (found[2], found[3], xte, yte)):
         if len(x) != len(y):
