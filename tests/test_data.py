@@ -475,6 +475,20 @@ def test_flat_training_images_and_an_unused_cache_are_warned_about(tmp_path, cap
     assert caplog.text == ""
 
 
+def test_a_class_spelt_in_another_unicode_form_is_named_as_such(tmp_path):
+    # "café" from macOS (NFD) beside "café" (NFC): "test/ has classes ['café'] that train/ lacks",
+    # two names that look the same
+    import unicodedata
+
+    rng = np.random.default_rng(0)
+    for split, name in (("train", "café"), ("train", "tea"), ("test", unicodedata.normalize("NFD", "café")), ("test", "tea")):
+        for j in range(4):
+            _save(tmp_path / split / name / f"{j}.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    nfd = unicodedata.normalize("NFD", "café")
+    with pytest.raises(DataError, match=re.escape(f"test/ has classes [{nfd!r}] that train/ lacks ({nfd!r} is spelt as in train/ but in another Unicode form")):
+        load_dataset(f"imagefolder:{tmp_path}", image_size=6)
+
+
 def test_a_corrupt_png_is_skipped_not_a_crash_of_the_process(tmp_path):
     # torchvision's libpng decoder segfaulted on corrupt PNG data (one flipped byte): train,
     # evaluate and predict died with exit 139 and no file named. Run in a child process, so a

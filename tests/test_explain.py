@@ -646,6 +646,18 @@ def test_activations_default_output_is_not_replaced_silently(digits_run, tmp_pat
         activation_maps(run, tmp_path / "a" / "same.png", layers=["layer1"], overwrite=False)
 
 
+def test_activations_default_names_keep_letters_of_any_script(digits_run, tmp_path, capsys):
+    # 猫.png and 狗.png both became activations_class.png (the second refused as "already exists")
+    run, _, _ = digits_run
+    pixels = (np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)
+    names = {"猫.png": "activations_猫.png", "狗.png": "activations_狗.png", "photo 0 été.png": "activations_photo-0-été.png"}
+    for name, figure in names.items():
+        Image.fromarray(pixels).save(tmp_path / name)
+        (run / "explain" / figure).unlink(missing_ok=True)
+        assert main(["activations", str(run), str(tmp_path / name), "--layers", "layer1"]) == 0
+        assert capsys.readouterr().out.strip() == str(run / "explain" / figure)
+
+
 # -- runs whose evaluation crops: the maps explain the input the prediction was made on ----------
 
 

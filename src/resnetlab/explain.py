@@ -339,7 +339,10 @@ def _draw_grid(cells: list[list[dict[str, Any] | None]], path: Path, title: str,
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower() or "class"
+    """A file-name part: letters and digits of any script kept (``猫`` and ``狗`` were both
+    ``class``, so the second image's default figure name clashed with the first's), the rest
+    one ``-``."""
+    return re.sub(r"[\W_]+", "-", str(text)).strip("-").lower() or "class"
 
 
 # ---------------------------------------------------------------------------------------------

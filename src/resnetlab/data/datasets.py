@@ -924,7 +924,13 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
     for split, lst in listing.items():
         extra = sorted(set(lst) - set(classes))
         if extra:
-            raise DataError(f"image folder {path!r}: {split}/ has classes {extra} that train/ lacks")
+            import unicodedata
+
+            nfc = {unicodedata.normalize("NFC", c) for c in classes}
+            same = [c for c in extra if unicodedata.normalize("NFC", c) in nfc]
+            hint = (f" ({', '.join(map(repr, same))} {'is' if len(same) == 1 else 'are'} spelt as in train/ but in another Unicode "
+                    f"form, NFD as macOS writes names, or NFC: rename the folders so the names match byte for byte)") if same else ""  # fmt: skip
+            raise DataError(f"image folder {path!r}: {split}/ has classes {extra} that train/ lacks{hint}")
 
     # Header pass (cheap): drops non-images and empty files, and decides gray vs RGB.
     entries = {s: [(f, classes.index(c)) for c in sorted(lst) for f in lst[c]] for s, lst in listing.items()}
