@@ -260,7 +260,11 @@ def test_the_test_result_says_which_checkpoint_it_scored_and_that_it_chose_nothi
     meta = json.loads((run / "checkpoints" / "best" / "meta.json").read_text())
     test = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     md = build_report(run)[1].read_text()
-    assert f"| test accuracy (best checkpoint) | {test['accuracy']:.4g} |" in md
+    assert f"| test accuracy (best checkpoint) | {test['accuracy']:.4f} |" in md
+    m = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    m["accuracy"] = 1.0  # a perfect score read "| 1 |" beside the best val accuracy's "1.0000"
+    (run / "eval" / "test" / "metrics.json").write_text(json.dumps(m))
+    assert "| test accuracy (best checkpoint) | 1.0000 |" in build_report(run)[1].read_text()
     assert f"Of the best checkpoint (epoch {meta['epoch']}), chosen on validation accuracy; the test split chose nothing." in md
 
 

@@ -256,6 +256,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _acc(v: Any) -> Any:
+    """An accuracy as the best val accuracy beside it is shown, 4 decimals (``.4g`` gave "1")."""
+    return f"{v:.4f}" if isinstance(v, float) else v
+
+
 class _Table:
     def __init__(self, header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] | None = None):
         self.header, self.rows = list(header), [list(r) for r in rows]
@@ -609,9 +614,9 @@ def build_report(
           if all(isinstance(n, int) for n in sizes.values()) else []),
         ("model", (config.get("model") or {}).get("name") or (meta or {}).get("arch")),
         ("epochs run", len(rows)),
-        *([("train accuracy (best checkpoint, no augmentation)", train_eval.get("accuracy"))] if train_eval else []),
+        *([("train accuracy (best checkpoint, no augmentation)", _acc(train_eval.get("accuracy")))] if train_eval else []),
         ("best val accuracy", None if best is None else f"{best['val_acc']:.4f} (epoch {int(best['epoch'] or 0)})"),
-        (f"{split} accuracy ({'last' if tag else 'best'} checkpoint)", None if test is None else test.get("accuracy")),
+        (f"{split} accuracy ({'last' if tag else 'best'} checkpoint)", None if test is None else _acc(test.get("accuracy"))),
         ("training time (s)", round(train_time, 1) if rows else None),
         ("median images/s", None if not rows else statistics.median(r.get("images_per_s") or 0.0 for r in rows)),
     ]
