@@ -859,7 +859,7 @@ def test_a_failed_download_is_one_line_naming_the_dataset_and_a_smoke_run_falls_
     assert tried == [True, True]
 
 
-def test_an_image_over_pillows_pixel_limit_is_a_named_bad_file(tmp_path, monkeypatch):
+def test_an_image_over_pillows_pixel_limit_is_a_named_bad_file(tmp_path, monkeypatch, caplog):
     # PIL's DecompressionBombError is not an OSError: predict on a folder aborted on one huge photo
     from PIL import Image
 
@@ -869,6 +869,16 @@ def test_an_image_over_pillows_pixel_limit_is_a_named_bad_file(tmp_path, monkeyp
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 256 pixels > 2 x the limit: an error, not a warning
     with pytest.raises(DataError, match=r"cannot read image .*big\.png.*exceeds limit"):
         load_images([tmp_path / "big.png"], 16)
+    # in a class folder it was one of the "unreadable" files, with no reason given
+    for c in ("a", "b"):
+        for j in range(4):
+            _save(tmp_path / "ds" / c / f"{j}.png", np.zeros((6, 6), dtype=np.uint8) + j)  # under the limit below
+    (tmp_path / "big.png").rename(tmp_path / "ds" / "a" / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        s = load_dataset(f"imagefolder:{tmp_path / 'ds'}", image_size=8, val_fraction=0.25)
+    assert len(s.train) + len(s.val) + len(s.test) == 8
+    assert re.search(r"big\.png is skipped: Image size \(256 pixels\) exceeds limit of 80 pixels", caplog.text)
 
 
 def test_channel_stats_are_exact_over_chunks():

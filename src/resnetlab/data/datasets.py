@@ -945,7 +945,9 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
         for f, y in items:
             try:
                 mode = image_mode(f)
-            except Exception:  # Pillow raises several types for non-images; all mean "skip"
+            except Exception as exc:  # Pillow raises several types for non-images; all mean "skip"
+                if type(exc).__name__ == "DecompressionBombError":  # an image, too large: "unreadable" alone misled
+                    log.warning("image folder %s: %s is skipped: %s", path, f, str(exc).splitlines()[0])
                 skipped.append(f)
                 continue
             gray = gray and is_gray_mode(mode)
