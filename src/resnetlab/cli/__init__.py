@@ -198,7 +198,7 @@ def summarise_glyph_warnings():
                 pass
         font = f"the figures' font ({m.group(2)})" if m.group(2) else "the figures' font"
         log.warning(
-            "%s lacks characters such as %r (in a class name?): they are drawn as "
+            "%s lacks characters such as %r (in a class or file name?): they are drawn as "
             "boxes. Set font.family in a matplotlibrc to a font that has them, e.g. Noto Sans CJK",
             font, char,
         )
