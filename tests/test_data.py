@@ -138,6 +138,11 @@ def test_cifar100_on_disk_format_and_env_root(tmp_path, monkeypatch):
     assert s.num_classes == 100 and s.classes[7] == "fine7"
     assert len(s.train) == 300 and len(s.test) == 100
     assert torch.bincount(s.train.targets).tolist() == [3] * 100
+    # the 20 superclasses of the same files (torchvision reads only the fine labels)
+    coarse = load_dataset("cifar-100-coarse", val_fraction=0.0)
+    assert coarse.name == "cifar-100-coarse" and coarse.num_classes == 20 and coarse.classes[7] == "coarse7"
+    assert torch.equal(coarse.train.images, s.train.images) and torch.equal(coarse.train.targets, s.train.targets % 20)
+    assert torch.equal(coarse.test.targets, torch.arange(100) % 20)
 
 
 def test_cifar_errors(tmp_path):

@@ -87,12 +87,12 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    name: str = "digits"  # cifar10, cifar100, fashion-mnist, mnist, digits, imagefolder:PATH, synthetic
+    name: str = "digits"  # cifar10, cifar100, cifar100-coarse (its 20 superclasses), fashion-mnist, mnist, digits, imagefolder:PATH, synthetic
     root: str | None = None  # data root; default $RESNETLAB_DATA or ~/.cache/resnetlab
     image_size: int | None = Field(None, ge=4, le=1024)  # square side in pixels; None = native size (image folders: 224, aspect kept: shorter side resized, antialiased, then center-cropped)
     val_fraction: float = Field(0.1, ge=0, lt=1)  # of the training split, stratified, seeded
     subset: int | float | None = Field(None, gt=0)  # of the training pool (before the val hold-out): float <= 1 a fraction, int a count; test is never reduced
-    download: bool = False  # fetch cifar10/cifar100/mnist/fashion-mnist into the data root with torchvision when missing
+    download: bool = False  # fetch cifar10/cifar100(-coarse)/mnist/fashion-mnist into the data root with torchvision when missing
     stream_threshold_gb: float = Field(2.0, gt=0)  # image folders larger than this as uint8 (GB, 1e9 bytes) stream from disk
     cache: bool | str = False  # streaming only: memory-mapped cache of the resized images; true = PATH/.resnetlab-cache, or a folder
     num_workers: int = Field(2, ge=0)  # decode processes of a streaming image folder; 0 = in the training process
@@ -626,7 +626,7 @@ def _scaled_augment(spec: list[str | dict[str, Any]], new: int, old: int) -> lis
 
 # Shapes used when a smoke run's dataset is not on this machine (CIFAR, a user's folder):
 # the pipeline still runs end to end on synthetic images of the same shape and class count.
-_SMOKE_SHAPES = {"cifar10": ("3x32x32", 10), "cifar100": ("3x32x32", 100), "mnist": ("1x28x28", 10), "fashion-mnist": ("1x28x28", 10)}
+_SMOKE_SHAPES = {"cifar10": ("3x32x32", 10), "cifar100": ("3x32x32", 100), "cifar100-coarse": ("3x32x32", 20), "mnist": ("1x28x28", 10), "fashion-mnist": ("1x28x28", 10)}
 
 
 def _torchvision_weights_available(spec: str, cfg: Config) -> bool:

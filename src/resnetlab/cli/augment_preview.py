@@ -10,7 +10,7 @@ def register(sub) -> None:
         "augment-preview",
         help="grid of sample images: originals, one column per augmentation, and all of them together",
     )
-    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH, synthetic")
+    p.add_argument("--data", required=True, help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, cifar100-coarse, imagefolder:PATH, synthetic")
     p.add_argument("--data-root", help="folder holding the datasets")
     p.add_argument("--image-size", type=int_at_least(1), help="resize images to this square size")
     p.add_argument("--aug", action="append", required=True, metavar="SPEC",

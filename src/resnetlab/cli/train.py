@@ -45,7 +45,7 @@ def register(sub) -> None:
     add_config_args(p)
     p.add_argument("--model", help="model name (see `resnetlab models`)")
     p.add_argument("--norm", help="normalization: bn, in, bin, ln, gn, none, bn-torch, ...")
-    p.add_argument("--data", help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, imagefolder:PATH, synthetic")
+    p.add_argument("--data", help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, cifar100-coarse, imagefolder:PATH, synthetic")
     p.add_argument("--data-root", help="folder holding the datasets")
     p.add_argument("--image-size", type=int_at_least(1), help="resize images to this square size")
     p.add_argument("--subset", type=_number, help="stratified subset: a fraction (0.5, 1.0) or a number of training images (1000) (data.subset)")

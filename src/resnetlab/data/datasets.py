@@ -5,6 +5,7 @@ Names (see :data:`DATASET_NAMES`):
 - ``cifar10``, ``cifar100``: torchvision's on-disk pickle format (``cifar-10-batches-py/``,
   ``cifar-100-python/``) under the data root; ``download=True`` fetches them with torchvision (also
   when files of the folder are missing). A damaged file is a :class:`DataError` naming it.
+  ``cifar100-coarse``: CIFAR-100's files with its 20 superclass labels (``coarse_labels``).
 - ``fashion-mnist``, ``mnist``: IDX files (raw or ``.gz``) in ``<root>/<name>/``, torchvision's
   ``<root>/FashionMNIST/raw`` / ``<root>/MNIST/raw``, ``<root>`` itself, or (Fashion-MNIST)
   ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
@@ -45,7 +46,7 @@ from resnetlab.data.images import image_mode, is_gray_mode, read_image, resize_c
 
 log = logging.getLogger(__name__)
 
-DATASET_NAMES: tuple[str, ...] = ("cifar10", "cifar100", "fashion-mnist", "mnist", "digits", "imagefolder", "synthetic")
+DATASET_NAMES: tuple[str, ...] = ("cifar10", "cifar100", "cifar100-coarse", "fashion-mnist", "mnist", "digits", "imagefolder", "synthetic")
 _SAID_WHERE: set[tuple[str, str]] = set()  # (dataset, folder) whose unusual place was logged
 SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -229,7 +230,7 @@ def dataset_key(name: str) -> tuple[str, str]:
         raise DataError(unknown_name("dataset", str(name), DATASET_NAMES))
     key, _, arg = name.strip().partition(":")
     key = key.lower().replace("_", "-")
-    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}.get(key, key)
+    key = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100", "cifar-100-coarse": "cifar100-coarse"}.get(key, key)
     if key not in DATASET_NAMES:
         raise DataError(unknown_name("dataset", name, DATASET_NAMES))
     return key, arg
@@ -554,9 +555,10 @@ def _read_cifar(root: Path, name: str, download: bool, origin: str = ""):
     if name == "cifar10":
         train_files = [base / f"data_batch_{i}" for i in range(1, 6)]
         test_files, meta_file, label_key, names_key = [base / "test_batch"], base / "batches.meta", "labels", "label_names"
-    else:
+    else:  # cifar100-coarse: the same files, labelled with the 20 superclasses (torchvision reads only the fine labels)
         train_files, test_files = [base / "train"], [base / "test"]
-        meta_file, label_key, names_key = base / "meta", "fine_labels", "fine_label_names"
+        kind = "coarse" if name == "cifar100-coarse" else "fine"
+        meta_file, label_key, names_key = base / "meta", f"{kind}_labels", f"{kind}_label_names"
     missing = [f for f in [*train_files, *test_files, meta_file] if not f.is_file()]
     if missing and download:
         # a partial folder (an interrupted copy): torchvision checks every file and fetches the archive again
@@ -1104,7 +1106,7 @@ def load_dataset(
         raise DataError(f"val_fraction={val_fraction!r} is out of range (allowed: 0 <= val_fraction < 1)")
     size = _size_arg(image_size)
     skipped: list[str] = []
-    if key in ("cifar10", "cifar100", "fashion-mnist", "mnist"):
+    if key in ("cifar10", "cifar100", "cifar100-coarse", "fashion-mnist", "mnist"):
         r = data_root(root)
         origin = _root_origin(root)
         _check_root(r, explicit=root is not None and not download, origin=origin)
