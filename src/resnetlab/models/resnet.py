@@ -1,8 +1,8 @@
 """ResNet trunk and blocks, written from scratch (He et al., 2016).
 
 One :class:`ResNet` trunk builds every variant: the ImageNet family (ResNet-18 ... 152),
-the CIFAR 6n+2 family (ResNet-20 ... 1202), the 9n+2 bottleneck family (ResNet-164) and the bottleneck CIFAR-100 model of
-report 004. Blocks share one signature and expose ``expansion``; the norm layer and the
+the CIFAR 6n+2 family (ResNet-20 ... 1202), the 9n+2 bottleneck family (ResNet-164) and
+the bottleneck CIFAR-100 model of report 004. Blocks share one signature and expose ``expansion``; the norm layer and the
 activation are injected callables (torchvision / timm style).
 
 Parameter and buffer names follow torchvision (``conv1``, ``bn1``, ``layer1.0.conv1``,
