@@ -52,6 +52,14 @@ def test_spec_forms_agree():
         ("erasing:value=-5", "'erasing': value=-5 is out of range"),
         ("cutout:size=0", r"size=0 must be a positive int \(the side of the square hole\)"),  # it offered a pair, then refused one
         ("cutout:size=(2,3)", "must be a positive int"),
+        ("flip:p=0.5,p=1", "parameter 'p' is given twice; keep one"),  # the last one won
+        ("rotation:degrees=nan", r"degrees='nan' is not a number or a pair \(allowed: a number in"),
+        ("rotation:degrees=(20,-10)", "min > max"),
+        ("rotation:degrees=(-200,10)", r"out of range \(allowed: \[-180.0, 180.0\]\)"),
+        ("rotation:degrees=big", r"degrees='big' is not a number or a pair \(allowed: a number in \[0.0, 180.0\], or \(min, max\) within \[-180.0, 180.0\]\)"),
+        ("color-jitter:hue=(-0.6,0.1)", "hue="),
+        ("erasing:value=noise", r"value='noise' is not a fill value \(allowed: a number in \[0, 1\], or random\)"),
+        ("cutout:value=random", r"value='random' is not a fill value \(allowed: a number in \[0, 1\]\)"),
         ({"crop": 4}, "must be a mapping"),
         ({"crop": {}, "flip": {}}, "exactly one key"),
     ],
@@ -65,10 +73,10 @@ def test_bad_specs_raise_one_line(spec, match):
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("crop:size=40", "larger than the image 32x32"),
+        ("crop:size=41", r"larger than the image 32x32 padded by 4 \(allowed: <= 40x40\)"),
         ("center-crop:size=33", "larger than the image"),
-        ("cutout:size=40", "larger than the image"),
-        ("blur:kernel=41", "larger than the image"),
+        ("cutout:size=40", r"larger than the image 32x32 \(allowed: 1..32\)"),
+        ("blur:kernel=41", r"larger than the image 32x32 \(allowed: an odd int 1..31\)"),
     ],
 )
 def test_params_that_do_not_fit_the_image(spec, match):
@@ -128,6 +136,24 @@ def test_rotation_respects_degrees_and_p():
     # A rotated image keeps its centre pixel (rotation about the centre) for odd sizes.
     z = _batch(4, 1, 33, 33)
     assert torch.allclose(build_augment("rotation:degrees=90,p=1", (1, 33, 33))(z)[..., 16, 16], z[..., 16, 16], atol=1e-4)
+
+
+def test_torchvision_ranges_and_fills_are_accepted():
+    # torchvision's RandomRotation((-10, 20)), ColorJitter(brightness=(0.5, 1.5)), RandomCrop(10,
+    # padding=4) of an 8x8 image and RandomErasing(value="random") were refused
+    torch.manual_seed(0)
+    x = torch.rand(256, 3, 8, 8)
+    params = build_augment("rotation:degrees=(-10,20),p=1", (3, 8, 8)).ops[0]._param_generator.degrees
+    assert params.tolist() == [-10.0, 20.0]
+    flat = torch.full((512, 3, 4, 4), 0.5)
+    y = build_augment("color-jitter:brightness=(0.5,1.5),contrast=0,saturation=0,hue=0", (3, 4, 4))(flat)
+    f = y.mean(dim=(1, 2, 3)) / 0.5  # the brightness factor of each image
+    assert 0.5 <= float(f.min()) < 0.6 and 1.4 < float(f.max()) <= 1.5 and abs(float(f.mean()) - 1.0) < 0.05
+    assert build_augment("crop:padding=4,size=10", (3, 8, 8))(x).shape == (256, 3, 10, 10)
+    erased = build_augment("erasing:value=random,p=1,scale=(0.2,0.2)", (3, 8, 8))(torch.zeros(64, 3, 8, 8))
+    changed = erased != 0
+    assert changed.any(dim=(1, 2, 3)).float().mean() > 0.9 and 0.3 < float(erased[changed].mean()) < 0.7  # uniform noise
+    assert str(parse_augment("erasing:value=random")[0]) == "erasing:value=random"
 
 
 def test_color_jitter_brightness_moves_the_mean_per_sample():

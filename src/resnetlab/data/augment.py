@@ -19,14 +19,16 @@ from the global torch RNG, which the loader reseeds per step (see :mod:`resnetla
 Names and parameters (defaults in brackets):
 
 =====================  ==========================================================================
-``crop``               random crop after padding: ``padding`` [4] px, ``size`` [image size],
+``crop``               random crop after padding: ``padding`` [4] px, ``size`` [image size; at most the padded size],
                        ``padding_mode`` [constant | reflect | replicate], ``p`` [1.0]
 ``flip``               horizontal flip: ``p`` [0.5]
-``rotation``           random rotation in ``[-degrees, degrees]``: ``degrees`` [15], ``p`` [0.5];
+``rotation``           random rotation in ``[-degrees, degrees]``: ``degrees`` [15, or (min, max)], ``p`` [0.5];
                        bilinear, corners filled with 0 (torchvision's ``RandomRotation`` defaults
                        to nearest and rotates every image)
 ``color-jitter``       ``brightness`` [0.2], ``contrast`` [0.2], ``saturation`` [0.2, RGB only],
-                       ``hue`` [0.05, RGB only], ``p`` [1.0]; factors drawn per image, the order
+                       ``hue`` [0.05, RGB only], ``p`` [1.0]; each a number x (factors in
+                       [1 - x, 1 + x], hue in [-x, x]) or a range (min, max), as torchvision's
+                       ``ColorJitter`` takes them; factors drawn per image, the order
                        of the four steps once per batch (kornia; torchvision draws it per image)
 ``random-resized-crop``  ``size`` [image size], ``scale`` [(0.08, 1.0)], ``ratio`` [(0.75, 1.333)]
 ``resize``             ``size`` (required; an int resizes the shorter side) — deterministic
@@ -34,7 +36,8 @@ Names and parameters (defaults in brackets):
 ``cutout``             one square hole of ``size`` [half the image side] px: ``p`` [1.0],
                        ``value`` [0.0]
 ``erasing``            random erasing: ``scale`` [(0.02, 0.33)] of the area, ``ratio`` [(0.3, 3.3)]
-                       (height / width, log-uniform), ``value`` [0.0], ``p`` [0.5]
+                       (height / width, log-uniform), ``value`` [0.0, or ``random``: uniform
+                       noise in [0, 1]], ``p`` [0.5]
 ``blur``               gaussian blur: ``kernel`` [3, odd], ``sigma`` [(0.1, 2.0)], ``p`` [0.5]
 ``salt-pepper``        per-pixel salt/pepper with probability ``amount`` [0.05];
                        ``salt_vs_pepper`` [0.5], ``p`` [0.5]
@@ -170,6 +173,18 @@ def _range(name: str, key: str, v: Any, lo: float, hi: float | None) -> tuple[fl
     return (a, b)
 
 
+def _one_or_pair(name: str, key: str, v: Any, one: tuple[float, float | None], pair: tuple[float, float | None]) -> float | tuple[float, float]:
+    """A number within ``one``, or a pair ``(min, max)`` within ``pair``; the error names both forms."""
+    if isinstance(v, (tuple, list)):
+        if len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            return _range(name, key, v, pair[0], pair[1])
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        return _number(name, key, v, one[0], one[1])
+    hi = lambda b: "inf" if b is None else b  # noqa: E731
+    raise DataError(f"augmentation {name!r}: {key}={v!r} is not a number or a pair (allowed: a number in "
+                    f"[{one[0]}, {hi(one[1])}], or (min, max) within [{pair[0]}, {hi(pair[1])}])")  # fmt: skip
+
+
 def _size(name: str, v: Any) -> int | tuple[int, int] | None:
     if v is None:
         return None
@@ -197,12 +212,12 @@ def _validate(name: str, params: dict[str, Any]) -> dict[str, Any]:
             raise DataError(f"augmentation 'crop': padding={p['padding']!r} must be an int >= 0")
         if p["padding_mode"] not in _PADDING_MODES:
             raise DataError(f"augmentation 'crop': padding_mode={p['padding_mode']!r} (allowed: {', '.join(_PADDING_MODES)})")
-    elif name == "rotation":
-        p["degrees"] = _number(name, "degrees", p["degrees"], 0.0, 180.0)
-    elif name == "color-jitter":
+    elif name == "rotation":  # a number d: [-d, d]; or (min, max), as torchvision's RandomRotation takes
+        p["degrees"] = _one_or_pair(name, "degrees", p["degrees"], (0.0, 180.0), (-180.0, 180.0))
+    elif name == "color-jitter":  # a number x: factors in [1 - x, 1 + x] (hue [-x, x]); or (min, max) as torchvision's
         for key in ("brightness", "contrast", "saturation"):
-            p[key] = _number(name, key, p[key], 0.0, None)
-        p["hue"] = _number(name, "hue", p["hue"], 0.0, 0.5)
+            p[key] = _one_or_pair(name, key, p[key], (0.0, None), (0.0, None))
+        p["hue"] = _one_or_pair(name, "hue", p["hue"], (0.0, 0.5), (-0.5, 0.5))
     elif name in ("random-resized-crop", "erasing"):
         p["scale"] = _range(name, "scale", p["scale"], 1e-6, 1.0)
         p["ratio"] = _range(name, "ratio", p["ratio"], 1e-6, None)
@@ -214,8 +229,12 @@ def _validate(name: str, params: dict[str, Any]) -> dict[str, Any]:
     elif name == "salt-pepper":
         p["amount"] = _number(name, "amount", p["amount"], 0.0, 1.0)
         p["salt_vs_pepper"] = _number(name, "salt_vs_pepper", p["salt_vs_pepper"], 0.0, 1.0)
-    if "value" in p:  # the fill, on images scaled to [0, 1]
-        p["value"] = _number(name, "value", p["value"], 0.0, 1.0)
+    if "value" in p:  # the fill, on images scaled to [0, 1]; erasing also takes "random", as torchvision's
+        if not (name == "erasing" and p["value"] == "random"):
+            allowed = "a number in [0, 1], or random" if name == "erasing" else "a number in [0, 1]"
+            if isinstance(p["value"], bool) or not isinstance(p["value"], (int, float)):
+                raise DataError(f"augmentation {name!r}: value={p['value']!r} is not a fill value (allowed: {allowed})")
+            p["value"] = _number(name, "value", p["value"], 0.0, 1.0)
     return p
 
 
@@ -244,6 +263,8 @@ def _parse_string_item(text: str) -> AugmentItem:
         k, eq, v = part.partition("=")
         if not eq or not k.strip():
             raise DataError(f"augmentation {name.strip()!r}: bad parameter {part!r} (write key=value, e.g. 'crop:padding=4')")
+        if k.strip() in given:  # the last one won, silently (a recipe refuses a key given twice)
+            raise DataError(f"augmentation {name.strip()!r}: parameter {k.strip()!r} is given twice; keep one")
         given[k.strip()] = _literal(v.strip())
     return _item(name, given)
 
@@ -306,8 +327,10 @@ def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, 
     name = item.name
     if name == "crop":
         th, tw = _hw(p["size"], (h, w)) if p["size"] is not None else (h, w)
-        if th > h or tw > w:
-            raise DataError(f"augmentation 'crop': size={p['size']!r} is larger than the image {h}x{w} (allowed: <= image size)")
+        pad = p["padding"]
+        if th > h + 2 * pad or tw > w + 2 * pad:  # as torchvision's RandomCrop(size, padding): up to the padded image
+            raise DataError(f"augmentation 'crop': size={p['size']!r} is larger than the image {h}x{w} padded by {pad} "
+                            f"(allowed: <= {h + 2 * pad}x{w + 2 * pad})")  # fmt: skip
         if p["padding_mode"] == "reflect" and p["padding"] >= min(h, w):
             raise DataError(f"augmentation 'crop': reflect padding={p['padding']} needs an image larger than the padding, got {h}x{w}")
         return RandomCropIndex((th, tw), p["padding"], p["padding_mode"], p["p"]), (c, th, tw)
@@ -343,14 +366,15 @@ def _module(item: AugmentItem, shape: tuple[int, int, int]) -> tuple[nn.Module, 
     if name == "cutout":
         side = p["size"] if p["size"] is not None else max(1, min(h, w) // 2)
         if side > min(h, w):
-            raise DataError(f"augmentation 'cutout': size={side} is larger than the image {h}x{w}")
+            raise DataError(f"augmentation 'cutout': size={side} is larger than the image {h}x{w} (allowed: 1..{min(h, w)})")
         frac = side * side / (h * w)
         return K.RandomErasing(scale=(frac, frac), ratio=(1.0, 1.0), value=p["value"], p=p["p"]), shape
     if name == "erasing":
         return RandomErasingBox(p["scale"], p["ratio"], p["value"], p["p"]), shape
     if name == "blur":
         if p["kernel"] > min(h, w):
-            raise DataError(f"augmentation 'blur': kernel={p['kernel']} is larger than the image {h}x{w}")
+            largest = min(h, w) if min(h, w) % 2 else min(h, w) - 1
+            raise DataError(f"augmentation 'blur': kernel={p['kernel']} is larger than the image {h}x{w} (allowed: an odd int 1..{largest})")
         return K.RandomGaussianBlur((p["kernel"], p["kernel"]), sigma=p["sigma"], p=p["p"]), shape
     if name == "salt-pepper":
         if c not in (1, 3):
@@ -405,9 +429,12 @@ class RandomErasingBox(nn.Module):
 
     tries = 10
 
-    def __init__(self, scale: tuple[float, float], ratio: tuple[float, float], value: float = 0.0, p: float = 0.5):
+    def __init__(self, scale: tuple[float, float], ratio: tuple[float, float], value: float | str = 0.0, p: float = 0.5):
         super().__init__()
-        self.scale, self.value, self.p = tuple(scale), float(value), float(p)
+        # "random": every erased value drawn uniformly in [0, 1], the image range here
+        # (torchvision's value="random" draws N(0, 1), the range of an image normalized before it)
+        self.scale, self.p = tuple(scale), float(p)
+        self.value = "random" if value == "random" else float(value)
         self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # float (B, C, H, W)
@@ -425,7 +452,10 @@ class RandomErasingBox(nn.Module):
         r, c = torch.arange(h, device=dev), torch.arange(w, device=dev)
         in_r = (r >= top) & (r < top + eh) & on  # (B, H)
         in_c = (c >= left) & (c < left + ew)  # (B, W)
-        return x.masked_fill((in_r[:, :, None] & in_c[:, None, :])[:, None], self.value)
+        box = (in_r[:, :, None] & in_c[:, None, :])[:, None]
+        if self.value == "random":
+            return torch.where(box, torch.rand_like(x), x)
+        return x.masked_fill(box, self.value)
 
 
 # ---------------------------------------------------------------------------------------------
