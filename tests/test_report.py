@@ -430,3 +430,27 @@ def test_a_damaged_evaluation_or_config_is_named_in_one_warning_line(tmp_path, c
     assert f"`resnetlab evaluate {run} --split test` writes it again" in test[0]
     cfg = [w for w in warnings if "config.yaml" in w]
     assert len(cfg) == 1 and "\n" not in cfg[0] and cfg[0].endswith("; using the checkpoint's config")
+
+
+def test_misclassified_titles_keep_both_long_class_names(tmp_path, monkeypatch):
+    # "Yellow_headed_Blackbird -> Black_footed_Albatross" on one line ran into the next image's
+    # title and off the figure; explain's cut at 18 characters dropped the predicted class
+    from _eval_runs import make_image_folder
+
+    import resnetlab.report as report
+    from resnetlab.evaluate import evaluate
+    from resnetlab.report import mistake_title
+
+    title = mistake_title("Yellow_headed_Blackbird", "Black_footed_Albatross", 16)
+    assert title == "Yellow_headed_B…\n→ Black_footed_Al…"
+    assert mistake_title("cat", "dog") == "cat\n→ dog"
+    names = ("Yellow_headed_Blackbird", "Black_footed_Albatross", "Rose_breasted_Grosbeak")
+    folder = make_image_folder(tmp_path / "birds", classes=names)
+    run = fresh_checkpoint_run(tmp_path, {"name": f"imagefolder:{folder}", "image_size": 16})
+    evaluate(run, device="cpu")
+    seen: list[str] = []
+    real = report._misclassified_figure
+    monkeypatch.setattr(report, "_misclassified_figure", lambda images, titles: seen.extend(titles) or real(images, titles))
+    build_report(run)
+    assert seen and all(len(t.splitlines()) == 3 and all(len(line) <= 22 for line in t.splitlines()) for t in seen)
+    assert all(t.splitlines()[1].startswith("→ ") and t.splitlines()[1][2:5] in ("Yel", "Bla", "Ros") for t in seen)

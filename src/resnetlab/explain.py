@@ -321,7 +321,11 @@ def _draw_grid(cells: list[list[dict[str, Any] | None]], path: Path, title: str,
     # the title wrapped to the figure's width (~13 characters per inch at 10 pt): a grid of one
     # or two columns cut a one-line title off at both edges
     title = textwrap.fill(title, width=max(16, int(cols * cell_in * 13)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell_in, rows * cell_in + 0.2 + 0.2 * (title.count("\n") + 1)), squeeze=False)
+    # a cell's title of several lines (a mistake: true over predicted) takes room from the image
+    # above it unless its row grows: the overlay row's title ran into the image row's pictures
+    lines = max((c["title"].count("\n") + 1 for r in cells for c in r if c), default=1)
+    row_in = cell_in + 0.2 * (lines - 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell_in, rows * row_in + 0.2 + 0.2 * (title.count("\n") + 1)), squeeze=False)
     for r in range(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -518,6 +522,8 @@ def explain(
         if _explain_file(old.name):
             old.unlink(missing_ok=True)
 
+    from resnetlab.report import mistake_title, shorten
+
     paths = imageset.paths  # image folders: which file a mistake is (the split's index alone does not say)
 
     def item(i: int) -> dict[str, Any]:
@@ -526,13 +532,19 @@ def explain(
                 **({"path": printable(paths[int(positions[i])])} if paths is not None else {})}
 
     def name(i: int) -> str:
-        return _short(printable(os.path.basename(paths[int(positions[i])]))) if paths is not None else f"#{int(positions[i])}"
+        return shorten(printable(os.path.basename(paths[int(positions[i])]))) if paths is not None else f"#{int(positions[i])}"
 
     def cell(i: int, which_map: str = "pred") -> dict[str, Any]:
         hm = maps_pred[i] if which_map == "pred" else maps_true[i]
         ok = int(pred[i]) == int(targets[i])
-        label = f"{classes[int(targets[i])]}→{classes[int(pred[i])]}" if not ok else classes[int(pred[i])]
-        title = f"{_short(label)} {float(conf[i]):.2f}" + ("" if which_map == "pred" else " [true]")
+        # a mistake on two lines, true over predicted, each cut on its own: one cut of "true→pred"
+        # at 18 characters lost the predicted class; the map of the true class says so instead of
+        # repeating the confidence of the cell beside it
+        if ok:
+            title = f"{shorten(classes[int(pred[i])])} {float(conf[i]):.2f}"
+        else:
+            title = mistake_title(classes[int(targets[i])], classes[int(pred[i])], 16) + (
+                f" {float(conf[i]):.2f}" if which_map == "pred" else "\n(map of the true class)")
         return {"image": overlay(images[i], hm), "title": title, "color": "green" if ok else "red"}
 
     files: dict[str, Any] = {"galleries": []}
@@ -584,10 +596,6 @@ def explain(
     _write_sections(summary, out, sections, base if inside else out)
     log.info("explained %d of %d %s images (%s) -> %s", len(wanted), len(targets), split, method, out)
     return summary
-
-
-def _short(text: str, n: int = 18) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _rel(path: str | Path, base: Path) -> str:

@@ -218,6 +218,17 @@ def _curves_figure(rows: list[dict], test: dict | None, label_smoothing: float =
     return _png(fig)
 
 
+def shorten(text: str, n: int = 18) -> str:
+    """``text`` cut to ``n`` characters with an ellipsis: a label under a figure's image."""
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def mistake_title(true: str, pred: str, n: int = 18) -> str:
+    """``true`` over ``-> pred``, each cut to ``n`` characters: on one line, two long class names
+    ran into the neighbouring titles, and a cut after 18 characters lost the predicted class."""
+    return f"{shorten(true, n)}\n→ {shorten(pred, n)}"
+
+
 def _misclassified_figure(images, titles: list[str]) -> bytes:
     """A grid of uint8 (N, C, H, W) images with one title each."""
     from matplotlib.figure import Figure
@@ -225,7 +236,8 @@ def _misclassified_figure(images, titles: list[str]) -> bytes:
     n = len(titles)
     cols = min(8, n)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(1.9 * cols, 2.4 * rows), dpi=100)
+    lines = max(t.count("\n") + 1 for t in titles)
+    fig = Figure(figsize=(1.9 * cols, (1.9 + 0.16 * lines) * rows), dpi=100)
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
         img = images[i]
@@ -501,7 +513,7 @@ def _misclassified_section(meta: dict | None, pred_path: Path, classes: list[str
         log.warning("misclassified examples skipped: cannot load the dataset (%s)", str(exc).splitlines()[0])
         return without_images(str(exc).splitlines()[0]), None
 
-    titles = [f"{name(r['target'])} -> {name(r['prediction'])}\n{float(r['confidence']):.2f}" for r in shown]
+    titles = [f"{mistake_title(name(r['target']), name(r['prediction']), 20)}\n{float(r['confidence']):.2f}" for r in shown]
     fig = _Figure("misclassified.png", _misclassified_figure(images, titles), f"misclassified {split} images")
     sec.add(fig)
     if any(r.get("path") for r in shown):  # image folders: which files they are, in the figure's order
