@@ -383,6 +383,11 @@ def test_linked_folders_and_extensionless_images_are_read_by_training_and_predic
     os.symlink(extra, root / "b" / "more")  # 5 more images of b, outside the dataset
     os.symlink(root / "a", root / "b" / "same")  # into the dataset itself: not followed (duplicates of a)
     os.symlink(tmp_path, root / "a" / "top")  # a folder holding the dataset: not followed (a loop)
+    split = _image_folder(tmp_path / "split" / "train")
+    _image_folder(tmp_path / "split" / "val", n=3)
+    os.symlink(tmp_path / "split" / "val" / "a", split / "b" / "leak")  # train/ into val/: would train on val images
+    s = load_dataset(f"imagefolder:{tmp_path / 'split'}", image_size=12)
+    assert len(s.val) == 6 and not any("leak" in p for p in s.train.paths + s.test.paths)
     shutil.copy(root / "a" / "0.png", root / "a" / "scan_01")
     s = load_dataset(f"imagefolder:{root}", image_size=12, val_fraction=0)
     files = sorted(s.train.paths + s.test.paths)

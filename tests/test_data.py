@@ -394,6 +394,10 @@ def test_a_class_named_train_in_a_flat_folder_is_a_class(tmp_path, caplog):
             _save(tmp_path / "flat" / c / f"{j}.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
     s = load_dataset(f"imagefolder:{tmp_path / 'flat'}", image_size=6, val_fraction=0.25)
     assert s.classes == ["bus", "car", "train"] and len(s.train) + len(s.val) + len(s.test) == 15
+    for name in ("test", "Val"):  # so are test/ and val/ of images, without a train/ split (they were refused)
+        (tmp_path / "flat" / "train").rename(tmp_path / "flat" / name)
+        assert load_dataset(f"imagefolder:{tmp_path / 'flat'}", image_size=6, val_fraction=0.25).classes == sorted(["bus", "car", name])
+        (tmp_path / "flat" / name).rename(tmp_path / "flat" / "train")
     # a train/ split with class folders beside class folders: the ignored ones say how many images they hold
     for c in ("steam", "electric"):
         for j in range(5):
@@ -405,7 +409,7 @@ def test_a_class_named_train_in_a_flat_folder_is_a_class(tmp_path, caplog):
     assert "if they are classes, move them into train/<class>/" in caplog.text
 
 
-@pytest.mark.parametrize("layout", ["unlabelled", "empty"])
+@pytest.mark.parametrize("layout", ["unlabelled", "empty", "empty class folders"])
 def test_a_test_or_val_folder_without_class_folders_is_not_a_split(tmp_path, caplog, layout):
     # Kaggle ships test/ as unlabelled images: it was a 0-image test split, and train failed after
     # its last epoch ("has no 'test' split"); an empty val/ turned validation off without a word
@@ -420,12 +424,18 @@ def test_a_test_or_val_folder_without_class_folders_is_not_a_split(tmp_path, cap
     if layout == "unlabelled":
         for j in range(3):
             _save(tmp_path / "test" / f"{j}.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    if layout == "empty class folders":
+        for split in ("val", "test"):
+            for c in ("a", "b"):
+                (tmp_path / split / c).mkdir()
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         s = load_dataset(f"imagefolder:{tmp_path}", image_size=6, val_fraction=0.25)
     assert len(s.test) == 4 and s.test.held_out and len(s.val) == 4 and len(s.train) == 12  # held out of train/, as without the folders
-    assert ("test/ has 3 image(s) directly in it and no class sub-folders (unlabelled?)" if layout == "unlabelled"
-            else "test/ has nothing in it") in caplog.text  # fmt: skip
-    assert "val/ has nothing in it; it is not used as the validation split: data.val_fraction of train/ is held out instead" in caplog.text
+    said = {"unlabelled": "test/ has 3 image(s) directly in it and no class sub-folders (unlabelled?)", "empty": "test/ has nothing in it",
+            "empty class folders": "test/ has class folders (a, b) with no files in them"}  # fmt: skip
+    assert said[layout] in caplog.text
+    val = "val/ has class folders (a, b) with no files in them" if layout == "empty class folders" else "val/ has nothing in it"
+    assert f"{val}; it is not used as the validation split: data.val_fraction of train/ is held out instead" in caplog.text
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
@@ -445,6 +455,9 @@ def test_exif_orientation_is_applied_so_a_phone_photo_is_seen_upright(tmp_path, 
     img = read_image(tmp_path / f"phone.{fmt.lower()}", channels=3)
     assert tuple(img.shape) == (3, 24, 16)  # portrait, as displayed
     assert img[:, :6].float().mean() > 200 and img[:, 8:].float().mean() < 50  # the band is on top
+    if fmt != "JPEG":  # malformed EXIF that Pillow cannot parse: the pixels as stored, not an unreadable file
+        stored.save(tmp_path / f"bad.{fmt.lower()}", format=fmt, exif=b"Exif\x00\x00" + bytes(range(40)))
+        assert tuple(read_image(tmp_path / f"bad.{fmt.lower()}", channels=3).shape) == (3, 16, 24)
 
 
 def test_a_float_tiff_in_0_to_1_is_scaled_not_black(tmp_path):
@@ -462,6 +475,11 @@ def test_a_float_tiff_in_0_to_1_is_scaled_not_black(tmp_path):
     assert int(read_image(tmp_path / "bytes.tif", channels=1)[0].max()) == 200  # 0..255 values kept
     wide = read_image(tmp_path / "wide.tif", channels=1)[0]  # beyond 255: from the image's maximum; NaN black
     assert int(wide[3, 7]) == 255 and int(wide[7, 7]) == 0
+    over = a.copy()
+    over[0, 0] = 1.02  # a 0..1 image with a little overshoot was read as 0..255: black
+    Image.fromarray(over, mode="F").save(tmp_path / "over.tif")
+    o = read_image(tmp_path / "over.tif", channels=1)[0]
+    assert int(o[0, 0]) == 255 and int(o[4, 0]) == round(32 / 63 * 255)
 
 
 def test_flat_training_images_and_an_unused_cache_are_warned_about(tmp_path, caplog):
@@ -472,7 +490,7 @@ def test_flat_training_images_and_an_unused_cache_are_warned_about(tmp_path, cap
             _save(tmp_path / "flat" / c / f"{j}.png", np.full((6, 6), 7, np.uint8))
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         load_dataset(f"imagefolder:{tmp_path / 'flat'}", image_size=6, val_fraction=0.25, cache=True)
-    assert "every training image is one flat value (pixel std 1e-06 of 1 in every channel, mean 0.027)" in caplog.text
+    assert "every training image is (nearly) one flat value (pixel std 1e-06 of 1 in every channel, mean 0.027)" in caplog.text
     assert "data.cache applies to image folders that stream from disk; imagefolder:" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="resnetlab"):

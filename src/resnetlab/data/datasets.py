@@ -817,7 +817,10 @@ def walk_files(root: Path, fence: Path | None = None) -> list[Path]:
     return out
 
 
-def _list_class_files(folder: Path) -> dict[str, list[str]]:
+def _list_class_files(folder: Path, dataset: Path) -> dict[str, list[str]]:
+    """Class -> its files, for the class folders of ``folder`` (a split of ``dataset``, or the
+    dataset itself); a link back into ``dataset`` is not followed (a link from train/ into val/
+    trained on the validation images)."""
     from resnetlab.predict import IMAGE_EXTENSIONS
 
     # images beside the class folders belong to no class: they were left out without a word
@@ -831,7 +834,7 @@ def _list_class_files(folder: Path) -> dict[str, list[str]]:
     out = {}
     for c in classes:
         root = folder / c
-        out[c] = sorted(str(p) for p in walk_files(root, fence=folder))
+        out[c] = sorted(str(p) for p in walk_files(root, fence=dataset))
     return out
 
 
@@ -853,15 +856,23 @@ def _visible(folder: Path) -> tuple[list[str], list[str]]:
     return sorted(dirs), sorted(images)
 
 
+def _not_a_split(path: str, split: str, folder: Path, what: str) -> None:
+    log.warning("image folder %s: %s/ has %s; it is not used as the %s split: %s", path, folder.name, what,
+                "validation" if split == "val" else "test",
+                "data.val_fraction of train/ is held out instead" if split == "val" else
+                f"part of train/ is held out instead (`resnetlab predict RUN {folder}` labels its images)")  # fmt: skip
+
+
 def _split_dirs(base: Path, path: str) -> dict[str, Path]:
     """``train`` / ``val`` / ``test`` -> their sub-folder of ``base`` (``valid/`` and ``validation/``
     name the validation split too, as Kaggle-style datasets ship it). Names match in any case:
     ``Train/``, ``Val/``, ``Test/`` were read as three classes named after the splits.
 
     A folder with a split's name is a split only when it holds class sub-folders. Without them
-    ``train/`` is a class of a flat layout (a class named "train": CIFAR-100 has one), and a
-    ``val/`` or ``test/`` beside a ``train/`` split (empty, or unlabelled images directly in it, as
-    Kaggle ships its test set) is left out with a warning, so the split is held out of train/ as
+    ``train/`` (and, without a ``train/`` split, ``val/`` and ``test/``) is a class of a flat layout
+    (a class named "train": CIFAR-100 has one), and a ``val/`` or ``test/`` beside a ``train/``
+    split (empty, or unlabelled images directly in it, as Kaggle ships its test set; class
+    folders without files are found empty by the caller) is left out with a warning, so the split is held out of train/ as
     when the folder is absent: it used to be a 0-image split, and the run failed after training
     for want of a test split. Beside ``train/``, any other visible folder is named in a warning:
     it is not read."""
@@ -876,15 +887,13 @@ def _split_dirs(base: Path, path: str) -> dict[str, Path]:
     contents = {split: _visible(d) for split, d in found.items()}
     if "train" in found and not contents["train"][0] and contents["train"][1]:
         return {}  # train/ holds images, no class folders: a class of a flat layout
+    if "train" not in found:  # val/ or test/ of images without class folders: classes of a flat layout too
+        found = {split: d for split, d in found.items() if contents[split][0]}
     for split in ("val", "test"):
         if split in found and "train" in found and not contents[split][0]:
             images = contents[split][1]
-            what = f"{len(images)} image(s) directly in it and no class sub-folders (unlabelled?)" if images else "nothing in it"
-            log.warning("image folder %s: %s/ has %s; it is not used as the %s split: %s", path, found[split].name, what,
-                        "validation" if split == "val" else "test",
-                        "data.val_fraction of train/ is held out instead" if split == "val" else
-                        f"part of train/ is held out instead (`resnetlab predict RUN {found[split]}` labels its images)")  # fmt: skip
-            del found[split]
+            _not_a_split(path, split, found.pop(split), f"{len(images)} image(s) directly in it and no class sub-folders "
+                                                        f"(unlabelled?)" if images else "nothing in it")  # fmt: skip
     if "train" in found:
         known = {p.name for p in found.values()} | {n for n in folders if n.lower() in _SPLIT_NAMES["val"] + _SPLIT_NAMES["test"]}
         other = [n for n in folders if n not in known]
@@ -911,9 +920,13 @@ def _read_imagefolder(path: str, size: tuple[int, int], stream_threshold_gb: flo
             f"{path}/train/<class>/ (or, if these are class names, rename them: 'val' and 'test' name splits)"
         )
     if "train" in split_dirs:
-        listing = {s: _list_class_files(d) for s, d in split_dirs.items()}
+        listing = {s: _list_class_files(d, base) for s, d in split_dirs.items()}
+        for split in ("val", "test"):  # class folders, every one empty: as an empty folder
+            if split in listing and not any(listing[split].values()):
+                _not_a_split(path, split, split_dirs[split], f"class folders ({', '.join(sorted(listing[split]))}) with no files in them")
+                del listing[split]
     else:
-        listing = {"all": _list_class_files(base)}
+        listing = {"all": _list_class_files(base, base)}
     main = listing.get("train", listing.get("all"))
     classes = sorted(main)
     if not classes:
@@ -1208,7 +1221,7 @@ def load_dataset(
         mean, std = _channel_stats(_decodable_sample(train, 2000), channels=train.image_shape[0])
     if normalization is None and len(train) and max(std) < 0.5 / 255:
         # a float TIFF clipped to black, say: the run trains at chance with nothing said
-        log.warning("dataset %s: every training image is one flat value (pixel std %.2g of 1 in every channel, mean %s): "
+        log.warning("dataset %s: every training image is (nearly) one flat value (pixel std %.2g of 1 in every channel, mean %s): "
                     "nothing to learn from; are the files decoded as expected?", name, max(std),
                     ", ".join(f"{m:.3f}" for m in mean))  # fmt: skip
     log.info(

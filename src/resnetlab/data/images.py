@@ -94,14 +94,18 @@ def _decode(path: str, channels: int) -> torch.Tensor:
 
     with Image.open(path) as im:
         im.load()  # raises OSError on truncated data
-        im = ImageOps.exif_transpose(im)  # as torchvision's path above (a copy when it turns nothing)
+        try:
+            im = ImageOps.exif_transpose(im)  # as torchvision's path above (a copy when it turns nothing)
+        except Exception:  # malformed EXIF ("not a TIFF file"): the pixels as stored, as before orientation was read
+            pass
         if im.mode == "F":
-            # 32-bit float (a float TIFF): convert("L") clipped values of 0..1 to black. Values in
-            # 0..1 are scaled to 0..255, values in 0..255 kept, larger ones scaled from the image's
-            # maximum; NaN is black.
+            # 32-bit float (a float TIFF): convert("L") clipped values of 0..1 to black. An image
+            # whose values stay within 0..2 is taken as 0..1 (the float image convention; a little
+            # overshoot is clipped: a threshold at 1 turned a 0..1 image with one pixel at 1.02
+            # black), one within 0..255 as bytes, a larger one is scaled from its maximum; NaN is black.
             a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
             top = float(a.max()) if a.size else 0.0
-            scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / top
+            scale = 255.0 if top <= 2.0 else 1.0 if top <= 255.0 else 255.0 / top
             im = Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), mode="L")
         elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
             # 16/32-bit gray: Pillow's convert("L") clips to 255 instead of scaling. Mode "I" holds
