@@ -50,14 +50,14 @@ def test_report_of_a_trained_run(tmp_path):
         assert (run / r).read_bytes()[:8] == PNG
 
     # numbers come from the run's files
-    assert f"| accuracy | {test['accuracy']:.4g} |" in md
-    assert f"| F1 (macro) | {test['f1_macro']:.4g} |" in md
+    assert f"| accuracy | {test['accuracy']:.4f} |" in md
+    assert f"| F1 (macro) | {test['f1_macro']:.4f} |" in md
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     best = max(rows, key=lambda r: float(r["val_acc"]))
     assert f"| best val accuracy | {float(best['val_acc']):.4f} (epoch {best['epoch']}) |" in md
     assert f"| epochs run | {len(rows)} |" in md
     for pc in test["per_class"]:
-        assert f"| {pc['class']} | {pc['precision']:.4g} | {pc['recall']:.4g} | {pc['f1']:.4g} | {pc['support']} |" in md
+        assert f"| {pc['class']} | {pc['precision']:.4f} | {pc['recall']:.4f} | {pc['f1']:.4f} | {pc['support']} |" in md
     # model summary: the profile of resnet8 at 1x8x8
     from resnetlab.models import create_model
     from resnetlab.models.profile import count_flops, count_params
@@ -134,7 +134,7 @@ def test_report_of_a_run_with_only_its_last_checkpoint_reads_evaluates_folder_fo
     _, md_path = build_report(run)
     md = md_path.read_text()
     assert "Not evaluated" not in md and "Of the last checkpoint: the run has no best checkpoint yet" in md
-    assert f"| test accuracy (last checkpoint) | {m['accuracy']:.4g} |" in md
+    assert f"| test accuracy (last checkpoint) | {m['accuracy']:.4f} |" in md
     assert f"| accuracy | {m['accuracy']:.4f} |" in md
 
 
@@ -228,7 +228,7 @@ def test_evaluations_and_explanations_of_an_earlier_checkpoint_are_left_out(tmp_
     assert "old maps" not in md and "old maps" not in page and "train accuracy" not in md
     assert "## Explanations\n\nThese explanations were made before the run's checkpoint was replaced" in md
     assert "## Notes\n\na note" in md  # not the checkpoint's: kept
-    assert f"| accuracy | {json.loads(test.read_text())['accuracy']:.4g} |" in md
+    assert f"| accuracy | {json.loads(test.read_text())['accuracy']:.4f} |" in md
 
     test.write_text(json.dumps({**json.loads(test.read_text()), **made_of}))  # output.evaluate_test off: the earlier one
     md = build_report(run)[1].read_text()
@@ -295,7 +295,7 @@ def test_report_of_the_val_split_shows_val_results_and_val_images(tmp_path, caps
     # the val split chose the checkpoint: it said "the val split chose nothing"
     assert "chosen on validation accuracy; the val split chose it, so these figures are optimistic" in md
     assert "val split chose nothing" not in md
-    assert f"| accuracy | {val['accuracy']:.4g} |" in md
+    assert f"| accuracy | {val['accuracy']:.4f} |" in md
     assert f"{len(wrong)} of {len(preds)} val images are misclassified" in md
     splits = load_splits_for(load_checkpoint(run).meta)
     shown = [int(r["index"]) for r in wrong[: len(drawn[0])]]
@@ -391,7 +391,7 @@ def test_evaluate_val_scores_the_best_checkpoint_on_every_split_and_the_report_t
     for name in names:
         m = json.loads((run / "eval" / name / "metrics.json").read_text())
         assert m["split"] == name
-        row = f"| {name} | {m['accuracy']:.4g} | {m['loss']:.4g} | {m['f1_micro']:.4g} | {m['f1_macro']:.4g} | {m['num_samples']} |"
+        row = f"| {name} | {m['accuracy']:.4f} | {m['loss']:.4g} | {m['f1_micro']:.4f} | {m['f1_macro']:.4f} | {m['num_samples']} |"
         assert row in md
 
 

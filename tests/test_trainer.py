@@ -709,6 +709,14 @@ def test_training_and_evaluation_sizes_that_differ_are_warned(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         Trainer(tiny("augment=['random-resized-crop:size=6', 'center-crop:size=6']"), tmp_path / "cc", progress=False)
     assert "training images are" not in caplog.text
+    # a crop of the padded image larger than the image: a center crop to its size is refused, a resize is the way
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        Trainer(tiny("augment=['crop:size=12,padding=4']"), tmp_path / "big", progress=False)
+    assert "training images are 12x12 (a crop / random-resized-crop size) but evaluation sees 8x8; add resize:size=12 to" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):
+        Trainer(tiny("augment=['resize:size=12', 'crop:size=12,padding=4']"), tmp_path / "big2", progress=False)
+    assert "training images are" not in caplog.text
 
 
 class _FakeCuda:

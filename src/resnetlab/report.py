@@ -707,7 +707,9 @@ def build_report(
             chose = (f"the {split} split chose it, so these figures are optimistic (the test split's are the held-out ones)"
                      if split == "val" and best is not None else f"the {split} split chose nothing")  # fmt: skip
             s.text(f"Of the best checkpoint{at}, {how}; {chose}.")
-        s.add(_Table(["metric", "value"], [(label, test.get(k)) for k, label in keys], numeric=[False, True]))
+        # scores with 4 decimals, as everywhere in the report ("accuracy 1" beside "images 9" read as a count)
+        s.add(_Table(["metric", "value"], [(label, test.get(k) if k in ("loss", "num_samples") else _acc(test.get(k))) for k, label in keys],
+                     numeric=[False, True]))  # fmt: skip
         # the same checkpoint on every split evaluated (output.evaluate_train / evaluate_val, or resnetlab
         # evaluate --split): report 001's table of train / validation / test accuracy, micro- and macro-F1
         by_split = []
@@ -717,7 +719,7 @@ def build_report(
             if m is None and not _stale(path, ckpt_dir):
                 m = _read_json(path)
             if m is not None:
-                by_split.append((other, m.get("accuracy"), m.get("loss"), m.get("f1_micro"), m.get("f1_macro"), m.get("num_samples")))
+                by_split.append((other, _acc(m.get("accuracy")), m.get("loss"), _acc(m.get("f1_micro")), _acc(m.get("f1_macro")), m.get("num_samples")))
         if len(by_split) > 1:
             s.text("The same checkpoint on each split evaluated, without augmentation:")
             s.add(_Table(["split", "accuracy", "loss", "F1 (micro)", "F1 (macro)", "images"], by_split,
@@ -740,11 +742,11 @@ def build_report(
         if len(train_counts) == len(per):  # the classes a checkpoint recorded are those evaluated
             s.text(f"support: {split} images of the class; train images: what the model learned it from.")
             s.add(_Table(["class", "precision", "recall", "f1", "support", "train images"],
-                         [(r["class"], r["precision"], r["recall"], r["f1"], r["support"], n) for r, n in zip(per, train_counts)],
+                         [(r["class"], *map(_acc, (r["precision"], r["recall"], r["f1"])), r["support"], n) for r, n in zip(per, train_counts)],
                          numeric=[False, True, True, True, True, True]))
         else:
             s.add(_Table(["class", "precision", "recall", "f1", "support"],
-                         [(r["class"], r["precision"], r["recall"], r["f1"], r["support"]) for r in per],
+                         [(r["class"], *map(_acc, (r["precision"], r["recall"], r["f1"])), r["support"]) for r in per],
                          numeric=[False, True, True, True, True]))
         sections.append(s)
 

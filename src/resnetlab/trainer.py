@@ -396,9 +396,11 @@ class Trainer:
         self.train_shape = tuple(output_shape(cfg.augment, s.image_shape, train=True))
         if list(self.train_shape) != self.input_size and self.is_main:
             h, w = self.train_shape[1:]
+            # larger than the images (a crop of the padded image): a center crop cannot reach it
+            fix = f"center-crop:size={h} (or resize)" if h <= self.input_size[1] and w <= self.input_size[2] else f"resize:size={h}"
             log.warning("training images are %dx%d (a crop / random-resized-crop size) but evaluation sees %dx%d; "
-                        "add center-crop:size=%d (or resize) to the augmentations to evaluate at the training size",
-                        h, w, self.input_size[1], self.input_size[2], h)  # fmt: skip
+                        "add %s to the augmentations to evaluate at the training size",
+                        h, w, self.input_size[1], self.input_size[2], fix)  # fmt: skip
         src_size = list((pre or {}).get("input_size") or [])[1:]
         if src_size and src_size != self.input_size[1:] and self.is_main:
             # the mean/std are carried over from the source, the image size is the dataset's
