@@ -282,6 +282,9 @@ def test_image_folder_predictions_have_paths(tmp_path):
     with pytest.raises(ValueError, match="shapes' the run was trained on does not exist.*if it moved, give its new place with --data-root") as exc:
         evaluate(run, device="cpu")
     assert "\n" not in str(exc.value)
+    other = make_image_folder(tmp_path / "other", classes=("x", "y"))
+    with pytest.raises(ValueError, match=f"do not match dataset 'imagefolder:{other}'"):  # the folder it read, not the old one
+        evaluate(run, device="cpu", data_root=other, out_dir=tmp_path / "e-other")
     again = evaluate(run, device="cpu", data_root=tmp_path / "moved", out_dir=tmp_path / "e-moved")
     assert again["accuracy"] == m["accuracy"] and again["num_samples"] == 6  # the same split: its fingerprint holds relative paths
     rows = list(csv.DictReader(open(again["predictions"])))

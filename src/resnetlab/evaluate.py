@@ -360,11 +360,13 @@ def open_split(checkpoint_or_run, split: str, data_root=None, splits=None, which
     config = meta.get("config") or {}
     if splits is None:
         splits = load_splits_for(meta, data_root)
-    data_name = config.get("data", {}).get("name", "?")
+    # the dataset read: an image folder given a new place with --data-root is named there, not where it was
+    data_name = getattr(splits, "name", None) or config.get("data", {}).get("name", "?")
     _check_classes(ckpt.classes, splits.classes, data_name)
     imageset = getattr(splits, split)
     if imageset is None or len(imageset) == 0:
-        raise ResnetlabError(f"dataset {data_name!r} has no {split!r} split to {purpose} (try --split test)")
+        hint = " (try --split test)" if split != "test" else ""
+        raise ResnetlabError(f"dataset {data_name!r} has no {split!r} split to {purpose}{hint}")
     from resnetlab.data.datasets import check_held_out_split
 
     # refused for a held-out split (it may now hold training images), before anything is written
