@@ -283,7 +283,7 @@ def test_image_folder_predictions_have_paths(tmp_path):
         evaluate(run, device="cpu")
     assert "\n" not in str(exc.value)
     other = make_image_folder(tmp_path / "other", classes=("x", "y"))
-    with pytest.raises(ValueError, match=f"do not match dataset 'imagefolder:{other}'"):  # the folder it read, not the old one
+    with pytest.raises(CheckpointError, match=f"do not match dataset 'imagefolder:{other}'"):  # the folder it read, not the old one
         evaluate(run, device="cpu", data_root=other, out_dir=tmp_path / "e-other")
     again = evaluate(run, device="cpu", data_root=tmp_path / "moved", out_dir=tmp_path / "e-moved")
     assert again["accuracy"] == m["accuracy"] and again["num_samples"] == 6  # the same split: its fingerprint holds relative paths
