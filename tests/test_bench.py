@@ -69,6 +69,11 @@ def test_bench_depth_and_width_build_the_model_they_name(capsys):
     assert r["model_gflops_per_image"] == pytest.approx(expect, rel=1e-9)
     assert main([*argv, "--model", "resnet8"]) == 0
     assert 3.5 < expect / json.loads(capsys.readouterr().out)["model_gflops_per_image"] < 4.5
+    # --block: the 9n+2 bottleneck networks (only resnet164 could be measured)
+    assert main([*argv, "--model", "resnet_cifar", "--depth", "11", "--block", "bottleneck"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    expect = count_flops(create_model("resnet_cifar", depth=11, block="bottleneck", in_channels=1), (1, 16, 16)) / 1e9
+    assert r["model_gflops_per_image"] == pytest.approx(expect, rel=1e-9)
 
 
 def test_bench_echoes_model_options_and_counts_what_it_folded(capsys):
@@ -108,6 +113,8 @@ def test_matmul_gflops_is_plausible():
         (["--model", "resnet_cifar", "--depth", "7"], "depth must be 6n+2 with n >= 1"),
         (["--model", "resnet_cifar", "--depth", "8", "--width", "0"], "width must be > 0, got 0.0"),
         (["--model", "resnet18", "--depth", "8"], "unknown option 'depth'"),
+        (["--model", "resnet_cifar", "--depth", "29"], "29 is 9n+2: with block='bottleneck'"),
+        (["--model", "resnet20", "--block", "bottleneck"], "'block' is fixed by the model's layout"),
         # one image whose last feature map is 1x1: torch's "Expected more than 1 value per channel"
         (["-q", "--model", "resnet18", "--batch-size", "1", "--input-size", "3x32x32", "--steps", "1", "--warmup", "0",
           "--repeats", "1", "--matmul-size", "64"], "leaves resnet18's batch norm one value per channel"),

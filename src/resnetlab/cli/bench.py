@@ -41,7 +41,9 @@ def register(sub) -> None:
     p.add_argument("--matmul-size", type=int_at_least(1), default=2048, help="side of the roof matmul (default: 2048)")
     p.add_argument("--norm", default=None, help="norm layer for the model (default: the model's)")
     p.add_argument("--depth", type=int_at_least(1), default=None,
-                   help="6n+2 depth, for --model resnet_cifar (default: the model's)")
+                   help="6n+2 depth (9n+2 with --block bottleneck), for --model resnet_cifar (default: the model's)")
+    p.add_argument("--block", choices=("basic", "bottleneck"), default=None,
+                   help="block of --model resnet_cifar, as model.block (default: basic)")
     p.add_argument("--width", type=float, default=None,
                    help="multiplier on every channel count, as model.width (default: the model's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -51,7 +53,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from resnetlab.bench import run_bench
 
-    given = {"norm": args.norm, "depth": args.depth, "width": args.width}
+    given = {"norm": args.norm, "depth": args.depth, "block": args.block, "width": args.width}
     model_args = {k: v for k, v in given.items() if v is not None} or None
     r = run_bench(
         model=args.model,
