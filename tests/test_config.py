@@ -375,6 +375,9 @@ def test_subset_flag_means_what_data_subset_means(flag, expected):
     args = build_parser().parse_args(["train", "--subset", flag])
     assert collect_overrides(args) == [f"data.subset={expected}"]
     assert load_config(None, collect_overrides(args)).data.subset == load_config(None, [f"data.subset={flag}"]).data.subset
+    for bad in ("inf", "nan"):  # "data.subset.int ... (got 'inf')" named a type the user never wrote
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "--subset", bad])
 
 
 def test_set_on_a_text_key_takes_the_value_as_typed():

@@ -493,6 +493,10 @@ def test_flat_training_images_and_an_unused_cache_are_warned_about(tmp_path, cap
     assert "every training image is (nearly) one flat value (pixel std 1e-06 of 1 in every channel, mean 0.027)" in caplog.text
     assert "data.cache applies to image folders that stream from disk; imagefolder:" in caplog.text
     caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="resnetlab"):  # evaluate's load (the run's normalization): not again
+        load_dataset(f"imagefolder:{tmp_path / 'flat'}", image_size=6, val_fraction=0.25, cache=True, normalization=([0.5], [0.5]))
+    assert "data.cache" not in caplog.text
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="resnetlab"):
         load_dataset("digits", val_fraction=0.1)
     assert caplog.text == ""

@@ -650,7 +650,8 @@ def test_activations_default_names_keep_letters_of_any_script(digits_run, tmp_pa
     # 猫.png and 狗.png both became activations_class.png (the second refused as "already exists")
     run, _, _ = digits_run
     pixels = (np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)
-    names = {"猫.png": "activations_猫.png", "狗.png": "activations_狗.png", "photo 0 été.png": "activations_photo-0-été.png"}
+    names = {"猫.png": "activations_猫.png", "狗.png": "activations_狗.png", "photo 0 été.png": "activations_photo-0-été.png",
+             "猫" * 80 + ".png": "activations_" + "猫" * 33 + ".png"}  # 240 bytes: cut to 100 (99, whole characters)
     for name, figure in names.items():
         Image.fromarray(pixels).save(tmp_path / name)
         (run / "explain" / figure).unlink(missing_ok=True)

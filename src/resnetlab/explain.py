@@ -345,8 +345,12 @@ def _draw_grid(cells: list[list[dict[str, Any] | None]], path: Path, title: str,
 def _slug(text: str) -> str:
     """A file-name part: letters and digits of any script kept (``猫`` and ``狗`` were both
     ``class``, so the second image's default figure name clashed with the first's), the rest
-    one ``-``."""
-    return re.sub(r"[\W_]+", "-", str(text)).strip("-").lower() or "class"
+    one ``-``, cut to 100 bytes."""
+    slug = re.sub(r"[\W_]+", "-", str(text)).strip("-").lower()
+    # at most 100 bytes: a name of 80 CJK characters (240 bytes) made a figure name over the
+    # file system's 255-byte limit
+    slug = slug.encode("utf-8")[:100].decode("utf-8", "ignore").strip("-")
+    return slug or "class"
 
 
 # ---------------------------------------------------------------------------------------------

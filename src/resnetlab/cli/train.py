@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -48,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset: digits, fashion-mnist, mnist, cifar10, cifar100, cifar100-coarse, imagefolder:PATH, synthetic")
     p.add_argument("--data-root", help="folder holding the datasets")
     p.add_argument("--image-size", type=int_at_least(1), help="resize images to this square size")
-    p.add_argument("--subset", type=_number, help="stratified subset: a fraction (0.5, 1.0) or a number of training images (1000) (data.subset)")
+    p.add_argument("--subset", type=number, help="stratified subset: a fraction (0.5, 1.0) or a number of training images (1000) (data.subset)")
     p.add_argument("--aug", action="append", metavar="SPEC", help="augmentation, e.g. flip or crop:padding=4 (repeatable)")
     p.add_argument("--epochs", type=int_at_least(1), help="training epochs: train.epochs (default: the recipe's, else 10)")
     p.add_argument("--iterations", type=int_at_least(1), help="total optimizer steps (overrides --epochs)")
@@ -67,13 +68,16 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _number(text: str) -> int | float:
+def number(text: str) -> int | float:
     """``--subset 1`` is one image, as ``data.subset=1`` is (read as the fraction 1.0 it kept every
     image); ``1.0`` is the whole training pool."""
     try:
         return int(text)
     except ValueError:
-        return float(text)
+        value = float(text)
+    if not math.isfinite(value):  # argparse: "invalid number value: 'inf'"
+        raise ValueError(text)
+    return value
 
 
 def collect_overrides(args) -> list[str]:

@@ -1197,7 +1197,10 @@ def load_dataset(
                 raise DataError(f"image folder {arg!r}: class folder(s) {', '.join(classes[i] for i in lacking)} have no "
                                 f"readable images in the training split")  # fmt: skip
 
-    if cache and train.in_memory:  # accepted and unused without a word (data.root on such a dataset warns)
+    # accepted and unused without a word (data.root on such a dataset warns); said when a run loads
+    # its data, not by evaluate / explain, which pass the checkpoint's normalization and where the
+    # config cannot be changed
+    if cache and train.in_memory and normalization is None:
         log.warning("data.cache applies to image folders that stream from disk; %s is held in memory, so no cache is made", name)
     if cache and not train.in_memory:
         cache_dir = Path(arg).expanduser() / ".resnetlab-cache" if isinstance(cache, bool) else Path(cache).expanduser()
