@@ -304,6 +304,13 @@ def test_explain_of_the_last_checkpoint_goes_beside_the_best_ones(digits_run, tm
     assert last["files"]["html"] == str(run / "explain-last" / "explain.html")
     assert (run / "report_sections" / "explain.html").read_bytes() == before
     assert (run / "explain-last" / "summary.json").is_file()
+    # a page of its own says whose it is: a bare <section> named neither run nor checkpoint, nor a charset
+    page = (run / "explain-last" / "explain.html").read_text(encoding="utf-8")
+    epoch = json.loads((run / "checkpoints" / "last" / "meta.json").read_text())["epoch"]
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page and page.rstrip().endswith("</html>")
+    assert "<title>Explanations: run (last checkpoint)</title>" in page
+    assert f"Checkpoint: {run / 'checkpoints' / 'last'}, epoch {epoch};" in page
+    assert before.startswith(b'<section id="explanations">')  # the report's section stays a fragment
     # the command says the report does not show it (it printed the path alone, as if it did)
     from resnetlab.cli import main
 

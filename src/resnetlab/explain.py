@@ -597,7 +597,7 @@ def explain(
     files["md"] = str(sections / "explain.md")
     summary["files"] = files
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _write_sections(summary, out, sections, base if inside else out)
+    _write_sections(summary, out, sections, base if inside else out, standalone=not inside)
     log.info("explained %d of %d %s images (%s) -> %s", len(wanted), len(targets), split, method, out)
     return summary
 
@@ -615,8 +615,10 @@ def _explain_file(name: str) -> bool:
         name.startswith("gallery_") and name.endswith(".png"))
 
 
-def _write_sections(summary: dict[str, Any], out: Path, sections: Path, base: Path) -> None:
-    """HTML (images embedded, for the self-contained report.html) and Markdown (run-relative links)."""
+def _write_sections(summary: dict[str, Any], out: Path, sections: Path, base: Path, standalone: bool = False) -> None:
+    """HTML (images embedded, for the self-contained report.html) and Markdown (run-relative links).
+    ``standalone``: a page of its own, not a section of the run's report (``--which last``, an
+    ``--out`` outside the run), which says whose explanations these are."""
     files = summary["files"]
     method = summary["method"] + (f" @ {summary['layer']}" if summary["layer"] else "")
     head = (f"Explanations of {summary['num_images']} {summary['split']} images with {method} "
@@ -649,6 +651,17 @@ def _write_sections(summary: dict[str, Any], out: Path, sections: Path, base: Pa
         data = base64.b64encode(Path(p).read_bytes()).decode()
         h.append(f"<h3>{html.escape(title)}</h3><img alt=\"{html.escape(title)}\" src=\"data:image/png;base64,{data}\">")
     h.append("</section>")
+    if standalone:
+        # a bare <section> fragment named neither the run nor the checkpoint (a last checkpoint's
+        # page could pass for the best's) and declared no charset
+        epoch = summary.get("checkpoint_epoch")
+        which = f"{summary['checkpoint']}" + (f", epoch {epoch}" if epoch is not None else "")
+        title = f"Explanations: {Path(summary['checkpoint']).parent.parent.name} ({Path(summary['checkpoint']).name} checkpoint)"
+        h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>", f"<p>Checkpoint: {html.escape(which)}; dataset {html.escape(str(summary['dataset']))}.</p>",
+             *h, "</body></html>"]  # fmt: skip
     (sections / "explain.html").write_text("\n".join(h), encoding="utf-8", errors="backslashreplace")
 
 
