@@ -454,3 +454,18 @@ def test_misclassified_titles_keep_both_long_class_names(tmp_path, monkeypatch):
     build_report(run)
     assert seen and all(len(t.splitlines()) == 3 and all(len(line) <= 22 for line in t.splitlines()) for t in seen)
     assert all(t.splitlines()[1].startswith("→ ") and t.splitlines()[1][2:5] in ("Yel", "Bla", "Ros") for t in seen)
+
+
+def test_one_diverging_epoch_puts_the_loss_panel_on_a_log_scale(monkeypatch):
+    # a validation loss of 381 beside 0.3 drew every other point flat on zero
+    import resnetlab.report as report
+
+    figs = []
+    monkeypatch.setattr(report, "_png", lambda fig: figs.append(fig) or b"")
+    rows = [{"epoch": e, "train_loss": 2.0 / e, "val_loss": v, "train_acc": 0.5, "val_acc": 0.5, "lr": 0.1}
+            for e, v in ((1, 381.0), (2, 0.4), (3, 0.3))]
+    report._curves_figure(rows, None)
+    loss = figs[-1].axes[0]
+    assert loss.get_yscale() == "log" and loss.get_title() == "Loss (log scale)"
+    report._curves_figure([{**r, "val_loss": 0.5} for r in rows], None)  # an ordinary run keeps its linear axis
+    assert figs[-1].axes[0].get_yscale() == "linear" and figs[-1].axes[0].get_title() == "Loss"

@@ -452,6 +452,8 @@ def test_smoke_keeps_an_explicit_number_of_seeds(tmp_path, capsys):
     md = (tmp_path / "o" / "study.md").read_text()
     assert "SMOKE RUN" in md and "2 seeds" in md and "--smoke --seeds 2 --out" in md
     assert re.search(r"2 seeds, test on \d+ images;", md)  # it printed the list: "test on [360] images"
+    # the study's images/s is not the report's (the median of the epochs'): it says which it is
+    assert "images/s: the images trained (steps x batch size) over that time (a run's report gives the median" in md
 
 
 def test_out_a_non_empty_folder_that_holds_no_study_is_refused(tmp_path, capsys):

@@ -197,6 +197,11 @@ def _curves_figure(rows: list[dict], test: dict | None, label_smoothing: float =
             value = test.get("loss") if key == "loss" else test.get("accuracy")
             if value is not None:
                 ax.plot([best], [value * scale], "r*", markersize=12, label=f"test, best checkpoint ({value * scale:.4g})")
+        values = [v for line in ax.lines for v in line.get_ydata() if v is not None and math.isfinite(v)]
+        if key == "loss" and values and min(values) > 0 and max(values) / min(values) > 100:
+            # one diverging epoch (a validation loss of 381 beside 0.3) flattened every other point onto 0
+            ax.set_yscale("log")
+            title += " (log scale)"
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))

@@ -1143,7 +1143,8 @@ def write_study_report(
         "without augmentation (results.csv and results.json also have train_acc_running, the last epoch's running accuracy over "
         "the augmented batches; and, for the same checkpoint, the training split's F1, the test loss and the test "
         "split's support-weighted precision, recall and F1). train loss: the last epoch's running mean. val loss: the last validated epoch. "
-        "train time: the epochs' training time, without evaluation; it and images/s depend on the machine and on --jobs.",
+        "train time: the epochs' training time, without evaluation; images/s: the images trained (steps x batch size) over that time "
+        "(a run's report gives the median of its epochs' images/s instead); both depend on the machine and on --jobs.",
     ]
     if failed:
         notes.append(f"FAILED runs, left out of the means (their cell's n is lower, and such a cell is not chosen as best): "
