@@ -409,6 +409,7 @@ def test_the_report_of_an_interrupted_run_says_where_it_stopped_and_how_to_go_on
     page, md = (p.read_text() for p in build_report(run))
     assert f"Training is unfinished: it stopped after 2 of 5 epochs; `resnetlab train --resume {run}` continues it." in md
     assert "Training is unfinished: it stopped after 2 of 5 epochs" in page
+    assert f"<code>resnetlab train --resume {run}</code> continues it." in page  # the HTML showed the backticks
     config["train"]["iterations"] = done["step"] + 100
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert f"it stopped at step {done['step']:,} of {done['step'] + 100:,};" in build_report(run)[1].read_text()

@@ -302,6 +302,11 @@ class _Table:
         return "\n".join(lines)
 
 
+def _code_spans(escaped: str) -> str:
+    """Markdown's `code` spans of an HTML-escaped text as <code> (the HTML showed the backticks)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+
+
 class _Section:
     """One report section: a title and a list of parts (text, tables, figures, raw html/md)."""
 
@@ -324,7 +329,7 @@ class _Section:
     def html(self) -> str:
         out = [f"<h2>{html.escape(self.title)}</h2>"]
         for kind, p in self.parts:
-            out.append(f"<p>{html.escape(p)}</p>" if kind == "text" else p[0] if kind == "raw" else p.html())
+            out.append(f"<p>{_code_spans(html.escape(p))}</p>" if kind == "text" else p[0] if kind == "raw" else p.html())
         return "\n".join(out)
 
     def md(self) -> str:
