@@ -771,16 +771,10 @@ def _read_synthetic(spec: str):
     return ImageSet(ytr, shape, classes, images=xtr), None, ImageSet(yte, shape, classes, images=xte), classes
 
 
-def is_hidden(path: Path, root: Path) -> bool:
-    """Whether ``path`` or a folder between ``root`` and it is hidden (its name starts with a
-    dot: ``.DS_Store``, ``.ipynb_checkpoints/``, ``.thumbs/``). Such files are never images of a
-    class; training and ``predict`` on a folder both leave them out."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def walk_files(root: Path, fence: Path | None = None) -> list[Path]:
-    """Every visible file under ``root`` (hidden files and folders left out, see :func:`is_hidden`),
-    in no set order. Symbolic links to folders are followed, as torchvision's ``ImageFolder``
+    """Every visible file under ``root``, in no set order: a file or folder whose name starts with
+    a dot (``.DS_Store``, ``.ipynb_checkpoints/``, ``.thumbs/``) is never an image of a class, and
+    training and ``predict`` on a folder both leave it out. Symbolic links to folders are followed, as torchvision's ``ImageFolder``
     follows them (``Path.rglob`` did not: a class's linked sub-folder was left out without a
     word), each real folder once, except links back into ``fence`` (default ``root``: the
     dataset's folder) or to a folder holding it, whose files are there already or would come
@@ -869,13 +863,13 @@ def _split_dirs(base: Path, path: str) -> dict[str, Path]:
     ``Train/``, ``Val/``, ``Test/`` were read as three classes named after the splits.
 
     A folder with a split's name is a split only when it holds class sub-folders. Without them
-    ``train/`` (and, without a ``train/`` split, ``val/`` and ``test/``) is a class of a flat layout
-    (a class named "train": CIFAR-100 has one), and a ``val/`` or ``test/`` beside a ``train/``
-    split (empty, or unlabelled images directly in it, as Kaggle ships its test set; class
-    folders without files are found empty by the caller) is left out with a warning, so the split is held out of train/ as
-    when the folder is absent: it used to be a 0-image split, and the run failed after training
-    for want of a test split. Beside ``train/``, any other visible folder is named in a warning:
-    it is not read."""
+    ``train/`` (and, without a ``train/`` split, ``val/`` and ``test/``) is a class of a flat
+    layout (a class named "train": CIFAR-100 has one), and a ``val/`` or ``test/`` beside a
+    ``train/`` split (empty, or unlabelled images directly in it, as Kaggle ships its test set;
+    class folders without files are found empty by the caller) is left out with a warning, so
+    the split is held out of train/ as when the folder is absent: it used to be a 0-image split,
+    and the run failed after training for want of a test split. Beside ``train/``, any other
+    visible folder is named in a warning: it is not read."""
     found: dict[str, Path] = {}
     folders = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     for split, names in _SPLIT_NAMES.items():

@@ -6,8 +6,7 @@ PNG and WebP, which Pillow decodes. PNG: torchvision's libpng decoder kills the 
 corrupted PNGs did with torchvision 0.29, and Pillow decodes a PNG as fast). WebP: torchvision's
 decoder ignores its EXIF orientation. Every image is turned upright by its EXIF orientation.
 Formats torchvision cannot decode (BMP, TIFF, ...) fall back to Pillow too. Both raise on
-truncated or corrupt files, which callers turn
-into "skipped" entries instead of crashes.
+truncated or corrupt files, which callers turn into "skipped" entries instead of crashes.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # Bumped whenever a change here gives other pixels for the same file (the image cache of a
 # streamed folder is keyed on it, with the Pillow and torchvision versions): 2 = mode I as 16 bits,
-# 3 = EXIF orientation applied, float images (mode F) in 0..1 scaled.
+# 3 = EXIF orientation applied, float images (mode F) within 0..2 read as 0..1.
 DECODER_VERSION = 3
 
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
