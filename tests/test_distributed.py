@@ -148,9 +148,16 @@ def test_a_signal_to_one_rank_stops_both_at_one_step_then_resume_needs_the_same_
     assert f"interrupted: resume with `torchrun --nproc_per_node=2 -m resnetlab train --resume {out}`" in log
     assert "Connection closed by peer" not in log and "Traceback" not in log.split("received: saved")[0]
     meta = json.loads((out / "checkpoints" / "last" / "meta.json").read_text())
-    epoch, step = (int(v) for v in re.search(r"at epoch (\d+) step (\d+)", saves[0]).groups())
-    assert meta["world_size"] == 2 and meta["epoch"] == epoch - 1 and meta["step"] == (epoch - 1) * 80 + step, (meta, saves)
-    assert step in (25, 50, 75, 80)
+    mid = re.search(r"at epoch (\d+) step (\d+)", saves[0])
+    if mid:  # stopped inside an epoch, at a logging window
+        epoch, step = (int(v) for v in mid.groups())
+        assert meta["world_size"] == 2 and meta["epoch"] == epoch - 1 and meta["step"] == (epoch - 1) * 80 + step, (meta, saves)
+        assert step in (25, 50, 75, 80)
+    else:  # on a busy machine the signal can land in the epoch's validation or checkpoint write: stopped at its end
+        end = re.search(r"at the end of epoch (\d+)", saves[0])
+        assert end, saves
+        epoch = int(end.group(1))
+        assert meta["world_size"] == 2 and meta["epoch"] == epoch and meta["step"] == epoch * 80, (meta, saves)
     # one process: refused, nothing changed
     before = (out / "metrics.csv").read_text()
     one = subprocess.run([sys.executable, "-m", "resnetlab", "train", "--resume", str(out)], capture_output=True, text=True, env=env)
